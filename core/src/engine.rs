@@ -1,0 +1,422 @@
+//! Running a validated model inside a caller-provided arena.
+
+use core::ops::Range;
+
+use crate::arch;
+use crate::error::Error;
+use crate::format::{DType, InputRange, SECTION_ALIGN};
+use crate::kernels::{self, ConvShape, Requantize, Shortcut};
+use crate::model::{Bias, Conv, Dense, Layer, Model, Requant, TensorInfo, Weights};
+use crate::quant::{activation_range, dequantize_i8, quantize_i8};
+
+/// A statically allocated, 16-byte aligned arena of `N` bytes, so firmware can write
+/// `static mut ARENA: Arena<49152> = Arena::new();` and pass it with no alignment
+/// slack.
+#[derive(Debug)]
+#[repr(C, align(16))]
+pub struct Arena<const N: usize>([u8; N]);
+
+impl<const N: usize> Arena<N> {
+    /// A zeroed arena.
+    pub const fn new() -> Self {
+        Arena([0; N])
+    }
+
+    /// The arena's bytes.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+impl<const N: usize> Default for Arena<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs a [`Model`] on images, one at a time, inside a borrowed arena.
+#[derive(Debug)]
+pub struct Interpreter<'m, 'a> {
+    model: Model<'m>,
+    arena: &'a mut [u8],
+    has_run: bool,
+}
+
+impl<'m, 'a> Interpreter<'m, 'a> {
+    /// Binds `model` to `arena`. The arena's start is aligned to 16 bytes internally;
+    /// it must hold [`Model::arena_size`] bytes after that (so
+    /// [`Model::required_arena`] bytes for an arbitrary slice, or an [`Arena`] of
+    /// `arena_size()` bytes).
+    pub fn new(model: Model<'m>, arena: &'a mut [u8]) -> Result<Self, Error> {
+        let misalignment = arena.as_ptr().align_offset(SECTION_ALIGN);
+        let needed = model.arena_size().saturating_add(misalignment);
+        if arena.len() < needed {
+            return Err(Error::ArenaTooSmall {
+                needed,
+                available: arena.len(),
+            });
+        }
+        let arena = &mut arena[misalignment..needed];
+        Ok(Interpreter {
+            model,
+            arena,
+            has_run: false,
+        })
+    }
+
+    /// The model being run.
+    pub fn model(&self) -> &Model<'m> {
+        &self.model
+    }
+
+    /// Runs one image and returns the predicted class. `pixels` are raw `u8` values in
+    /// HWC order (`height · width · channels` of them), preprocessed as the blob says.
+    pub fn run(&mut self, pixels: &[u8]) -> Result<usize, Error> {
+        self.has_run = false;
+        self.write_input(pixels)?;
+        for i in 0..self.model.num_layers() {
+            match self.model.layer(i)? {
+                Layer::Conv(conv) => self.conv(&conv)?,
+                Layer::GlobalAvgPool { input, output } => self.pool(input, output)?,
+                Layer::Dense(dense) => self.dense(&dense)?,
+            }
+        }
+        self.has_run = true;
+        self.predicted_class()
+    }
+
+    /// Runs one image and writes the class probabilities (softmax of the logits)
+    /// into `probabilities`; returns the predicted class.
+    pub fn classify(&mut self, pixels: &[u8], probabilities: &mut [f32]) -> Result<usize, Error> {
+        let class = self.run(pixels)?;
+        self.probabilities(probabilities)?;
+        Ok(class)
+    }
+
+    /// The predicted class of the last run (argmax of the logits, first on ties).
+    pub fn predicted_class(&self) -> Result<usize, Error> {
+        let logits = self.output_tensor(self.model.num_layers())?;
+        let mut best = (0, f32::NEG_INFINITY);
+        for i in 0..logits.len() {
+            let v = self.value(&logits, i)?;
+            if v > best.1 {
+                best = (i, v);
+            }
+        }
+        Ok(best.0)
+    }
+
+    /// The logits of the last run (dequantized for int8 models).
+    pub fn logits(&self, logits: &mut [f32]) -> Result<(), Error> {
+        let t = self.output_tensor(self.model.num_layers())?;
+        self.read_f32(&t, logits, "logits")
+    }
+
+    /// Softmax of the logits of the last run.
+    pub fn probabilities(&self, probabilities: &mut [f32]) -> Result<(), Error> {
+        self.logits(probabilities)?;
+        kernels::softmax_in_place(probabilities);
+        Ok(())
+    }
+
+    /// The pooled features of the last run (the input of the classifier layer,
+    /// dequantized for int8 models), for the on-device trainer.
+    pub fn features(&self, features: &mut [f32]) -> Result<(), Error> {
+        let t = self.model.features_tensor().ok_or(Error::WrongLength {
+            what: "features (the model names no feature tensor)",
+            expected: 0,
+            actual: features.len(),
+        })?;
+        let t = self.output_tensor(t)?;
+        self.read_f32(&t, features, "features")
+    }
+
+    fn output_tensor(&self, t: u16) -> Result<TensorInfo, Error> {
+        if !self.has_run {
+            return Err(Error::NotRun);
+        }
+        self.model.tensor(t)
+    }
+
+    fn read_f32(&self, t: &TensorInfo, out: &mut [f32], what: &'static str) -> Result<(), Error> {
+        if out.len() != t.len() {
+            return Err(Error::WrongLength {
+                what,
+                expected: t.len(),
+                actual: out.len(),
+            });
+        }
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = self.value(t, i)?;
+        }
+        Ok(())
+    }
+
+    fn value(&self, t: &TensorInfo, i: usize) -> Result<f32, Error> {
+        let bytes = self.arena.get(self.byte_range(t)).ok_or(Error::OutOfBounds {
+            what: "tensor buffer",
+            index: 0,
+        })?;
+        match self.model.dtype() {
+            DType::F32 | DType::F16 => {
+                let at = 4 * i;
+                let b = bytes.get(at..at + 4).ok_or(Error::OutOfBounds {
+                    what: "tensor element",
+                    index: 0,
+                })?;
+                Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            }
+            DType::Int8 => {
+                let q = *bytes.get(i).ok_or(Error::OutOfBounds {
+                    what: "tensor element",
+                    index: 0,
+                })? as i8;
+                Ok(dequantize_i8(q, t.scale, t.zero_point))
+            }
+        }
+    }
+
+    fn byte_range(&self, t: &TensorInfo) -> Range<usize> {
+        t.arena_offset..t.arena_offset + t.len() * self.model.dtype().activation_bytes()
+    }
+
+    fn write_input(&mut self, pixels: &[u8]) -> Result<(), Error> {
+        let t = self.model.tensor(0)?;
+        if pixels.len() != t.len() {
+            return Err(Error::WrongLength {
+                what: "input pixels",
+                expected: t.len(),
+                actual: pixels.len(),
+            });
+        }
+        let range = self.byte_range(&t);
+        let bytes = self.arena.get_mut(range).ok_or(Error::OutOfBounds {
+            what: "input tensor",
+            index: 0,
+        })?;
+        let dtype = self.model.dtype();
+        for c in 0..t.channels {
+            let (mean, std) = self.model.preprocessing(c)?;
+            for (p, &px) in pixels.iter().enumerate().skip(c).step_by(t.channels) {
+                let scaled = match self.model.input_range() {
+                    InputRange::Byte => f32::from(px),
+                    InputRange::Unit => f32::from(px) / 255.0,
+                };
+                let x = (scaled - mean) / std;
+                match dtype {
+                    DType::F32 | DType::F16 => {
+                        if let Some(b) = bytes.get_mut(4 * p..4 * p + 4) {
+                            b.copy_from_slice(&x.to_le_bytes());
+                        }
+                    }
+                    DType::Int8 => {
+                        if let Some(b) = bytes.get_mut(p) {
+                            *b = quantize_i8(x, t.scale, t.zero_point) as u8;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn conv(&mut self, conv: &Conv<'_>) -> Result<(), Error> {
+        let in_t = self.model.tensor(conv.input)?;
+        let out_t = self.model.tensor(conv.output)?;
+        let shape = ConvShape {
+            in_h: in_t.height,
+            in_w: in_t.width,
+            in_c: in_t.channels,
+            out_h: out_t.height,
+            out_w: out_t.width,
+            out_c: out_t.channels,
+            kernel_h: conv.kernel_h,
+            kernel_w: conv.kernel_w,
+            stride: conv.stride,
+            pad_top: conv.padding[0],
+            pad_left: conv.padding[1],
+        };
+        let out_range = self.byte_range(&out_t);
+        let residual = match conv.residual {
+            None => None,
+            Some(r) => Some((r, self.model.tensor(r.tensor)?)),
+        };
+        let in_range = self.byte_range(&in_t);
+        let residual_range = residual.map(|(_, t)| self.byte_range(&t));
+        let split = Split::new(self.arena, out_range.clone())?;
+        let input = split.input(in_range)?;
+        let shortcut_bytes = match residual_range {
+            Some(r) if r == out_range => None,
+            Some(r) => Some(split.input(r)?),
+            None => None,
+        };
+        match (self.model.dtype(), conv.weights, conv.bias) {
+            (DType::F32 | DType::F16, weights, Bias::F32(bias)) => {
+                let input: &[f32] = cast(input)?;
+                let shortcut = match (residual, shortcut_bytes) {
+                    (None, _) => None,
+                    (Some((r, _)), None) => Some((Shortcut::InPlace, r.relu)),
+                    (Some((r, t)), Some(bytes)) => {
+                        Some((mapped(cast(bytes)?, &t, r.stride, r.channel_offset), r.relu))
+                    }
+                };
+                let output: &mut [f32] = cast_mut(split.output)?;
+                match weights {
+                    Weights::F32(w) => {
+                        arch::conv2d_f32(&shape, input, w, bias, conv.relu, shortcut, output)
+                    }
+                    Weights::F16(w) => {
+                        arch::conv2d_f32(&shape, input, w, bias, conv.relu, shortcut, output)
+                    }
+                    Weights::I8(_) => Err(type_error()),
+                }
+            }
+            (DType::Int8, Weights::I8(weights), Bias::I32(bias)) => {
+                let requant = requantize(conv.requant, conv.relu)?;
+                let input: &[i8] = cast(input)?;
+                let shortcut = match (residual, shortcut_bytes) {
+                    (None, _) => None,
+                    (Some((r, _)), None) => Some((Shortcut::InPlace, r.add)),
+                    (Some((r, t)), Some(bytes)) => {
+                        Some((mapped(cast(bytes)?, &t, r.stride, r.channel_offset), r.add))
+                    }
+                };
+                arch::conv2d_i8(
+                    &shape,
+                    input,
+                    in_t.zero_point,
+                    weights,
+                    bias,
+                    &requant,
+                    shortcut.as_ref().map(|(s, add)| (*s, add)),
+                    cast_mut(split.output)?,
+                )
+            }
+            _ => Err(type_error()),
+        }
+    }
+
+    fn pool(&mut self, input: u16, output: u16) -> Result<(), Error> {
+        let in_t = self.model.tensor(input)?;
+        let out_t = self.model.tensor(output)?;
+        let in_range = self.byte_range(&in_t);
+        let split = Split::new(self.arena, self.byte_range(&out_t))?;
+        let input = split.input(in_range)?;
+        let pixels = in_t.height * in_t.width;
+        match self.model.dtype() {
+            DType::F32 | DType::F16 => {
+                arch::global_avg_pool_f32(cast(input)?, pixels, cast_mut(split.output)?)
+            }
+            DType::Int8 => arch::global_avg_pool_i8(cast(input)?, pixels, cast_mut(split.output)?),
+        }
+    }
+
+    fn dense(&mut self, dense: &Dense<'_>) -> Result<(), Error> {
+        let in_t = self.model.tensor(dense.input)?;
+        let out_t = self.model.tensor(dense.output)?;
+        let in_range = self.byte_range(&in_t);
+        let split = Split::new(self.arena, self.byte_range(&out_t))?;
+        let input = split.input(in_range)?;
+        match (dense.weights, dense.bias) {
+            (Weights::F32(w), Bias::F32(b)) => {
+                arch::dense_f32(cast(input)?, w, b, dense.relu, cast_mut(split.output)?)
+            }
+            (Weights::F16(w), Bias::F32(b)) => {
+                arch::dense_f32(cast(input)?, w, b, dense.relu, cast_mut(split.output)?)
+            }
+            (Weights::I8(w), Bias::I32(b)) => arch::dense_i8(
+                cast(input)?,
+                in_t.zero_point,
+                w,
+                b,
+                &requantize(dense.requant, dense.relu)?,
+                cast_mut(split.output)?,
+            ),
+            _ => Err(type_error()),
+        }
+    }
+}
+
+fn requantize<'b>(requant: Option<Requant<'b>>, relu: bool) -> Result<Requantize<'b>, Error> {
+    let r = requant.ok_or(type_error())?;
+    let (activation_min, activation_max) = activation_range(r.output_zero_point, relu);
+    Ok(Requantize {
+        multipliers: r.multipliers,
+        shifts: r.shifts,
+        output_zero_point: r.output_zero_point,
+        activation_min,
+        activation_max,
+    })
+}
+
+fn mapped<'b, T>(data: &'b [T], t: &TensorInfo, stride: usize, channel_offset: usize) -> Shortcut<'b, T> {
+    Shortcut::Mapped {
+        data,
+        height: t.height,
+        width: t.width,
+        channels: t.channels,
+        stride,
+        channel_offset,
+    }
+}
+
+fn type_error() -> Error {
+    Error::InvalidValue {
+        what: "weight type for the model's dtype",
+        index: 0,
+        value: 0,
+    }
+}
+
+fn cast<T: bytemuck::AnyBitPattern>(bytes: &[u8]) -> Result<&[T], Error> {
+    bytemuck::try_cast_slice(bytes).map_err(|_| Error::Misaligned { what: "arena buffer" })
+}
+
+fn cast_mut<T: bytemuck::AnyBitPattern + bytemuck::NoUninit>(bytes: &mut [u8]) -> Result<&mut [T], Error> {
+    bytemuck::try_cast_slice_mut(bytes).map_err(|_| Error::Misaligned { what: "arena buffer" })
+}
+
+/// The arena cut around one layer's output: the output mutably, everything else
+/// shared, so inputs can be borrowed at the same time as long as they do not
+/// overlap the output (which the validated plan guarantees).
+struct Split<'b> {
+    before: &'b [u8],
+    output: &'b mut [u8],
+    after: &'b [u8],
+    output_range: Range<usize>,
+}
+
+impl<'b> Split<'b> {
+    fn new(arena: &'b mut [u8], output_range: Range<usize>) -> Result<Self, Error> {
+        let oob = Error::OutOfBounds {
+            what: "layer output buffer",
+            index: 0,
+        };
+        if output_range.end > arena.len() || output_range.start > output_range.end {
+            return Err(oob);
+        }
+        let (before, rest) = arena.split_at_mut(output_range.start);
+        let (output, after) = rest.split_at_mut(output_range.end - output_range.start);
+        Ok(Split {
+            before,
+            output,
+            after,
+            output_range,
+        })
+    }
+
+    fn input(&self, range: Range<usize>) -> Result<&'b [u8], Error> {
+        let found = if range.end <= self.output_range.start {
+            self.before.get(range)
+        } else if range.start >= self.output_range.end {
+            let shift = self.output_range.end;
+            self.after.get(range.start - shift..range.end - shift)
+        } else {
+            None
+        };
+        found.ok_or(Error::PlanConflict {
+            layer: 0,
+            tensor: 0,
+        })
+    }
+}

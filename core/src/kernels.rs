@@ -1,0 +1,461 @@
+//! Portable reference kernels, NHWC, batch 1.
+//!
+//! These are the definition of what every layer computes: plain loops, no unsafe, no
+//! architecture tricks. They are always compiled; faster kernels for a given
+//! architecture live in [`crate::arch`] and are tested against these. Every kernel
+//! checks the lengths of its slices against the shape it is given and returns
+//! [`Error::WrongLength`] instead of indexing out of bounds.
+//!
+//! f32 kernels accumulate in f32 in a fixed order (bias, then kernel rows, columns and
+//! input channels), so results are bit-identical on every target; they differ from a
+//! float64 reference by rounding only (see [`F32_RELATIVE_TOLERANCE`]). int8 kernels
+//! are exact: integer arithmetic with TFLite's rounding.
+
+use half::f16;
+
+use crate::error::Error;
+use crate::quant::{multiply_by_quantized_multiplier, AddParams};
+
+/// Documented bound on the error of an f32 kernel: relative to the sum of absolute
+/// products of a dot product, `|result − exact| ≤ F32_RELATIVE_TOLERANCE · Σ|x·w|`
+/// for reductions of up to about 4,600 terms (`n · 2^−24` with a safety factor of
+/// two for the products' own roundings).
+pub const F32_RELATIVE_TOLERANCE: f32 = 5.5e-4;
+
+/// Geometry of a 2-D convolution over an NHWC tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Input rows.
+    pub in_h: usize,
+    /// Input columns.
+    pub in_w: usize,
+    /// Input channels.
+    pub in_c: usize,
+    /// Output rows.
+    pub out_h: usize,
+    /// Output columns.
+    pub out_w: usize,
+    /// Output channels.
+    pub out_c: usize,
+    /// Kernel rows.
+    pub kernel_h: usize,
+    /// Kernel columns.
+    pub kernel_w: usize,
+    /// Stride in both directions.
+    pub stride: usize,
+    /// Zero rows above the input.
+    pub pad_top: usize,
+    /// Zero columns left of the input.
+    pub pad_left: usize,
+}
+
+impl ConvShape {
+    /// Output size for the given padding `[top, left, bottom, right]`; `None` when the
+    /// kernel does not fit or the stride is zero.
+    pub fn output_size(
+        in_h: usize,
+        in_w: usize,
+        kernel: (usize, usize),
+        stride: usize,
+        padding: [usize; 4],
+    ) -> Option<(usize, usize)> {
+        let padded_h = in_h + padding[0] + padding[2];
+        let padded_w = in_w + padding[1] + padding[3];
+        if stride == 0 || padded_h < kernel.0 || padded_w < kernel.1 {
+            return None;
+        }
+        Some((
+            (padded_h - kernel.0) / stride + 1,
+            (padded_w - kernel.1) / stride + 1,
+        ))
+    }
+
+    fn check(&self, input: usize, weights: usize, bias: usize, output: usize) -> Result<(), Error> {
+        let window = self.kernel_h * self.kernel_w * self.in_c;
+        expect("conv input", self.in_h * self.in_w * self.in_c, input)?;
+        expect("conv weights", self.out_c * window, weights)?;
+        expect("conv bias", self.out_c, bias)?;
+        expect("conv output", self.out_h * self.out_w * self.out_c, output)
+    }
+
+    /// Calls `f(input_pixel_index, kernel_tap_index)` for every tap of the window of
+    /// output pixel `(oy, ox)` that falls inside the input (padding contributes zero
+    /// and is skipped).
+    #[inline]
+    fn for_each_tap(&self, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
+        for ky in 0..self.kernel_h {
+            let Some(iy) = (oy * self.stride + ky).checked_sub(self.pad_top) else {
+                continue;
+            };
+            if iy >= self.in_h {
+                continue;
+            }
+            for kx in 0..self.kernel_w {
+                let Some(ix) = (ox * self.stride + kx).checked_sub(self.pad_left) else {
+                    continue;
+                };
+                if ix >= self.in_w {
+                    continue;
+                }
+                f(iy * self.in_w + ix, ky * self.kernel_w + kx);
+            }
+        }
+    }
+}
+
+fn expect(what: &'static str, expected: usize, actual: usize) -> Result<(), Error> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(Error::WrongLength {
+            what,
+            expected,
+            actual,
+        })
+    }
+}
+
+/// A residual input added to a layer's output.
+#[derive(Clone, Copy, Debug)]
+pub enum Shortcut<'a, T> {
+    /// The output buffer already holds the shortcut (identity mapping, same shape):
+    /// each element is read just before it is overwritten.
+    InPlace,
+    /// A separate tensor, mapped onto the output as described at
+    /// [`crate::Residual`]: output `(y, x, c)` adds `(y·stride, x·stride, c −
+    /// channel_offset)`, zero outside the shortcut's channels.
+    Mapped {
+        /// The shortcut tensor.
+        data: &'a [T],
+        /// Its rows.
+        height: usize,
+        /// Its columns.
+        width: usize,
+        /// Its channels.
+        channels: usize,
+        /// Spatial subsampling.
+        stride: usize,
+        /// Zero channels before the shortcut's channels.
+        channel_offset: usize,
+    },
+}
+
+impl<T: Copy> Shortcut<'_, T> {
+    fn check(&self, out_h: usize, out_w: usize, out_c: usize) -> Result<(), Error> {
+        if let Shortcut::Mapped {
+            data,
+            height,
+            width,
+            channels,
+            stride,
+            channel_offset,
+        } = *self
+        {
+            expect("shortcut", height * width * channels, data.len())?;
+            if stride == 0
+                || (out_h - 1) * stride >= height
+                || (out_w - 1) * stride >= width
+                || channel_offset + channels > out_c
+            {
+                return Err(Error::WrongLength {
+                    what: "shortcut shape",
+                    expected: out_h * out_w * out_c,
+                    actual: data.len(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The shortcut row for output pixel `(oy, ox)` and the channel offset to apply,
+    /// or `None` for in-place.
+    #[inline]
+    fn row(&self, oy: usize, ox: usize) -> Option<(&[T], usize)> {
+        match *self {
+            Shortcut::InPlace => None,
+            Shortcut::Mapped {
+                data,
+                width,
+                channels,
+                stride,
+                channel_offset,
+                ..
+            } => {
+                let start = ((oy * stride) * width + ox * stride) * channels;
+                Some((data.get(start..start + channels).unwrap_or(&[]), channel_offset))
+            }
+        }
+    }
+}
+
+/// A weight type computed in f32: f32 itself or f16-stored weights.
+pub trait FloatWeight: Copy {
+    /// The weight as f32.
+    fn to_f32(self) -> f32;
+}
+
+impl FloatWeight for f32 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl FloatWeight for f16 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+/// f32 convolution with optional ReLU, then an optional residual add with optional
+/// ReLU: `out = relu?(relu?(conv(x) + b) + shortcut)`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_f32<W: FloatWeight>(
+    shape: &ConvShape,
+    input: &[f32],
+    weights: &[W],
+    bias: &[f32],
+    relu: bool,
+    residual: Option<(Shortcut<'_, f32>, bool)>,
+    output: &mut [f32],
+) -> Result<(), Error> {
+    shape.check(input.len(), weights.len(), bias.len(), output.len())?;
+    if let Some((shortcut, _)) = &residual {
+        shortcut.check(shape.out_h, shape.out_w, shape.out_c)?;
+    }
+    let window = shape.kernel_h * shape.kernel_w * shape.in_c;
+    let c_in = shape.in_c;
+    for oy in 0..shape.out_h {
+        for ox in 0..shape.out_w {
+            let out_start = (oy * shape.out_w + ox) * shape.out_c;
+            let out_row = &mut output[out_start..out_start + shape.out_c];
+            let shortcut_row = residual.as_ref().and_then(|(s, _)| s.row(oy, ox));
+            for (co, out) in out_row.iter_mut().enumerate() {
+                let filter = &weights[co * window..(co + 1) * window];
+                let mut acc = bias[co];
+                shape.for_each_tap(oy, ox, |pixel, tap| {
+                    let x = &input[pixel * c_in..(pixel + 1) * c_in];
+                    let w = &filter[tap * c_in..(tap + 1) * c_in];
+                    for (&x, &w) in x.iter().zip(w) {
+                        acc += x * w.to_f32();
+                    }
+                });
+                if relu {
+                    acc = acc.max(0.0);
+                }
+                if let Some((_, residual_relu)) = residual {
+                    let s = match shortcut_row {
+                        None => *out,
+                        Some((row, offset)) => co
+                            .checked_sub(offset)
+                            .and_then(|c| row.get(c))
+                            .copied()
+                            .unwrap_or(0.0),
+                    };
+                    acc += s;
+                    if residual_relu {
+                        acc = acc.max(0.0);
+                    }
+                }
+                *out = acc;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Per-output-channel requantization of int32 accumulators to int8.
+#[derive(Clone, Copy, Debug)]
+pub struct Requantize<'a> {
+    /// Q31 multipliers, one per output channel.
+    pub multipliers: &'a [i32],
+    /// Shifts, one per output channel.
+    pub shifts: &'a [i32],
+    /// Output zero point.
+    pub output_zero_point: i32,
+    /// Lowest output value.
+    pub activation_min: i32,
+    /// Highest output value.
+    pub activation_max: i32,
+}
+
+impl Requantize<'_> {
+    #[inline]
+    fn apply(&self, acc: i32, channel: usize) -> i8 {
+        let v = multiply_by_quantized_multiplier(acc, self.multipliers[channel], self.shifts[channel])
+            .saturating_add(self.output_zero_point);
+        v.clamp(self.activation_min, self.activation_max) as i8
+    }
+
+    fn check(&self, channels: usize) -> Result<(), Error> {
+        expect("requant multipliers", channels, self.multipliers.len())?;
+        expect("requant shifts", channels, self.shifts.len())
+    }
+}
+
+/// TFLite int8 convolution: `acc = bias + Σ (x − input_zero_point)·w` in i32,
+/// requantized per output channel, then an optional TFLite-style int8 residual add.
+/// Padding stands for the input zero point and so contributes nothing.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_i8(
+    shape: &ConvShape,
+    input: &[i8],
+    input_zero_point: i32,
+    weights: &[i8],
+    bias: &[i32],
+    requant: &Requantize<'_>,
+    residual: Option<(Shortcut<'_, i8>, &AddParams)>,
+    output: &mut [i8],
+) -> Result<(), Error> {
+    shape.check(input.len(), weights.len(), bias.len(), output.len())?;
+    requant.check(shape.out_c)?;
+    if let Some((shortcut, _)) = &residual {
+        shortcut.check(shape.out_h, shape.out_w, shape.out_c)?;
+    }
+    let window = shape.kernel_h * shape.kernel_w * shape.in_c;
+    let c_in = shape.in_c;
+    for oy in 0..shape.out_h {
+        for ox in 0..shape.out_w {
+            let out_start = (oy * shape.out_w + ox) * shape.out_c;
+            let out_row = &mut output[out_start..out_start + shape.out_c];
+            let shortcut_row = residual.as_ref().and_then(|(s, _)| s.row(oy, ox));
+            for (co, out) in out_row.iter_mut().enumerate() {
+                let filter = &weights[co * window..(co + 1) * window];
+                let mut acc = bias[co];
+                shape.for_each_tap(oy, ox, |pixel, tap| {
+                    let x = &input[pixel * c_in..(pixel + 1) * c_in];
+                    let w = &filter[tap * c_in..(tap + 1) * c_in];
+                    for (&x, &w) in x.iter().zip(w) {
+                        acc = acc.wrapping_add((i32::from(x) - input_zero_point) * i32::from(w));
+                    }
+                });
+                let value = requant.apply(acc, co);
+                *out = match residual {
+                    None => value,
+                    Some((_, add)) => {
+                        let s = match shortcut_row {
+                            None => *out,
+                            Some((row, offset)) => co
+                                .checked_sub(offset)
+                                .and_then(|c| row.get(c))
+                                .copied()
+                                // A padded channel holds real zero: the zero point.
+                                .unwrap_or(add.input2_zero_point as i8),
+                        };
+                        add.add(value, s)
+                    }
+                };
+            }
+        }
+    }
+    Ok(())
+}
+
+/// f32 global average pooling of an `h×w×c` tensor to `c` values.
+pub fn global_avg_pool_f32(input: &[f32], pixels: usize, output: &mut [f32]) -> Result<(), Error> {
+    let channels = output.len();
+    expect("pool input", pixels * channels, input.len())?;
+    output.fill(0.0);
+    for pixel in input.chunks_exact(channels.max(1)) {
+        for (o, &x) in output.iter_mut().zip(pixel) {
+            *o += x;
+        }
+    }
+    let n = pixels as f32;
+    for o in output.iter_mut() {
+        *o /= n;
+    }
+    Ok(())
+}
+
+/// int8 global average pooling: the i32 sum per channel divided by the pixel count,
+/// rounded half away from zero (TFLite's int8 average pool); the output keeps the
+/// input's scale and zero point.
+pub fn global_avg_pool_i8(input: &[i8], pixels: usize, output: &mut [i8]) -> Result<(), Error> {
+    let channels = output.len();
+    expect("pool input", pixels * channels, input.len())?;
+    if pixels == 0 {
+        return Ok(());
+    }
+    for (c, o) in output.iter_mut().enumerate() {
+        let sum: i32 = input
+            .iter()
+            .skip(c)
+            .step_by(channels)
+            .map(|&x| i32::from(x))
+            .sum();
+        let n = pixels as i32;
+        let rounded = if sum >= 0 { (sum + n / 2) / n } else { (sum - n / 2) / n };
+        *o = rounded.clamp(-128, 127) as i8;
+    }
+    Ok(())
+}
+
+/// f32 fully connected layer with `[out][in]` weights and optional ReLU.
+pub fn dense_f32<W: FloatWeight>(
+    input: &[f32],
+    weights: &[W],
+    bias: &[f32],
+    relu: bool,
+    output: &mut [f32],
+) -> Result<(), Error> {
+    let n_in = input.len();
+    expect("dense weights", output.len() * n_in, weights.len())?;
+    expect("dense bias", output.len(), bias.len())?;
+    for ((o, row), &b) in output.iter_mut().zip(weights.chunks_exact(n_in.max(1))).zip(bias) {
+        let mut acc = b;
+        for (&x, &w) in input.iter().zip(row) {
+            acc += x * w.to_f32();
+        }
+        *o = if relu { acc.max(0.0) } else { acc };
+    }
+    Ok(())
+}
+
+/// TFLite int8 fully connected layer with per-output-channel requantization.
+pub fn dense_i8(
+    input: &[i8],
+    input_zero_point: i32,
+    weights: &[i8],
+    bias: &[i32],
+    requant: &Requantize<'_>,
+    output: &mut [i8],
+) -> Result<(), Error> {
+    let n_in = input.len();
+    expect("dense weights", output.len() * n_in, weights.len())?;
+    expect("dense bias", output.len(), bias.len())?;
+    requant.check(output.len())?;
+    for (co, (o, row)) in output.iter_mut().zip(weights.chunks_exact(n_in.max(1))).enumerate() {
+        let mut acc = bias[co];
+        for (&x, &w) in input.iter().zip(row) {
+            acc = acc.wrapping_add((i32::from(x) - input_zero_point) * i32::from(w));
+        }
+        *o = requant.apply(acc, co);
+    }
+    Ok(())
+}
+
+/// Index of the largest value (the first one on ties; NaN never wins).
+pub fn argmax(values: &[f32]) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in values.iter().enumerate() {
+        if !v.is_nan() && best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Numerically stable softmax, in place: logits in, probabilities out.
+pub fn softmax_in_place(values: &mut [f32]) {
+    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in values.iter_mut() {
+        *v = libm::expf(*v - max);
+        sum += *v;
+    }
+    for v in values.iter_mut() {
+        *v /= sum;
+    }
+}

@@ -1,0 +1,27 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(not(test), no_std)]
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+mod arch;
+mod crc;
+mod engine;
+mod error;
+mod format;
+pub mod kernels;
+mod model;
+pub mod quant;
+
+#[cfg(feature = "alloc")]
+pub mod plan;
+#[cfg(feature = "alloc")]
+pub mod writer;
+
+pub use crc::crc32;
+pub use engine::{Arena, Interpreter};
+pub use error::Error;
+pub use format::{DType, InputRange};
+pub use model::{Bias, Conv, Dense, Layer, Model, Requant, Residual, TensorInfo, Weights};

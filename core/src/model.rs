@@ -1,0 +1,875 @@
+//! Parsing and validation of the `.trm` blob. Nothing here panics on any input: every
+//! offset, length, shape, enum value and count is checked before use, and weights
+//! are borrowed in place from the blob.
+
+use half::f16;
+
+use crate::crc::crc32;
+use crate::error::Error;
+use crate::format::{self, flags, header, kind, layer as lf, tensor as tf, DType, InputRange};
+use crate::quant::AddParams;
+
+/// Reads little-endian fields of one record; every read is bounds-checked.
+#[derive(Clone, Copy)]
+struct Record<'a> {
+    bytes: &'a [u8],
+    what: &'static str,
+    index: u16,
+}
+
+impl<'a> Record<'a> {
+    fn field<const N: usize>(&self, offset: usize) -> Result<[u8; N], Error> {
+        self.bytes
+            .get(offset..offset + N)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(Error::OutOfBounds {
+                what: self.what,
+                index: self.index,
+            })
+    }
+    fn u8(&self, offset: usize) -> Result<u8, Error> {
+        Ok(self.field::<1>(offset)?[0])
+    }
+    fn u16(&self, offset: usize) -> Result<u16, Error> {
+        self.field(offset).map(u16::from_le_bytes)
+    }
+    fn u32(&self, offset: usize) -> Result<u32, Error> {
+        self.field(offset).map(u32::from_le_bytes)
+    }
+    fn i32(&self, offset: usize) -> Result<i32, Error> {
+        self.field(offset).map(i32::from_le_bytes)
+    }
+    fn f32(&self, offset: usize) -> Result<f32, Error> {
+        self.field(offset).map(f32::from_le_bytes)
+    }
+}
+
+/// A tensor (an activation buffer) of the model, NHWC with batch 1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TensorInfo {
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+    /// Channels (innermost).
+    pub channels: usize,
+    /// Byte offset of the buffer in the arena.
+    pub arena_offset: usize,
+    /// int8 quantization scale (1.0 for float models).
+    pub scale: f32,
+    /// int8 zero point (0 for float models).
+    pub zero_point: i32,
+}
+
+impl TensorInfo {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.height * self.width * self.channels
+    }
+
+    /// Whether the tensor has no elements (never true in a valid model).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Weights of a layer, borrowed from the blob.
+#[derive(Clone, Copy, Debug)]
+pub enum Weights<'a> {
+    /// f32 weights.
+    F32(&'a [f32]),
+    /// f16-stored weights.
+    F16(&'a [f16]),
+    /// Per-channel symmetric int8 weights.
+    I8(&'a [i8]),
+}
+
+/// Biases of a layer, borrowed from the blob.
+#[derive(Clone, Copy, Debug)]
+pub enum Bias<'a> {
+    /// f32 biases (f32 and f16 models).
+    F32(&'a [f32]),
+    /// int32 biases in units of `input_scale · weight_scale` (int8 models).
+    I32(&'a [i32]),
+}
+
+/// Per-output-channel requantization of an int8 layer.
+#[derive(Clone, Copy, Debug)]
+pub struct Requant<'a> {
+    /// Q31 multipliers.
+    pub multipliers: &'a [i32],
+    /// Shifts (positive: left).
+    pub shifts: &'a [i32],
+    /// Zero point of the value produced (the pre-add value when a residual follows).
+    pub output_zero_point: i32,
+}
+
+/// Where a residual (shortcut) input comes from and how it maps onto the output.
+///
+/// Output element `(y, x, c)` adds shortcut element `(y·stride, x·stride,
+/// c − channel_offset)`, or zero where that channel does not exist: this is the
+/// paper's option A (identity with stride-2 subsampling and zero-padded channels)
+/// when `stride = 2`, and a plain identity shortcut when `stride = 1` and
+/// `channel_offset = 0`. Options B and C are a 1×1 projection layer feeding an
+/// identity shortcut.
+#[derive(Clone, Copy, Debug)]
+pub struct Residual {
+    /// Tensor added to the output.
+    pub tensor: u16,
+    /// Spatial subsampling of the shortcut.
+    pub stride: usize,
+    /// Zero channels padded before the shortcut's channels.
+    pub channel_offset: usize,
+    /// ReLU after the add.
+    pub relu: bool,
+    /// int8 add parameters (int8 models only).
+    pub add: AddParams,
+}
+
+/// A k×k convolution with folded batch norm, optional ReLU and optional residual add.
+#[derive(Clone, Copy, Debug)]
+pub struct Conv<'a> {
+    /// Input tensor.
+    pub input: u16,
+    /// Output tensor.
+    pub output: u16,
+    /// Kernel rows.
+    pub kernel_h: usize,
+    /// Kernel columns.
+    pub kernel_w: usize,
+    /// Stride (both directions).
+    pub stride: usize,
+    /// Zero padding: top, left, bottom, right.
+    pub padding: [usize; 4],
+    /// ReLU on the convolution's output, before any residual add.
+    pub relu: bool,
+    /// OHWI weights.
+    pub weights: Weights<'a>,
+    /// One bias per output channel.
+    pub bias: Bias<'a>,
+    /// int8 requantization (int8 models only).
+    pub requant: Option<Requant<'a>>,
+    /// Residual add fused after the convolution.
+    pub residual: Option<Residual>,
+}
+
+/// A fully connected layer over the flattened (NHWC) input.
+#[derive(Clone, Copy, Debug)]
+pub struct Dense<'a> {
+    /// Input tensor.
+    pub input: u16,
+    /// Output tensor.
+    pub output: u16,
+    /// ReLU on the output.
+    pub relu: bool,
+    /// `[out][in]` weights.
+    pub weights: Weights<'a>,
+    /// One bias per output.
+    pub bias: Bias<'a>,
+    /// int8 requantization (int8 models only).
+    pub requant: Option<Requant<'a>>,
+}
+
+/// One layer of the model.
+#[derive(Clone, Copy, Debug)]
+pub enum Layer<'a> {
+    /// Convolution (with optional fused residual add).
+    Conv(Conv<'a>),
+    /// Global average pooling to 1×1×C.
+    GlobalAvgPool {
+        /// Input tensor.
+        input: u16,
+        /// Output tensor.
+        output: u16,
+    },
+    /// Fully connected layer.
+    Dense(Dense<'a>),
+}
+
+impl Layer<'_> {
+    /// The tensor this layer writes.
+    pub fn output(&self) -> u16 {
+        match self {
+            Layer::Conv(c) => c.output,
+            Layer::GlobalAvgPool { output, .. } => *output,
+            Layer::Dense(d) => d.output,
+        }
+    }
+
+    /// The tensors this layer reads: its input and, for a residual convolution, the
+    /// shortcut.
+    pub fn inputs(&self) -> (u16, Option<u16>) {
+        match self {
+            Layer::Conv(c) => (c.input, c.residual.map(|r| r.tensor)),
+            Layer::GlobalAvgPool { input, .. } => (*input, None),
+            Layer::Dense(d) => (d.input, None),
+        }
+    }
+}
+
+/// A validated model blob. Cheap to copy; borrows the blob.
+#[derive(Clone, Copy, Debug)]
+pub struct Model<'a> {
+    blob: &'a [u8],
+    dtype: DType,
+    input_range: InputRange,
+    num_layers: u16,
+    features: Option<u16>,
+    tensor_table: usize,
+    layer_table: usize,
+    preprocess: usize,
+    class_names: usize,
+    arena_size: usize,
+}
+
+impl<'a> Model<'a> {
+    /// Parses and fully validates a blob. The blob must be 4-byte aligned (the
+    /// weights are used in place) and may be longer than the model (a flash
+    /// partition); bytes after the stated length are ignored.
+    pub fn parse(blob: &'a [u8]) -> Result<Self, Error> {
+        if blob.len() < format::HEADER_SIZE {
+            return Err(Error::Truncated {
+                needed: format::HEADER_SIZE,
+                available: blob.len(),
+            });
+        }
+        let head = Record {
+            bytes: blob,
+            what: "header",
+            index: 0,
+        };
+        if head.field::<4>(header::MAGIC)? != format::MAGIC {
+            return Err(Error::BadMagic);
+        }
+        let version = head.u16(header::VERSION)?;
+        if version != format::VERSION {
+            return Err(Error::UnsupportedVersion(version));
+        }
+        let header_size = head.u16(header::HEADER_SIZE)?;
+        if usize::from(header_size) != format::HEADER_SIZE {
+            return Err(invalid("header_size", 0, header_size.into()));
+        }
+        let total = head.u32(header::TOTAL_SIZE)? as usize;
+        if total < format::HEADER_SIZE {
+            return Err(invalid("total_size", 0, total as u32));
+        }
+        if blob.len() < total {
+            return Err(Error::Truncated {
+                needed: total,
+                available: blob.len(),
+            });
+        }
+        let blob = &blob[..total];
+        if blob.as_ptr() as usize % 4 != 0 {
+            return Err(Error::Misaligned { what: "blob" });
+        }
+        let stored = head.u32(header::CRC32)?;
+        let computed = crc32(&blob[format::CRC_START..]);
+        if stored != computed {
+            return Err(Error::ChecksumMismatch { stored, computed });
+        }
+
+        let dtype_code = head.u8(header::DTYPE)?;
+        let dtype =
+            DType::from_code(dtype_code).ok_or(invalid("dtype", 0, dtype_code.into()))?;
+        let range_code = head.u8(header::INPUT_RANGE)?;
+        let input_range = InputRange::from_code(range_code)
+            .ok_or(invalid("input_range", 0, range_code.into()))?;
+        let num_tensors = head.u16(header::NUM_TENSORS)?;
+        let num_layers = head.u16(header::NUM_LAYERS)?;
+        if num_layers == 0 || u32::from(num_tensors) != u32::from(num_layers) + 1 {
+            return Err(invalid("num_tensors", 0, num_tensors.into()));
+        }
+        let features = match head.u16(header::FEATURES_TENSOR)? {
+            format::NO_TENSOR => None,
+            t if t < num_tensors => Some(t),
+            t => return Err(invalid("features_tensor", 0, t.into())),
+        };
+        let model = Model {
+            blob,
+            dtype,
+            input_range,
+            num_layers,
+            features,
+            tensor_table: table(
+                blob,
+                head.u32(header::TENSOR_TABLE)?,
+                usize::from(num_tensors) * format::TENSOR_RECORD_SIZE,
+                "tensor_table",
+            )?,
+            layer_table: table(
+                blob,
+                head.u32(header::LAYER_TABLE)?,
+                usize::from(num_layers) * format::LAYER_RECORD_SIZE,
+                "layer_table",
+            )?,
+            preprocess: 0,
+            class_names: head.u32(header::CLASS_NAMES)? as usize,
+            arena_size: head.u32(header::ARENA_SIZE)? as usize,
+        };
+        let input = model.tensor(0)?;
+        let model = Model {
+            preprocess: table(
+                blob,
+                head.u32(header::PREPROCESS)?,
+                2 * 4 * input.channels,
+                "preprocess",
+            )?,
+            ..model
+        };
+        model.validate()?;
+        Ok(model)
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        for t in 0..=self.num_layers {
+            self.tensor(t)?;
+        }
+        let logits = self.tensor(self.num_layers)?;
+        if logits.height != 1 || logits.width != 1 {
+            return Err(Error::ShapeMismatch {
+                layer: self.num_layers - 1,
+                what: "the last layer must produce a 1x1xC logits tensor",
+            });
+        }
+        for c in 0..self.tensor(0)?.channels {
+            let (mean, std) = self.preprocessing(c)?;
+            if !mean.is_finite() {
+                return Err(invalid("preprocess mean", c as u16, mean.to_bits()));
+            }
+            if !(std.is_finite() && std > 0.0) {
+                return Err(invalid("preprocess std", c as u16, std.to_bits()));
+            }
+        }
+        for i in 0..self.num_layers {
+            self.layer(i)?;
+        }
+        self.validate_plan()?;
+        self.validate_class_names()
+    }
+
+    /// No layer may write over a tensor that is still to be read. For every tensor `t`
+    /// read by layer `j` (or, for the logits and features, read after the run), each
+    /// layer `i` in `t..=j` must write outside `t`; the one exception is layer `j`
+    /// itself adding an identity residual `t` in place (its output takes `t`'s exact
+    /// bytes, and no later layer reads `t`, which the same rule checks).
+    /// O(layers²) record decodes and no allocation.
+    fn validate_plan(&self) -> Result<(), Error> {
+        for j in 0..self.num_layers {
+            let reader = self.layer(j)?;
+            let (input, residual) = reader.inputs();
+            self.check_live_range(input, j, None)?;
+            if let (Some(t), Layer::Conv(conv)) = (residual, reader) {
+                self.check_live_range(t, j, Some(conv))?;
+            }
+        }
+        if let Some(features) = self.features {
+            self.check_live_range(features, self.num_layers, None)?;
+        }
+        Ok(())
+    }
+
+    /// Checks that layers `t..=last_reader` leave tensor `t` intact.
+    fn check_live_range(&self, t: u16, last_reader: u16, residual_of: Option<Conv<'_>>) -> Result<(), Error> {
+        let t_info = self.tensor(t)?;
+        let live = self.byte_range(&t_info);
+        for i in t..last_reader.saturating_add(1).min(self.num_layers) {
+            let out = self.tensor(i + 1)?;
+            let written = self.byte_range(&out);
+            if written.start >= live.end || live.start >= written.end {
+                continue;
+            }
+            let in_place = i == last_reader
+                && residual_of.is_some_and(|conv| {
+                    conv.residual.is_some_and(|r| r.stride == 1 && r.channel_offset == 0)
+                        && conv.input != t
+                        && written == live
+                        && (out.height, out.width, out.channels)
+                            == (t_info.height, t_info.width, t_info.channels)
+                });
+            if !in_place {
+                return Err(Error::PlanConflict { layer: i, tensor: t });
+            }
+        }
+        Ok(())
+    }
+
+    fn byte_range(&self, t: &TensorInfo) -> core::ops::Range<usize> {
+        t.arena_offset..t.arena_offset + t.len() * self.dtype.activation_bytes()
+    }
+
+    fn validate_class_names(&self) -> Result<(), Error> {
+        if self.class_names == 0 {
+            return Ok(());
+        }
+        let rec = self.record(self.class_names, 4, "class_names", 0)?;
+        let count = rec.u16(0)?;
+        if usize::from(count) != self.num_classes() {
+            return Err(invalid("class_names count", 0, count.into()));
+        }
+        let mut at = self.class_names + 4;
+        for i in 0..count {
+            let (name, next) = self.name_at(at, i)?;
+            if name.is_empty() {
+                return Err(invalid("class name length", i, 0));
+            }
+            at = next;
+        }
+        Ok(())
+    }
+
+    fn name_at(&self, at: usize, index: u16) -> Result<(&'a str, usize), Error> {
+        let oob = Error::OutOfBounds {
+            what: "class name",
+            index,
+        };
+        let len = usize::from(*self.blob.get(at).ok_or(oob)?);
+        let bytes = self.blob.get(at + 1..at + 1 + len).ok_or(oob)?;
+        let name = core::str::from_utf8(bytes).map_err(|_| invalid("class name utf-8", index, 0))?;
+        Ok((name, at + 1 + len))
+    }
+
+    fn record(
+        &self,
+        offset: usize,
+        size: usize,
+        what: &'static str,
+        index: u16,
+    ) -> Result<Record<'a>, Error> {
+        let bytes = self
+            .blob
+            .get(offset..offset.saturating_add(size))
+            .ok_or(Error::OutOfBounds { what, index })?;
+        Ok(Record { bytes, what, index })
+    }
+
+    /// The numeric type of the model.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// How raw pixels are scaled before mean/std normalisation.
+    pub fn input_range(&self) -> InputRange {
+        self.input_range
+    }
+
+    /// Mean and standard deviation subtracted from / dividing channel `c` of the
+    /// scaled pixels.
+    pub fn preprocessing(&self, c: usize) -> Result<(f32, f32), Error> {
+        let channels = self.tensor(0)?.channels;
+        let rec = self.record(self.preprocess, 8 * channels, "preprocess", 0)?;
+        Ok((rec.f32(4 * c)?, rec.f32(4 * (channels + c))?))
+    }
+
+    /// Bytes the memory plan needs (the plan's peak); see [`Model::required_arena`].
+    pub fn arena_size(&self) -> usize {
+        self.arena_size
+    }
+
+    /// Bytes an arena of unknown alignment must have: the plan's peak plus slack for
+    /// aligning its start to 16 bytes. A [`crate::Arena`] needs only `arena_size()`.
+    pub fn required_arena(&self) -> usize {
+        self.arena_size + format::SECTION_ALIGN - 1
+    }
+
+    /// Number of layers.
+    pub fn num_layers(&self) -> u16 {
+        self.num_layers
+    }
+
+    /// Number of tensors (layers + 1: tensor 0 is the input, tensor `k + 1` the
+    /// output of layer `k`).
+    pub fn num_tensors(&self) -> u16 {
+        self.num_layers + 1
+    }
+
+    /// `(height, width, channels)` of the input image.
+    pub fn input_shape(&self) -> (usize, usize, usize) {
+        let t = self.tensor(0).unwrap_or(EMPTY);
+        (t.height, t.width, t.channels)
+    }
+
+    /// Number of classes (length of the logits).
+    pub fn num_classes(&self) -> usize {
+        self.tensor(self.num_layers).unwrap_or(EMPTY).len()
+    }
+
+    /// Length of the pooled feature vector (0 when the model names none).
+    pub fn num_features(&self) -> usize {
+        self.features
+            .and_then(|t| self.tensor(t).ok())
+            .map_or(0, |t| t.len())
+    }
+
+    /// The pooled-feature tensor, if the model names one.
+    pub fn features_tensor(&self) -> Option<u16> {
+        self.features
+    }
+
+    /// Name of class `i`, if the blob carries class names.
+    pub fn class_name(&self, i: usize) -> Option<&'a str> {
+        if self.class_names == 0 || i >= self.num_classes() {
+            return None;
+        }
+        let mut at = self.class_names + 4;
+        for k in 0..=i {
+            let (name, next) = self.name_at(at, k as u16).ok()?;
+            if k == i {
+                return Some(name);
+            }
+            at = next;
+        }
+        None
+    }
+
+    /// Total bytes of the blob.
+    pub fn blob_size(&self) -> usize {
+        self.blob.len()
+    }
+
+    /// Tensor `t`, validated.
+    pub fn tensor(&self, t: u16) -> Result<TensorInfo, Error> {
+        if t > self.num_layers {
+            return Err(invalid("tensor index", t, t.into()));
+        }
+        let rec = self.record(
+            self.tensor_table + usize::from(t) * format::TENSOR_RECORD_SIZE,
+            format::TENSOR_RECORD_SIZE,
+            "tensor record",
+            t,
+        )?;
+        let dim = |offset, what| -> Result<usize, Error> {
+            match rec.u16(offset)? {
+                0 => Err(invalid(what, t, 0)),
+                d => Ok(usize::from(d)),
+            }
+        };
+        let info = TensorInfo {
+            height: dim(tf::HEIGHT, "tensor height")?,
+            width: dim(tf::WIDTH, "tensor width")?,
+            channels: dim(tf::CHANNELS, "tensor channels")?,
+            arena_offset: rec.u32(tf::ARENA_OFFSET)? as usize,
+            scale: rec.f32(tf::SCALE)?,
+            zero_point: rec.i32(tf::ZERO_POINT)?,
+        };
+        let bytes = info
+            .height
+            .checked_mul(info.width)
+            .and_then(|n| n.checked_mul(info.channels))
+            .and_then(|n| n.checked_mul(self.dtype.activation_bytes()))
+            .ok_or(invalid("tensor size", t, u32::MAX))?;
+        if info.arena_offset % 4 != 0 {
+            return Err(Error::Misaligned {
+                what: "tensor arena offset",
+            });
+        }
+        match info.arena_offset.checked_add(bytes) {
+            Some(end) if end <= self.arena_size => {}
+            _ => {
+                return Err(Error::OutOfBounds {
+                    what: "tensor buffer (beyond arena_size)",
+                    index: t,
+                })
+            }
+        }
+        if self.dtype == DType::Int8 {
+            if !(info.scale.is_finite() && info.scale > 0.0) {
+                return Err(invalid("tensor scale", t, info.scale.to_bits()));
+            }
+            if !(-128..=127).contains(&info.zero_point) {
+                return Err(invalid("tensor zero point", t, info.zero_point as u32));
+            }
+        }
+        Ok(info)
+    }
+
+    /// Layer `i`, validated against its tensors.
+    pub fn layer(&self, i: u16) -> Result<Layer<'a>, Error> {
+        if i >= self.num_layers {
+            return Err(invalid("layer index", i, i.into()));
+        }
+        let rec = self.record(
+            self.layer_table + usize::from(i) * format::LAYER_RECORD_SIZE,
+            format::LAYER_RECORD_SIZE,
+            "layer record",
+            i,
+        )?;
+        let kind_code = rec.u8(lf::KIND)?;
+        let flag_bits = rec.u8(lf::FLAGS)?;
+        if flag_bits & !flags::ALL != 0 {
+            return Err(invalid("layer flags", i, flag_bits.into()));
+        }
+        let input = rec.u16(lf::INPUT)?;
+        let output = rec.u16(lf::OUTPUT)?;
+        if output != i + 1 {
+            return Err(invalid("layer output tensor", i, output.into()));
+        }
+        if input > i {
+            return Err(invalid("layer input tensor (not yet computed)", i, input.into()));
+        }
+        let in_t = self.tensor(input)?;
+        let out_t = self.tensor(output)?;
+        let relu = flag_bits & flags::RELU != 0;
+        let mismatch = |what| Error::ShapeMismatch { layer: i, what };
+        match kind_code {
+            kind::CONV2D => {
+                let kernel_h = usize::from(rec.u8(lf::KERNEL_H)?);
+                let kernel_w = usize::from(rec.u8(lf::KERNEL_W)?);
+                let stride = usize::from(rec.u8(lf::STRIDE)?);
+                let padding = [
+                    usize::from(rec.u8(lf::PAD_TOP)?),
+                    usize::from(rec.u8(lf::PAD_LEFT)?),
+                    usize::from(rec.u8(lf::PAD_BOTTOM)?),
+                    usize::from(rec.u8(lf::PAD_RIGHT)?),
+                ];
+                if kernel_h == 0 || kernel_w == 0 {
+                    return Err(invalid("kernel size", i, 0));
+                }
+                if stride == 0 {
+                    return Err(invalid("stride", i, 0));
+                }
+                if padding[0].max(padding[2]) >= kernel_h || padding[1].max(padding[3]) >= kernel_w
+                {
+                    return Err(mismatch("padding must be smaller than the kernel"));
+                }
+                let padded_h = in_t.height + padding[0] + padding[2];
+                let padded_w = in_t.width + padding[1] + padding[3];
+                if padded_h < kernel_h
+                    || padded_w < kernel_w
+                    || out_t.height != (padded_h - kernel_h) / stride + 1
+                    || out_t.width != (padded_w - kernel_w) / stride + 1
+                {
+                    return Err(mismatch("conv output size disagrees with kernel, stride, padding"));
+                }
+                let n_weights = out_t
+                    .channels
+                    .checked_mul(kernel_h * kernel_w)
+                    .and_then(|n| n.checked_mul(in_t.channels))
+                    .ok_or(mismatch("conv weight count overflows"))?;
+                let weights = self.weights(&rec, n_weights)?;
+                let bias = self.bias(&rec, out_t.channels)?;
+                let flagged_residual = flag_bits & flags::RESIDUAL != 0;
+                let residual = if flagged_residual {
+                    let tensor = rec.u16(lf::RESIDUAL_INPUT)?;
+                    if tensor > i {
+                        return Err(invalid("residual tensor (not yet computed)", i, tensor.into()));
+                    }
+                    let r_t = self.tensor(tensor)?;
+                    let r_stride = usize::from(rec.u8(lf::RESIDUAL_STRIDE)?);
+                    let channel_offset = usize::from(rec.u16(lf::RESIDUAL_CHANNEL_OFFSET)?);
+                    if r_stride == 0 {
+                        return Err(invalid("residual stride", i, 0));
+                    }
+                    if (out_t.height - 1) * r_stride >= r_t.height
+                        || (out_t.width - 1) * r_stride >= r_t.width
+                        || channel_offset + r_t.channels > out_t.channels
+                    {
+                        return Err(mismatch("residual tensor does not map onto the output"));
+                    }
+                    let add = if self.dtype == DType::Int8 {
+                        let p = AddParams {
+                            input1_zero_point: zero_point(&rec, lf::PRE_ADD_ZERO_POINT, i)?,
+                            input2_zero_point: r_t.zero_point,
+                            output_zero_point: out_t.zero_point,
+                            input1_multiplier: multiplier(&rec, lf::ADD_INPUT1_MULTIPLIER, i)?,
+                            input1_shift: shift(&rec, lf::ADD_INPUT1_SHIFT, i)?,
+                            input2_multiplier: multiplier(&rec, lf::ADD_INPUT2_MULTIPLIER, i)?,
+                            input2_shift: shift(&rec, lf::ADD_INPUT2_SHIFT, i)?,
+                            output_multiplier: multiplier(&rec, lf::ADD_OUTPUT_MULTIPLIER, i)?,
+                            output_shift: shift(&rec, lf::ADD_OUTPUT_SHIFT, i)?,
+                            activation_min: 0,
+                            activation_max: 0,
+                        };
+                        let (activation_min, activation_max) = crate::quant::activation_range(
+                            out_t.zero_point,
+                            flag_bits & flags::RESIDUAL_RELU != 0,
+                        );
+                        AddParams {
+                            activation_min,
+                            activation_max,
+                            ..p
+                        }
+                    } else {
+                        AddParams::default()
+                    };
+                    Some(Residual {
+                        tensor,
+                        stride: r_stride,
+                        channel_offset,
+                        relu: flag_bits & flags::RESIDUAL_RELU != 0,
+                        add,
+                    })
+                } else if flag_bits & flags::RESIDUAL_RELU != 0 {
+                    return Err(invalid("layer flags", i, flag_bits.into()));
+                } else {
+                    None
+                };
+                let pre_add_zero_point = if residual.is_some() && self.dtype == DType::Int8 {
+                    zero_point(&rec, lf::PRE_ADD_ZERO_POINT, i)?
+                } else {
+                    out_t.zero_point
+                };
+                Ok(Layer::Conv(Conv {
+                    input,
+                    output,
+                    kernel_h,
+                    kernel_w,
+                    stride,
+                    padding,
+                    relu,
+                    weights,
+                    bias,
+                    requant: self.requant(&rec, out_t.channels, pre_add_zero_point)?,
+                    residual,
+                }))
+            }
+            kind::GLOBAL_AVG_POOL => {
+                if flag_bits != 0 {
+                    return Err(invalid("layer flags", i, flag_bits.into()));
+                }
+                if (out_t.height, out_t.width, out_t.channels) != (1, 1, in_t.channels) {
+                    return Err(mismatch("global average pool output must be 1x1xC"));
+                }
+                if self.dtype == DType::Int8
+                    && (out_t.scale.to_bits(), out_t.zero_point)
+                        != (in_t.scale.to_bits(), in_t.zero_point)
+                {
+                    return Err(mismatch("int8 average pool must keep its input's quantization"));
+                }
+                Ok(Layer::GlobalAvgPool { input, output })
+            }
+            kind::DENSE => {
+                if flag_bits & !flags::RELU != 0 {
+                    return Err(invalid("layer flags", i, flag_bits.into()));
+                }
+                if out_t.height != 1 || out_t.width != 1 {
+                    return Err(mismatch("dense output must be 1x1xC"));
+                }
+                Ok(Layer::Dense(Dense {
+                    input,
+                    output,
+                    relu,
+                    weights: self.weights(
+                        &rec,
+                        out_t
+                            .channels
+                            .checked_mul(in_t.len())
+                            .ok_or(mismatch("dense weight count overflows"))?,
+                    )?,
+                    bias: self.bias(&rec, out_t.channels)?,
+                    requant: self.requant(&rec, out_t.channels, out_t.zero_point)?,
+                }))
+            }
+            other => Err(invalid("layer kind", i, other.into())),
+        }
+    }
+
+    fn weights(&self, rec: &Record<'a>, count: usize) -> Result<Weights<'a>, Error> {
+        let offset = rec.u32(lf::WEIGHTS)? as usize;
+        let bytes = self.array(offset, count, self.dtype.weight_bytes(), "weights", rec.index)?;
+        Ok(match self.dtype {
+            DType::F32 => Weights::F32(cast(bytes, "f32 weights")?),
+            DType::F16 => Weights::F16(cast(bytes, "f16 weights")?),
+            DType::Int8 => Weights::I8(cast(bytes, "int8 weights")?),
+        })
+    }
+
+    fn bias(&self, rec: &Record<'a>, count: usize) -> Result<Bias<'a>, Error> {
+        let offset = rec.u32(lf::BIAS)? as usize;
+        let bytes = self.array(offset, count, 4, "bias", rec.index)?;
+        Ok(match self.dtype {
+            DType::F32 | DType::F16 => Bias::F32(cast(bytes, "f32 bias")?),
+            DType::Int8 => Bias::I32(cast(bytes, "int32 bias")?),
+        })
+    }
+
+    fn requant(
+        &self,
+        rec: &Record<'a>,
+        channels: usize,
+        output_zero_point: i32,
+    ) -> Result<Option<Requant<'a>>, Error> {
+        if self.dtype != DType::Int8 {
+            return Ok(None);
+        }
+        let m = self.array(rec.u32(lf::MULTIPLIERS)? as usize, channels, 4, "multipliers", rec.index)?;
+        let s = self.array(rec.u32(lf::SHIFTS)? as usize, channels, 4, "shifts", rec.index)?;
+        let multipliers: &[i32] = cast(m, "multipliers")?;
+        let shifts: &[i32] = cast(s, "shifts")?;
+        if let Some(&bad) = multipliers.iter().find(|&&m| m < 0) {
+            return Err(invalid("requant multiplier", rec.index, bad as u32));
+        }
+        if let Some(&bad) = shifts.iter().find(|&&s| !(-31..=30).contains(&s)) {
+            return Err(invalid("requant shift", rec.index, bad as u32));
+        }
+        Ok(Some(Requant {
+            multipliers,
+            shifts,
+            output_zero_point,
+        }))
+    }
+
+    fn array(
+        &self,
+        offset: usize,
+        count: usize,
+        elem: usize,
+        what: &'static str,
+        index: u16,
+    ) -> Result<&'a [u8], Error> {
+        count
+            .checked_mul(elem)
+            .and_then(|len| offset.checked_add(len))
+            .and_then(|end| self.blob.get(offset..end))
+            .ok_or(Error::OutOfBounds { what, index })
+    }
+}
+
+const EMPTY: TensorInfo = TensorInfo {
+    height: 0,
+    width: 0,
+    channels: 0,
+    arena_offset: 0,
+    scale: 1.0,
+    zero_point: 0,
+};
+
+fn invalid(what: &'static str, index: u16, value: u32) -> Error {
+    Error::InvalidValue { what, index, value }
+}
+
+fn table(blob: &[u8], offset: u32, len: usize, what: &'static str) -> Result<usize, Error> {
+    let offset = offset as usize;
+    if offset < format::HEADER_SIZE || offset % 4 != 0 {
+        return Err(invalid(what, 0, offset as u32));
+    }
+    match offset.checked_add(len) {
+        Some(end) if end <= blob.len() => Ok(offset),
+        _ => Err(Error::OutOfBounds { what, index: 0 }),
+    }
+}
+
+fn cast<'a, T: bytemuck::AnyBitPattern>(bytes: &'a [u8], what: &'static str) -> Result<&'a [T], Error> {
+    bytemuck::try_cast_slice(bytes).map_err(|_| Error::Misaligned { what })
+}
+
+fn zero_point(rec: &Record<'_>, offset: usize, layer: u16) -> Result<i32, Error> {
+    match rec.i32(offset)? {
+        zp @ -128..=127 => Ok(zp),
+        zp => Err(invalid("zero point", layer, zp as u32)),
+    }
+}
+
+fn multiplier(rec: &Record<'_>, offset: usize, layer: u16) -> Result<i32, Error> {
+    match rec.i32(offset)? {
+        m if m >= 0 => Ok(m),
+        m => Err(invalid("add multiplier", layer, m as u32)),
+    }
+}
+
+fn shift(rec: &Record<'_>, offset: usize, layer: u16) -> Result<i32, Error> {
+    match rec.i32(offset)? {
+        s @ -31..=30 => Ok(s),
+        s => Err(invalid("add shift", layer, s as u32)),
+    }
+}
