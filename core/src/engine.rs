@@ -153,10 +153,13 @@ impl<'m, 'a> Interpreter<'m, 'a> {
     }
 
     fn value(&self, t: &TensorInfo, i: usize) -> Result<f32, Error> {
-        let bytes = self.arena.get(self.byte_range(t)).ok_or(Error::OutOfBounds {
-            what: "tensor buffer",
-            index: 0,
-        })?;
+        let bytes = self
+            .arena
+            .get(self.byte_range(t))
+            .ok_or(Error::OutOfBounds {
+                what: "tensor buffer",
+                index: 0,
+            })?;
         match self.model.dtype() {
             DType::F32 | DType::F16 => {
                 let at = 4 * i;
@@ -349,7 +352,12 @@ fn requantize<'b>(requant: Option<Requant<'b>>, relu: bool) -> Result<Requantize
     })
 }
 
-fn mapped<'b, T>(data: &'b [T], t: &TensorInfo, stride: usize, channel_offset: usize) -> Shortcut<'b, T> {
+fn mapped<'b, T>(
+    data: &'b [T],
+    t: &TensorInfo,
+    stride: usize,
+    channel_offset: usize,
+) -> Shortcut<'b, T> {
     Shortcut::Mapped {
         data,
         height: t.height,
@@ -369,11 +377,17 @@ fn type_error() -> Error {
 }
 
 fn cast<T: bytemuck::AnyBitPattern>(bytes: &[u8]) -> Result<&[T], Error> {
-    bytemuck::try_cast_slice(bytes).map_err(|_| Error::Misaligned { what: "arena buffer" })
+    bytemuck::try_cast_slice(bytes).map_err(|_| Error::Misaligned {
+        what: "arena buffer",
+    })
 }
 
-fn cast_mut<T: bytemuck::AnyBitPattern + bytemuck::NoUninit>(bytes: &mut [u8]) -> Result<&mut [T], Error> {
-    bytemuck::try_cast_slice_mut(bytes).map_err(|_| Error::Misaligned { what: "arena buffer" })
+fn cast_mut<T: bytemuck::AnyBitPattern + bytemuck::NoUninit>(
+    bytes: &mut [u8],
+) -> Result<&mut [T], Error> {
+    bytemuck::try_cast_slice_mut(bytes).map_err(|_| Error::Misaligned {
+        what: "arena buffer",
+    })
 }
 
 /// The arena cut around one layer's output: the output mutably, everything else

@@ -86,10 +86,9 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Error::Truncated { needed, available } => write!(
-                f,
-                "blob truncated: needs {needed} bytes, has {available}"
-            ),
+            Error::Truncated { needed, available } => {
+                write!(f, "blob truncated: needs {needed} bytes, has {available}")
+            }
             Error::BadMagic => f.write_str("not a tinyres model (bad magic)"),
             Error::UnsupportedVersion(v) => write!(f, "unsupported blob format version {v}"),
             Error::ChecksumMismatch { stored, computed } => write!(
@@ -110,10 +109,9 @@ impl fmt::Display for Error {
                 f,
                 "memory plan: layer {layer} overwrites tensor {tensor} while it is live"
             ),
-            Error::ArenaTooSmall { needed, available } => write!(
-                f,
-                "arena too small: needs {needed} bytes, has {available}"
-            ),
+            Error::ArenaTooSmall { needed, available } => {
+                write!(f, "arena too small: needs {needed} bytes, has {available}")
+            }
             Error::WrongLength {
                 what,
                 expected,

@@ -182,7 +182,10 @@ impl<T: Copy> Shortcut<'_, T> {
                 ..
             } => {
                 let start = ((oy * stride) * width + ox * stride) * channels;
-                Some((data.get(start..start + channels).unwrap_or(&[]), channel_offset))
+                Some((
+                    data.get(start..start + channels).unwrap_or(&[]),
+                    channel_offset,
+                ))
             }
         }
     }
@@ -283,8 +286,9 @@ pub struct Requantize<'a> {
 impl Requantize<'_> {
     #[inline]
     fn apply(&self, acc: i32, channel: usize) -> i8 {
-        let v = multiply_by_quantized_multiplier(acc, self.multipliers[channel], self.shifts[channel])
-            .saturating_add(self.output_zero_point);
+        let v =
+            multiply_by_quantized_multiplier(acc, self.multipliers[channel], self.shifts[channel])
+                .saturating_add(self.output_zero_point);
         v.clamp(self.activation_min, self.activation_max) as i8
     }
 
@@ -386,7 +390,11 @@ pub fn global_avg_pool_i8(input: &[i8], pixels: usize, output: &mut [i8]) -> Res
             .map(|&x| i32::from(x))
             .sum();
         let n = pixels as i32;
-        let rounded = if sum >= 0 { (sum + n / 2) / n } else { (sum - n / 2) / n };
+        let rounded = if sum >= 0 {
+            (sum + n / 2) / n
+        } else {
+            (sum - n / 2) / n
+        };
         *o = rounded.clamp(-128, 127) as i8;
     }
     Ok(())
@@ -403,7 +411,11 @@ pub fn dense_f32<W: FloatWeight>(
     let n_in = input.len();
     expect("dense weights", output.len() * n_in, weights.len())?;
     expect("dense bias", output.len(), bias.len())?;
-    for ((o, row), &b) in output.iter_mut().zip(weights.chunks_exact(n_in.max(1))).zip(bias) {
+    for ((o, row), &b) in output
+        .iter_mut()
+        .zip(weights.chunks_exact(n_in.max(1)))
+        .zip(bias)
+    {
         let mut acc = b;
         for (&x, &w) in input.iter().zip(row) {
             acc += x * w.to_f32();
@@ -426,7 +438,11 @@ pub fn dense_i8(
     expect("dense weights", output.len() * n_in, weights.len())?;
     expect("dense bias", output.len(), bias.len())?;
     requant.check(output.len())?;
-    for (co, (o, row)) in output.iter_mut().zip(weights.chunks_exact(n_in.max(1))).enumerate() {
+    for (co, (o, row)) in output
+        .iter_mut()
+        .zip(weights.chunks_exact(n_in.max(1)))
+        .enumerate()
+    {
         let mut acc = bias[co];
         for (&x, &w) in input.iter().zip(row) {
             acc = acc.wrapping_add((i32::from(x) - input_zero_point) * i32::from(w));

@@ -84,6 +84,22 @@ pub enum Weights<'a> {
     I8(&'a [i8]),
 }
 
+impl Weights<'_> {
+    /// Number of weights.
+    pub fn len(&self) -> usize {
+        match self {
+            Weights::F32(w) => w.len(),
+            Weights::F16(w) => w.len(),
+            Weights::I8(w) => w.len(),
+        }
+    }
+
+    /// Whether there are no weights (never true in a valid model).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Biases of a layer, borrowed from the blob.
 #[derive(Clone, Copy, Debug)]
 pub enum Bias<'a> {
@@ -91,6 +107,21 @@ pub enum Bias<'a> {
     F32(&'a [f32]),
     /// int32 biases in units of `input_scale · weight_scale` (int8 models).
     I32(&'a [i32]),
+}
+
+impl Bias<'_> {
+    /// Number of biases.
+    pub fn len(&self) -> usize {
+        match self {
+            Bias::F32(b) => b.len(),
+            Bias::I32(b) => b.len(),
+        }
+    }
+
+    /// Whether there are no biases (never true in a valid model).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Per-output-channel requantization of an int8 layer.
@@ -270,11 +301,13 @@ impl<'a> Model<'a> {
         }
 
         let dtype_code = head.u8(header::DTYPE)?;
-        let dtype =
-            DType::from_code(dtype_code).ok_or(invalid("dtype", 0, dtype_code.into()))?;
+        let dtype = DType::from_code(dtype_code).ok_or(invalid("dtype", 0, dtype_code.into()))?;
         let range_code = head.u8(header::INPUT_RANGE)?;
-        let input_range = InputRange::from_code(range_code)
-            .ok_or(invalid("input_range", 0, range_code.into()))?;
+        let input_range = InputRange::from_code(range_code).ok_or(invalid(
+            "input_range",
+            0,
+            range_code.into(),
+        ))?;
         let num_tensors = head.u16(header::NUM_TENSORS)?;
         let num_layers = head.u16(header::NUM_LAYERS)?;
         if num_layers == 0 || u32::from(num_tensors) != u32::from(num_layers) + 1 {
@@ -370,7 +403,12 @@ impl<'a> Model<'a> {
     }
 
     /// Checks that layers `t..=last_reader` leave tensor `t` intact.
-    fn check_live_range(&self, t: u16, last_reader: u16, residual_of: Option<Conv<'_>>) -> Result<(), Error> {
+    fn check_live_range(
+        &self,
+        t: u16,
+        last_reader: u16,
+        residual_of: Option<Conv<'_>>,
+    ) -> Result<(), Error> {
         let t_info = self.tensor(t)?;
         let live = self.byte_range(&t_info);
         for i in t..last_reader.saturating_add(1).min(self.num_layers) {
@@ -381,14 +419,18 @@ impl<'a> Model<'a> {
             }
             let in_place = i == last_reader
                 && residual_of.is_some_and(|conv| {
-                    conv.residual.is_some_and(|r| r.stride == 1 && r.channel_offset == 0)
+                    conv.residual
+                        .is_some_and(|r| r.stride == 1 && r.channel_offset == 0)
                         && conv.input != t
                         && written == live
                         && (out.height, out.width, out.channels)
                             == (t_info.height, t_info.width, t_info.channels)
                 });
             if !in_place {
-                return Err(Error::PlanConflict { layer: i, tensor: t });
+                return Err(Error::PlanConflict {
+                    layer: i,
+                    tensor: t,
+                });
             }
         }
         Ok(())
@@ -425,7 +467,8 @@ impl<'a> Model<'a> {
         };
         let len = usize::from(*self.blob.get(at).ok_or(oob)?);
         let bytes = self.blob.get(at + 1..at + 1 + len).ok_or(oob)?;
-        let name = core::str::from_utf8(bytes).map_err(|_| invalid("class name utf-8", index, 0))?;
+        let name =
+            core::str::from_utf8(bytes).map_err(|_| invalid("class name utf-8", index, 0))?;
         Ok((name, at + 1 + len))
     }
 
@@ -605,7 +648,11 @@ impl<'a> Model<'a> {
             return Err(invalid("layer output tensor", i, output.into()));
         }
         if input > i {
-            return Err(invalid("layer input tensor (not yet computed)", i, input.into()));
+            return Err(invalid(
+                "layer input tensor (not yet computed)",
+                i,
+                input.into(),
+            ));
         }
         let in_t = self.tensor(input)?;
         let out_t = self.tensor(output)?;
@@ -639,7 +686,9 @@ impl<'a> Model<'a> {
                     || out_t.height != (padded_h - kernel_h) / stride + 1
                     || out_t.width != (padded_w - kernel_w) / stride + 1
                 {
-                    return Err(mismatch("conv output size disagrees with kernel, stride, padding"));
+                    return Err(mismatch(
+                        "conv output size disagrees with kernel, stride, padding",
+                    ));
                 }
                 let n_weights = out_t
                     .channels
@@ -652,7 +701,11 @@ impl<'a> Model<'a> {
                 let residual = if flagged_residual {
                     let tensor = rec.u16(lf::RESIDUAL_INPUT)?;
                     if tensor > i {
-                        return Err(invalid("residual tensor (not yet computed)", i, tensor.into()));
+                        return Err(invalid(
+                            "residual tensor (not yet computed)",
+                            i,
+                            tensor.into(),
+                        ));
                     }
                     let r_t = self.tensor(tensor)?;
                     let r_stride = usize::from(rec.u8(lf::RESIDUAL_STRIDE)?);
@@ -734,7 +787,9 @@ impl<'a> Model<'a> {
                     && (out_t.scale.to_bits(), out_t.zero_point)
                         != (in_t.scale.to_bits(), in_t.zero_point)
                 {
-                    return Err(mismatch("int8 average pool must keep its input's quantization"));
+                    return Err(mismatch(
+                        "int8 average pool must keep its input's quantization",
+                    ));
                 }
                 Ok(Layer::GlobalAvgPool { input, output })
             }
@@ -766,7 +821,13 @@ impl<'a> Model<'a> {
 
     fn weights(&self, rec: &Record<'a>, count: usize) -> Result<Weights<'a>, Error> {
         let offset = rec.u32(lf::WEIGHTS)? as usize;
-        let bytes = self.array(offset, count, self.dtype.weight_bytes(), "weights", rec.index)?;
+        let bytes = self.array(
+            offset,
+            count,
+            self.dtype.weight_bytes(),
+            "weights",
+            rec.index,
+        )?;
         Ok(match self.dtype {
             DType::F32 => Weights::F32(cast(bytes, "f32 weights")?),
             DType::F16 => Weights::F16(cast(bytes, "f16 weights")?),
@@ -792,8 +853,20 @@ impl<'a> Model<'a> {
         if self.dtype != DType::Int8 {
             return Ok(None);
         }
-        let m = self.array(rec.u32(lf::MULTIPLIERS)? as usize, channels, 4, "multipliers", rec.index)?;
-        let s = self.array(rec.u32(lf::SHIFTS)? as usize, channels, 4, "shifts", rec.index)?;
+        let m = self.array(
+            rec.u32(lf::MULTIPLIERS)? as usize,
+            channels,
+            4,
+            "multipliers",
+            rec.index,
+        )?;
+        let s = self.array(
+            rec.u32(lf::SHIFTS)? as usize,
+            channels,
+            4,
+            "shifts",
+            rec.index,
+        )?;
         let multipliers: &[i32] = cast(m, "multipliers")?;
         let shifts: &[i32] = cast(s, "shifts")?;
         if let Some(&bad) = multipliers.iter().find(|&&m| m < 0) {
@@ -849,7 +922,10 @@ fn table(blob: &[u8], offset: u32, len: usize, what: &'static str) -> Result<usi
     }
 }
 
-fn cast<'a, T: bytemuck::AnyBitPattern>(bytes: &'a [u8], what: &'static str) -> Result<&'a [T], Error> {
+fn cast<'a, T: bytemuck::AnyBitPattern>(
+    bytes: &'a [u8],
+    what: &'static str,
+) -> Result<&'a [T], Error> {
     bytemuck::try_cast_slice(bytes).map_err(|_| Error::Misaligned { what })
 }
 

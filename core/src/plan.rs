@@ -36,7 +36,13 @@ pub struct MemoryPlan {
 /// Places `requests` in one arena, every offset a multiple of `align` (a power of two).
 pub fn plan_buffers(requests: &[BufferRequest], align: usize) -> MemoryPlan {
     let mut order: Vec<usize> = (0..requests.len()).collect();
-    order.sort_by_key(|&i| (core::cmp::Reverse(requests[i].size), requests[i].first_step, i));
+    order.sort_by_key(|&i| {
+        (
+            core::cmp::Reverse(requests[i].size),
+            requests[i].first_step,
+            i,
+        )
+    });
     let mut offsets = alloc::vec![usize::MAX; requests.len()];
     let mut placed: Vec<usize> = Vec::new();
     for &i in &order {

@@ -199,10 +199,19 @@ mod tests {
 
     #[test]
     fn frexp_matches_definition() {
-        for &x in &[1.0f64, 0.5, 0.75, 3.0, 1e-12, 123456.789, f64::MIN_POSITIVE / 8.0] {
+        for &x in &[
+            1.0f64,
+            0.5,
+            0.75,
+            3.0,
+            1e-12,
+            123456.789,
+            f64::MIN_POSITIVE / 8.0,
+        ] {
             let (f, e) = frexp(x);
             assert!((0.5..1.0).contains(&f), "{x}: {f}");
-            assert_eq!(f * 2f64.powi(e), x);
+            // Scaled by 2^100 so that powi of a very negative exponent does not underflow.
+            assert_eq!(f * 2f64.powi(e + 100), x * 2f64.powi(100));
         }
     }
 

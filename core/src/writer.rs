@@ -191,7 +191,9 @@ impl Network {
                 i.channels
             ));
         }
-        if i.std.iter().any(|&s| !(s.is_finite() && s > 0.0)) || i.mean.iter().any(|m| !m.is_finite()) {
+        if i.std.iter().any(|&s| !(s.is_finite() && s > 0.0))
+            || i.mean.iter().any(|m| !m.is_finite())
+        {
             return fail("input: mean must be finite and std finite and positive");
         }
         if self.layers.is_empty() {
@@ -202,31 +204,53 @@ impl Network {
             let (input, residual) = layer.inputs();
             let at = |what: &str| alloc::format!("layer {k}: {what}");
             if input > k {
-                return fail(at(&alloc::format!("input tensor {input} is not computed yet")));
+                return fail(at(&alloc::format!(
+                    "input tensor {input} is not computed yet"
+                )));
             }
             let (h, w, c) = shapes[input];
             let shape = match layer {
                 LayerSpec::Conv(conv) => {
                     let (kh, kw) = conv.kernel;
-                    if kh == 0 || kw == 0 || kh > 255 || kw > 255 || conv.stride == 0 || conv.stride > 255 {
+                    if kh == 0
+                        || kw == 0
+                        || kh > 255
+                        || kw > 255
+                        || conv.stride == 0
+                        || conv.stride > 255
+                    {
                         return fail(at("kernel and stride must be in 1..=255"));
                     }
-                    if conv.padding[0].max(conv.padding[2]) >= kh || conv.padding[1].max(conv.padding[3]) >= kw {
+                    if conv.padding[0].max(conv.padding[2]) >= kh
+                        || conv.padding[1].max(conv.padding[3]) >= kw
+                    {
                         return fail(at("padding must be smaller than the kernel"));
                     }
-                    let Some((oh, ow)) = ConvShape::output_size(h, w, conv.kernel, conv.stride, conv.padding) else {
+                    let Some((oh, ow)) =
+                        ConvShape::output_size(h, w, conv.kernel, conv.stride, conv.padding)
+                    else {
                         return fail(at("kernel larger than the padded input"));
                     };
                     let n = conv.out_channels * kh * kw * c;
                     if conv.weights.len() != n {
-                        return fail(at(&alloc::format!("{} weights, expected {n} (OHWI {}x{kh}x{kw}x{c})", conv.weights.len(), conv.out_channels)));
+                        return fail(at(&alloc::format!(
+                            "{} weights, expected {n} (OHWI {}x{kh}x{kw}x{c})",
+                            conv.weights.len(),
+                            conv.out_channels
+                        )));
                     }
                     if conv.bias.len() != conv.out_channels {
-                        return fail(at(&alloc::format!("{} biases, expected {}", conv.bias.len(), conv.out_channels)));
+                        return fail(at(&alloc::format!(
+                            "{} biases, expected {}",
+                            conv.bias.len(),
+                            conv.out_channels
+                        )));
                     }
                     if let (Some(r), Some(t)) = (conv.residual, residual) {
                         if t > k {
-                            return fail(at(&alloc::format!("residual tensor {t} is not computed yet")));
+                            return fail(at(&alloc::format!(
+                                "residual tensor {t} is not computed yet"
+                            )));
                         }
                         let (rh, rw, rc) = shapes[t];
                         if r.stride == 0
@@ -257,7 +281,12 @@ impl Network {
                     (1, 1, d.out_features)
                 }
             };
-            if shape.0 == 0 || shape.2 == 0 || shape.0 > 0xFFFF || shape.1 > 0xFFFF || shape.2 > 0xFFFF {
+            if shape.0 == 0
+                || shape.2 == 0
+                || shape.0 > 0xFFFF
+                || shape.1 > 0xFFFF
+                || shape.2 > 0xFFFF
+            {
                 return fail(at("output dimensions must be in 1..=65535"));
             }
             shapes.push(shape);
@@ -272,9 +301,17 @@ impl Network {
             }
         }
         if !self.class_names.is_empty() && self.class_names.len() != last.2 {
-            return fail(alloc::format!("{} class names for {} classes", self.class_names.len(), last.2));
+            return fail(alloc::format!(
+                "{} class names for {} classes",
+                self.class_names.len(),
+                last.2
+            ));
         }
-        if let Some(bad) = self.class_names.iter().find(|n| n.is_empty() || n.len() > 255) {
+        if let Some(bad) = self
+            .class_names
+            .iter()
+            .find(|n| n.is_empty() || n.len() > 255)
+        {
             return fail(alloc::format!("class name {bad:?} must be 1..=255 bytes"));
         }
         Ok(shapes)
@@ -291,7 +328,9 @@ impl Network {
                 let (_, _, c_in) = shapes[layer.inputs().0];
                 let (oh, ow, oc) = shapes[k + 1];
                 match layer {
-                    LayerSpec::Conv(conv) => (oh * ow * oc * conv.kernel.0 * conv.kernel.1 * c_in) as u64,
+                    LayerSpec::Conv(conv) => {
+                        (oh * ow * oc * conv.kernel.0 * conv.kernel.1 * c_in) as u64
+                    }
                     LayerSpec::GlobalAvgPool { .. } => {
                         let (h, w, c) = shapes[layer.inputs().0];
                         (h * w * c) as u64
@@ -439,13 +478,17 @@ impl Network {
                         }
                         w.put(at + lf::RESIDUAL_INPUT, &(r.tensor as u16).to_le_bytes());
                         w.put(at + lf::RESIDUAL_STRIDE, &[r.stride as u8]);
-                        w.put(at + lf::RESIDUAL_CHANNEL_OFFSET, &(r.channel_offset as u16).to_le_bytes());
+                        w.put(
+                            at + lf::RESIDUAL_CHANNEL_OFFSET,
+                            &(r.channel_offset as u16).to_le_bytes(),
+                        );
                         if let (Some(q), Encoding::Int8(ranges)) = (&quant, encoding) {
                             let Some(Some((lo, hi))) = ranges.pre_add.get(k).copied() else {
                                 return fail(alloc::format!("layer {k}: int8 needs the range of the convolution before its residual add"));
                             };
                             produced = quantization_for_range(lo, hi);
-                            let add = AddParams::from_scales(produced, q[r.tensor], q[k + 1], r.relu);
+                            let add =
+                                AddParams::from_scales(produced, q[r.tensor], q[k + 1], r.relu);
                             for (field, v) in [
                                 (lf::PRE_ADD_ZERO_POINT, produced.1),
                                 (lf::ADD_INPUT1_MULTIPLIER, add.input1_multiplier),
@@ -460,7 +503,15 @@ impl Network {
                         }
                     }
                     w.put(at + lf::FLAGS, &[bits]);
-                    w.parameters(at, dtype, &conv.weights, &conv.bias, conv.out_channels, scale_of(input), produced.0);
+                    w.parameters(
+                        at,
+                        dtype,
+                        &conv.weights,
+                        &conv.bias,
+                        conv.out_channels,
+                        scale_of(input),
+                        produced.0,
+                    );
                 }
                 LayerSpec::GlobalAvgPool { .. } => {
                     w.put(at + lf::KIND, &[kind::GLOBAL_AVG_POOL]);
@@ -468,7 +519,15 @@ impl Network {
                 LayerSpec::Dense(d) => {
                     w.put(at + lf::KIND, &[kind::DENSE]);
                     w.put(at + lf::FLAGS, &[if d.relu { flags::RELU } else { 0 }]);
-                    w.parameters(at, dtype, &d.weights, &d.bias, d.out_features, scale_of(input), scale_of(k + 1));
+                    w.parameters(
+                        at,
+                        dtype,
+                        &d.weights,
+                        &d.bias,
+                        d.out_features,
+                        scale_of(input),
+                        scale_of(k + 1),
+                    );
                 }
             }
         }
@@ -476,20 +535,41 @@ impl Network {
         let total = w.bytes.len();
         let head = [
             (header::VERSION, format::VERSION.to_le_bytes().to_vec()),
-            (header::HEADER_SIZE, (format::HEADER_SIZE as u16).to_le_bytes().to_vec()),
+            (
+                header::HEADER_SIZE,
+                (format::HEADER_SIZE as u16).to_le_bytes().to_vec(),
+            ),
             (header::TOTAL_SIZE, (total as u32).to_le_bytes().to_vec()),
             (header::DTYPE, alloc::vec![dtype as u8]),
             (header::INPUT_RANGE, alloc::vec![self.input.range as u8]),
-            (header::NUM_TENSORS, (n_tensors as u16).to_le_bytes().to_vec()),
+            (
+                header::NUM_TENSORS,
+                (n_tensors as u16).to_le_bytes().to_vec(),
+            ),
             (header::NUM_LAYERS, (n_layers as u16).to_le_bytes().to_vec()),
             (
                 header::FEATURES_TENSOR,
-                self.features.map_or(format::NO_TENSOR, |f| f as u16).to_le_bytes().to_vec(),
+                self.features
+                    .map_or(format::NO_TENSOR, |f| f as u16)
+                    .to_le_bytes()
+                    .to_vec(),
             ),
-            (header::TENSOR_TABLE, (tensor_table as u32).to_le_bytes().to_vec()),
-            (header::LAYER_TABLE, (layer_table as u32).to_le_bytes().to_vec()),
-            (header::PREPROCESS, (preprocess_offset as u32).to_le_bytes().to_vec()),
-            (header::CLASS_NAMES, (class_names_offset as u32).to_le_bytes().to_vec()),
+            (
+                header::TENSOR_TABLE,
+                (tensor_table as u32).to_le_bytes().to_vec(),
+            ),
+            (
+                header::LAYER_TABLE,
+                (layer_table as u32).to_le_bytes().to_vec(),
+            ),
+            (
+                header::PREPROCESS,
+                (preprocess_offset as u32).to_le_bytes().to_vec(),
+            ),
+            (
+                header::CLASS_NAMES,
+                (class_names_offset as u32).to_le_bytes().to_vec(),
+            ),
             (header::ARENA_SIZE, (peak as u32).to_le_bytes().to_vec()),
         ];
         w.put(header::MAGIC, &format::MAGIC);
@@ -502,7 +582,11 @@ impl Network {
     }
 
     /// `(scale, zero_point)` of every tensor from the observed ranges.
-    fn tensor_quantization(&self, ranges: &ActivationRanges, n_tensors: usize) -> Result<Vec<(f32, i32)>, WriteError> {
+    fn tensor_quantization(
+        &self,
+        ranges: &ActivationRanges,
+        n_tensors: usize,
+    ) -> Result<Vec<(f32, i32)>, WriteError> {
         if ranges.tensors.len() != n_tensors || ranges.pre_add.len() != self.layers.len() {
             return fail(alloc::format!(
                 "activation ranges for {} tensors and {} layers, the network has {} and {}",
@@ -512,7 +596,11 @@ impl Network {
                 self.layers.len()
             ));
         }
-        let mut q: Vec<(f32, i32)> = ranges.tensors.iter().map(|&(lo, hi)| quantization_for_range(lo, hi)).collect();
+        let mut q: Vec<(f32, i32)> = ranges
+            .tensors
+            .iter()
+            .map(|&(lo, hi)| quantization_for_range(lo, hi))
+            .collect();
         for (k, layer) in self.layers.iter().enumerate() {
             if let LayerSpec::GlobalAvgPool { input } = layer {
                 q[k + 1] = q[*input];
@@ -564,7 +652,9 @@ impl BlobBuilder {
                 self.push(&le_bytes(bias.iter().map(|b| b.to_le_bytes()))),
             ),
             DType::F16 => (
-                self.push(&le_bytes(weights.iter().map(|&w| f16::from_f32(w).to_le_bytes()))),
+                self.push(&le_bytes(
+                    weights.iter().map(|&w| f16::from_f32(w).to_le_bytes()),
+                )),
                 self.push(&le_bytes(bias.iter().map(|b| b.to_le_bytes()))),
             ),
             DType::Int8 => {
@@ -576,7 +666,10 @@ impl BlobBuilder {
                 for (row, &b) in weights.chunks(per_channel.max(1)).zip(bias) {
                     let max_abs = row.iter().fold(0.0f32, |m, w| m.max(w.abs()));
                     let w_scale = if max_abs > 0.0 { max_abs / 127.0 } else { 1.0 };
-                    q_weights.extend(row.iter().map(|&w| libm::roundf(w / w_scale).clamp(-127.0, 127.0) as i8 as u8));
+                    q_weights.extend(
+                        row.iter()
+                            .map(|&w| libm::roundf(w / w_scale).clamp(-127.0, 127.0) as i8 as u8),
+                    );
                     let bias_scale = f64::from(input_scale) * f64::from(w_scale);
                     q_bias.push(libm::round(f64::from(b) / bias_scale) as i32);
                     let (m, s) = quantize_multiplier(bias_scale / f64::from(output_scale));

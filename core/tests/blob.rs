@@ -102,20 +102,30 @@ fn named_corruptions_give_named_errors() {
     };
     assert_eq!(with(&|b| b[0] = b'X'), Error::BadMagic);
     assert_eq!(with(&|b| b[4] = 9), Error::UnsupportedVersion(9));
-    assert!(matches!(with(&|b| b[200] ^= 1), Error::ChecksumMismatch { .. }));
+    assert!(matches!(
+        with(&|b| b[200] ^= 1),
+        Error::ChecksumMismatch { .. }
+    ));
     assert!(matches!(
         with(&|b| {
             b[16] = 7; // dtype
             reseal(b);
         }),
-        Error::InvalidValue { what: "dtype", value: 7, .. }
+        Error::InvalidValue {
+            what: "dtype",
+            value: 7,
+            ..
+        }
     ));
     assert!(matches!(
         with(&|b| {
             b[40..44].copy_from_slice(&100u32.to_le_bytes()); // arena_size
             reseal(b);
         }),
-        Error::OutOfBounds { what: "tensor buffer (beyond arena_size)", .. }
+        Error::OutOfBounds {
+            what: "tensor buffer (beyond arena_size)",
+            ..
+        }
     ));
     // Put tensor 2 on top of tensor 1 while tensor 1 is still needed.
     let tensor_table = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
@@ -134,7 +144,11 @@ fn named_corruptions_give_named_errors() {
             b[layer_table] = 99;
             reseal(b);
         }),
-        Error::InvalidValue { what: "layer kind", value: 99, .. }
+        Error::InvalidValue {
+            what: "layer kind",
+            value: 99,
+            ..
+        }
     ));
     // A weights offset past the end.
     assert!(matches!(
@@ -142,7 +156,10 @@ fn named_corruptions_give_named_errors() {
             b[layer_table + 20..layer_table + 24].copy_from_slice(&u32::MAX.to_le_bytes());
             reseal(b);
         }),
-        Error::OutOfBounds { what: "weights", index: 0 }
+        Error::OutOfBounds {
+            what: "weights",
+            index: 0
+        }
     ));
 }
 
@@ -166,7 +183,15 @@ fn single_byte_sweep_of_header_and_tables() {
             if (12..16).contains(&at) {
                 continue; // the CRC itself
             }
-            for value in [0u8, 1, 0x7F, 0x80, 0xFF, bytes[at] ^ 1, bytes[at].wrapping_add(16)] {
+            for value in [
+                0u8,
+                1,
+                0x7F,
+                0x80,
+                0xFF,
+                bytes[at] ^ 1,
+                bytes[at].wrapping_add(16),
+            ] {
                 let mut b = bytes.clone();
                 b[at] = value;
                 reseal(&mut b);

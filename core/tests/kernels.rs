@@ -36,8 +36,16 @@ fn ref_requant(x: i32, multiplier: i32, shift: i32) -> i32 {
 }
 
 fn ref_add(p: &AddParams, a: i8, b: i8) -> i8 {
-    let a = ref_requant((i32::from(a) - p.input1_zero_point) << 20, p.input1_multiplier, p.input1_shift);
-    let b = ref_requant((i32::from(b) - p.input2_zero_point) << 20, p.input2_multiplier, p.input2_shift);
+    let a = ref_requant(
+        (i32::from(a) - p.input1_zero_point) << 20,
+        p.input1_multiplier,
+        p.input1_shift,
+    );
+    let b = ref_requant(
+        (i32::from(b) - p.input2_zero_point) << 20,
+        p.input2_multiplier,
+        p.input2_shift,
+    );
     let out = ref_requant(a + b, p.output_multiplier, p.output_shift) + p.output_zero_point;
     out.clamp(p.activation_min, p.activation_max) as i8
 }
@@ -51,12 +59,7 @@ struct Case {
 
 /// The input explicitly zero-padded to `(in_h + pt + pb) × (in_w + pl + pr)`, then a
 /// direct sliding window: a different structure from the kernel, which skips taps.
-fn ref_conv<T: Copy>(
-    case: &Case,
-    input: &[T],
-    pad_value: T,
-    mut tap: impl FnMut(usize, usize, T, usize) -> (),
-) {
+fn ref_conv<T: Copy>(case: &Case, input: &[T], pad_value: T, mut tap: impl FnMut(usize, usize, T)) {
     let s = &case.shape;
     let ph = s.in_h + s.pad_top + case.pad_bottom;
     let pw = s.in_w + s.pad_left + case.pad_right;
@@ -76,9 +79,10 @@ fn ref_conv<T: Copy>(
                 for ky in 0..s.kernel_h {
                     for kx in 0..s.kernel_w {
                         for ci in 0..s.in_c {
-                            let v = padded[((oy * s.stride + ky) * pw + ox * s.stride + kx) * s.in_c + ci];
+                            let v = padded
+                                [((oy * s.stride + ky) * pw + ox * s.stride + kx) * s.in_c + ci];
                             let w_index = ((co * s.kernel_h + ky) * s.kernel_w + kx) * s.in_c + ci;
-                            tap(out_index, w_index, v, co);
+                            tap(out_index, w_index, v);
                         }
                     }
                 }
@@ -92,7 +96,7 @@ fn ref_conv_f32(case: &Case, input: &[f32], weights: &[f32], bias: &[f32]) -> (V
     let n = s.out_h * s.out_w * s.out_c;
     let mut out: Vec<f64> = (0..n).map(|i| f64::from(bias[i % s.out_c])).collect();
     let mut magnitude: Vec<f64> = out.iter().map(|b| b.abs()).collect();
-    ref_conv(case, input, 0.0, |o, w, x, _| {
+    ref_conv(case, input, 0.0, |o, w, x| {
         let p = f64::from(x) * f64::from(weights[w]);
         out[o] += p;
         magnitude[o] += p.abs();
@@ -102,15 +106,25 @@ fn ref_conv_f32(case: &Case, input: &[f32], weights: &[f32], bias: &[f32]) -> (V
 
 fn ref_conv_i8_acc(case: &Case, input: &[i8], zp: i32, weights: &[i8], bias: &[i32]) -> Vec<i32> {
     let s = &case.shape;
-    let mut acc: Vec<i32> = (0..s.out_h * s.out_w * s.out_c).map(|i| bias[i % s.out_c]).collect();
-    ref_conv(case, input, zp as i8, |o, w, x, _| {
+    let mut acc: Vec<i32> = (0..s.out_h * s.out_w * s.out_c)
+        .map(|i| bias[i % s.out_c])
+        .collect();
+    ref_conv(case, input, zp as i8, |o, w, x| {
         acc[o] += (i32::from(x) - zp) * i32::from(weights[w]);
     });
     acc
 }
 
 /// Shortcut element for output (y, x, c): `Some(value)` or `None` for a padded channel.
-fn ref_shortcut<T: Copy>(data: &[T], (h, w, c): (usize, usize, usize), stride: usize, offset: usize, y: usize, x: usize, ch: usize) -> Option<T> {
+fn ref_shortcut<T: Copy>(
+    data: &[T],
+    (h, w, c): (usize, usize, usize),
+    stride: usize,
+    offset: usize,
+    y: usize,
+    x: usize,
+    ch: usize,
+) -> Option<T> {
     let _ = h;
     if ch < offset || ch - offset >= c {
         return None;
@@ -121,7 +135,15 @@ fn ref_shortcut<T: Copy>(data: &[T], (h, w, c): (usize, usize, usize), stride: u
 // ---------------------------------------------------------------- strategies
 
 fn case() -> impl Strategy<Value = Case> {
-    (1usize..=7, 1usize..=7, 1usize..=5, 1usize..=6, 1usize..=4, 1usize..=4, 1usize..=3)
+    (
+        1usize..=7,
+        1usize..=7,
+        1usize..=5,
+        1usize..=6,
+        1usize..=4,
+        1usize..=4,
+        1usize..=3,
+    )
         .prop_flat_map(|(in_h, in_w, in_c, out_c, kh, kw, stride)| {
             (
                 Just((in_h, in_w, in_c, out_c, kh, kw, stride)),
@@ -131,18 +153,38 @@ fn case() -> impl Strategy<Value = Case> {
                 0..kw,
             )
         })
-        .prop_filter_map("kernel larger than padded input", |((in_h, in_w, in_c, out_c, kh, kw, stride), pt, pl, pb, pr)| {
-            let (out_h, out_w) = ConvShape::output_size(in_h, in_w, (kh, kw), stride, [pt, pl, pb, pr])?;
-            Some(Case {
-                shape: ConvShape { in_h, in_w, in_c, out_h, out_w, out_c, kernel_h: kh, kernel_w: kw, stride, pad_top: pt, pad_left: pl },
-                pad_bottom: pb,
-                pad_right: pr,
-            })
-        })
+        .prop_filter_map(
+            "kernel larger than padded input",
+            |((in_h, in_w, in_c, out_c, kh, kw, stride), pt, pl, pb, pr)| {
+                let (out_h, out_w) =
+                    ConvShape::output_size(in_h, in_w, (kh, kw), stride, [pt, pl, pb, pr])?;
+                Some(Case {
+                    shape: ConvShape {
+                        in_h,
+                        in_w,
+                        in_c,
+                        out_h,
+                        out_w,
+                        out_c,
+                        kernel_h: kh,
+                        kernel_w: kw,
+                        stride,
+                        pad_top: pt,
+                        pad_left: pl,
+                    },
+                    pad_bottom: pb,
+                    pad_right: pr,
+                })
+            },
+        )
 }
 
 fn sizes(s: &ConvShape) -> (usize, usize, usize) {
-    (s.in_h * s.in_w * s.in_c, s.out_c * s.kernel_h * s.kernel_w * s.in_c, s.out_h * s.out_w * s.out_c)
+    (
+        s.in_h * s.in_w * s.in_c,
+        s.out_c * s.kernel_h * s.kernel_w * s.in_c,
+        s.out_h * s.out_w * s.out_c,
+    )
 }
 
 /// Residual geometry for an output shape: `(h, w, c, stride, channel_offset)`.
@@ -151,7 +193,13 @@ fn residual_for(s: &ConvShape) -> impl Strategy<Value = (usize, usize, usize, us
     (1usize..=2, 1..=oc).prop_flat_map(move |(stride, rc)| {
         let min_h = (oh - 1) * stride + 1;
         let min_w = (ow - 1) * stride + 1;
-        (min_h..=min_h + 1, min_w..=min_w + 1, Just(rc), Just(stride), 0..=oc - rc)
+        (
+            min_h..=min_h + 1,
+            min_w..=min_w + 1,
+            Just(rc),
+            Just(stride),
+            0..=oc - rc,
+        )
     })
 }
 
@@ -173,7 +221,10 @@ fn requant_params(n: usize) -> impl Strategy<Value = (Vec<i32>, Vec<i32>)> {
 fn assert_close(got: &[f32], want: &[f64], magnitude: &[f64]) {
     for (i, ((&g, &w), &m)) in got.iter().zip(want).zip(magnitude).enumerate() {
         let tolerance = f64::from(F32_RELATIVE_TOLERANCE) * m + 1e-6;
-        assert!((f64::from(g) - w).abs() <= tolerance, "element {i}: got {g}, want {w} (±{tolerance})");
+        assert!(
+            (f64::from(g) - w).abs() <= tolerance,
+            "element {i}: got {g}, want {w} (±{tolerance})"
+        );
     }
 }
 
@@ -337,7 +388,7 @@ proptest! {
             // Round half away from zero.
             let want = mean.abs().add_half_floor() * mean.signum();
             prop_assert_eq!(f64::from(out_i8[ch]), want);
-            let fmean: f64 = values.iter().map(|&v| (v as f32 * 0.37) as f64).sum::<f64>() / (h * w) as f64;
+            let fmean: f64 = values.iter().map(|&v| f64::from(v as f32 * 0.37)).sum::<f64>() / (h * w) as f64;
             prop_assert!((f64::from(out_f32[ch]) - fmean).abs() <= 1e-4 * (1.0 + fmean.abs()));
         }
     }
@@ -397,10 +448,34 @@ impl AddHalfFloor for f64 {
 /// multipliers across `[2^30, 2^31)` and the edges, times every shift in `-31..=30`.
 #[test]
 fn requantization_is_exact_over_a_dense_sweep() {
-    let mut xs: Vec<i32> = (0..1u32 << 16).map(|i| (i << 16 | i.wrapping_mul(2654435761) >> 16) as i32).collect();
-    xs.extend([0, 1, -1, 2, -2, i32::MAX, i32::MIN, i32::MIN + 1, i32::MAX - 1, 1 << 30, -(1 << 30)]);
+    let mut xs: Vec<i32> = (0..1u32 << 16)
+        .map(|i| (i << 16 | i.wrapping_mul(2654435761) >> 16) as i32)
+        .collect();
+    xs.extend([
+        0,
+        1,
+        -1,
+        2,
+        -2,
+        i32::MAX,
+        i32::MIN,
+        i32::MIN + 1,
+        i32::MAX - 1,
+        1 << 30,
+        -(1 << 30),
+    ]);
     xs.extend((-300..300).map(|v| v * 1000 + 500));
-    let multipliers = [0, 1, 1 << 30, (1 << 30) + 1, 1_518_500_250, 1_859_775_393, i32::MAX - 1, i32::MAX, i32::MIN];
+    let multipliers = [
+        0,
+        1,
+        1 << 30,
+        (1 << 30) + 1,
+        1_518_500_250,
+        1_859_775_393,
+        i32::MAX - 1,
+        i32::MAX,
+        i32::MIN,
+    ];
     let mut checked = 0u64;
     for &m in &multipliers {
         for shift in -31..=30 {
@@ -420,9 +495,18 @@ fn requantization_is_exact_over_a_dense_sweep() {
 #[test]
 fn rounding_primitives_are_exact_on_ties() {
     // Ties of the high multiply round towards +inf; ties of the shift away from zero.
-    assert_eq!(quant::saturating_rounding_doubling_high_mul(1 << 29, 1 << 1), 1); // 0.5 -> 1
-    assert_eq!(quant::saturating_rounding_doubling_high_mul(-(1 << 29), 1 << 1), 0); // -0.5 -> 0
-    assert_eq!(quant::saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN), i32::MAX);
+    assert_eq!(
+        quant::saturating_rounding_doubling_high_mul(1 << 29, 1 << 1),
+        1
+    ); // 0.5 -> 1
+    assert_eq!(
+        quant::saturating_rounding_doubling_high_mul(-(1 << 29), 1 << 1),
+        0
+    ); // -0.5 -> 0
+    assert_eq!(
+        quant::saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN),
+        i32::MAX
+    );
     assert_eq!(quant::rounding_divide_by_pot(5, 1), 3);
     assert_eq!(quant::rounding_divide_by_pot(-5, 1), -3);
     assert_eq!(quant::rounding_divide_by_pot(-6, 2), -2);
@@ -443,24 +527,85 @@ fn identity_requant(channels: usize) -> (Vec<i32>, Vec<i32>) {
 
 #[test]
 fn int8_saturates_at_both_ends() {
-    let shape = ConvShape { in_h: 1, in_w: 1, in_c: 2, out_h: 1, out_w: 1, out_c: 2, kernel_h: 1, kernel_w: 1, stride: 1, pad_top: 0, pad_left: 0 };
+    let shape = ConvShape {
+        in_h: 1,
+        in_w: 1,
+        in_c: 2,
+        out_h: 1,
+        out_w: 1,
+        out_c: 2,
+        kernel_h: 1,
+        kernel_w: 1,
+        stride: 1,
+        pad_top: 0,
+        pad_left: 0,
+    };
     let (m, s) = identity_requant(2);
-    let rq = Requantize { multipliers: &m, shifts: &s, output_zero_point: 0, activation_min: -128, activation_max: 127 };
+    let rq = Requantize {
+        multipliers: &m,
+        shifts: &s,
+        output_zero_point: 0,
+        activation_min: -128,
+        activation_max: 127,
+    };
     let mut out = [0i8; 2];
     // 127·127 + 127·127 and −128·127 + −128·127 are far outside int8.
-    kernels::conv2d_i8(&shape, &[127, 127], 0, &[127, 127, -128, -128], &[0, 0], &rq, None, &mut out).unwrap();
+    kernels::conv2d_i8(
+        &shape,
+        &[127, 127],
+        0,
+        &[127, 127, -128, -128],
+        &[0, 0],
+        &rq,
+        None,
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(out, [127, -128]);
-    kernels::conv2d_i8(&shape, &[-128, -128], 0, &[127, 127, -128, -128], &[0, 0], &rq, None, &mut out).unwrap();
+    kernels::conv2d_i8(
+        &shape,
+        &[-128, -128],
+        0,
+        &[127, 127, -128, -128],
+        &[0, 0],
+        &rq,
+        None,
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(out, [-128, 127]);
 }
 
 #[test]
 fn zero_points_at_extremes() {
     // Input zero point −128 (raw pixels − 128) and 127; padding contributes nothing.
-    let shape = ConvShape { in_h: 1, in_w: 1, in_c: 1, out_h: 1, out_w: 1, out_c: 1, kernel_h: 3, kernel_w: 3, stride: 1, pad_top: 1, pad_left: 1 };
+    let shape = ConvShape {
+        in_h: 1,
+        in_w: 1,
+        in_c: 1,
+        out_h: 1,
+        out_w: 1,
+        out_c: 1,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride: 1,
+        pad_top: 1,
+        pad_left: 1,
+    };
     let (m, s) = identity_requant(1);
-    for (in_zp, out_zp, x, want) in [(-128, 127, -128i8, 127i8), (-128, -128, 127, 127), (127, -128, 127, -128), (127, 0, -128, -128)] {
-        let rq = Requantize { multipliers: &m, shifts: &s, output_zero_point: out_zp, activation_min: -128, activation_max: 127 };
+    for (in_zp, out_zp, x, want) in [
+        (-128, 127, -128i8, 127i8),
+        (-128, -128, 127, 127),
+        (127, -128, 127, -128),
+        (127, 0, -128, -128),
+    ] {
+        let rq = Requantize {
+            multipliers: &m,
+            shifts: &s,
+            output_zero_point: out_zp,
+            activation_min: -128,
+            activation_max: 127,
+        };
         let mut out = [0i8; 1];
         kernels::conv2d_i8(&shape, &[x], in_zp, &[1; 9], &[0], &rq, None, &mut out).unwrap();
         let ideal = (i32::from(x) - in_zp + out_zp).clamp(-128, 127) as i8;
@@ -468,7 +613,13 @@ fn zero_points_at_extremes() {
         assert_eq!(out[0], want);
     }
     // A ReLU with the output zero point at 127 clamps everything to 127.
-    let rq = Requantize { multipliers: &m, shifts: &s, output_zero_point: 127, activation_min: 127, activation_max: 127 };
+    let rq = Requantize {
+        multipliers: &m,
+        shifts: &s,
+        output_zero_point: 127,
+        activation_min: 127,
+        activation_max: 127,
+    };
     let mut out = [0i8; 1];
     kernels::conv2d_i8(&shape, &[-100], 0, &[1; 9], &[0], &rq, None, &mut out).unwrap();
     assert_eq!(out[0], 127);
@@ -477,7 +628,19 @@ fn zero_points_at_extremes() {
 #[test]
 fn one_by_one_stride_two_projection_shortcut() {
     // Option B/C: a 1×1 stride-2 convolution samples every other pixel, no padding.
-    let shape = ConvShape { in_h: 4, in_w: 4, in_c: 1, out_h: 2, out_w: 2, out_c: 1, kernel_h: 1, kernel_w: 1, stride: 2, pad_top: 0, pad_left: 0 };
+    let shape = ConvShape {
+        in_h: 4,
+        in_w: 4,
+        in_c: 1,
+        out_h: 2,
+        out_w: 2,
+        out_c: 1,
+        kernel_h: 1,
+        kernel_w: 1,
+        stride: 2,
+        pad_top: 0,
+        pad_left: 0,
+    };
     let input: Vec<f32> = (0..16).map(|v| v as f32).collect();
     let mut out = [0f32; 4];
     kernels::conv2d_f32(&shape, &input, &[2.0f32], &[1.0], false, None, &mut out).unwrap();
@@ -488,33 +651,120 @@ fn one_by_one_stride_two_projection_shortcut() {
 fn option_a_shortcut_pads_channels_with_zero() {
     // Option A from a 4×4×2 stage to a 2×2×4 stage: the shortcut is subsampled by 2 and
     // its 2 channels are placed at channels 1..3 (one zero channel on each side).
-    let shape = ConvShape { in_h: 2, in_w: 2, in_c: 1, out_h: 2, out_w: 2, out_c: 4, kernel_h: 1, kernel_w: 1, stride: 1, pad_top: 0, pad_left: 0 };
+    let shape = ConvShape {
+        in_h: 2,
+        in_w: 2,
+        in_c: 1,
+        out_h: 2,
+        out_w: 2,
+        out_c: 4,
+        kernel_h: 1,
+        kernel_w: 1,
+        stride: 1,
+        pad_top: 0,
+        pad_left: 0,
+    };
     let shortcut: Vec<f32> = (0..32).map(|v| v as f32).collect(); // 4×4×2
     let mut out = [0f32; 16];
-    let sc = Shortcut::Mapped { data: &shortcut, height: 4, width: 4, channels: 2, stride: 2, channel_offset: 1 };
-    kernels::conv2d_f32(&shape, &[0.0; 4], &[0.0f32; 4], &[0.0; 4], false, Some((sc, false)), &mut out).unwrap();
+    let sc = Shortcut::Mapped {
+        data: &shortcut,
+        height: 4,
+        width: 4,
+        channels: 2,
+        stride: 2,
+        channel_offset: 1,
+    };
+    kernels::conv2d_f32(
+        &shape,
+        &[0.0; 4],
+        &[0.0f32; 4],
+        &[0.0; 4],
+        false,
+        Some((sc, false)),
+        &mut out,
+    )
+    .unwrap();
     // Pixel (y, x) takes shortcut pixel (2y, 2x) = index (8y + 2x)·... channels c0,c1.
-    assert_eq!(out, [0.0, 0.0, 1.0, 0.0, 0.0, 4.0, 5.0, 0.0, 0.0, 16.0, 17.0, 0.0, 0.0, 20.0, 21.0, 0.0]);
+    assert_eq!(
+        out,
+        [0.0, 0.0, 1.0, 0.0, 0.0, 4.0, 5.0, 0.0, 0.0, 16.0, 17.0, 0.0, 0.0, 20.0, 21.0, 0.0]
+    );
 
     // int8: the padded channels hold the shortcut's zero point, i.e. real zero.
     let (m, s) = identity_requant(4);
-    let rq = Requantize { multipliers: &m, shifts: &s, output_zero_point: 0, activation_min: -128, activation_max: 127 };
+    let rq = Requantize {
+        multipliers: &m,
+        shifts: &s,
+        output_zero_point: 0,
+        activation_min: -128,
+        activation_max: 127,
+    };
     let add = AddParams::from_scales((1.0, 0), (1.0, -10), (1.0, 0), false);
     let sc8: Vec<i8> = (0..32).map(|v| v as i8).collect();
-    let mapped = Shortcut::Mapped { data: &sc8, height: 4, width: 4, channels: 2, stride: 2, channel_offset: 1 };
+    let mapped = Shortcut::Mapped {
+        data: &sc8,
+        height: 4,
+        width: 4,
+        channels: 2,
+        stride: 2,
+        channel_offset: 1,
+    };
     let mut out8 = [0i8; 16];
-    kernels::conv2d_i8(&shape, &[0; 4], 0, &[0; 4], &[0; 4], &rq, Some((mapped, &add)), &mut out8).unwrap();
-    assert_eq!(out8, [0, 10, 11, 0, 0, 14, 15, 0, 0, 26, 27, 0, 0, 30, 31, 0]);
+    kernels::conv2d_i8(
+        &shape,
+        &[0; 4],
+        0,
+        &[0; 4],
+        &[0; 4],
+        &rq,
+        Some((mapped, &add)),
+        &mut out8,
+    )
+    .unwrap();
+    assert_eq!(
+        out8,
+        [0, 10, 11, 0, 0, 14, 15, 0, 0, 26, 27, 0, 0, 30, 31, 0]
+    );
 }
 
 #[test]
 fn kernels_refuse_wrong_lengths_instead_of_panicking() {
-    let shape = ConvShape { in_h: 2, in_w: 2, in_c: 1, out_h: 2, out_w: 2, out_c: 1, kernel_h: 1, kernel_w: 1, stride: 1, pad_top: 0, pad_left: 0 };
+    let shape = ConvShape {
+        in_h: 2,
+        in_w: 2,
+        in_c: 1,
+        out_h: 2,
+        out_w: 2,
+        out_c: 1,
+        kernel_h: 1,
+        kernel_w: 1,
+        stride: 1,
+        pad_top: 0,
+        pad_left: 0,
+    };
     let mut out = [0f32; 3];
-    assert!(kernels::conv2d_f32(&shape, &[0.0; 4], &[0.0f32], &[0.0], false, None, &mut out).is_err());
+    assert!(
+        kernels::conv2d_f32(&shape, &[0.0; 4], &[0.0f32], &[0.0], false, None, &mut out).is_err()
+    );
     let mut out = [0f32; 4];
-    let bad = Shortcut::Mapped { data: &[0.0; 4], height: 1, width: 1, channels: 1, stride: 1, channel_offset: 0 };
-    assert!(kernels::conv2d_f32(&shape, &[0.0; 4], &[0.0f32], &[0.0], false, Some((bad, false)), &mut out).is_err());
+    let bad = Shortcut::Mapped {
+        data: &[0.0; 4],
+        height: 1,
+        width: 1,
+        channels: 1,
+        stride: 1,
+        channel_offset: 0,
+    };
+    assert!(kernels::conv2d_f32(
+        &shape,
+        &[0.0; 4],
+        &[0.0f32],
+        &[0.0],
+        false,
+        Some((bad, false)),
+        &mut out
+    )
+    .is_err());
     assert!(kernels::dense_f32(&[1.0; 3], &[1.0f32; 5], &[0.0; 2], false, &mut [0.0; 2]).is_err());
     assert!(kernels::global_avg_pool_i8(&[0; 5], 2, &mut [0; 2]).is_err());
 }

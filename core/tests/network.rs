@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Rng, RefNet};
+use common::{RefNet, Rng};
 use tinyres_core::writer::{AlignedBlob, Encoding};
 use tinyres_core::{Arena, DType, Error, Interpreter, Model};
 
@@ -30,8 +30,13 @@ fn argmax(v: &[f64]) -> usize {
 
 /// Largest |engine − reference| relative to the reference logits' range.
 fn relative_error(got: &[f32], want: &[f64]) -> f64 {
-    let range = want.iter().fold(f64::MIN, |a, &b| a.max(b)) - want.iter().fold(f64::MAX, |a, &b| a.min(b));
-    got.iter().zip(want).map(|(&g, &w)| (f64::from(g) - w).abs()).fold(0.0, f64::max) / range.max(1e-9)
+    let range =
+        want.iter().fold(f64::MIN, |a, &b| a.max(b)) - want.iter().fold(f64::MAX, |a, &b| a.min(b));
+    got.iter()
+        .zip(want)
+        .map(|(&g, &w)| (f64::from(g) - w).abs())
+        .fold(0.0, f64::max)
+        / range.max(1e-9)
 }
 
 fn check_f32(net: &RefNet, images: usize, seed: u64) {
@@ -59,7 +64,11 @@ fn resnet8_f32_matches_independent_reference() {
 
 #[test]
 fn option_a_resnet20_f32_matches_independent_reference() {
-    check_f32(&common::cifar_resnet_option_a(2, 3, 16, [16, 32, 64], 10), 2, 11);
+    check_f32(
+        &common::cifar_resnet_option_a(2, 3, 16, [16, 32, 64], 10),
+        2,
+        11,
+    );
 }
 
 #[test]
@@ -85,7 +94,10 @@ fn resnet8_f16_stays_within_documented_bound() {
         let (_, logits, _) = run(&b, &img);
         worst = worst.max(relative_error(&logits, &net.logits(&img)));
     }
-    println!("f16 ResNet-8: worst logit error {:.3e} of the logit range", worst);
+    println!(
+        "f16 ResNet-8: worst logit error {:.3e} of the logit range",
+        worst
+    );
     assert!(worst < F16_LOGIT_BOUND, "{worst}");
 }
 
@@ -114,7 +126,9 @@ fn check_int8(net: &RefNet, seed: u64) -> (f64, f64) {
 #[test]
 fn resnet8_int8_follows_float_reference() {
     let (agreement, err) = check_int8(&common::resnet8(5), 14);
-    println!("int8 ResNet-8: top-1 agreement {agreement:.2}, mean max logit error {err:.3} of range");
+    println!(
+        "int8 ResNet-8: top-1 agreement {agreement:.2}, mean max logit error {err:.3} of range"
+    );
     assert!(err < 0.12, "{err}");
     assert!(agreement >= 0.75, "{agreement}");
 }
@@ -122,7 +136,10 @@ fn resnet8_int8_follows_float_reference() {
 #[test]
 fn option_a_and_bottleneck_int8_follow_float_reference() {
     for (name, net) in [
-        ("option A", common::cifar_resnet_option_a(6, 1, 16, [8, 16, 32], 10)),
+        (
+            "option A",
+            common::cifar_resnet_option_a(6, 1, 16, [8, 16, 32], 10),
+        ),
         ("bottleneck", common::bottleneck_net(7)),
     ] {
         let (agreement, err) = check_int8(&net, 15);
@@ -178,7 +195,13 @@ fn refuses_a_small_arena_with_the_size_it_needs() {
     let mut raw = vec![0u8; model.arena_size() + 16];
     let start = raw.as_ptr().align_offset(16) + 1;
     let err = Interpreter::new(model, &mut raw[start..start + model.arena_size()]).unwrap_err();
-    assert_eq!(err, Error::ArenaTooSmall { needed: model.arena_size() + 15, available: model.arena_size() });
+    assert_eq!(
+        err,
+        Error::ArenaTooSmall {
+            needed: model.arena_size() + 15,
+            available: model.arena_size()
+        }
+    );
 }
 
 #[test]
@@ -189,8 +212,21 @@ fn wrong_input_and_output_lengths_are_errors() {
     let mut interp = Interpreter::new(model, &mut arena).unwrap();
     let mut logits = [0.0f32; 10];
     assert_eq!(interp.logits(&mut logits), Err(Error::NotRun));
-    assert!(matches!(interp.run(&[0; 100]), Err(Error::WrongLength { expected: 3072, actual: 100, .. })));
+    assert!(matches!(
+        interp.run(&[0; 100]),
+        Err(Error::WrongLength {
+            expected: 3072,
+            actual: 100,
+            ..
+        })
+    ));
     interp.run(&[7; 3072]).unwrap();
-    assert!(matches!(interp.logits(&mut [0.0; 3]), Err(Error::WrongLength { expected: 10, .. })));
-    assert!(matches!(interp.features(&mut [0.0; 3]), Err(Error::WrongLength { expected: 64, .. })));
+    assert!(matches!(
+        interp.logits(&mut [0.0; 3]),
+        Err(Error::WrongLength { expected: 10, .. })
+    ));
+    assert!(matches!(
+        interp.features(&mut [0.0; 3]),
+        Err(Error::WrongLength { expected: 64, .. })
+    ));
 }

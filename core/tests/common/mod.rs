@@ -4,7 +4,9 @@
 //! with the engine, so agreement checks layout, folding, padding and shortcuts.
 #![allow(dead_code)]
 
-use tinyres_core::writer::{ActivationRanges, ConvSpec, DenseSpec, InputSpec, LayerSpec, Network, ResidualSpec};
+use tinyres_core::writer::{
+    ActivationRanges, ConvSpec, DenseSpec, InputSpec, LayerSpec, Network, ResidualSpec,
+};
 use tinyres_core::InputRange;
 
 pub struct Rng(u64);
@@ -56,7 +58,12 @@ pub struct RefConv {
 pub enum RefOp {
     Conv(RefConv),
     Gap(usize),
-    Dense { input: usize, out: usize, w: Vec<f64>, b: Vec<f64> },
+    Dense {
+        input: usize,
+        out: usize,
+        w: Vec<f64>,
+        b: Vec<f64>,
+    },
 }
 
 pub struct RefNet {
@@ -100,7 +107,12 @@ impl RefNet {
                 }
             }
         }
-        let mut tensors = vec![Chw { c: self.c, h: self.h, w: self.w, data }];
+        let mut tensors = vec![Chw {
+            c: self.c,
+            h: self.h,
+            w: self.w,
+            data,
+        }];
         let mut pre_add = Vec::new();
         for op in &self.ops {
             match op {
@@ -122,11 +134,17 @@ impl RefNet {
                             pre_add.push(Some(y.clone()));
                             let s = &tensors[t];
                             // Option A written out: subsample, then zero-pad channels.
-                            let mut sub = Chw { c: y.c, h: y.h, w: y.w, data: vec![0.0; y.data.len()] };
+                            let mut sub = Chw {
+                                c: y.c,
+                                h: y.h,
+                                w: y.w,
+                                data: vec![0.0; y.data.len()],
+                            };
                             for c in 0..s.c {
                                 for yy in 0..y.h {
                                     for xx in 0..y.w {
-                                        sub.data[((c + pad) * y.h + yy) * y.w + xx] = s.at(c, yy * stride, xx * stride);
+                                        sub.data[((c + pad) * y.h + yy) * y.w + xx] =
+                                            s.at(c, yy * stride, xx * stride);
                                     }
                                 }
                             }
@@ -143,10 +161,20 @@ impl RefNet {
                 RefOp::Gap(t) => {
                     let x = &tensors[*t];
                     let data = (0..x.c)
-                        .map(|c| x.data[c * x.h * x.w..(c + 1) * x.h * x.w].iter().sum::<f64>() / (x.h * x.w) as f64)
+                        .map(|c| {
+                            x.data[c * x.h * x.w..(c + 1) * x.h * x.w]
+                                .iter()
+                                .sum::<f64>()
+                                / (x.h * x.w) as f64
+                        })
                         .collect();
                     pre_add.push(None);
-                    tensors.push(Chw { c: x.c, h: 1, w: 1, data });
+                    tensors.push(Chw {
+                        c: x.c,
+                        h: 1,
+                        w: 1,
+                        data,
+                    });
                 }
                 RefOp::Dense { input, out, w, b } => {
                     let x = &tensors[*input];
@@ -155,7 +183,12 @@ impl RefNet {
                         .map(|o| b[o] + (0..x.c).map(|i| w[o * x.c + i] * x.data[i]).sum::<f64>())
                         .collect();
                     pre_add.push(None);
-                    tensors.push(Chw { c: *out, h: 1, w: 1, data });
+                    tensors.push(Chw {
+                        c: *out,
+                        h: 1,
+                        w: 1,
+                        data,
+                    });
                 }
             }
         }
@@ -196,11 +229,13 @@ impl RefNet {
                         weights,
                         bias,
                         relu: c.relu,
-                        residual: c.residual.map(|(tensor, stride, channel_offset, relu)| ResidualSpec {
-                            tensor,
-                            stride,
-                            channel_offset,
-                            relu,
+                        residual: c.residual.map(|(tensor, stride, channel_offset, relu)| {
+                            ResidualSpec {
+                                tensor,
+                                stride,
+                                channel_offset,
+                                relu,
+                            }
                         }),
                     })
                 }
@@ -214,7 +249,11 @@ impl RefNet {
                 }),
             })
             .collect();
-        let features = self.ops.iter().position(|op| matches!(op, RefOp::Gap(_))).map(|k| k + 1);
+        let features = self
+            .ops
+            .iter()
+            .position(|op| matches!(op, RefOp::Gap(_)))
+            .map(|k| k + 1);
         Network {
             input: InputSpec {
                 height: self.h,
@@ -260,7 +299,12 @@ fn conv2d(x: &Chw, c: &RefConv) -> Chw {
     let [pt, pl, pb, pr] = c.pads;
     let oh = (x.h + pt + pb - c.k) / c.stride + 1;
     let ow = (x.w + pl + pr - c.k) / c.stride + 1;
-    let mut out = Chw { c: c.out_c, h: oh, w: ow, data: vec![0.0; c.out_c * oh * ow] };
+    let mut out = Chw {
+        c: c.out_c,
+        h: oh,
+        w: ow,
+        data: vec![0.0; c.out_c * oh * ow],
+    };
     for o in 0..c.out_c {
         for y in 0..oh {
             for xx in 0..ow {
@@ -273,7 +317,8 @@ fn conv2d(x: &Chw, c: &RefConv) -> Chw {
                             if iy < 0 || ix < 0 || iy >= x.h as isize || ix >= x.w as isize {
                                 continue;
                             }
-                            acc += x.at(i, iy as usize, ix as usize) * c.w[((o * c.in_c + i) * c.k + ky) * c.k + kx];
+                            acc += x.at(i, iy as usize, ix as usize)
+                                * c.w[((o * c.in_c + i) * c.k + ky) * c.k + kx];
                         }
                     }
                 }
@@ -290,38 +335,75 @@ pub struct Builder {
     pub ops: Vec<RefOp>,
     /// Channels and spatial size of every tensor so far.
     pub shapes: Vec<(usize, usize, usize)>,
+    /// TensorFlow's SAME padding (extra row/column at the bottom/right) instead of
+    /// PyTorch's symmetric k/2.
+    pub same_tf: bool,
 }
 
 impl Builder {
     pub fn new(seed: u64, h: usize, w: usize, c: usize) -> Self {
-        Builder { rng: Rng::new(seed), ops: Vec::new(), shapes: vec![(c, h, w)] }
+        Builder {
+            rng: Rng::new(seed),
+            ops: Vec::new(),
+            shapes: vec![(c, h, w)],
+            same_tf: false,
+        }
     }
 
-    /// Adds a k×k conv; `same_tf` uses TensorFlow's SAME padding (extra row/column at
-    /// the bottom/right), otherwise PyTorch's symmetric k/2.
-    pub fn conv(&mut self, input: usize, out_c: usize, k: usize, stride: usize, relu: bool, same_tf: bool, residual: Option<(usize, usize, usize, bool)>) -> usize {
+    /// Adds a k×k conv with BN.
+    pub fn conv(
+        &mut self,
+        input: usize,
+        out_c: usize,
+        k: usize,
+        stride: usize,
+        relu: bool,
+        residual: Option<(usize, usize, usize, bool)>,
+    ) -> usize {
         let (in_c, h, w) = self.shapes[input];
-        let pads = if same_tf {
+        let pads = if self.same_tf {
             let out = h.div_ceil(stride);
             let total = ((out - 1) * stride + k).saturating_sub(h);
             let out_w = w.div_ceil(stride);
             let total_w = ((out_w - 1) * stride + k).saturating_sub(w);
-            [total / 2, total_w / 2, total - total / 2, total_w - total_w / 2]
+            [
+                total / 2,
+                total_w / 2,
+                total - total / 2,
+                total_w - total_w / 2,
+            ]
         } else {
             [k / 2; 4]
         };
         let fan_in = (in_c * k * k) as f64;
         let gain = (6.0 / fan_in).sqrt();
-        let w_: Vec<f64> = (0..out_c * in_c * k * k).map(|_| self.rng.uniform() * gain).collect();
+        let w_: Vec<f64> = (0..out_c * in_c * k * k)
+            .map(|_| self.rng.uniform() * gain)
+            .collect();
         let bn = BatchNorm {
-            gamma: (0..out_c).map(|_| 0.8 + 0.4 * self.rng.uniform().abs()).collect(),
+            gamma: (0..out_c)
+                .map(|_| 0.8 + 0.4 * self.rng.uniform().abs())
+                .collect(),
             beta: (0..out_c).map(|_| 0.1 * self.rng.uniform()).collect(),
             mean: (0..out_c).map(|_| 0.1 * self.rng.uniform()).collect(),
-            var: (0..out_c).map(|_| 0.8 + 0.4 * self.rng.uniform().abs()).collect(),
+            var: (0..out_c)
+                .map(|_| 0.8 + 0.4 * self.rng.uniform().abs())
+                .collect(),
         };
         let oh = (h + pads[0] + pads[2] - k) / stride + 1;
         let ow = (w + pads[1] + pads[3] - k) / stride + 1;
-        self.ops.push(RefOp::Conv(RefConv { input, out_c, in_c, k, stride, pads, w: w_, bn, relu, residual }));
+        self.ops.push(RefOp::Conv(RefConv {
+            input,
+            out_c,
+            in_c,
+            k,
+            stride,
+            pads,
+            w: w_,
+            bn,
+            relu,
+            residual,
+        }));
         self.shapes.push((out_c, oh, ow));
         self.shapes.len() - 1
     }
@@ -345,7 +427,14 @@ impl Builder {
 
     pub fn finish(self, mean: Vec<f64>, std: Vec<f64>) -> RefNet {
         let (c, h, w) = self.shapes[0];
-        RefNet { h, w, c, mean, std, ops: self.ops }
+        RefNet {
+            h,
+            w,
+            c,
+            mean,
+            std,
+            ops: self.ops,
+        }
     }
 }
 
@@ -357,15 +446,16 @@ pub const CIFAR_STD: [f64; 3] = [63.0, 62.1, 66.7];
 /// values, not the graph), 32×32×3 in, 10 classes out.
 pub fn resnet8(seed: u64) -> RefNet {
     let mut b = Builder::new(seed, 32, 32, 3);
-    let mut x = b.conv(0, 16, 3, 1, true, true, None);
+    b.same_tf = true;
+    let mut x = b.conv(0, 16, 3, 1, true, None);
     // Stack 1: identity shortcut.
-    let y = b.conv(x, 16, 3, 1, true, true, None);
-    x = b.conv(y, 16, 3, 1, false, true, Some((x, 1, 0, true)));
+    let y = b.conv(x, 16, 3, 1, true, None);
+    x = b.conv(y, 16, 3, 1, false, Some((x, 1, 0, true)));
     // Stacks 2 and 3: 1×1 stride-2 projection shortcut (option B).
     for filters in [32, 64] {
-        let y = b.conv(x, filters, 3, 2, true, true, None);
-        let shortcut = b.conv(x, filters, 1, 2, false, true, None);
-        x = b.conv(y, filters, 3, 1, false, true, Some((shortcut, 1, 0, true)));
+        let y = b.conv(x, filters, 3, 2, true, None);
+        let shortcut = b.conv(x, filters, 1, 2, false, None);
+        x = b.conv(y, filters, 3, 1, false, Some((shortcut, 1, 0, true)));
     }
     let pooled = b.gap(x);
     b.dense(pooled, 10);
@@ -374,16 +464,22 @@ pub fn resnet8(seed: u64) -> RefNet {
 
 /// A CIFAR ResNet (6n+2 layers) with the paper's option-A shortcuts and PyTorch
 /// padding, on a `size`×`size` input: n = 1 gives ResNet-8-A, n = 3 ResNet-20.
-pub fn cifar_resnet_option_a(seed: u64, n: usize, size: usize, widths: [usize; 3], classes: usize) -> RefNet {
+pub fn cifar_resnet_option_a(
+    seed: u64,
+    n: usize,
+    size: usize,
+    widths: [usize; 3],
+    classes: usize,
+) -> RefNet {
     let mut b = Builder::new(seed, size, size, 3);
-    let mut x = b.conv(0, widths[0], 3, 1, true, false, None);
+    let mut x = b.conv(0, widths[0], 3, 1, true, None);
     let mut channels = widths[0];
     for (stage, &width) in widths.iter().enumerate() {
         for block in 0..n {
             let stride = if stage > 0 && block == 0 { 2 } else { 1 };
-            let y = b.conv(x, width, 3, stride, true, false, None);
+            let y = b.conv(x, width, 3, stride, true, None);
             let pad = (width - channels) / 2;
-            x = b.conv(y, width, 3, 1, false, false, Some((x, stride, pad, true)));
+            x = b.conv(y, width, 3, 1, false, Some((x, stride, pad, true)));
             channels = width;
         }
     }
@@ -396,16 +492,16 @@ pub fn cifar_resnet_option_a(seed: u64, n: usize, size: usize, widths: [usize; 3
 /// every block, plus a plain (shortcut-free) tail block.
 pub fn bottleneck_net(seed: u64) -> RefNet {
     let mut b = Builder::new(seed, 12, 12, 3);
-    let mut x = b.conv(0, 16, 3, 1, true, false, None);
+    let mut x = b.conv(0, 16, 3, 1, true, None);
     for (width, stride) in [(4, 1), (8, 2)] {
-        let a = b.conv(x, width, 1, 1, true, false, None);
-        let m = b.conv(a, width, 3, stride, true, false, None);
-        let projection = b.conv(x, width * 4, 1, stride, false, false, None);
-        x = b.conv(m, width * 4, 1, 1, false, false, Some((projection, 1, 0, true)));
+        let a = b.conv(x, width, 1, 1, true, None);
+        let m = b.conv(a, width, 3, stride, true, None);
+        let projection = b.conv(x, width * 4, 1, stride, false, None);
+        x = b.conv(m, width * 4, 1, 1, false, Some((projection, 1, 0, true)));
     }
     // Plain block: no shortcut.
-    let p = b.conv(x, 32, 3, 1, true, false, None);
-    x = b.conv(p, 32, 3, 1, true, false, None);
+    let p = b.conv(x, 32, 3, 1, true, None);
+    x = b.conv(p, 32, 3, 1, true, None);
     let pooled = b.gap(x);
     b.dense(pooled, 5);
     b.finish(vec![127.5; 3], vec![64.0; 3])

@@ -1,0 +1,31 @@
+//! Fuzzes the blob parser and, for every blob it accepts, one inference.
+//!
+//! The input is taken as a blob whose CRC is recomputed first (otherwise nearly every
+//! input stops at the checksum). Run from `core/`: `cargo +nightly fuzz run parse_blob`
+//! (see core/README.md).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tinyres_core::writer::AlignedBlob;
+use tinyres_core::{crc32, Interpreter, Model};
+
+fuzz_target!(|data: &[u8]| {
+    let mut blob = AlignedBlob::new(data);
+    let bytes = blob.as_bytes_mut();
+    if bytes.len() >= 16 {
+        let crc = crc32(&bytes[16..]);
+        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+    }
+    let Ok(model) = Model::parse(blob.as_bytes()) else {
+        return;
+    };
+    let (h, w, c) = model.input_shape();
+    if model.required_arena() > 1 << 22 || h * w * c > 1 << 20 {
+        return;
+    }
+    let mut arena = vec![0u8; model.required_arena()];
+    if let Ok(mut interp) = Interpreter::new(model, &mut arena) {
+        let _ = interp.run(&vec![128u8; h * w * c]);
+        let _ = interp.logits(&mut vec![0.0; model.num_classes()]);
+    }
+});

@@ -1,0 +1,212 @@
+//! What a model blob holds, layer by layer: the report `tinyres inspect` and
+//! `tinyres plan` print, as a text table or JSON.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use serde::Serialize;
+use tinyres_core::{DType, Layer, Model};
+
+/// One layer of a model.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LayerReport {
+    /// Position in the layer list.
+    pub index: usize,
+    /// Short description: `conv3x3/2`, `conv1x1 +add(A)`, `gap`, `dense`.
+    pub op: String,
+    /// Input `[height, width, channels]`.
+    pub input: [usize; 3],
+    /// Output `[height, width, channels]`.
+    pub output: [usize; 3],
+    /// Multiply-accumulates.
+    pub macs: u64,
+    /// Weights and biases.
+    pub params: u64,
+    /// Bytes of weights, biases and requantization data in the blob.
+    pub weight_bytes: u64,
+    /// Bytes of the output activation buffer.
+    pub activation_bytes: u64,
+    /// Offset of the output buffer in the arena.
+    pub arena_offset: u64,
+}
+
+/// A whole model.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ModelReport {
+    /// `f32`, `f16` or `int8`.
+    pub dtype: String,
+    /// Input `[height, width, channels]`.
+    pub input: [usize; 3],
+    /// Number of classes.
+    pub classes: usize,
+    /// Class names, if the blob has them.
+    pub class_names: Vec<String>,
+    /// Per-layer rows.
+    pub layers: Vec<LayerReport>,
+    /// Total weights and biases.
+    pub params: u64,
+    /// Total multiply-accumulates per inference.
+    pub macs: u64,
+    /// Bytes of the blob (what goes to flash).
+    pub flash_bytes: u64,
+    /// Bytes of the activation arena (the memory plan's peak).
+    pub arena_bytes: u64,
+}
+
+/// Reads the structure of a validated model.
+pub fn describe(model: &Model<'_>) -> Result<ModelReport> {
+    let dtype = model.dtype();
+    let shape = |t: u16| -> Result<[usize; 3]> {
+        let t = model.tensor(t)?;
+        Ok([t.height, t.width, t.channels])
+    };
+    let mut layers = Vec::new();
+    for i in 0..model.num_layers() {
+        let layer = model.layer(i)?;
+        let (input, _) = layer.inputs();
+        let in_shape = shape(input)?;
+        let out_t = model.tensor(layer.output())?;
+        let out_shape = [out_t.height, out_t.width, out_t.channels];
+        let out_len = out_t.len() as u64;
+        let requant_bytes = |channels: usize| {
+            if dtype == DType::Int8 {
+                8 * channels as u64
+            } else {
+                0
+            }
+        };
+        let (op, macs, params, weight_bytes) = match layer {
+            Layer::Conv(c) => {
+                let mut op = format!("conv{}x{}", c.kernel_h, c.kernel_w);
+                if c.stride != 1 {
+                    write!(op, "/{}", c.stride)?;
+                }
+                if c.relu {
+                    op.push_str(" relu");
+                }
+                if let Some(r) = c.residual {
+                    let option = if r.stride != 1 || r.channel_offset != 0 {
+                        "A"
+                    } else {
+                        "id"
+                    };
+                    write!(op, " +add({option}) t{}", r.tensor)?;
+                    if r.relu {
+                        op.push_str(" relu");
+                    }
+                }
+                let macs = out_len * (c.kernel_h * c.kernel_w * in_shape[2]) as u64;
+                let n = (c.weights.len() + c.bias.len()) as u64;
+                let bytes = (c.weights.len() * dtype.weight_bytes() + 4 * c.bias.len()) as u64
+                    + requant_bytes(c.bias.len());
+                (op, macs, n, bytes)
+            }
+            Layer::GlobalAvgPool { .. } => (
+                "gap".to_string(),
+                (in_shape.iter().product::<usize>()) as u64,
+                0,
+                0,
+            ),
+            Layer::Dense(d) => {
+                let op = if d.relu { "dense relu" } else { "dense" }.to_string();
+                let n = (d.weights.len() + d.bias.len()) as u64;
+                let bytes = (d.weights.len() * dtype.weight_bytes() + 4 * d.bias.len()) as u64
+                    + requant_bytes(d.bias.len());
+                (op, d.weights.len() as u64, n, bytes)
+            }
+        };
+        layers.push(LayerReport {
+            index: usize::from(i),
+            op,
+            input: in_shape,
+            output: out_shape,
+            macs,
+            params,
+            weight_bytes,
+            activation_bytes: out_len * dtype.activation_bytes() as u64,
+            arena_offset: out_t.arena_offset as u64,
+        });
+    }
+    let (h, w, c) = model.input_shape();
+    Ok(ModelReport {
+        dtype: dtype_name(dtype).to_string(),
+        input: [h, w, c],
+        classes: model.num_classes(),
+        class_names: (0..model.num_classes())
+            .filter_map(|i| model.class_name(i).map(str::to_string))
+            .collect(),
+        params: layers.iter().map(|l| l.params).sum(),
+        macs: layers.iter().map(|l| l.macs).sum(),
+        flash_bytes: model.blob_size() as u64,
+        arena_bytes: model.arena_size() as u64,
+        layers,
+    })
+}
+
+/// The lower-case name of a dtype, as the command line spells it.
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::Int8 => "int8",
+    }
+}
+
+/// Bytes as `12,345 B (12.1 KiB)`.
+pub fn bytes(n: u64) -> String {
+    format!("{} B ({:.1} KiB)", thousands(n), n as f64 / 1024.0)
+}
+
+/// `12345678` as `12,345,678`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+impl ModelReport {
+    /// The report as an aligned text table with totals.
+    pub fn to_table(&self) -> String {
+        let mut s = String::new();
+        let dims = |d: &[usize; 3]| format!("{}x{}x{}", d[0], d[1], d[2]);
+        let _ = writeln!(
+            s,
+            "{:>3}  {:<28} {:>10} {:>10} {:>12} {:>9} {:>10} {:>10} {:>8}",
+            "#", "op", "input", "output", "MACs", "params", "weight B", "act B", "offset"
+        );
+        for l in &self.layers {
+            let _ = writeln!(
+                s,
+                "{:>3}  {:<28} {:>10} {:>10} {:>12} {:>9} {:>10} {:>10} {:>8}",
+                l.index,
+                l.op,
+                dims(&l.input),
+                dims(&l.output),
+                thousands(l.macs),
+                thousands(l.params),
+                thousands(l.weight_bytes),
+                thousands(l.activation_bytes),
+                l.arena_offset
+            );
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(s, "dtype        {}", self.dtype);
+        let _ = writeln!(
+            s,
+            "input        {}, {} classes",
+            dims(&self.input),
+            self.classes
+        );
+        let _ = writeln!(s, "parameters   {}", thousands(self.params));
+        let _ = writeln!(s, "MACs         {}", thousands(self.macs));
+        let _ = writeln!(s, "flash        {}", bytes(self.flash_bytes));
+        let _ = writeln!(s, "arena peak   {}", bytes(self.arena_bytes));
+        s
+    }
+}
