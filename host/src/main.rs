@@ -1,6 +1,6 @@
 //! `tinyres`: the command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -36,6 +36,10 @@ enum Command {
         /// Block type (basic or bottleneck); default: the architecture's own.
         #[arg(long)]
         block: Option<Block>,
+        /// Also write the blob, with untrained (He-initialised) weights: for sizing,
+        /// testing firmware and seeding the fuzzer, not for predictions.
+        #[arg(short, long, value_name = "FILE.trm")]
+        output: Option<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -67,6 +71,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`, so
+/// an interrupted write never leaves a truncated file under the final name.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let file_name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Plan {
@@ -74,6 +91,7 @@ fn run(cli: Cli) -> Result<()> {
             dtype,
             shortcut,
             block,
+            output,
             json,
         } => {
             let mut arch = Architecture::by_name(&arch)
@@ -99,8 +117,12 @@ fn run(cli: Cli) -> Result<()> {
                 Dtype::F16 => Encoding::F16,
                 Dtype::Int8 => Encoding::Int8(&unit_ranges),
             };
-            let blob = AlignedBlob::new(&network.to_blob(encoding)?);
+            let bytes = network.to_blob(encoding)?;
+            let blob = AlignedBlob::new(&bytes);
             let report = describe(&Model::parse(blob.as_bytes())?)?;
+            if let Some(path) = &output {
+                write_atomically(path, &bytes)?;
+            }
             if json {
                 let value = serde_json::json!({ "architecture": arch.name, "depth": arch.depth(), "model": report });
                 println!("{}", serde_json::to_string_pretty(&value)?);

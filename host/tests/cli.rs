@@ -62,6 +62,36 @@ fn plan_accepts_every_family_member_and_option() {
 }
 
 #[test]
+fn plan_writes_a_blob_that_inspect_reads() {
+    let path = temp("resnet8-untrained.trm");
+    let out = tinyres(&[
+        "plan",
+        "--arch",
+        "resnet8",
+        "-o",
+        path.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let planned: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let inspected = tinyres(&["inspect", path.to_str().unwrap(), "--json"]);
+    let inspected: serde_json::Value = serde_json::from_str(&stdout(&inspected)).unwrap();
+    assert_eq!(planned["model"], inspected);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        inspected["flash_bytes"].as_u64().unwrap()
+    );
+
+    let out = tinyres(&["plan", "-o", "/nonexistent-dir/x.trm"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot write /nonexistent-dir/.x.trm.tmp"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn unknown_architecture_is_a_one_line_error() {
     let out = tinyres(&["plan", "--arch", "vgg16"]);
     assert!(!out.status.success());
