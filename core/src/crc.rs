@@ -22,7 +22,12 @@ const TABLE: [u32; 256] = {
 
 /// CRC-32 of `bytes` (the value `zlib.crc32` gives).
 pub fn crc32(bytes: &[u8]) -> u32 {
-    !bytes.iter().fold(!0u32, |crc, &b| {
+    crc32_update(0, bytes)
+}
+
+/// Continues a CRC-32 over more bytes: `crc32_update(crc32(a), b) == crc32(a ++ b)`.
+pub fn crc32_update(crc: u32, bytes: &[u8]) -> u32 {
+    !bytes.iter().fold(!crc, |crc, &b| {
         TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8)
     })
 }
@@ -33,5 +38,9 @@ mod tests {
     fn known_values() {
         assert_eq!(super::crc32(b""), 0);
         assert_eq!(super::crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(
+            super::crc32_update(super::crc32(b"1234"), b"56789"),
+            0xCBF4_3926
+        );
     }
 }

@@ -81,6 +81,25 @@ pub enum Error {
     },
     /// Outputs were read before any image was run.
     NotRun,
+    /// A fixed-capacity structure is too small for the model or the request.
+    Capacity {
+        /// What ran out.
+        what: &'static str,
+        /// Size needed.
+        needed: usize,
+        /// Size available.
+        capacity: usize,
+    },
+    /// The model lacks something the operation needs.
+    Unsupported {
+        /// What is missing.
+        what: &'static str,
+    },
+    /// The flash device reported an error.
+    Storage {
+        /// The operation that failed.
+        operation: &'static str,
+    },
 }
 
 impl fmt::Display for Error {
@@ -118,6 +137,13 @@ impl fmt::Display for Error {
                 actual,
             } => write!(f, "{what} has length {actual}, expected {expected}"),
             Error::NotRun => f.write_str("no image has been run yet"),
+            Error::Capacity {
+                what,
+                needed,
+                capacity,
+            } => write!(f, "{what}: needs {needed}, capacity is {capacity}"),
+            Error::Unsupported { what } => write!(f, "unsupported: {what}"),
+            Error::Storage { operation } => write!(f, "flash {operation} failed"),
         }
     }
 }

@@ -12,7 +12,9 @@ mod engine;
 mod error;
 mod format;
 pub mod kernels;
+pub mod learn;
 mod model;
+pub mod persist;
 pub mod quant;
 
 #[cfg(feature = "alloc")]
@@ -20,7 +22,7 @@ pub mod plan;
 #[cfg(feature = "alloc")]
 pub mod writer;
 
-pub use crc::crc32;
+pub use crc::{crc32, crc32_update};
 pub use engine::{Arena, Interpreter};
 pub use error::Error;
 pub use format::{DType, InputRange};

@@ -151,6 +151,15 @@ pub struct ActivationRanges {
     pub pre_add: Vec<Option<(f32, f32)>>,
 }
 
+/// Every activation of one float run: see [`Network::forward_f32`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForwardTrace {
+    /// Each tensor's values (index = tensor id), NHWC.
+    pub tensors: Vec<Vec<f32>>,
+    /// For each layer with a residual add, the convolution's value before the add.
+    pub pre_add: Vec<Option<Vec<f32>>>,
+}
+
 /// How to encode the network's numbers.
 #[derive(Clone, Copy, Debug)]
 pub enum Encoding<'a> {
@@ -395,6 +404,134 @@ impl Network {
         let plan = plan_buffers(&requests, format::SECTION_ALIGN);
         let offsets = buffer_of.iter().map(|&b| plan.offsets[b]).collect();
         Ok((offsets, plan.peak.max(format::SECTION_ALIGN)))
+    }
+
+    /// Runs the network in f32 on one raw image (HWC `u8`, preprocessed as the blob
+    /// will be): every tensor, and for each layer with a residual the convolution's
+    /// value before the add. The float reference for calibration and tests; it uses the
+    /// portable kernels.
+    pub fn forward_f32(&self, pixels: &[u8]) -> Result<ForwardTrace, WriteError> {
+        let shapes = self.tensor_shapes()?;
+        let (h, w, c) = shapes[0];
+        if pixels.len() != h * w * c {
+            return fail(alloc::format!(
+                "image has {} bytes, the input is {h}x{w}x{c}",
+                pixels.len()
+            ));
+        }
+        let input = pixels
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                let scaled = match self.input.range {
+                    InputRange::Byte => f32::from(p),
+                    InputRange::Unit => f32::from(p) / 255.0,
+                };
+                (scaled - self.input.mean[i % c]) / self.input.std[i % c]
+            })
+            .collect();
+        let mut tensors: Vec<Vec<f32>> = alloc::vec![input];
+        let mut pre_add = Vec::with_capacity(self.layers.len());
+        let kernel_error = |k: usize, e: crate::Error| WriteError(alloc::format!("layer {k}: {e}"));
+        for (k, layer) in self.layers.iter().enumerate() {
+            let (oh, ow, oc) = shapes[k + 1];
+            let mut out = alloc::vec![0.0f32; oh * ow * oc];
+            let (input, _) = layer.inputs();
+            let (ih, iw, ic) = shapes[input];
+            let x = &tensors[input];
+            match layer {
+                LayerSpec::Conv(conv) => {
+                    let shape = ConvShape {
+                        in_h: ih,
+                        in_w: iw,
+                        in_c: ic,
+                        out_h: oh,
+                        out_w: ow,
+                        out_c: oc,
+                        kernel_h: conv.kernel.0,
+                        kernel_w: conv.kernel.1,
+                        stride: conv.stride,
+                        pad_top: conv.padding[0],
+                        pad_left: conv.padding[1],
+                    };
+                    crate::kernels::conv2d_f32(
+                        &shape,
+                        x,
+                        &conv.weights,
+                        &conv.bias,
+                        conv.relu,
+                        None,
+                        &mut out,
+                    )
+                    .map_err(|e| kernel_error(k, e))?;
+                    match conv.residual {
+                        None => pre_add.push(None),
+                        Some(r) => {
+                            pre_add.push(Some(out.clone()));
+                            let (_, rw, rc) = shapes[r.tensor];
+                            let shortcut = &tensors[r.tensor];
+                            for (i, v) in out.iter_mut().enumerate() {
+                                let (y, xx, ch) = (i / oc / ow, i / oc % ow, i % oc);
+                                if let Some(sc) =
+                                    ch.checked_sub(r.channel_offset).filter(|&sc| sc < rc)
+                                {
+                                    *v += shortcut[((y * r.stride) * rw + xx * r.stride) * rc + sc];
+                                }
+                                if r.relu {
+                                    *v = v.max(0.0);
+                                }
+                            }
+                        }
+                    }
+                }
+                LayerSpec::GlobalAvgPool { .. } => {
+                    pre_add.push(None);
+                    crate::kernels::global_avg_pool_f32(x, ih * iw, &mut out)
+                        .map_err(|e| kernel_error(k, e))?;
+                }
+                LayerSpec::Dense(d) => {
+                    pre_add.push(None);
+                    crate::kernels::dense_f32(x, &d.weights, &d.bias, d.relu, &mut out)
+                        .map_err(|e| kernel_error(k, e))?;
+                }
+            }
+            tensors.push(out);
+        }
+        Ok(ForwardTrace { tensors, pre_add })
+    }
+
+    /// Min/max activation ranges over `images` (raw HWC `u8` each), for int8.
+    pub fn calibrate<'i>(
+        &self,
+        images: impl IntoIterator<Item = &'i [u8]>,
+    ) -> Result<ActivationRanges, WriteError> {
+        let mut ranges = ActivationRanges {
+            tensors: alloc::vec![(f32::INFINITY, f32::NEG_INFINITY); self.layers.len() + 1],
+            pre_add: alloc::vec![None; self.layers.len()],
+        };
+        let widen = |r: &mut (f32, f32), values: &[f32]| {
+            for &v in values {
+                r.0 = r.0.min(v);
+                r.1 = r.1.max(v);
+            }
+        };
+        let mut count = 0;
+        for image in images {
+            let trace = self.forward_f32(image)?;
+            for (r, t) in ranges.tensors.iter_mut().zip(&trace.tensors) {
+                widen(r, t);
+            }
+            for (r, p) in ranges.pre_add.iter_mut().zip(&trace.pre_add) {
+                if let Some(p) = p {
+                    widen(r.get_or_insert((f32::INFINITY, f32::NEG_INFINITY)), p);
+                }
+            }
+            count += 1;
+        }
+        if count == 0 {
+            return fail("calibration needs at least one image");
+        }
+        Ok(ranges)
     }
 
     /// Writes the network as a blob.

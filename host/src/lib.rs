@@ -1,5 +1,7 @@
-//! The host side of tinyres: the ResNet architecture family and reports on model
-//! blobs. The `tinyres` binary is a thin command line over this library.
+//! The host side of tinyres: the ResNet architecture family, data readers, reports on
+//! model blobs, and running the firmware in QEMU. The `tinyres` binary is a thin command line over this library.
 
 pub mod arch;
+pub mod data;
+pub mod qemu;
 pub mod report;

@@ -5,9 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use std::time::Duration;
 use tinyres_core::writer::{ActivationRanges, AlignedBlob, Encoding, LayerSpec};
-use tinyres_core::Model;
+
+use tinyres_core::{Interpreter, Model};
 use tinyres_host::arch::{Architecture, Block, Shortcut, NAMES};
+use tinyres_host::data::{Dataset, Split};
+use tinyres_host::qemu::{self, Board};
 use tinyres_host::report::{self, describe};
 
 /// tinyres: residual networks trained on the workstation, run and fine-tuned on
@@ -44,6 +48,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Boot the firmware in QEMU, classify images on the emulated device, count the
+    /// instructions of each inference, and check every prediction against the engine
+    /// run on the host.
+    Run(RunArgs),
     /// Validate a model blob (.trm) and show what it holds.
     Inspect {
         /// The model blob.
@@ -52,6 +60,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Emulated board: mps2-an386 (Cortex-M4F), mps2-an500 (M7), mps2-an385 (M3).
+    #[arg(long, default_value = "mps2-an386")]
+    board: String,
+    /// The model blob (.trm).
+    #[arg(long)]
+    model: PathBuf,
+    /// Images: a CIFAR-10 binary batch (.bin or .bin.gz) or a directory with test_batch.
+    #[arg(long)]
+    data: PathBuf,
+    /// Classify at most this many images.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Seconds one QEMU boot may take before it counts as hung.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -81,6 +111,147 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// Reads and validates a blob file.
+fn load_blob(path: &Path) -> Result<AlignedBlob> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let blob = AlignedBlob::new(&bytes);
+    if let Err(e) = Model::parse(blob.as_bytes()) {
+        bail!("{}: {e}", path.display());
+    }
+    Ok(blob)
+}
+
+fn run_on_device(args: &RunArgs) -> Result<()> {
+    let board = Board::by_name(&args.board)?;
+    let blob = load_blob(&args.model)?;
+    let model = Model::parse(blob.as_bytes())?;
+    let mut data = Dataset::load_cifar(&args.data, Split::Test)?;
+    data.truncate(args.limit);
+    if data.is_empty() {
+        bail!("{}: no images", args.data.display());
+    }
+    let (h, w, c) = model.input_shape();
+    if (h, w, c) != (data.height, data.width, data.channels) {
+        bail!(
+            "{} expects {h}x{w}x{c} images, {} holds {}x{}x{}",
+            args.model.display(),
+            args.data.display(),
+            data.height,
+            data.width,
+            data.channels
+        );
+    }
+    let arena = model
+        .arena_size()
+        .max(qemu::DEFAULT_ARENA_BYTES)
+        .next_multiple_of(64 * 1024);
+    eprintln!(
+        "building the firmware for {} ({})",
+        board.name, board.target
+    );
+    let elf = qemu::build_firmware(&board, arena)?;
+
+    // The engine on the host: the device must agree with it on every image.
+    let mut host_arena = vec![0u8; model.required_arena()];
+    let mut host = Interpreter::new(model, &mut host_arena)?;
+    let per_boot = qemu::images_per_boot(data.image_len());
+    let mut predictions = Vec::new();
+    let mut start = 0;
+    while start < data.len() {
+        let end = (start + per_boot).min(data.len());
+        eprintln!(
+            "booting {} in QEMU: images {start}..{end} of {}",
+            board.name,
+            data.len()
+        );
+        predictions.extend(qemu::classify(
+            &board,
+            &elf,
+            blob.as_bytes(),
+            &data,
+            start..end,
+            Duration::from_secs(args.timeout),
+        )?);
+        start = end;
+    }
+    let mut mismatches = Vec::new();
+    for p in &predictions {
+        let host_class = host.run(data.image(p.index))?;
+        if host_class != p.class {
+            mismatches.push((p.index, p.class, host_class));
+        }
+    }
+    let correct = predictions
+        .iter()
+        .filter(|p| usize::from(p.label) == p.class)
+        .count();
+    let accuracy = correct as f64 / predictions.len() as f64;
+    let total: u64 = predictions.iter().map(|p| p.instructions).sum();
+    let mean = total / predictions.len() as u64;
+    let (min, max) = predictions.iter().fold((u64::MAX, 0), |(lo, hi), p| {
+        (lo.min(p.instructions), hi.max(p.instructions))
+    });
+    if args.json {
+        let value = serde_json::json!({
+            "board": board,
+            "model": args.model,
+            "images": predictions,
+            "count": predictions.len(),
+            "accuracy": accuracy,
+            "instructions_per_inference": mean,
+            "instructions_min": min,
+            "instructions_max": max,
+            "total_instructions": total,
+            "matches_host": mismatches.is_empty(),
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!(
+            "{:>6} {:>6} {:>6} {:>14}",
+            "index", "label", "class", "instructions"
+        );
+        for p in &predictions {
+            println!(
+                "{:>6} {:>6} {:>6} {:>14}",
+                p.index,
+                p.label,
+                p.class,
+                report::thousands(p.instructions)
+            );
+        }
+        println!();
+        println!(
+            "board         {} ({}, QEMU -icount shift={})",
+            board.name,
+            board.cpu,
+            qemu::ICOUNT_SHIFT
+        );
+        println!(
+            "accuracy      {:.2} % ({correct}/{})",
+            100.0 * accuracy,
+            predictions.len()
+        );
+        println!(
+            "instructions  {} per inference (min {}, max {})",
+            report::thousands(mean),
+            report::thousands(min),
+            report::thousands(max)
+        );
+        println!(
+            "host engine   {}",
+            if mismatches.is_empty() {
+                "identical predictions".to_string()
+            } else {
+                format!("{} mismatches", mismatches.len())
+            }
+        );
+    }
+    if let Some(&(index, device, host)) = mismatches.first() {
+        bail!("{} predictions differ from the host engine; first: image {index}, device {device}, host {host}", mismatches.len());
+    }
     Ok(())
 }
 
@@ -131,6 +302,7 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", report.to_table());
             }
         }
+        Command::Run(args) => run_on_device(&args)?,
         Command::Inspect { model, json } => {
             let bytes = std::fs::read(&model)
                 .with_context(|| format!("cannot read {}", model.display()))?;

@@ -1,0 +1,143 @@
+//! What the tinyres firmware binaries share: where QEMU puts the model and the images,
+//! the image-region format, the instruction counter and the exits.
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+/// Bytes of the static activation arena, from `TINYRES_ARENA_BYTES` at build time
+/// (default 256 KiB: any ResNet-8 or ResNet-20 in f32 or int8 fits).
+pub const ARENA_BYTES: usize = parse_usize(option_env!("TINYRES_ARENA_BYTES"), 256 * 1024);
+
+const fn parse_usize(text: Option<&str>, default: usize) -> usize {
+    let Some(text) = text else {
+        return default;
+    };
+    let bytes = text.as_bytes();
+    let mut value = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        assert!(
+            bytes[i].is_ascii_digit(),
+            "TINYRES_ARENA_BYTES must be a decimal number"
+        );
+        value = value * 10 + (bytes[i] - b'0') as usize;
+        i += 1;
+    }
+    value
+}
+
+/// The model partition: QEMU loads the `.trm` blob here.
+pub const MODEL_ADDRESS: usize = 0x0010_0000;
+/// Bytes reserved for the model partition.
+pub const MODEL_CAPACITY: usize = 0x0010_0000;
+/// The image region: QEMU loads the images to classify here.
+pub const IMAGES_ADDRESS: usize = 0x0020_0000;
+/// Bytes reserved for the image region.
+pub const IMAGES_CAPACITY: usize = 0x0020_0000;
+
+/// A memory region filled by the host before boot.
+///
+/// # Safety
+///
+/// `address..address + len` must be readable memory that nothing writes while the
+/// returned slice lives (QEMU fills these regions before the core starts).
+pub unsafe fn host_region(address: usize, len: usize) -> &'static [u8] {
+    // SAFETY: the caller guarantees the range is readable and not written for 'static.
+    unsafe { core::slice::from_raw_parts(address as *const u8, len) }
+}
+
+/// The model partition.
+pub fn model_partition() -> &'static [u8] {
+    // SAFETY: MODEL_ADDRESS..+MODEL_CAPACITY is code memory on every supported board's
+    // memory map (memory.x keeps the firmware below it) and is only written by QEMU's
+    // loader before reset.
+    unsafe { host_region(MODEL_ADDRESS, MODEL_CAPACITY) }
+}
+
+/// The image region.
+pub fn image_region() -> &'static [u8] {
+    // SAFETY: as for the model partition, IMAGES_ADDRESS..+IMAGES_CAPACITY is code
+    // memory above the firmware, written only by QEMU's loader before reset.
+    unsafe { host_region(IMAGES_ADDRESS, IMAGES_CAPACITY) }
+}
+
+/// Images to classify, as the host lays them out: `TRIM`, count (u32), height, width,
+/// channels (u16 each), a reserved u16, `count` label bytes padded to 16, then the
+/// `count` images, HWC `u8` each.
+#[derive(Clone, Copy, Debug)]
+pub struct Images<'a> {
+    labels: &'a [u8],
+    pixels: &'a [u8],
+    image_len: usize,
+}
+
+/// Why the image region could not be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, defmt::Format)]
+pub enum ImagesError {
+    /// The region does not start with `TRIM`.
+    BadMagic,
+    /// The header's sizes do not fit the region.
+    OutOfBounds,
+}
+
+impl<'a> Images<'a> {
+    /// Parses the region.
+    pub fn parse(region: &'a [u8]) -> Result<Self, ImagesError> {
+        if region.get(..4) != Some(b"TRIM") {
+            return Err(ImagesError::BadMagic);
+        }
+        let word = |at: usize| {
+            region
+                .get(at..at + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let half = |at: usize| {
+            region
+                .get(at..at + 2)
+                .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+        };
+        let (Some(count), Some(h), Some(w), Some(c)) = (word(4), half(8), half(10), half(12))
+        else {
+            return Err(ImagesError::OutOfBounds);
+        };
+        let count = count as usize;
+        let image_len = h * w * c;
+        let labels_end = 16 + count.next_multiple_of(16);
+        let pixels_end = count
+            .checked_mul(image_len)
+            .and_then(|n| n.checked_add(labels_end))
+            .ok_or(ImagesError::OutOfBounds)?;
+        let (Some(labels), Some(pixels)) = (
+            region.get(16..16 + count),
+            region.get(labels_end..pixels_end),
+        ) else {
+            return Err(ImagesError::OutOfBounds);
+        };
+        Ok(Images {
+            labels,
+            pixels,
+            image_len,
+        })
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Image `i` and its label.
+    pub fn get(&self, i: usize) -> Option<(&'a [u8], u8)> {
+        let start = i.checked_mul(self.image_len)?;
+        Some((
+            self.pixels.get(start..start + self.image_len)?,
+            *self.labels.get(i)?,
+        ))
+    }
+}
+
+#[cfg(target_arch = "arm")]
+pub mod cortex_m_support;

@@ -1,0 +1,189 @@
+//! The firmware in QEMU against the engine on the host: the same blob and images give
+//! the same classes on every emulated board, instruction counts are deterministic, and
+//! a broken model or a firmware failure is reported, not hidden.
+
+use std::time::Duration;
+
+use tinyres_core::writer::{AlignedBlob, Encoding, LayerSpec, Network};
+use tinyres_core::{Interpreter, Model};
+use tinyres_host::arch::Architecture;
+use tinyres_host::data::Dataset;
+use tinyres_host::qemu::{self, Board};
+
+/// Images of distinct colours and gradients with a little noise, so an untrained net
+/// still tells them apart.
+fn images(n: usize, seed: u32) -> Dataset {
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (state >> 24) as u8
+    };
+    let labels = (0..n).map(|_| next() % 10).collect();
+    let mut pixels = Vec::with_capacity(n * 3072);
+    for i in 0..n {
+        let base = [next(), next(), next()];
+        for y in 0..32u8 {
+            for x in 0..32u8 {
+                for (c, &b) in base.iter().enumerate() {
+                    let gradient = if (i + c) % 2 == 0 { 4 * y } else { 4 * x };
+                    pixels.push(b.wrapping_add(gradient).wrapping_add(next() % 16));
+                }
+            }
+        }
+    }
+    Dataset {
+        height: 32,
+        width: 32,
+        channels: 3,
+        pixels,
+        labels,
+        class_names: Vec::new(),
+    }
+}
+
+/// Seed of the prototype images: prototype `k` is image `k` of `images(10, PROTOTYPES)`.
+const PROTOTYPES: u32 = 99;
+
+/// ResNet-8 with He-initialised convolutions and a classifier imprinted from the
+/// pooled features of ten prototype images (logit k: the centred features projected
+/// on prototype k's centred features),
+/// so that the untrained net still sorts different images into different classes.
+fn resnet8() -> Network {
+    let mut net = Architecture::by_name("resnet8")
+        .unwrap()
+        .network(11)
+        .unwrap();
+    let blob = AlignedBlob::new(&net.to_blob(Encoding::F32).unwrap());
+    let model = Model::parse(blob.as_bytes()).unwrap();
+    let mut arena = vec![0u8; model.required_arena()];
+    let mut interp = Interpreter::new(model, &mut arena).unwrap();
+    let prototypes = images(10, PROTOTYPES);
+    let features: Vec<Vec<f32>> = (0..10)
+        .map(|k| {
+            interp.run(prototypes.image(k)).unwrap();
+            let mut f = vec![0.0; model.num_features()];
+            interp.features(&mut f).unwrap();
+            f
+        })
+        .collect();
+    let n = features[0].len();
+    let mean: Vec<f32> = (0..n)
+        .map(|j| features.iter().map(|f| f[j]).sum::<f32>() / 10.0)
+        .collect();
+    if let Some(LayerSpec::Dense(d)) = net.layers.last_mut() {
+        d.weights = features
+            .iter()
+            .flat_map(|f| {
+                let centred: Vec<f32> = f.iter().zip(&mean).map(|(a, m)| a - m).collect();
+                let norm = centred.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-6);
+                centred.into_iter().map(move |v| 4.0 * v / norm)
+            })
+            .collect();
+        // Bias −w·mean, so that logit k is w_k · (features − mean).
+        d.bias = d
+            .weights
+            .chunks(n)
+            .map(|w| -w.iter().zip(&mean).map(|(a, b)| a * b).sum::<f32>())
+            .collect();
+    }
+    net
+}
+
+fn int8_blob(net: &Network) -> AlignedBlob {
+    let calibration = images(10, PROTOTYPES);
+    let ranges = net
+        .calibrate((0..10).map(|i| calibration.image(i)))
+        .unwrap();
+    AlignedBlob::new(&net.to_blob(Encoding::Int8(&ranges)).unwrap())
+}
+
+fn host_classes(blob: &AlignedBlob, data: &Dataset) -> Vec<usize> {
+    let model = Model::parse(blob.as_bytes()).unwrap();
+    let mut arena = vec![0u8; model.required_arena()];
+    let mut interp = Interpreter::new(model, &mut arena).unwrap();
+    (0..data.len())
+        .map(|i| interp.run(data.image(i)).unwrap())
+        .collect()
+}
+
+fn device(board: &Board, blob: &AlignedBlob, data: &Dataset) -> Vec<qemu::DevicePrediction> {
+    let elf = qemu::build_firmware(board, qemu::DEFAULT_ARENA_BYTES).expect("firmware builds");
+    qemu::classify(
+        board,
+        &elf,
+        blob.as_bytes(),
+        data,
+        0..data.len(),
+        Duration::from_secs(300),
+    )
+    .expect("runs in QEMU")
+}
+
+#[test]
+fn int8_resnet8_on_every_cortex_m_board_matches_the_host_engine() {
+    let blob = int8_blob(&resnet8());
+    let mut data = images(10, PROTOTYPES);
+    data.truncate(6);
+    let host = host_classes(&blob, &data);
+    let distinct: std::collections::BTreeSet<_> = host.iter().collect();
+    assert!(
+        distinct.len() >= 3,
+        "the test images should fall in several classes: {host:?}"
+    );
+    for board in qemu::BOARDS {
+        let predictions = device(&board, &blob, &data);
+        let classes: Vec<usize> = predictions.iter().map(|p| p.class).collect();
+        assert_eq!(classes, host, "{}", board.name);
+        for (i, p) in predictions.iter().enumerate() {
+            assert_eq!((p.index, p.label), (i, data.labels[i]));
+            // ResNet-8 is 12.5 M MACs; the portable kernels take several instructions each.
+            assert!(
+                (20_000_000..1_000_000_000).contains(&p.instructions),
+                "{}: {}",
+                board.name,
+                p.instructions
+            );
+        }
+        println!(
+            "{}: {} instructions per inference",
+            board.name, predictions[0].instructions
+        );
+    }
+}
+
+#[test]
+fn f32_model_on_the_soft_float_cortex_m3_matches_the_host_engine() {
+    let blob = AlignedBlob::new(&resnet8().to_blob(Encoding::F32).unwrap());
+    let data = images(3, 2);
+    let board = Board::by_name("mps2-an385").unwrap();
+    let classes: Vec<usize> = device(&board, &blob, &data)
+        .iter()
+        .map(|p| p.class)
+        .collect();
+    assert_eq!(classes, host_classes(&blob, &data));
+}
+
+#[test]
+fn instruction_counts_are_deterministic() {
+    let blob = int8_blob(&resnet8());
+    let data = images(2, 3);
+    let board = Board::by_name("mps2-an386").unwrap();
+    assert_eq!(device(&board, &blob, &data), device(&board, &blob, &data));
+}
+
+#[test]
+fn a_model_the_device_rejects_is_reported_with_its_log() {
+    let blob = int8_blob(&resnet8());
+    let mut bytes = blob.as_bytes().to_vec();
+    bytes[200] ^= 0xFF; // the host would refuse this blob; the device must too
+    let board = Board::by_name("mps2-an386").unwrap();
+    let elf = qemu::build_firmware(&board, qemu::DEFAULT_ARENA_BYTES).unwrap();
+    let data = images(1, 4);
+    let err = qemu::classify(&board, &elf, &bytes, &data, 0..1, Duration::from_secs(120))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("failed") && err.contains("ChecksumMismatch"),
+        "{err}"
+    );
+}
