@@ -1,11 +1,15 @@
-//! Cortex-M: deterministic instruction counting with SysTick under `qemu -icount`, and
-//! leaving QEMU with an exit status.
+//! Cortex-M: deterministic instruction counting with SysTick under `qemu -icount`.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m::peripheral::SYST;
 use cortex_m_rt::exception;
+
+/// What [`counter_read`] counts: core-clock ticks, which the host converts to
+/// instructions (under `qemu -icount shift=N` the clock advances 2^N ns per
+/// instruction; the mps2/mps3 core clock is 25 MHz).
+pub const COUNTER: &str = "ticks";
 
 /// SysTick wraps (24-bit counter, reload 2^24 − 1).
 static WRAPS: AtomicU32 = AtomicU32::new(0);
@@ -17,9 +21,11 @@ fn SysTick() {
 }
 
 /// Starts SysTick on the core clock, free running, counting wraps in its interrupt.
-/// Under `qemu -icount shift=N` the core clock advances by `2^N` ns per instruction, so
-/// ticks convert to instructions exactly on the host (`tinyres run` does it).
-pub fn start_tick_counter(mut syst: SYST) {
+pub fn counter_start() {
+    let Some(peripherals) = cortex_m::Peripherals::take() else {
+        return;
+    };
+    let mut syst = peripherals.SYST;
     syst.set_clock_source(SystClkSource::Core);
     syst.set_reload(RELOAD);
     syst.clear_current();
@@ -27,8 +33,8 @@ pub fn start_tick_counter(mut syst: SYST) {
     syst.enable_counter();
 }
 
-/// Core clock ticks since [`start_tick_counter`].
-pub fn ticks() -> u64 {
+/// Core clock ticks since [`counter_start`].
+pub fn counter_read() -> u64 {
     loop {
         let before = WRAPS.load(Ordering::Relaxed);
         let current = SYST::get_current();
@@ -38,15 +44,7 @@ pub fn ticks() -> u64 {
     }
 }
 
-/// Leaves QEMU with success or failure (semihosting `SYS_EXIT`).
-pub fn exit(success: bool) -> ! {
-    use cortex_m_semihosting::debug;
-    debug::exit(if success {
-        debug::EXIT_SUCCESS
-    } else {
-        debug::EXIT_FAILURE
-    });
-    loop {
-        cortex_m::asm::bkpt();
-    }
+/// Ticks between two [`counter_read`]s.
+pub fn counter_elapsed(start: u64, end: u64) -> u64 {
+    end - start
 }

@@ -1,5 +1,6 @@
-//! What the tinyres firmware binaries share: where QEMU puts the model and the images,
-//! the image-region format, the instruction counter and the exits.
+//! What the tinyres firmware binaries share: where QEMU puts the model and the images
+//! (per board, from build.rs), the image-region format, the instruction counter and
+//! the exits.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
@@ -25,14 +26,7 @@ const fn parse_usize(text: Option<&str>, default: usize) -> usize {
     value
 }
 
-/// The model partition: QEMU loads the `.trm` blob here.
-pub const MODEL_ADDRESS: usize = 0x0010_0000;
-/// Bytes reserved for the model partition.
-pub const MODEL_CAPACITY: usize = 0x0010_0000;
-/// The image region: QEMU loads the images to classify here.
-pub const IMAGES_ADDRESS: usize = 0x0020_0000;
-/// Bytes reserved for the image region.
-pub const IMAGES_CAPACITY: usize = 0x0020_0000;
+include!(concat!(env!("OUT_DIR"), "/board.rs"));
 
 /// A memory region filled by the host before boot.
 ///
@@ -139,5 +133,17 @@ impl<'a> Images<'a> {
     }
 }
 
+/// Leaves QEMU with success or failure (semihosting `SYS_EXIT`).
+pub fn exit(success: bool) -> ! {
+    semihosting::process::exit(if success { 0 } else { 1 })
+}
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64_support;
 #[cfg(target_arch = "arm")]
-pub mod cortex_m_support;
+mod cortex_m_support;
+
+#[cfg(target_arch = "aarch64")]
+pub use aarch64_support::{counter_elapsed, counter_read, counter_start, COUNTER};
+#[cfg(target_arch = "arm")]
+pub use cortex_m_support::{counter_elapsed, counter_read, counter_start, COUNTER};

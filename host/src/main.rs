@@ -64,7 +64,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Emulated board: mps2-an386 (Cortex-M4F), mps2-an500 (M7), mps2-an385 (M3).
+    /// Emulated board: mps2-an386 (Cortex-M4F), mps2-an500 (M7), mps2-an505 (M33),
+    /// mps3-an547 (M55), mps2-an385 (M3, soft float), virt-a53 (Cortex-A53).
     #[arg(long, default_value = "mps2-an386")]
     board: String,
     /// The model blob (.trm).
@@ -227,7 +228,7 @@ fn run_on_device(args: &RunArgs) -> Result<()> {
             "board         {} ({}, QEMU -icount shift={})",
             board.name,
             board.cpu,
-            qemu::ICOUNT_SHIFT
+            board.icount_shift()
         );
         println!(
             "accuracy      {:.2} % ({correct}/{})",

@@ -1,6 +1,5 @@
 //! Runs the firmware in QEMU: builds it for a board, loads a model and images into
-//! the emulated memory, decodes the defmt log and converts tick counts to
-//! instructions.
+//! the emulated memory, decodes the defmt log and converts counts to instructions.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,49 +10,99 @@ use serde::Serialize;
 
 use crate::data::Dataset;
 
-/// `-icount shift`: every instruction advances the virtual clock by 2^6 ns.
-pub const ICOUNT_SHIFT: u32 = 6;
-/// The mps2 boards' SysTick runs on the 25 MHz core clock: 40 ns per tick.
-const TICK_NS: u64 = 40;
-
-/// Where the firmware expects the model and the images (see firmware/src/lib.rs).
-const MODEL_ADDRESS: u32 = 0x0010_0000;
-const MODEL_CAPACITY: usize = 0x0010_0000;
-const IMAGES_ADDRESS: u32 = 0x0020_0000;
-const IMAGES_CAPACITY: usize = 0x0020_0000;
+/// How a board's firmware counts the work of an inference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Counter {
+    /// SysTick on the core clock (Cortex-M) under `-icount shift=N`: every
+    /// instruction advances the virtual clock by 2^N ns; `ns_per_tick` is the clock's
+    /// period (25 MHz on the mps2/mps3 boards: checked by getting the same counts with
+    /// shift 3 and shift 6).
+    SysTick {
+        /// `-icount shift`.
+        shift: u32,
+        /// Nanoseconds per tick.
+        ns_per_tick: u64,
+    },
+    /// The PMU's retired-instruction counter (Cortex-A), exact.
+    Pmu,
+}
 
 /// An emulated board.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Board {
     /// Name on the command line.
     pub name: &'static str,
+    /// QEMU program.
+    pub qemu: &'static str,
     /// QEMU `-machine`.
     pub machine: &'static str,
     /// QEMU `-cpu`.
     pub cpu: &'static str,
     /// Rust target the firmware is built for.
     pub target: &'static str,
+    /// Extra `-C` flags for this board's CPU.
+    #[serde(skip)]
+    pub rustflags: &'static str,
+    /// Where QEMU loads the model (firmware/build.rs has the same table).
+    #[serde(skip)]
+    pub model_address: u32,
+    /// Where QEMU loads the images.
+    #[serde(skip)]
+    pub images_address: u32,
+    /// How instructions are counted.
+    pub counter: Counter,
 }
 
-/// Boards `tinyres run` supports today.
-pub const BOARDS: [Board; 3] = [
+const MODEL_CAPACITY: usize = 0x0010_0000;
+const IMAGES_CAPACITY: usize = 0x0020_0000;
+const MPS_SYSTICK: Counter = Counter::SysTick {
+    shift: 6,
+    ns_per_tick: 40,
+};
+
+/// A Cortex-M board of the mps2 family with the common memory map.
+const fn mps2(name: &'static str, cpu: &'static str, target: &'static str) -> Board {
     Board {
-        name: "mps2-an386",
-        machine: "mps2-an386",
-        cpu: "cortex-m4",
-        target: "thumbv7em-none-eabihf",
+        name,
+        qemu: "qemu-system-arm",
+        machine: name,
+        cpu,
+        target,
+        rustflags: "",
+        model_address: 0x0010_0000,
+        images_address: 0x0020_0000,
+        counter: MPS_SYSTICK,
+    }
+}
+
+/// Boards `tinyres run` supports; the first is the default.
+pub const BOARDS: [Board; 6] = [
+    mps2("mps2-an386", "cortex-m4", "thumbv7em-none-eabihf"),
+    mps2("mps2-an500", "cortex-m7", "thumbv7em-none-eabihf"),
+    // Secure aliases: the 0x0 map locks up on this board.
+    Board {
+        model_address: 0x1010_0000,
+        images_address: 0x1020_0000,
+        ..mps2("mps2-an505", "cortex-m33", "thumbv8m.main-none-eabihf")
     },
     Board {
-        name: "mps2-an500",
-        machine: "mps2-an500",
-        cpu: "cortex-m7",
-        target: "thumbv7em-none-eabihf",
+        rustflags: "-C target-cpu=cortex-m55",
+        model_address: 0x0100_0000,
+        images_address: 0x6000_0000,
+        ..mps2("mps3-an547", "cortex-m55", "thumbv8m.main-none-eabihf")
     },
+    mps2("mps2-an385", "cortex-m3", "thumbv7m-none-eabi"),
     Board {
-        name: "mps2-an385",
-        machine: "mps2-an385",
-        cpu: "cortex-m3",
-        target: "thumbv7m-none-eabi",
+        name: "virt-a53",
+        qemu: "qemu-system-aarch64",
+        machine: "virt",
+        cpu: "cortex-a53",
+        target: "aarch64-unknown-none",
+        rustflags: "",
+        model_address: 0x4100_0000,
+        images_address: 0x4200_0000,
+        counter: Counter::Pmu,
     },
 ];
 
@@ -64,11 +113,27 @@ impl Board {
             Some(b) => Ok(*b),
             None => {
                 let known: Vec<&str> = BOARDS.iter().map(|b| b.name).collect();
-                bail!(
-                    "unknown or not yet supported board {name:?}; supported: {} (mps2-an505, mps3-an547 and virt-a53 are planned)",
-                    known.join(", ")
-                )
+                bail!("unknown board {name:?}; supported: {}", known.join(", "))
             }
+        }
+    }
+
+    /// `-icount` shift QEMU runs this board with.
+    pub fn icount_shift(&self) -> u32 {
+        match self.counter {
+            Counter::SysTick { shift, .. } => shift,
+            Counter::Pmu => 0,
+        }
+    }
+
+    /// Instructions from a firmware count (`ticks` or `instructions`), rounded.
+    pub fn instructions(&self, count: u64) -> u64 {
+        match self.counter {
+            Counter::SysTick { shift, ns_per_tick } => {
+                let ns_per_instruction = 1u64 << shift;
+                (count * ns_per_tick + ns_per_instruction / 2) / ns_per_instruction
+            }
+            Counter::Pmu => count,
         }
     }
 }
@@ -94,24 +159,27 @@ pub fn build_firmware(board: &Board, arena_bytes: usize) -> Result<PathBuf> {
             dir.display()
         );
     }
+    // One target directory per board: boards sharing a Rust target differ in layout.
+    let target_dir = dir.join("target").join(board.name);
+    let board_flags = format!(
+        "CARGO_TARGET_{}_RUSTFLAGS",
+        board.target.to_uppercase().replace(['-', '.'], "_")
+    );
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .current_dir(&dir)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--bin",
-            "classify",
-            "--target",
-            board.target,
-        ])
-        // The firmware's own .cargo/config.toml holds its flags; these would replace them.
+        .args(["build", "--quiet", "--release", "--bin", "classify"])
+        .args(["--target", board.target])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("TINYRES_BOARD", board.name)
+        .env("TINYRES_ARENA_BYTES", arena_bytes.to_string())
+        // Joined with the firmware config's own flags; RUSTFLAGS would replace them.
+        .env(board_flags, board.rustflags)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_BUILD_TARGET")
-        .env("TINYRES_ARENA_BYTES", arena_bytes.to_string())
+        .env_remove("CARGO_TARGET_DIR")
         .status()
         .context("cannot run cargo to build the firmware")?;
     if !status.success() {
@@ -121,8 +189,7 @@ pub fn build_firmware(board: &Board, arena_bytes: usize) -> Result<PathBuf> {
             board.target
         );
     }
-    Ok(dir
-        .join("target")
+    Ok(target_dir
         .join(board.target)
         .join("release")
         .join("classify"))
@@ -198,7 +265,10 @@ pub fn classify(
     let output = run_qemu(
         board,
         elf,
-        &[(&model_path, MODEL_ADDRESS), (&images_path, IMAGES_ADDRESS)],
+        &[
+            (&model_path, board.model_address),
+            (&images_path, board.images_address),
+        ],
         timeout,
     );
     let _ = std::fs::remove_dir_all(&work);
@@ -213,7 +283,7 @@ pub fn classify(
     }
     let mut predictions = Vec::new();
     for line in &lines {
-        if let Some(p) = parse_prediction(line, range.start)? {
+        if let Some(p) = parse_prediction(board, line, range.start)? {
             predictions.push(p);
         }
     }
@@ -236,7 +306,7 @@ fn run_qemu(
     loads: &[(&Path, u32)],
     timeout: Duration,
 ) -> Result<(Vec<u8>, bool)> {
-    let mut cmd = Command::new("qemu-system-arm");
+    let mut cmd = Command::new(board.qemu);
     cmd.args(["-machine", board.machine, "-cpu", board.cpu])
         .args([
             "-display",
@@ -248,7 +318,10 @@ fn run_qemu(
             "-nodefaults",
         ])
         .args(["-semihosting-config", "enable=on,target=native"])
-        .args(["-icount", &format!("shift={ICOUNT_SHIFT},sleep=off")])
+        .args([
+            "-icount",
+            &format!("shift={},sleep=off", board.icount_shift()),
+        ])
         .arg("-kernel")
         .arg(elf);
     for (file, address) in loads {
@@ -264,9 +337,10 @@ fn run_qemu(
         .spawn()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => anyhow::anyhow!(
-                "qemu-system-arm is not installed (Debian/Ubuntu: sudo apt-get install qemu-system-arm)"
+                "{} is not installed (Debian/Ubuntu: sudo apt-get install qemu-system-arm, which also provides qemu-system-aarch64)",
+                board.qemu
             ),
-            _ => anyhow::anyhow!("cannot start qemu-system-arm: {e}"),
+            _ => anyhow::anyhow!("cannot start {}: {e}", board.qemu),
         })?;
     let mut stdout = child.stdout.take().context("qemu stdout")?;
     let reader = std::thread::spawn(move || {
@@ -346,31 +420,34 @@ fn level_prefix(frame: &defmt_decoder::Frame<'_>) -> &'static str {
     }
 }
 
-/// Parses `image=I label=L class=C ticks=T`; `offset` is the batch's first index.
-fn parse_prediction(line: &str, offset: usize) -> Result<Option<DevicePrediction>> {
+/// Parses `image=I label=L class=C ticks=T` (or `instructions=N`); `offset` is the
+/// batch's first index.
+fn parse_prediction(board: &Board, line: &str, offset: usize) -> Result<Option<DevicePrediction>> {
     if !line.starts_with("image=") {
         return Ok(None);
     }
-    let field = |name: &str| -> Result<u64> {
+    let field = |name: &str| -> Option<Result<u64>> {
         line.split_whitespace()
             .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
-            .with_context(|| format!("firmware line without {name}: {line}"))?
-            .parse()
-            .with_context(|| format!("bad {name} in firmware line: {line}"))
+            .map(|v| {
+                v.parse()
+                    .with_context(|| format!("bad {name} in firmware line: {line}"))
+            })
     };
-    let ticks = field("ticks")?;
+    let required = |name: &str| {
+        field(name).with_context(|| format!("firmware line without {name}: {line}"))?
+    };
+    let count = match (field("ticks"), field("instructions")) {
+        (Some(ticks), _) => ticks?,
+        (None, Some(instructions)) => instructions?,
+        (None, None) => bail!("firmware line without a count: {line}"),
+    };
     Ok(Some(DevicePrediction {
-        index: offset + field("image")? as usize,
-        label: field("label")? as u8,
-        class: field("class")? as usize,
-        instructions: ticks_to_instructions(ticks),
+        index: offset + required("image")? as usize,
+        label: required("label")? as u8,
+        class: required("class")? as usize,
+        instructions: board.instructions(count),
     }))
-}
-
-/// SysTick ticks (40 ns each) to instructions (2^ICOUNT_SHIFT ns each), rounded.
-pub fn ticks_to_instructions(ticks: u64) -> u64 {
-    let ns_per_instruction = 1u64 << ICOUNT_SHIFT;
-    (ticks * TICK_NS + ns_per_instruction / 2) / ns_per_instruction
 }
 
 fn tempdir() -> Result<PathBuf> {
@@ -389,7 +466,8 @@ mod tests {
 
     #[test]
     fn parses_prediction_lines() {
-        let p = parse_prediction("image=3 label=7 class=2 ticks=1600", 100)
+        let m4 = Board::by_name("mps2-an386").unwrap();
+        let p = parse_prediction(&m4, "image=3 label=7 class=2 ticks=1600", 100)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -401,13 +479,19 @@ mod tests {
                 instructions: 1000
             }
         );
-        assert_eq!(parse_prediction("done count=4", 0).unwrap(), None);
-        assert!(parse_prediction("image=x label=1 class=1 ticks=1", 0).is_err());
+        let a53 = Board::by_name("virt-a53").unwrap();
+        let p = parse_prediction(&a53, "image=0 label=1 class=1 instructions=1234", 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.instructions, 1234);
+        assert_eq!(parse_prediction(&m4, "done count=4", 0).unwrap(), None);
+        assert!(parse_prediction(&m4, "image=x label=1 class=1 ticks=1", 0).is_err());
     }
 
     #[test]
     fn unknown_boards_are_named() {
         assert_eq!(Board::by_name("mps2-an386").unwrap().cpu, "cortex-m4");
+        assert_eq!(Board::by_name("virt-a53").unwrap().icount_shift(), 0);
         let err = Board::by_name("esp32").unwrap_err().to_string();
         assert!(err.contains("esp32") && err.contains("mps2-an386"), "{err}");
     }

@@ -1,25 +1,33 @@
 //! Classifies the images QEMU loaded, one defmt line each, then exits.
 //!
-//! Output (`defmt::println!`, always on): `image=I label=L class=C ticks=T` per image
-//! and `done count=N`. `ticks` are core-clock ticks of the inference alone.
+//! Output (`defmt::println!`, always on): `image=I label=L class=C ticks=T` (Cortex-M:
+//! core-clock ticks) or `... instructions=N` (Cortex-A: retired instructions) per
+//! image, counting the inference alone, then `done count=N`.
 #![no_std]
 #![no_main]
 
-use cortex_m_rt::{entry, exception, ExceptionFrame};
 use defmt_semihosting as _;
 use tinyres_core::{Arena, Interpreter, Model};
-use tinyres_firmware::cortex_m_support::{exit, start_tick_counter, ticks};
-use tinyres_firmware::{image_region, model_partition, Images, ARENA_BYTES};
+use tinyres_firmware::{
+    counter_elapsed, counter_read, counter_start, exit, image_region, model_partition, Images,
+    ARENA_BYTES, COUNTER,
+};
 
-#[entry]
+#[cfg(target_arch = "arm")]
+#[cortex_m_rt::entry]
 fn main() -> ! {
     static mut ARENA: Arena<ARENA_BYTES> = Arena::new();
-    let Some(peripherals) = cortex_m::Peripherals::take() else {
-        defmt::error!("peripherals already taken");
-        exit(false);
-    };
-    start_tick_counter(peripherals.SYST);
+    counter_start();
     exit(classify_all(ARENA.as_mut_slice()))
+}
+
+/// Called by the boot code with a 1 MiB stack, which holds the arena.
+#[cfg(target_arch = "aarch64")]
+#[no_mangle]
+extern "C" fn main() -> ! {
+    let mut arena: Arena<ARENA_BYTES> = Arena::new();
+    counter_start();
+    exit(classify_all(arena.as_mut_slice()))
 }
 
 fn classify_all(arena: &mut [u8]) -> bool {
@@ -48,15 +56,16 @@ fn classify_all(arena: &mut [u8]) -> bool {
         let Some((pixels, label)) = images.get(i) else {
             return false;
         };
-        let start = ticks();
+        let start = counter_read();
         let class = interpreter.run(pixels);
-        let elapsed = ticks() - start;
+        let elapsed = counter_elapsed(start, counter_read());
         match class {
             Ok(class) => defmt::println!(
-                "image={=usize} label={=u8} class={=usize} ticks={=u64}",
+                "image={=usize} label={=u8} class={=usize} {=str}={=u64}",
                 i,
                 label,
                 class,
+                COUNTER,
                 elapsed
             ),
             Err(e) => {
@@ -69,8 +78,9 @@ fn classify_all(arena: &mut [u8]) -> bool {
     true
 }
 
-#[exception]
-unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
+#[cfg(target_arch = "arm")]
+#[cortex_m_rt::exception]
+unsafe fn HardFault(frame: &cortex_m_rt::ExceptionFrame) -> ! {
     defmt::error!("HardFault at pc={=u32:#x}", frame.pc());
     exit(false)
 }
