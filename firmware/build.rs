@@ -1,5 +1,5 @@
 //! Lays out the firmware for the board named by `TINYRES_BOARD` (default
-//! `mps2-an386`): writes the linker script (cortex-m-rt's `memory.x`, or the whole
+//! `mps2-an386`, or `virt-a53` for an aarch64 target): writes the linker script (cortex-m-rt's `memory.x`, or the whole
 //! script for Cortex-A) and `board.rs`, the addresses where QEMU loads the model and
 //! the images. Keep the table in step with `host/src/qemu.rs`.
 
@@ -75,8 +75,13 @@ fn main() {
     println!("cargo:rerun-if-env-changed=TINYRES_BOARD");
     println!("cargo:rerun-if-env-changed=TINYRES_ARENA_BYTES");
     println!("cargo:rerun-if-changed=aarch64.ld");
-    let name = env::var("TINYRES_BOARD").unwrap_or_else(|_| "mps2-an386".to_string());
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    let default_board = if arch == "aarch64" {
+        "virt-a53"
+    } else {
+        "mps2-an386"
+    };
+    let name = env::var("TINYRES_BOARD").unwrap_or_else(|_| default_board.to_string());
     let Some(board) = BOARDS.iter().find(|b| b.name == name) else {
         let names: Vec<&str> = BOARDS.iter().map(|b| b.name).collect();
         panic!("TINYRES_BOARD={name} is not one of {}", names.join(", "));
