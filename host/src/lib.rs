@@ -3,5 +3,6 @@
 
 pub mod arch;
 pub mod data;
+pub mod eval;
 pub mod qemu;
 pub mod report;

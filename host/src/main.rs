@@ -52,6 +52,24 @@ enum Command {
     /// instructions of each inference, and check every prediction against the engine
     /// run on the host.
     Run(RunArgs),
+    /// Evaluate a model blob (.trm) on the host with the engine, exactly as the device
+    /// runs it: top-1 accuracy, per-class accuracy, confusion matrix.
+    Eval {
+        /// The model blob (.trm).
+        model: PathBuf,
+        /// `synthetic`, or a CIFAR-10 batch (.bin/.bin.gz) or directory (test_batch).
+        #[arg(long)]
+        data: PathBuf,
+        /// Evaluate at most this many images.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Write `index,label,predicted` rows to this CSV file.
+        #[arg(long, value_name = "FILE.csv")]
+        predictions: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a model blob (.trm) and show what it holds.
     Inspect {
         /// The model blob.
@@ -71,7 +89,7 @@ struct RunArgs {
     /// The model blob (.trm).
     #[arg(long)]
     model: PathBuf,
-    /// Images: a CIFAR-10 binary batch (.bin or .bin.gz) or a directory with test_batch.
+    /// Images: `synthetic`, or a CIFAR-10 batch (.bin/.bin.gz) or directory (test_batch).
     #[arg(long)]
     data: PathBuf,
     /// Classify at most this many images.
@@ -129,7 +147,7 @@ fn run_on_device(args: &RunArgs) -> Result<()> {
     let board = Board::by_name(&args.board)?;
     let blob = load_blob(&args.model)?;
     let model = Model::parse(blob.as_bytes())?;
-    let mut data = Dataset::load_cifar(&args.data, Split::Test)?;
+    let mut data = Dataset::load(&args.data, Split::Test)?;
     data.truncate(args.limit);
     if data.is_empty() {
         bail!("{}: no images", args.data.display());
@@ -304,6 +322,41 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Run(args) => run_on_device(&args)?,
+        Command::Eval {
+            model,
+            data,
+            limit,
+            predictions,
+            json,
+        } => {
+            if model.extension().is_some_and(|e| e == "onnx") {
+                bail!("{}: evaluating ONNX models needs the tract import, which is not built yet; compile to .trm first", model.display());
+            }
+            let blob = load_blob(&model)?;
+            let mut data = Dataset::load(&data, Split::Test)?;
+            if let Some(n) = limit {
+                data.truncate(n);
+            }
+            let started = std::time::Instant::now();
+            let evaluation = tinyres_host::eval::evaluate(blob.as_bytes(), &data)?;
+            if let Some(path) = &predictions {
+                evaluation.write_predictions(path)?;
+            }
+            if json {
+                let mut value = evaluation.to_json();
+                value["model"] = serde_json::json!(model);
+                value["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!(
+                    "{} on {} images ({:.1} s)\n",
+                    model.display(),
+                    data.len(),
+                    started.elapsed().as_secs_f64()
+                );
+                print!("{}", evaluation.to_table());
+            }
+        }
         Command::Inspect { model, json } => {
             let bytes = std::fs::read(&model)
                 .with_context(|| format!("cannot read {}", model.display()))?;

@@ -141,3 +141,93 @@ fn inspect_reads_a_blob_and_names_corruption() {
         stderr(&out)
     );
 }
+
+#[test]
+fn eval_reports_accuracy_per_class_and_writes_predictions() {
+    let path = temp("eval-resnet8.trm");
+    let out = tinyres(&["plan", "--arch", "resnet8", "-o", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let csv = temp("predictions.csv");
+    let out = tinyres(&[
+        "eval",
+        path.to_str().unwrap(),
+        "--data",
+        "synthetic",
+        "--limit",
+        "30",
+        "--json",
+        "--predictions",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["count"], 30);
+    let accuracy = v["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy));
+    assert_eq!(v["per_class"].as_array().unwrap().len(), 10);
+    assert_eq!(v["per_class"][4]["name"], "disc");
+    let confusion: u64 = v["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|x| x.as_u64().unwrap())
+        .sum();
+    assert_eq!(confusion, 30);
+    let rows = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = rows.lines();
+    assert_eq!(lines.next(), Some("index,label,predicted"));
+    assert_eq!(lines.count(), 30);
+
+    let out = tinyres(&["eval", "model.onnx", "--data", "synthetic"]);
+    assert!(stderr(&out).contains("ONNX"), "{}", stderr(&out));
+    let out = tinyres(&["eval", path.to_str().unwrap(), "--data", "/nonexistent"]);
+    assert!(
+        stderr(&out).contains("/nonexistent: no such file"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn run_boots_the_firmware_and_matches_the_host() {
+    let path = temp("run-resnet8.trm");
+    assert!(tinyres(&["plan", "-o", path.to_str().unwrap()])
+        .status
+        .success());
+    let out = tinyres(&[
+        "run",
+        "--model",
+        path.to_str().unwrap(),
+        "--data",
+        "synthetic",
+        "--limit",
+        "3",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["board"]["name"], "mps2-an386");
+    assert_eq!(v["matches_host"], true);
+    let images = v["images"].as_array().unwrap();
+    assert_eq!(images.len(), 3);
+    for (i, image) in images.iter().enumerate() {
+        assert_eq!(image["index"], i);
+        assert!(image["class"].as_u64().unwrap() < 10);
+        assert!(image["instructions"].as_u64().unwrap() > 1_000_000);
+    }
+    let out = tinyres(&[
+        "run",
+        "--board",
+        "esp32",
+        "--model",
+        path.to_str().unwrap(),
+        "--data",
+        "synthetic",
+    ]);
+    assert!(
+        stderr(&out).contains("unknown board \"esp32\""),
+        "{}",
+        stderr(&out)
+    );
+}
