@@ -234,6 +234,52 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
         Ok(c)
     }
 
+    /// Adds a class told apart from known examples: its weight row points from
+    /// `mean_others` (the mean feature of examples of existing classes) to
+    /// `mean_feature` (of the new class), scaled to the average norm of the existing
+    /// rows, and its bias puts the midpoint of the two means exactly on the decision
+    /// boundary with the best existing class there. Pooled ReLU features share a large
+    /// common component; imprinting the plain mean would make the new class win
+    /// everywhere. Returns the new class's index.
+    pub fn add_class_between(
+        &mut self,
+        mean_feature: &[f32],
+        mean_others: &[f32],
+    ) -> Result<usize, Error> {
+        self.check_features(mean_feature)?;
+        self.check_features(mean_others)?;
+        let mut direction = [0.0f32; F];
+        let mut midpoint = [0.0f32; F];
+        for (((d, m), &a), &b) in direction
+            .iter_mut()
+            .zip(midpoint.iter_mut())
+            .zip(mean_feature)
+            .zip(mean_others)
+        {
+            *d = a - b;
+            *m = 0.5 * (a + b);
+        }
+        let n = self.features;
+        let mut existing = [0.0f32; C];
+        let best_at_midpoint = if self.classes == 0 {
+            0.0
+        } else {
+            self.logits(&midpoint[..n], &mut existing[..self.classes])?;
+            existing[..self.classes]
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max)
+        };
+        let class = self.add_class(&direction[..n])?;
+        let at_midpoint: f32 = self.weights[class][..n]
+            .iter()
+            .zip(&midpoint[..n])
+            .map(|(w, x)| w * x)
+            .sum();
+        self.bias[class] = best_at_midpoint - at_midpoint;
+        Ok(class)
+    }
+
     /// Bytes [`Self::save`] writes: two u16 counts, then the weights and biases as f32.
     pub fn saved_len(&self) -> usize {
         4 + 4 * self.classes * (self.features + 1)

@@ -1,6 +1,7 @@
-//! What the tinyres firmware binaries share: where QEMU puts the model and the images
-//! (per board, from build.rs), the image-region format, the instruction counter and
-//! the exits.
+//! What the tinyres firmware binaries share: the application logic ([`app`], generic
+//! over embedded-hal and embedded-storage, tested on the host), where QEMU puts the
+//! model and the images (per board, from build.rs), the image-region format, the
+//! instruction counter and the exits.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
@@ -55,13 +56,15 @@ pub fn image_region() -> &'static [u8] {
 }
 
 /// Images to classify, as the host lays them out: `TRIM`, count (u32), height, width,
-/// channels (u16 each), a reserved u16, `count` label bytes padded to 16, then the
-/// `count` images, HWC `u8` each.
+/// channels (u16 each), the number of leading images to learn from (u16; 0 for plain
+/// classification), `count` label bytes padded to 16, then the `count` images, HWC
+/// `u8` each.
 #[derive(Clone, Copy, Debug)]
 pub struct Images<'a> {
     labels: &'a [u8],
     pixels: &'a [u8],
     image_len: usize,
+    train_count: usize,
 }
 
 /// Why the image region could not be read.
@@ -89,7 +92,8 @@ impl<'a> Images<'a> {
                 .get(at..at + 2)
                 .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
         };
-        let (Some(count), Some(h), Some(w), Some(c)) = (word(4), half(8), half(10), half(12))
+        let (Some(count), Some(h), Some(w), Some(c), Some(train_count)) =
+            (word(4), half(8), half(10), half(12), half(14))
         else {
             return Err(ImagesError::OutOfBounds);
         };
@@ -106,10 +110,14 @@ impl<'a> Images<'a> {
         ) else {
             return Err(ImagesError::OutOfBounds);
         };
+        if train_count > count {
+            return Err(ImagesError::OutOfBounds);
+        }
         Ok(Images {
             labels,
             pixels,
             image_len,
+            train_count,
         })
     }
 
@@ -123,6 +131,11 @@ impl<'a> Images<'a> {
         self.labels.is_empty()
     }
 
+    /// How many leading images are training examples.
+    pub fn train_count(&self) -> usize {
+        self.train_count
+    }
+
     /// Image `i` and its label.
     pub fn get(&self, i: usize) -> Option<(&'a [u8], u8)> {
         let start = i.checked_mul(self.image_len)?;
@@ -133,7 +146,12 @@ impl<'a> Images<'a> {
     }
 }
 
+pub mod app;
+#[cfg(target_os = "none")]
+pub mod semihosting_flash;
+
 /// Leaves QEMU with success or failure (semihosting `SYS_EXIT`).
+#[cfg(target_os = "none")]
 pub fn exit(success: bool) -> ! {
     semihosting::process::exit(if success { 0 } else { 1 })
 }

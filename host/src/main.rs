@@ -171,7 +171,12 @@ fn run_on_device(args: &RunArgs) -> Result<()> {
         "building the firmware for {} ({})",
         board.name, board.target
     );
-    let elf = qemu::build_firmware(&board, arena)?;
+    let device = qemu::Device {
+        board,
+        elf: qemu::build_firmware(&board, "classify", arena)?,
+        model: blob.as_bytes(),
+        timeout: Duration::from_secs(args.timeout),
+    };
 
     // The engine on the host: the device must agree with it on every image.
     let mut host_arena = vec![0u8; model.required_arena()];
@@ -186,14 +191,7 @@ fn run_on_device(args: &RunArgs) -> Result<()> {
             board.name,
             data.len()
         );
-        predictions.extend(qemu::classify(
-            &board,
-            &elf,
-            blob.as_bytes(),
-            &data,
-            start..end,
-            Duration::from_secs(args.timeout),
-        )?);
+        predictions.extend(device.classify(&data, start..end)?);
         start = end;
     }
     let mut mismatches = Vec::new();

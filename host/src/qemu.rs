@@ -149,9 +149,10 @@ pub fn firmware_dir() -> PathBuf {
 /// Arena of the QEMU firmware builds unless a model needs more.
 pub const DEFAULT_ARENA_BYTES: usize = 256 * 1024;
 
-/// Builds (if needed: cargo decides) the `classify` firmware for `board` with a static
-/// arena of `arena_bytes`; returns the ELF's path. Cargo's progress goes to stderr.
-pub fn build_firmware(board: &Board, arena_bytes: usize) -> Result<PathBuf> {
+/// Builds (if needed: cargo decides) firmware binary `bin` (`classify` or `finetune`)
+/// for `board` with a static arena of `arena_bytes`; returns the ELF's path. Cargo's
+/// progress goes to stderr.
+pub fn build_firmware(board: &Board, bin: &str, arena_bytes: usize) -> Result<PathBuf> {
     let dir = firmware_dir();
     if !dir.join("Cargo.toml").exists() {
         bail!(
@@ -167,7 +168,7 @@ pub fn build_firmware(board: &Board, arena_bytes: usize) -> Result<PathBuf> {
     );
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .current_dir(&dir)
-        .args(["build", "--quiet", "--release", "--bin", "classify"])
+        .args(["build", "--quiet", "--release", "--bin", bin])
         .args(["--target", board.target])
         .arg("--target-dir")
         .arg(&target_dir)
@@ -189,10 +190,7 @@ pub fn build_firmware(board: &Board, arena_bytes: usize) -> Result<PathBuf> {
             board.target
         );
     }
-    Ok(target_dir
-        .join(board.target)
-        .join("release")
-        .join("classify"))
+    Ok(target_dir.join(board.target).join("release").join(bin))
 }
 
 /// One image as classified on the device.
@@ -208,18 +206,19 @@ pub struct DevicePrediction {
     pub instructions: u64,
 }
 
-/// The image region the firmware reads (see `Images` in firmware/src/lib.rs).
-pub fn image_region(data: &Dataset, range: std::ops::Range<usize>) -> Vec<u8> {
-    let count = range.len();
+/// The image region the firmware reads (see `Images` in firmware/src/lib.rs): the
+/// images `train` (examples to learn from, first) then `test`, with their labels.
+pub fn image_region(data: &Dataset, train: &[usize], test: &[usize]) -> Vec<u8> {
+    let count = train.len() + test.len();
     let mut bytes = Vec::with_capacity(16 + count.next_multiple_of(16) + count * data.image_len());
     bytes.extend_from_slice(b"TRIM");
     bytes.extend_from_slice(&(count as u32).to_le_bytes());
-    for dim in [data.height, data.width, data.channels, 0] {
-        bytes.extend_from_slice(&(dim as u16).to_le_bytes());
+    for field in [data.height, data.width, data.channels, train.len()] {
+        bytes.extend_from_slice(&(field as u16).to_le_bytes());
     }
-    bytes.extend_from_slice(&data.labels[range.clone()]);
+    bytes.extend(train.iter().chain(test).map(|&i| data.labels[i]));
     bytes.resize(16 + count.next_multiple_of(16), 0);
-    for i in range {
+    for &i in train.iter().chain(test) {
         bytes.extend_from_slice(data.image(i));
     }
     bytes
@@ -232,71 +231,169 @@ pub fn images_per_boot(image_len: usize) -> usize {
         .max(1)
 }
 
-/// Boots `elf` on `board` with `model` and the images `range` of `data`; returns the
-/// device's predictions for them.
-pub fn classify(
+/// The per-image lines of a log, checked to cover all `expected` images.
+fn predictions(
     board: &Board,
-    elf: &Path,
-    model: &[u8],
-    data: &Dataset,
-    range: std::ops::Range<usize>,
-    timeout: Duration,
+    lines: &[String],
+    indices: &[usize],
 ) -> Result<Vec<DevicePrediction>> {
-    if model.len() > MODEL_CAPACITY {
-        bail!(
-            "the model is {} bytes; the QEMU model partition holds {MODEL_CAPACITY}",
-            model.len()
-        );
-    }
-    let region = image_region(data, range.clone());
-    if region.len() > IMAGES_CAPACITY {
-        bail!(
-            "{} images do not fit in the {IMAGES_CAPACITY}-byte image region",
-            range.len()
-        );
-    }
-    let work = tempdir()?;
-    let model_path = work.join("model.trm");
-    let images_path = work.join("images.bin");
-    std::fs::write(&model_path, model)
-        .with_context(|| format!("cannot write {}", model_path.display()))?;
-    std::fs::write(&images_path, &region)
-        .with_context(|| format!("cannot write {}", images_path.display()))?;
-    let output = run_qemu(
-        board,
-        elf,
-        &[
-            (&model_path, board.model_address),
-            (&images_path, board.images_address),
-        ],
-        timeout,
-    );
-    let _ = std::fs::remove_dir_all(&work);
-    let (log, success) = output?;
-    let lines = decode_defmt(elf, &log)?;
-    if !success {
-        bail!(
-            "the firmware on {} failed:\n{}",
-            board.name,
-            lines.join("\n")
-        );
-    }
     let mut predictions = Vec::new();
-    for line in &lines {
-        if let Some(p) = parse_prediction(board, line, range.start)? {
+    for line in lines {
+        if let Some(mut p) = parse_prediction(board, line, 0)? {
+            p.index = *indices
+                .get(p.index)
+                .context("the firmware reported an image it was not given")?;
             predictions.push(p);
         }
     }
-    if predictions.len() != range.len() || !lines.iter().any(|l| l.starts_with("done ")) {
+    if predictions.len() != indices.len() || !lines.iter().any(|l| l.starts_with("done ")) {
         bail!(
             "the firmware reported {} of {} images:\n{}",
             predictions.len(),
-            range.len(),
+            indices.len(),
             lines.join("\n")
         );
     }
     Ok(predictions)
 }
+
+/// A board with its built firmware and a model, ready to boot.
+#[derive(Clone, Debug)]
+pub struct Device<'a> {
+    /// The emulated board.
+    pub board: Board,
+    /// The firmware ELF ([`build_firmware`]).
+    pub elf: PathBuf,
+    /// The model blob loaded into the model partition.
+    pub model: &'a [u8],
+    /// How long one boot may take before it counts as hung.
+    pub timeout: Duration,
+}
+
+impl Device<'_> {
+    /// Boots the `classify` firmware with the images `range` of `data`; returns the
+    /// device's predictions for them.
+    pub fn classify(
+        &self,
+        data: &Dataset,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<DevicePrediction>> {
+        let indices: Vec<usize> = range.collect();
+        let work = tempdir()?;
+        let lines = self.boot(&image_region(data, &[], &indices), &work);
+        let _ = std::fs::remove_dir_all(&work);
+        predictions(&self.board, &lines?, &indices)
+    }
+
+    /// Boots the `finetune` firmware in `flash_dir` (which holds the flash image
+    /// [`FLASH_IMAGE`]; created erased if missing): it restores its head, learns from
+    /// the images `train` if there are any, saves, and classifies the images `test`.
+    pub fn finetune(
+        &self,
+        data: &Dataset,
+        train: &[usize],
+        test: &[usize],
+        flash_dir: &Path,
+    ) -> Result<FinetuneBoot> {
+        let flash = flash_dir.join(FLASH_IMAGE);
+        if !flash.exists() {
+            std::fs::write(&flash, vec![0xFF; FLASH_IMAGE_BYTES])
+                .with_context(|| format!("cannot write {}", flash.display()))?;
+        }
+        let lines = self.boot(&image_region(data, train, test), flash_dir)?;
+        let numbers = |line: &str, keys: &[&str]| -> Option<Vec<u32>> {
+            keys.iter()
+                .map(|k| {
+                    line.split_whitespace()
+                        .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+                        .and_then(|v| v.parse().ok())
+                })
+                .collect()
+        };
+        let restored = lines
+            .iter()
+            .find(|l| l.starts_with("restored slot="))
+            .and_then(|l| numbers(l, &["slot", "seq"]))
+            .map(|v| (v[0], v[1]));
+        let saved = lines
+            .iter()
+            .find(|l| l.starts_with("saved "))
+            .and_then(|l| numbers(l, &["slot", "seq", "class"]))
+            .map(|v| (v[0], v[1], v[2] as usize));
+        if !train.is_empty() && saved.is_none() {
+            bail!(
+                "the firmware did not save what it learned:\n{}",
+                lines.join("\n")
+            );
+        }
+        Ok(FinetuneBoot {
+            restored,
+            saved,
+            predictions: predictions(&self.board, &lines, test)?,
+        })
+    }
+
+    /// Boots with an image region, QEMU running in `workdir` (where semihosting finds
+    /// the flash image); returns the decoded log, or the log in an error if the
+    /// firmware failed.
+    fn boot(&self, region: &[u8], workdir: &Path) -> Result<Vec<String>> {
+        if self.model.len() > MODEL_CAPACITY {
+            bail!(
+                "the model is {} bytes; the QEMU model partition holds {MODEL_CAPACITY}",
+                self.model.len()
+            );
+        }
+        if region.len() > IMAGES_CAPACITY {
+            bail!(
+                "{} bytes of images do not fit in the {IMAGES_CAPACITY}-byte image region",
+                region.len()
+            );
+        }
+        let model_path = workdir.join("model.trm");
+        let images_path = workdir.join("images.bin");
+        std::fs::write(&model_path, self.model)
+            .with_context(|| format!("cannot write {}", model_path.display()))?;
+        std::fs::write(&images_path, region)
+            .with_context(|| format!("cannot write {}", images_path.display()))?;
+        let board = &self.board;
+        let (log, success) = run_qemu(
+            board,
+            &self.elf,
+            &[
+                (&model_path, board.model_address),
+                (&images_path, board.images_address),
+            ],
+            workdir,
+            self.timeout,
+        )?;
+        let lines = decode_defmt(&self.elf, &log)?;
+        if !success {
+            bail!(
+                "the firmware on {} failed:\n{}",
+                board.name,
+                lines.join("\n")
+            );
+        }
+        Ok(lines)
+    }
+}
+
+/// What one boot of the `finetune` firmware did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FinetuneBoot {
+    /// `(slot, sequence)` of the head restored from flash, if any.
+    pub restored: Option<(u32, u32)>,
+    /// `(slot, sequence, new class)` of the head learned and saved, if any.
+    pub saved: Option<(u32, u32, usize)>,
+    /// Predictions on the test images with the (restored or learned) head.
+    pub predictions: Vec<DevicePrediction>,
+}
+
+/// Bytes of the flash image the `finetune` firmware keeps its head in (two 4 KiB
+/// slots; firmware/src/app.rs).
+pub const FLASH_IMAGE_BYTES: usize = 8192;
+/// Its file name, in the directory QEMU runs in.
+pub const FLASH_IMAGE: &str = "tinyres-flash.bin";
 
 /// Runs QEMU; returns its standard output (the semihosting console: defmt frames) and
 /// whether the firmware exited with success.
@@ -304,6 +401,7 @@ fn run_qemu(
     board: &Board,
     elf: &Path,
     loads: &[(&Path, u32)],
+    workdir: &Path,
     timeout: Duration,
 ) -> Result<(Vec<u8>, bool)> {
     let mut cmd = Command::new(board.qemu);
@@ -331,6 +429,7 @@ fn run_qemu(
         ));
     }
     let mut child = cmd
+        .current_dir(workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -107,16 +107,14 @@ fn host_classes(blob: &AlignedBlob, data: &Dataset) -> Vec<usize> {
 }
 
 fn device(board: &Board, blob: &AlignedBlob, data: &Dataset) -> Vec<qemu::DevicePrediction> {
-    let elf = qemu::build_firmware(board, qemu::DEFAULT_ARENA_BYTES).expect("firmware builds");
-    qemu::classify(
-        board,
-        &elf,
-        blob.as_bytes(),
-        data,
-        0..data.len(),
-        Duration::from_secs(300),
-    )
-    .expect("runs in QEMU")
+    let device = qemu::Device {
+        board: *board,
+        elf: qemu::build_firmware(board, "classify", qemu::DEFAULT_ARENA_BYTES)
+            .expect("firmware builds"),
+        model: blob.as_bytes(),
+        timeout: Duration::from_secs(300),
+    };
+    device.classify(data, 0..data.len()).expect("runs in QEMU")
 }
 
 #[test]
@@ -177,11 +175,14 @@ fn a_model_the_device_rejects_is_reported_with_its_log() {
     let mut bytes = blob.as_bytes().to_vec();
     bytes[200] ^= 0xFF; // the host would refuse this blob; the device must too
     let board = Board::by_name("mps2-an386").unwrap();
-    let elf = qemu::build_firmware(&board, qemu::DEFAULT_ARENA_BYTES).unwrap();
+    let device = qemu::Device {
+        board,
+        elf: qemu::build_firmware(&board, "classify", qemu::DEFAULT_ARENA_BYTES).unwrap(),
+        model: &bytes,
+        timeout: Duration::from_secs(120),
+    };
     let data = images(1, 4);
-    let err = qemu::classify(&board, &elf, &bytes, &data, 0..1, Duration::from_secs(120))
-        .unwrap_err()
-        .to_string();
+    let err = device.classify(&data, 0..1).unwrap_err().to_string();
     assert!(
         err.contains("failed") && err.contains("ChecksumMismatch"),
         "{err}"

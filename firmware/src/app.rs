@@ -1,0 +1,241 @@
+//! The application: classify frames with the model's trunk and a trainable head, learn
+//! a new class from labeled frames, and persist what was learned.
+//!
+//! Generic over embedded-hal 1.0 (a button whose press marks the current frame as an
+//! example of the class being taught, an LED lit while that class is recognised) and
+//! embedded-storage (the flash holding the learned head), so it runs on any board with
+//! a HAL and is tested on the host with mocks (`tests/tests/app.rs`).
+
+use embedded_hal::digital::{InputPin, OutputPin};
+use embedded_storage::nor_flash::NorFlash;
+use tinyres_core::learn::{FeatureMean, LastLayer, Sgd};
+use tinyres_core::persist::{LayerStore, SlotState};
+use tinyres_core::{Error, Interpreter};
+
+/// Feature capacity of the head (ResNet-8 and the CIFAR ResNets pool 64 features).
+pub const MAX_FEATURES: usize = 64;
+/// Class capacity of the head: ten classes and two new ones.
+pub const MAX_CLASSES: usize = 12;
+/// Examples whose mean feature initialises a new class before SGD takes over.
+pub const DEFAULT_IMPRINT_SHOTS: u32 = 5;
+/// Passes of SGD over the examples in [`App::finetune`] as the `finetune` firmware
+/// runs it.
+pub const FINETUNE_EPOCHS: usize = 4;
+/// Bytes of each of the two flash slots holding the head (a flash image is twice this).
+pub const SLOT_BYTES: u32 = 4096;
+
+/// The trainable classifier the application uses.
+pub type Head = LastLayer<MAX_FEATURES, MAX_CLASSES>;
+
+/// Why a step failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, defmt::Format)]
+pub enum AppError {
+    /// The engine, the trainer or the flash store.
+    Engine(Error),
+    /// The button or the LED.
+    Pin,
+}
+
+impl From<Error> for AppError {
+    fn from(e: Error) -> Self {
+        AppError::Engine(e)
+    }
+}
+
+/// What labeling a frame did.
+#[derive(Clone, Copy, Debug, PartialEq, defmt::Format)]
+pub enum Labeled {
+    /// Collected towards the new class's initial weights (`count` so far).
+    Collected {
+        /// Examples collected.
+        count: u32,
+    },
+    /// The new class now exists, imprinted from the collected examples.
+    Added {
+        /// Its index.
+        class: usize,
+    },
+    /// One SGD step on the new class.
+    Trained {
+        /// Cross-entropy before the step.
+        loss: f32,
+    },
+}
+
+/// The result of one [`App::step`].
+#[derive(Clone, Copy, Debug, PartialEq, defmt::Format)]
+pub struct Step {
+    /// Predicted class (after any learning this step did).
+    pub class: usize,
+    /// What the label event did, if the button was pressed.
+    pub labeled: Option<Labeled>,
+}
+
+/// The device application.
+pub struct App<'m, 'a, Button, Led, Flash> {
+    net: Interpreter<'m, 'a>,
+    head: Head,
+    store: LayerStore<Flash>,
+    button: Button,
+    led: Led,
+    collected: FeatureMean<MAX_FEATURES>,
+    new_class: Option<usize>,
+    imprint_shots: u32,
+    features: [f32; MAX_FEATURES],
+}
+
+impl<'m, 'a, Button: InputPin, Led: OutputPin, Flash: NorFlash> App<'m, 'a, Button, Led, Flash> {
+    /// Starts from the model's own classifier, replaced by the newest head saved in
+    /// `store` if there is one (returned).
+    pub fn new(
+        net: Interpreter<'m, 'a>,
+        mut store: LayerStore<Flash>,
+        button: Button,
+        led: Led,
+        sgd: Sgd,
+    ) -> Result<(Self, Option<SlotState>), AppError> {
+        let mut head = Head::from_model(net.model(), sgd)?;
+        let restored = store.load(&mut head)?;
+        let collected = FeatureMean::new(head.num_features())?;
+        let app = App {
+            net,
+            head,
+            store,
+            button,
+            led,
+            collected,
+            new_class: None,
+            imprint_shots: DEFAULT_IMPRINT_SHOTS,
+            features: [0.0; MAX_FEATURES],
+        };
+        Ok((app, restored))
+    }
+
+    /// Examples to collect before a new class is added (at least 1).
+    pub fn set_imprint_shots(&mut self, shots: u32) {
+        self.imprint_shots = shots.max(1);
+    }
+
+    /// The head (for inspection and host-side comparison).
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// The class being taught, once it has been added.
+    pub fn new_class(&self) -> Option<usize> {
+        self.new_class
+    }
+
+    /// Classifies a frame with the trunk and the head.
+    pub fn classify(&mut self, pixels: &[u8]) -> Result<usize, AppError> {
+        self.extract(pixels)?;
+        Ok(self
+            .head
+            .predict(&self.features[..self.head.num_features()])?)
+    }
+
+    /// One frame of the device loop: a pressed button labels the frame as the new
+    /// class; then the frame is classified and the LED shows whether it is the new
+    /// class.
+    pub fn step(&mut self, pixels: &[u8]) -> Result<Step, AppError> {
+        let labeled = if self.button.is_high().map_err(|_| AppError::Pin)? {
+            Some(self.label(pixels)?)
+        } else {
+            None
+        };
+        let class = self.classify(pixels)?;
+        let lit = Some(class) == self.new_class;
+        self.led.set_state(lit.into()).map_err(|_| AppError::Pin)?;
+        Ok(Step { class, labeled })
+    }
+
+    /// The frame is an example of the new class: collect it, add the class once
+    /// enough are collected, and train on it after that.
+    pub fn label(&mut self, pixels: &[u8]) -> Result<Labeled, AppError> {
+        self.extract(pixels)?;
+        let n = self.head.num_features();
+        match self.new_class {
+            Some(class) => {
+                let loss = self.head.train(&self.features[..n], class)?;
+                Ok(Labeled::Trained { loss })
+            }
+            None => {
+                self.collected.add(&self.features[..n])?;
+                if self.collected.count() < self.imprint_shots {
+                    return Ok(Labeled::Collected {
+                        count: self.collected.count(),
+                    });
+                }
+                let class = self.head.add_class(&self.collected.mean()[..n])?;
+                self.new_class = Some(class);
+                Ok(Labeled::Added { class })
+            }
+        }
+    }
+
+    /// One SGD step on a frame of a known class (replaying stored examples).
+    pub fn train(&mut self, pixels: &[u8], class: usize) -> Result<f32, AppError> {
+        self.extract(pixels)?;
+        Ok(self
+            .head
+            .train(&self.features[..self.head.num_features()], class)?)
+    }
+
+    /// Learns a new class from `count` labeled examples fetched by `example(i)`. Those
+    /// labeled with the next free class index are shots of the new class; the others
+    /// are examples of known classes, kept for rehearsal. The new class is imprinted
+    /// from the shots' mean feature (contrasted with the others' mean when there are
+    /// any, see [`LastLayer::add_class_between`]), then `epochs` passes of SGD run over
+    /// all examples. Returns the new class's index.
+    pub fn finetune<'p>(
+        &mut self,
+        count: usize,
+        epochs: usize,
+        mut example: impl FnMut(usize) -> Option<(&'p [u8], u8)>,
+    ) -> Result<usize, AppError> {
+        let new_class = self.head.num_classes();
+        let n = self.head.num_features();
+        let mut others = FeatureMean::<MAX_FEATURES>::new(n)?;
+        for i in 0..count {
+            let (pixels, label) = example(i).ok_or(AppError::Engine(Error::NotRun))?;
+            self.extract(pixels)?;
+            if usize::from(label) == new_class {
+                self.collected.add(&self.features[..n])?;
+            } else {
+                others.add(&self.features[..n])?;
+            }
+        }
+        if self.collected.count() == 0 {
+            return Err(AppError::Engine(Error::Unsupported {
+                what: "no example of the new class to learn from",
+            }));
+        }
+        let shots = self.collected.mean();
+        let class = if others.count() > 0 {
+            self.head
+                .add_class_between(&shots[..n], &others.mean()[..n])?
+        } else {
+            self.head.add_class(&shots[..n])?
+        };
+        self.new_class = Some(class);
+        for _ in 0..epochs {
+            for i in 0..count {
+                let (pixels, label) = example(i).ok_or(AppError::Engine(Error::NotRun))?;
+                self.train(pixels, usize::from(label))?;
+            }
+        }
+        Ok(class)
+    }
+
+    /// Writes the head to the older flash slot.
+    pub fn save(&mut self) -> Result<SlotState, AppError> {
+        Ok(self.store.save(&self.head)?)
+    }
+
+    fn extract(&mut self, pixels: &[u8]) -> Result<(), AppError> {
+        self.net.run(pixels)?;
+        let n = self.head.num_features();
+        self.net.features(&mut self.features[..n])?;
+        Ok(())
+    }
+}

@@ -1,0 +1,139 @@
+//! On-device learning under QEMU: restores the learned head from the flash image (a
+//! host file, `tinyres-flash.bin`, through semihosting), learns from the leading
+//! training images of the image region if there are any, saves the head, then
+//! classifies the remaining images with it.
+//!
+//! Learning is `App::finetune` with `FINETUNE_EPOCHS` passes of SGD over the
+//! training images.
+//!
+//! Output: `restored none` or `restored slot=S seq=N`; `saved slot=S seq=N` after
+//! learning; `image=I label=L class=C ticks=T` (or `instructions=`) per test image;
+//! `done count=N`.
+#![no_std]
+#![no_main]
+
+use defmt_semihosting as _;
+use embedded_hal::digital::{ErrorType, InputPin, OutputPin};
+use tinyres_core::learn::Sgd;
+use tinyres_core::persist::LayerStore;
+use tinyres_core::{Arena, Interpreter, Model};
+use tinyres_firmware::app::{App, AppError, FINETUNE_EPOCHS, SLOT_BYTES};
+use tinyres_firmware::semihosting_flash::SemihostingFlash;
+use tinyres_firmware::{
+    counter_elapsed, counter_read, counter_start, exit, image_region, model_partition, Images,
+    ARENA_BYTES, COUNTER,
+};
+
+/// No button or LED under QEMU: labels come with the images.
+struct Absent;
+
+impl ErrorType for Absent {
+    type Error = core::convert::Infallible;
+}
+
+impl InputPin for Absent {
+    fn is_high(&mut self) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+    fn is_low(&mut self) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+impl OutputPin for Absent {
+    fn set_low(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    fn set_high(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+#[cfg(target_arch = "arm")]
+#[cortex_m_rt::entry]
+fn main() -> ! {
+    static mut ARENA: Arena<ARENA_BYTES> = Arena::new();
+    counter_start();
+    exit(report(finetune(ARENA.as_mut_slice())))
+}
+
+/// Called by the boot code with a 1 MiB stack, which holds the arena.
+#[cfg(target_arch = "aarch64")]
+#[no_mangle]
+extern "C" fn main() -> ! {
+    let mut arena: Arena<ARENA_BYTES> = Arena::new();
+    counter_start();
+    exit(report(finetune(arena.as_mut_slice())))
+}
+
+fn report(result: Result<(), AppError>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            defmt::error!("finetune: {}", e);
+            false
+        }
+    }
+}
+
+fn finetune(arena: &mut [u8]) -> Result<(), AppError> {
+    let model = Model::parse(model_partition())?;
+    let Ok(images) = Images::parse(image_region()) else {
+        defmt::error!("images: bad image region");
+        return Err(AppError::Pin);
+    };
+    let flash =
+        SemihostingFlash::open(c"tinyres-flash.bin", 2 * SLOT_BYTES as usize).map_err(|_| {
+            defmt::error!("cannot open the flash image tinyres-flash.bin");
+            AppError::Engine(tinyres_core::Error::Storage { operation: "open" })
+        })?;
+    let store = LayerStore::new(flash, 0, SLOT_BYTES)?;
+    let net = Interpreter::new(model, arena)?;
+    let (mut app, restored) = App::new(net, store, Absent, Absent, Sgd::default())?;
+    match restored {
+        Some(s) => defmt::println!("restored slot={=u32} seq={=u32}", s.slot, s.sequence),
+        None => defmt::println!("restored none"),
+    }
+
+    let train = images.train_count();
+    if train > 0 {
+        let class = app.finetune(train, FINETUNE_EPOCHS, |i| images.get(i))?;
+        let saved = app.save()?;
+        defmt::println!(
+            "saved slot={=u32} seq={=u32} class={=usize}",
+            saved.slot,
+            saved.sequence,
+            class
+        );
+    }
+
+    for i in train..images.len() {
+        let (pixels, label) = images.get(i).ok_or(AppError::Pin)?;
+        let start = counter_read();
+        let class = app.classify(pixels)?;
+        let elapsed = counter_elapsed(start, counter_read());
+        defmt::println!(
+            "image={=usize} label={=u8} class={=usize} {=str}={=u64}",
+            i - train,
+            label,
+            class,
+            COUNTER,
+            elapsed
+        );
+    }
+    defmt::println!("done count={=usize}", images.len() - train);
+    Ok(())
+}
+
+#[cfg(target_arch = "arm")]
+#[cortex_m_rt::exception]
+unsafe fn HardFault(frame: &cortex_m_rt::ExceptionFrame) -> ! {
+    defmt::error!("HardFault at pc={=u32:#x}", frame.pc());
+    exit(false)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    defmt::error!("panic: {}", defmt::Display2Format(info));
+    exit(false)
+}
