@@ -40,6 +40,9 @@ enum Command {
         /// Block type (basic or bottleneck); default: the architecture's own.
         #[arg(long)]
         block: Option<Block>,
+        /// Number of classes; default: the architecture's own (10).
+        #[arg(long)]
+        classes: Option<usize>,
         /// Also write the blob, with untrained (He-initialised) weights: for sizing,
         /// testing firmware and seeding the fuzzer, not for predictions.
         #[arg(short, long, value_name = "FILE.trm")]
@@ -98,6 +101,22 @@ struct RunArgs {
     /// Seconds one QEMU boot may take before it counts as hung.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Learn a new class on the device from this data (its training split): shots of
+    /// the class labeled with the next free class index, plus as many images of known
+    /// classes for rehearsal. Reports accuracy before and after, and checks that a
+    /// second boot restores what was learned from the flash image.
+    #[arg(long, value_name = "DATA")]
+    finetune: Option<PathBuf>,
+    /// Name of the new class (for the report).
+    #[arg(long, requires = "finetune")]
+    new_class: Option<String>,
+    /// Shots of the new class to learn from.
+    #[arg(long, default_value_t = 20, requires = "finetune")]
+    shots: usize,
+    /// Directory holding the device's flash image (`tinyres-flash.bin`, created erased
+    /// if missing); default: a fresh temporary directory.
+    #[arg(long, requires = "finetune")]
+    flash_dir: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -143,6 +162,156 @@ fn load_blob(path: &Path) -> Result<AlignedBlob> {
     Ok(blob)
 }
 
+/// The learning scenario of `tinyres run --finetune`: three boots (before, learning,
+/// reboot from the same flash image).
+fn finetune_on_device(
+    args: &RunArgs,
+    board: Board,
+    blob: &AlignedBlob,
+    test: &Dataset,
+    learn_from: &Path,
+    arena: usize,
+) -> Result<()> {
+    let model = Model::parse(blob.as_bytes())?;
+    let new_class = model.num_classes();
+    let pool = Dataset::load(learn_from, Split::Train)?;
+    let shots: Vec<usize> = (0..pool.len())
+        .filter(|&i| usize::from(pool.labels[i]) == new_class)
+        .take(args.shots)
+        .collect();
+    if shots.is_empty() {
+        bail!(
+            "{}: no image labeled {new_class} (the model has classes 0..{}, so the new class must be labeled {new_class})",
+            learn_from.display(),
+            new_class - 1
+        );
+    }
+    let rehearsal: Vec<usize> = (0..pool.len())
+        .filter(|&i| usize::from(pool.labels[i]) < new_class)
+        .take(shots.len())
+        .collect();
+    // One data set: the test images, then the examples to learn from.
+    let mut data = test.clone();
+    let mut learn = Vec::new();
+    for &i in shots
+        .iter()
+        .zip(rehearsal.iter().chain(std::iter::repeat(&usize::MAX)))
+        .flat_map(|(a, b)| [a, b])
+    {
+        if i == usize::MAX {
+            continue;
+        }
+        data.pixels.extend_from_slice(pool.image(i));
+        data.labels.push(pool.labels[i]);
+        learn.push(data.len() - 1);
+    }
+    let test_indices: Vec<usize> = (0..test.len()).collect();
+    eprintln!(
+        "building the finetune firmware for {} ({})",
+        board.name, board.target
+    );
+    let device = qemu::Device {
+        board,
+        elf: qemu::build_firmware(&board, "finetune", arena)?,
+        model: blob.as_bytes(),
+        timeout: Duration::from_secs(args.timeout),
+    };
+    let scratch = std::env::temp_dir().join(format!("tinyres-finetune-{}", std::process::id()));
+    let flash_dir = args
+        .flash_dir
+        .clone()
+        .unwrap_or_else(|| scratch.join("flash"));
+    let fresh = scratch.join("fresh");
+    for dir in [&flash_dir, &fresh] {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    eprintln!(
+        "boot 1/3: the model as shipped, on {} test images",
+        test.len()
+    );
+    let before = device.finetune(&data, &[], &test_indices, &fresh)?;
+    eprintln!(
+        "boot 2/3: learning from {} shots and {} rehearsal images",
+        shots.len(),
+        rehearsal.len()
+    );
+    let after = device.finetune(&data, &learn, &test_indices, &flash_dir)?;
+    eprintln!("boot 3/3: reboot with the same flash image");
+    let reboot = device.finetune(&data, &[], &test_indices, &flash_dir)?;
+    let _ = std::fs::remove_dir_all(&fresh);
+    if args.flash_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    let classes =
+        |b: &qemu::FinetuneBoot| b.predictions.iter().map(|p| p.class).collect::<Vec<_>>();
+    let persisted = reboot.restored.map(|r| r.1) == after.saved.map(|s| s.1)
+        && classes(&reboot) == classes(&after);
+    let accuracy = |b: &qemu::FinetuneBoot, new: bool| -> Option<f64> {
+        let chosen: Vec<_> = b
+            .predictions
+            .iter()
+            .filter(|p| (usize::from(p.label) == new_class) == new)
+            .collect();
+        (!chosen.is_empty()).then(|| {
+            chosen
+                .iter()
+                .filter(|p| p.class == usize::from(p.label))
+                .count() as f64
+                / chosen.len() as f64
+        })
+    };
+    let name = args
+        .new_class
+        .clone()
+        .unwrap_or_else(|| format!("class {new_class}"));
+    let percent = |a: Option<f64>| a.map_or("n/a".to_string(), |a| format!("{:.1} %", 100.0 * a));
+    if args.json {
+        let value = serde_json::json!({
+            "board": device.board,
+            "new_class": { "index": new_class, "name": name },
+            "shots": shots.len(),
+            "rehearsal": rehearsal.len(),
+            "test_images": test.len(),
+            "new_class_accuracy": { "before": accuracy(&before, true), "after": accuracy(&after, true) },
+            "old_classes_accuracy": { "before": accuracy(&before, false), "after": accuracy(&after, false) },
+            "saved": after.saved,
+            "restored_on_reboot": reboot.restored,
+            "persisted": persisted,
+            "images": after.predictions,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!(
+            "new class     {name} (index {new_class}), {} shots + {} rehearsal images, on {}",
+            shots.len(),
+            rehearsal.len(),
+            device.board.name
+        );
+        println!(
+            "new class     {} -> {}",
+            percent(accuracy(&before, true)),
+            percent(accuracy(&after, true))
+        );
+        println!(
+            "old classes   {} -> {}",
+            percent(accuracy(&before, false)),
+            percent(accuracy(&after, false))
+        );
+        println!(
+            "persistence   {}",
+            if persisted {
+                "the reboot restored the learned head (same predictions)"
+            } else {
+                "FAILED"
+            }
+        );
+    }
+    if !persisted {
+        bail!("the second boot did not restore what the first learned");
+    }
+    Ok(())
+}
+
 fn run_on_device(args: &RunArgs) -> Result<()> {
     let board = Board::by_name(&args.board)?;
     let blob = load_blob(&args.model)?;
@@ -167,6 +336,9 @@ fn run_on_device(args: &RunArgs) -> Result<()> {
         .arena_size()
         .max(qemu::DEFAULT_ARENA_BYTES)
         .next_multiple_of(64 * 1024);
+    if let Some(learn_from) = &args.finetune {
+        return finetune_on_device(args, board, &blob, &data, learn_from, arena);
+    }
     eprintln!(
         "building the firmware for {} ({})",
         board.name, board.target
@@ -279,6 +451,7 @@ fn run(cli: Cli) -> Result<()> {
             dtype,
             shortcut,
             block,
+            classes,
             output,
             json,
         } => {
@@ -286,6 +459,10 @@ fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("known architectures: {NAMES}"))?;
             arch.shortcut = shortcut.unwrap_or(arch.shortcut);
             arch.block = block.unwrap_or(arch.block);
+            arch.classes = classes.unwrap_or(arch.classes);
+            if arch.classes == 0 {
+                bail!("--classes must be at least 1");
+            }
             let network = arch.network(0)?;
             // The plan and sizes do not depend on the values: unit ranges stand in for
             // calibration.

@@ -231,3 +231,66 @@ fn run_boots_the_firmware_and_matches_the_host() {
         stderr(&out)
     );
 }
+
+#[test]
+fn run_finetune_learns_on_the_device_and_survives_a_reboot() {
+    let path = temp("nine-classes.trm");
+    assert!(
+        tinyres(&["plan", "--classes", "9", "-o", path.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let flash_dir = temp("flash");
+    let out = tinyres(&[
+        "run",
+        "--model",
+        path.to_str().unwrap(),
+        "--data",
+        "synthetic",
+        "--limit",
+        "10",
+        "--finetune",
+        "synthetic",
+        "--new-class",
+        "vgradient",
+        "--shots",
+        "2",
+        "--flash-dir",
+        flash_dir.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["new_class"]["index"], 9);
+    assert_eq!(v["shots"], 2);
+    assert_eq!(v["persisted"], true);
+    assert_eq!(v["saved"][1], 1, "first save has sequence 1");
+    assert_eq!(
+        std::fs::metadata(flash_dir.join("tinyres-flash.bin"))
+            .unwrap()
+            .len(),
+        8192
+    );
+
+    // A ten-class model has no free class index in the synthetic labels.
+    let ten = temp("ten-classes.trm");
+    assert!(tinyres(&["plan", "-o", ten.to_str().unwrap()])
+        .status
+        .success());
+    let out = tinyres(&[
+        "run",
+        "--model",
+        ten.to_str().unwrap(),
+        "--data",
+        "synthetic",
+        "--limit",
+        "2",
+        "--finetune",
+        "synthetic",
+    ]);
+    assert!(
+        stderr(&out).contains("no image labeled 10"),
+        "{}",
+        stderr(&out)
+    );
+}
