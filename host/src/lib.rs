@@ -4,5 +4,6 @@
 pub mod arch;
 pub mod data;
 pub mod eval;
+pub mod flash;
 pub mod qemu;
 pub mod report;

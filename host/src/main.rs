@@ -73,6 +73,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write firmware and a model to a real board through a debug probe (probe-rs),
+    /// or with --dry-run show the flash layout and what would be written.
+    Flash {
+        /// Chip name as probe-rs knows it (e.g. STM32F746NGHx, nRF52840_xxAA).
+        #[arg(long)]
+        chip: String,
+        /// The model blob (.trm) for the model partition.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Firmware ELF built for this board.
+        #[arg(long)]
+        firmware: Option<PathBuf>,
+        /// Only print the layout and what would be written.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a model blob (.trm) and show what it holds.
     Inspect {
         /// The model blob.
@@ -497,6 +516,46 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Run(args) => run_on_device(&args)?,
+        Command::Flash {
+            chip,
+            model,
+            firmware,
+            dry_run,
+            json,
+        } => {
+            if model.is_none() && firmware.is_none() {
+                bail!("nothing to flash: give --model, --firmware or both");
+            }
+            let blob = model.as_deref().map(load_blob).transpose()?;
+            let model_bytes = blob.as_ref().map_or(&[][..], |b| b.as_bytes());
+            let layout =
+                tinyres_host::flash::layout(&chip, model_bytes.len() as u64, firmware.as_deref())?;
+            if json {
+                let value = serde_json::json!({ "layout": layout, "dry_run": dry_run, "model_bytes": model_bytes.len() });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print!("{}", layout.to_table());
+                println!(
+                    "{} {}{}",
+                    if dry_run { "would write" } else { "writing" },
+                    firmware
+                        .as_ref()
+                        .map_or(String::new(), |f| format!("{} and ", f.display())),
+                    if model_bytes.is_empty() {
+                        "no model".to_string()
+                    } else {
+                        format!(
+                            "{} bytes of model at {:#x}",
+                            model_bytes.len(),
+                            layout.model.start
+                        )
+                    }
+                );
+            }
+            if !dry_run {
+                tinyres_host::flash::write(&layout, firmware.as_ref(), model_bytes)?;
+            }
+        }
         Command::Eval {
             model,
             data,

@@ -294,3 +294,93 @@ fn run_finetune_learns_on_the_device_and_survives_a_reboot() {
         stderr(&out)
     );
 }
+
+#[test]
+fn flash_dry_run_lays_out_firmware_model_and_head_store() {
+    let path = temp("flash-resnet8.trm");
+    assert!(tinyres(&["plan", "-o", path.to_str().unwrap()])
+        .status
+        .success());
+    let model = path.to_str().unwrap();
+    let out = tinyres(&[
+        "flash",
+        "--chip",
+        "STM32F746NGHx",
+        "--model",
+        model,
+        "--dry-run",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let layout = &v["layout"];
+    assert_eq!(layout["flash"]["start"], 0x0800_0000u64);
+    assert_eq!(layout["head_store"]["end"], 0x0810_0000u64);
+    let model_range = (
+        layout["model"]["start"].as_u64().unwrap(),
+        layout["model"]["end"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        model_range.1 - model_range.0,
+        std::fs::metadata(&path).unwrap().len()
+    );
+    assert!(model_range.1 <= layout["head_store"]["start"].as_u64().unwrap());
+    assert_eq!(model_range.0 % 4096, 0);
+
+    let text = tinyres(&[
+        "flash",
+        "--chip",
+        "nRF52840_xxAA",
+        "--model",
+        model,
+        "--dry-run",
+    ]);
+    assert!(
+        stdout(&text).contains("would write 82616 bytes of model"),
+        "{}",
+        stdout(&text)
+    );
+
+    let out = tinyres(&[
+        "flash",
+        "--chip",
+        "NoSuchChip",
+        "--model",
+        model,
+        "--dry-run",
+    ]);
+    assert!(
+        stderr(&out).contains("unknown chip \"NoSuchChip\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = tinyres(&["flash", "--chip", "STM32F746NGHx", "--dry-run"]);
+    assert!(
+        stderr(&out).contains("nothing to flash"),
+        "{}",
+        stderr(&out)
+    );
+    let not_elf = temp("not-an-elf");
+    std::fs::write(&not_elf, b"hello").unwrap();
+    let out = tinyres(&[
+        "flash",
+        "--chip",
+        "STM32F746NGHx",
+        "--firmware",
+        not_elf.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert!(
+        stderr(&out).contains("not a 32-bit ELF"),
+        "{}",
+        stderr(&out)
+    );
+    // No probe on this machine: a clear error, not a hang or a panic.
+    let out = tinyres(&["flash", "--chip", "STM32F746NGHx", "--model", model]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("through a debug probe"),
+        "{}",
+        stderr(&out)
+    );
+}
