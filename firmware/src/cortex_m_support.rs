@@ -4,7 +4,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m::peripheral::SYST;
-use cortex_m_rt::exception;
+use cortex_m_rt::{exception, ExceptionFrame};
 
 /// What [`counter_read`] counts: core-clock ticks, which the host converts to
 /// instructions (under `qemu -icount shift=N` the clock advances 2^N ns per
@@ -14,6 +14,13 @@ pub const COUNTER: &str = "ticks";
 /// SysTick wraps (24-bit counter, reload 2^24 − 1).
 static WRAPS: AtomicU32 = AtomicU32::new(0);
 const RELOAD: u32 = 0x00FF_FFFF;
+
+/// A fault: logged with the faulting address, and QEMU exits with failure.
+#[exception]
+unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
+    defmt::error!("HardFault at pc={=u32:#x}", frame.pc());
+    crate::exit(false)
+}
 
 #[exception]
 fn SysTick() {

@@ -156,6 +156,14 @@ pub fn exit(success: bool) -> ! {
     semihosting::process::exit(if success { 0 } else { 1 })
 }
 
+/// A panic on the device: logged, and QEMU exits with failure.
+#[cfg(target_os = "none")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    defmt::error!("panic: {}", defmt::Display2Format(info));
+    exit(false)
+}
+
 #[cfg(target_arch = "aarch64")]
 mod aarch64_support;
 #[cfg(target_arch = "arm")]

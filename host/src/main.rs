@@ -225,16 +225,8 @@ fn finetune_on_device(
         learn.push(data.len() - 1);
     }
     let test_indices: Vec<usize> = (0..test.len()).collect();
-    eprintln!(
-        "building the finetune firmware for {} ({})",
-        board.name, board.target
-    );
-    let device = qemu::Device {
-        board,
-        elf: qemu::build_firmware(&board, "finetune", arena)?,
-        model: blob.as_bytes(),
-        timeout: Duration::from_secs(args.timeout),
-    };
+    let timeout = Duration::from_secs(args.timeout);
+    let device = qemu::Device::build(board, "finetune", blob.as_bytes(), arena, timeout)?;
     let scratch = std::env::temp_dir().join(format!("tinyres-finetune-{}", std::process::id()));
     let flash_dir = args
         .flash_dir
@@ -358,16 +350,8 @@ fn run_on_device(args: &RunArgs) -> Result<()> {
     if let Some(learn_from) = &args.finetune {
         return finetune_on_device(args, board, &blob, &data, learn_from, arena);
     }
-    eprintln!(
-        "building the firmware for {} ({})",
-        board.name, board.target
-    );
-    let device = qemu::Device {
-        board,
-        elf: qemu::build_firmware(&board, "classify", arena)?,
-        model: blob.as_bytes(),
-        timeout: Duration::from_secs(args.timeout),
-    };
+    let timeout = Duration::from_secs(args.timeout);
+    let device = qemu::Device::build(board, "classify", blob.as_bytes(), arena, timeout)?;
 
     // The engine on the host: the device must agree with it on every image.
     let mut host_arena = vec![0u8; model.required_arena()];

@@ -270,7 +270,28 @@ pub struct Device<'a> {
     pub timeout: Duration,
 }
 
-impl Device<'_> {
+impl<'a> Device<'a> {
+    /// Builds firmware binary `bin` for `board` (announcing it on stderr) with an arena
+    /// of `arena_bytes`, ready to boot `model`.
+    pub fn build(
+        board: Board,
+        bin: &str,
+        model: &'a [u8],
+        arena_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Self> {
+        eprintln!(
+            "building the {bin} firmware for {} ({})",
+            board.name, board.target
+        );
+        Ok(Device {
+            board,
+            elf: build_firmware(&board, bin, arena_bytes)?,
+            model,
+            timeout,
+        })
+    }
+
     /// Boots the `classify` firmware with the images `range` of `data`; returns the
     /// device's predictions for them.
     pub fn classify(

@@ -129,13 +129,14 @@ fn the_device_learns_a_new_class_persists_it_and_matches_the_host() {
     let test_indices: Vec<usize> = (0..test.len()).collect();
 
     let board = Board::by_name("mps2-an386").unwrap();
-    let device = qemu::Device {
+    let device = qemu::Device::build(
         board,
-        elf: qemu::build_firmware(&board, "finetune", qemu::DEFAULT_ARENA_BYTES)
-            .expect("firmware builds"),
-        model: blob.as_bytes(),
-        timeout: Duration::from_secs(600),
-    };
+        "finetune",
+        blob.as_bytes(),
+        qemu::DEFAULT_ARENA_BYTES,
+        Duration::from_secs(600),
+    )
+    .expect("firmware builds");
     let dir = std::env::temp_dir().join(format!("tinyres-finetune-{}", std::process::id()));
     let (fresh, learned) = (dir.join("fresh"), dir.join("learned"));
     std::fs::create_dir_all(&fresh).unwrap();

@@ -107,13 +107,14 @@ fn host_classes(blob: &AlignedBlob, data: &Dataset) -> Vec<usize> {
 }
 
 fn device(board: &Board, blob: &AlignedBlob, data: &Dataset) -> Vec<qemu::DevicePrediction> {
-    let device = qemu::Device {
-        board: *board,
-        elf: qemu::build_firmware(board, "classify", qemu::DEFAULT_ARENA_BYTES)
-            .expect("firmware builds"),
-        model: blob.as_bytes(),
-        timeout: Duration::from_secs(300),
-    };
+    let device = qemu::Device::build(
+        *board,
+        "classify",
+        blob.as_bytes(),
+        qemu::DEFAULT_ARENA_BYTES,
+        Duration::from_secs(300),
+    )
+    .expect("firmware builds");
     device.classify(data, 0..data.len()).expect("runs in QEMU")
 }
 
@@ -175,12 +176,14 @@ fn a_model_the_device_rejects_is_reported_with_its_log() {
     let mut bytes = blob.as_bytes().to_vec();
     bytes[200] ^= 0xFF; // the host would refuse this blob; the device must too
     let board = Board::by_name("mps2-an386").unwrap();
-    let device = qemu::Device {
+    let device = qemu::Device::build(
         board,
-        elf: qemu::build_firmware(&board, "classify", qemu::DEFAULT_ARENA_BYTES).unwrap(),
-        model: &bytes,
-        timeout: Duration::from_secs(120),
-    };
+        "classify",
+        &bytes,
+        qemu::DEFAULT_ARENA_BYTES,
+        Duration::from_secs(120),
+    )
+    .unwrap();
     let data = images(1, 4);
     let err = device.classify(&data, 0..1).unwrap_err().to_string();
     assert!(

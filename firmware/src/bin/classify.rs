@@ -77,16 +77,3 @@ fn classify_all(arena: &mut [u8]) -> bool {
     defmt::println!("done count={=usize}", images.len());
     true
 }
-
-#[cfg(target_arch = "arm")]
-#[cortex_m_rt::exception]
-unsafe fn HardFault(frame: &cortex_m_rt::ExceptionFrame) -> ! {
-    defmt::error!("HardFault at pc={=u32:#x}", frame.pc());
-    exit(false)
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    defmt::error!("panic: {}", defmt::Display2Format(info));
-    exit(false)
-}

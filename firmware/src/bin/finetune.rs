@@ -124,16 +124,3 @@ fn finetune(arena: &mut [u8]) -> Result<(), AppError> {
     defmt::println!("done count={=usize}", images.len() - train);
     Ok(())
 }
-
-#[cfg(target_arch = "arm")]
-#[cortex_m_rt::exception]
-unsafe fn HardFault(frame: &cortex_m_rt::ExceptionFrame) -> ! {
-    defmt::error!("HardFault at pc={=u32:#x}", frame.pc());
-    exit(false)
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    defmt::error!("panic: {}", defmt::Display2Format(info));
-    exit(false)
-}
