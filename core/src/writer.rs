@@ -6,7 +6,7 @@
 //! order. Weights are given in f32, convolutions in OHWI order (`[out][ky][kx][in]`),
 //! dense layers as `[out][in]` over the NHWC-flattened input.
 
-use alloc::string::{String, ToString};
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -858,11 +858,5 @@ impl AlignedBlob {
     /// The blob's bytes, mutably (tests corrupt blobs through this).
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
         &mut bytemuck::cast_slice_mut::<u128, u8>(&mut self.words)[..self.len]
-    }
-}
-
-impl From<&str> for WriteError {
-    fn from(s: &str) -> Self {
-        WriteError(s.to_string())
     }
 }

@@ -35,7 +35,7 @@ include!(concat!(env!("OUT_DIR"), "/board.rs"));
 ///
 /// `address..address + len` must be readable memory that nothing writes while the
 /// returned slice lives (QEMU fills these regions before the core starts).
-pub unsafe fn host_region(address: usize, len: usize) -> &'static [u8] {
+unsafe fn host_region(address: usize, len: usize) -> &'static [u8] {
     // SAFETY: the caller guarantees the range is readable and not written for 'static.
     unsafe { core::slice::from_raw_parts(address as *const u8, len) }
 }
