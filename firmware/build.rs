@@ -115,8 +115,9 @@ fn main() {
          /// The model partition: QEMU loads the `.trm` blob here.\npub const MODEL_ADDRESS: usize = {:#x};\n\
          /// Bytes reserved for the model partition.\npub const MODEL_CAPACITY: usize = {:#x};\n\
          /// The image region: QEMU loads the images to classify here.\npub const IMAGES_ADDRESS: usize = {:#x};\n\
-         /// Bytes reserved for the image region.\npub const IMAGES_CAPACITY: usize = {:#x};\n",
-        board.model.0, board.model.1, board.images.0, board.images.1
+         /// Bytes reserved for the image region.\npub const IMAGES_CAPACITY: usize = {:#x};\n\
+         /// Start of the RAM the firmware's data, arena and stack live in.\npub const RAM_ORIGIN: usize = {:#x};\n",
+        board.model.0, board.model.1, board.images.0, board.images.1, board.ram.0
     );
     fs::write(out.join("board.rs"), constants).expect("OUT_DIR is writable");
     println!("cargo:rustc-link-search={}", out.display());

@@ -25,14 +25,19 @@ pub struct Sgd {
     pub weight_decay: f32,
 }
 
-impl Default for Sgd {
+impl Sgd {
     /// Learning rate 0.01, momentum 0.9, weight decay 1e-4.
+    pub const DEFAULT: Sgd = Sgd {
+        learning_rate: 0.01,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+    };
+}
+
+impl Default for Sgd {
+    /// [`Sgd::DEFAULT`].
     fn default() -> Self {
-        Sgd {
-            learning_rate: 0.01,
-            momentum: 0.9,
-            weight_decay: 1e-4,
-        }
+        Sgd::DEFAULT
     }
 }
 
@@ -51,6 +56,18 @@ pub struct LastLayer<const F: usize, const C: usize> {
 }
 
 impl<const F: usize, const C: usize> LastLayer<F, C> {
+    /// A layer with no classes, for a `static` that [`Self::load_model`] then fills in
+    /// place.
+    pub const EMPTY: Self = LastLayer {
+        weights: [[0.0; F]; C],
+        bias: [0.0; C],
+        weight_velocity: [[0.0; F]; C],
+        bias_velocity: [0.0; C],
+        features: 1,
+        classes: 0,
+        sgd: Sgd::DEFAULT,
+    };
+
     /// An empty layer over `features` features (no classes yet).
     pub fn new(features: usize, sgd: Sgd) -> Result<Self, Error> {
         if features == 0 || features > F {
@@ -74,6 +91,15 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
     /// Copies the model's classifier: its last layer must be a dense layer reading the
     /// pooled features. int8 weights and biases are dequantized.
     pub fn from_model(model: &Model<'_>, sgd: Sgd) -> Result<Self, Error> {
+        let mut layer = Self::new(1, sgd)?;
+        layer.load_model(model)?;
+        Ok(layer)
+    }
+
+    /// [`Self::from_model`] in place, for firmware that keeps the layer in a static
+    /// (no second copy on the stack). Leaves the layer unchanged on error; the
+    /// optimiser settings are kept and its state reset.
+    pub fn load_model(&mut self, model: &Model<'_>) -> Result<(), Error> {
         let last = model.num_layers() - 1;
         let Layer::Dense(dense) = model.layer(last)? else {
             return Err(Error::Unsupported {
@@ -88,7 +114,13 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
         let input = model.tensor(dense.input)?;
         let output = model.tensor(dense.output)?;
         let (features, classes) = (input.len(), output.len());
-        let mut layer = Self::new(features, sgd)?;
+        if features == 0 || features > F {
+            return Err(Error::Capacity {
+                what: "last layer features",
+                needed: features,
+                capacity: F,
+            });
+        }
         if classes > C {
             return Err(Error::Capacity {
                 what: "last layer classes",
@@ -96,7 +128,10 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
                 capacity: C,
             });
         }
-        layer.classes = classes;
+        self.features = features;
+        self.classes = classes;
+        self.weight_velocity = [[0.0; F]; C];
+        self.bias_velocity = [0.0; C];
         for c in 0..classes {
             // int8: w = q · s_w[c] with s_w[c] = multiplier · 2^(shift − 31) · s_out / s_in.
             let weight_scale = match dense.requant {
@@ -109,18 +144,18 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
             };
             for f in 0..features {
                 let i = c * features + f;
-                layer.weights[c][f] = match dense.weights {
+                self.weights[c][f] = match dense.weights {
                     Weights::F32(w) => w[i],
                     Weights::F16(w) => w[i].to_f32(),
                     Weights::I8(w) => dequantize_i8(w[i], weight_scale, 0),
                 };
             }
-            layer.bias[c] = match dense.bias {
+            self.bias[c] = match dense.bias {
                 Bias::F32(b) => b[c],
                 Bias::I32(b) => b[c] as f32 * input.scale * weight_scale,
             };
         }
-        Ok(layer)
+        Ok(())
     }
 
     /// Active classes.

@@ -105,3 +105,29 @@ pub fn counter_read() -> u64 {
 pub fn counter_elapsed(start: u64, end: u64) -> u64 {
     u64::from((end as u32).wrapping_sub(start as u32))
 }
+
+extern "C" {
+    /// Lowest stack address, from aarch64.ld.
+    static __stack_bottom: u8;
+    /// Initial stack pointer.
+    static __stack_top: u8;
+}
+
+/// The stack's extent: lowest address and top.
+pub fn stack_bounds() -> (usize, usize) {
+    // Only the addresses of the linker symbols are taken; nothing is read.
+    (
+        core::ptr::addr_of!(__stack_bottom) as usize,
+        core::ptr::addr_of!(__stack_top) as usize,
+    )
+}
+
+/// The current stack pointer.
+pub fn stack_pointer() -> usize {
+    let sp: usize;
+    // SAFETY: copies the stack pointer into a register; no memory is touched.
+    unsafe {
+        asm!("mov {sp}, sp", sp = out(reg) sp, options(nomem, nostack, preserves_flags));
+    }
+    sp
+}

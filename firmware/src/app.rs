@@ -71,10 +71,11 @@ pub struct Step {
     pub labeled: Option<Labeled>,
 }
 
-/// The device application.
-pub struct App<'m, 'a, Button, Led, Flash> {
+/// The device application. The head (6.3 KiB) is borrowed so firmware can keep it in
+/// a static instead of on the stack.
+pub struct App<'m, 'a, 'h, Button, Led, Flash> {
     net: Interpreter<'m, 'a>,
-    head: Head,
+    head: &'h mut Head,
     store: LayerStore<Flash>,
     button: Button,
     led: Led,
@@ -84,18 +85,22 @@ pub struct App<'m, 'a, Button, Led, Flash> {
     features: [f32; MAX_FEATURES],
 }
 
-impl<'m, 'a, Button: InputPin, Led: OutputPin, Flash: NorFlash> App<'m, 'a, Button, Led, Flash> {
-    /// Starts from the model's own classifier, replaced by the newest head saved in
-    /// `store` if there is one (returned).
+impl<'m, 'a, 'h, Button: InputPin, Led: OutputPin, Flash: NorFlash>
+    App<'m, 'a, 'h, Button, Led, Flash>
+{
+    /// Fills `head` with the model's own classifier, replaced by the newest head saved
+    /// in `store` if there is one (returned).
     pub fn new(
         net: Interpreter<'m, 'a>,
+        head: &'h mut Head,
         mut store: LayerStore<Flash>,
         button: Button,
         led: Led,
         sgd: Sgd,
     ) -> Result<(Self, Option<SlotState>), AppError> {
-        let mut head = Head::from_model(net.model(), sgd)?;
-        let restored = store.load(&mut head)?;
+        head.sgd = sgd;
+        head.load_model(net.model())?;
+        let restored = store.load(head)?;
         let collected = FeatureMean::new(head.num_features())?;
         let app = App {
             net,
@@ -118,7 +123,7 @@ impl<'m, 'a, Button: InputPin, Led: OutputPin, Flash: NorFlash> App<'m, 'a, Butt
 
     /// The head (for inspection and host-side comparison).
     pub fn head(&self) -> &Head {
-        &self.head
+        self.head
     }
 
     /// The class being taught, once it has been added.
@@ -229,7 +234,7 @@ impl<'m, 'a, Button: InputPin, Led: OutputPin, Flash: NorFlash> App<'m, 'a, Butt
 
     /// Writes the head to the older flash slot.
     pub fn save(&mut self) -> Result<SlotState, AppError> {
-        Ok(self.store.save(&self.head)?)
+        Ok(self.store.save(self.head)?)
     }
 
     fn extract(&mut self, pixels: &[u8]) -> Result<(), AppError> {

@@ -55,3 +55,24 @@ pub fn counter_read() -> u64 {
 pub fn counter_elapsed(start: u64, end: u64) -> u64 {
     end - start
 }
+
+extern "C" {
+    /// Lowest stack address (end of the static RAM), from cortex-m-rt's link.x.
+    static _stack_end: u32;
+    /// Initial stack pointer (top of RAM).
+    static _stack_start: u32;
+}
+
+/// The stack's extent: lowest address (just above the static data) and top.
+pub fn stack_bounds() -> (usize, usize) {
+    // Only the addresses of the linker symbols are taken; nothing is read.
+    (
+        core::ptr::addr_of!(_stack_end) as usize,
+        core::ptr::addr_of!(_stack_start) as usize,
+    )
+}
+
+/// The current stack pointer.
+pub fn stack_pointer() -> usize {
+    cortex_m::register::msp::read() as usize
+}

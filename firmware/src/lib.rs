@@ -171,5 +171,47 @@ mod cortex_m_support;
 
 #[cfg(target_arch = "aarch64")]
 pub use aarch64_support::{counter_elapsed, counter_read, counter_start, COUNTER};
+#[cfg(target_arch = "aarch64")]
+use aarch64_support::{stack_bounds, stack_pointer};
 #[cfg(target_arch = "arm")]
 pub use cortex_m_support::{counter_elapsed, counter_read, counter_start, COUNTER};
+#[cfg(target_arch = "arm")]
+use cortex_m_support::{stack_bounds, stack_pointer};
+
+/// Pattern painted over the free stack to find its high-water mark.
+#[cfg(target_os = "none")]
+const STACK_PAINT: u32 = 0x5A5A_5A5A;
+
+/// Paints the free stack below the current frame (leaving 256 bytes of margin) so
+/// that [`stack_used`] can find how deep the stack went. Call it first thing.
+#[cfg(target_os = "none")]
+pub fn stack_paint() {
+    let (bottom, _) = stack_bounds();
+    let limit = stack_pointer().saturating_sub(256);
+    let mut at = bottom.next_multiple_of(4);
+    while at + 4 <= limit {
+        // SAFETY: `bottom..limit` is stack memory below the live frames: nothing is
+        // stored there (no heap), and the address is 4-byte aligned.
+        unsafe { (at as *mut u32).write_volatile(STACK_PAINT) };
+        at += 4;
+    }
+}
+
+/// Bytes of stack used since [`stack_paint`]: from the top down to the lowest word
+/// that no longer holds the paint.
+#[cfg(target_os = "none")]
+pub fn stack_used() -> usize {
+    let (bottom, top) = stack_bounds();
+    let mut at = bottom.next_multiple_of(4);
+    // SAFETY: reads aligned words of the stack region below the live frames.
+    while at < top && unsafe { (at as *const u32).read_volatile() } == STACK_PAINT {
+        at += 4;
+    }
+    top - at
+}
+
+/// Bytes of RAM taken by static data (.data, .bss: the arena included).
+#[cfg(target_os = "none")]
+pub fn static_ram() -> usize {
+    stack_bounds().0 - RAM_ORIGIN
+}

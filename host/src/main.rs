@@ -286,6 +286,7 @@ fn finetune_on_device(
             "new_class_accuracy": { "before": accuracy(&before, true), "after": accuracy(&after, true) },
             "old_classes_accuracy": { "before": accuracy(&before, false), "after": accuracy(&after, false) },
             "saved": after.saved,
+            "ram": after.ram,
             "restored_on_reboot": reboot.restored,
             "persisted": persisted,
             "images": after.predictions,
@@ -343,10 +344,8 @@ fn run_on_device(args: &RunArgs) -> Result<()> {
             data.channels
         );
     }
-    let arena = model
-        .arena_size()
-        .max(qemu::DEFAULT_ARENA_BYTES)
-        .next_multiple_of(64 * 1024);
+    // Exactly the plan's peak, so the RAM the device reports is what the model needs.
+    let arena = model.arena_size();
     if let Some(learn_from) = &args.finetune {
         return finetune_on_device(args, board, &blob, &data, learn_from, arena);
     }
@@ -358,6 +357,7 @@ fn run_on_device(args: &RunArgs) -> Result<()> {
     let mut host = Interpreter::new(model, &mut host_arena)?;
     let per_boot = qemu::images_per_boot(data.image_len());
     let mut predictions = Vec::new();
+    let mut ram = None::<qemu::RamUse>;
     let mut start = 0;
     while start < data.len() {
         let end = (start + per_boot).min(data.len());
@@ -366,7 +366,12 @@ fn run_on_device(args: &RunArgs) -> Result<()> {
             board.name,
             data.len()
         );
-        predictions.extend(device.classify(&data, start..end)?);
+        let boot = device.classify(&data, start..end)?;
+        predictions.extend(boot.predictions);
+        ram = Some(ram.map_or(boot.ram, |r| qemu::RamUse {
+            static_bytes: r.static_bytes.max(boot.ram.static_bytes),
+            stack_bytes: r.stack_bytes.max(boot.ram.stack_bytes),
+        }));
         start = end;
     }
     let mut mismatches = Vec::new();
@@ -398,6 +403,7 @@ fn run_on_device(args: &RunArgs) -> Result<()> {
             "instructions_max": max,
             "total_instructions": total,
             "matches_host": mismatches.is_empty(),
+            "ram": ram,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
@@ -432,6 +438,14 @@ fn run_on_device(args: &RunArgs) -> Result<()> {
             report::thousands(min),
             report::thousands(max)
         );
+        if let Some(r) = ram {
+            println!(
+                "RAM           {} static (arena {}) + {} stack",
+                report::bytes(r.static_bytes as u64),
+                report::bytes(arena as u64),
+                report::bytes(r.stack_bytes as u64)
+            );
+        }
         println!(
             "host engine   {}",
             if mismatches.is_empty() {

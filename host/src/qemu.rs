@@ -294,16 +294,16 @@ impl<'a> Device<'a> {
 
     /// Boots the `classify` firmware with the images `range` of `data`; returns the
     /// device's predictions for them.
-    pub fn classify(
-        &self,
-        data: &Dataset,
-        range: std::ops::Range<usize>,
-    ) -> Result<Vec<DevicePrediction>> {
+    pub fn classify(&self, data: &Dataset, range: std::ops::Range<usize>) -> Result<ClassifyBoot> {
         let indices: Vec<usize> = range.collect();
         let work = tempdir()?;
         let lines = self.boot(&image_region(data, &[], &indices), &work);
         let _ = std::fs::remove_dir_all(&work);
-        predictions(&self.board, &lines?, &indices)
+        let lines = lines?;
+        Ok(ClassifyBoot {
+            predictions: predictions(&self.board, &lines, &indices)?,
+            ram: ram_use(&lines)?,
+        })
     }
 
     /// Boots the `finetune` firmware in `flash_dir` (which holds the flash image
@@ -351,6 +351,7 @@ impl<'a> Device<'a> {
             restored,
             saved,
             predictions: predictions(&self.board, &lines, test)?,
+            ram: ram_use(&lines)?,
         })
     }
 
@@ -399,6 +400,42 @@ impl<'a> Device<'a> {
     }
 }
 
+/// What one boot of the `classify` firmware did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClassifyBoot {
+    /// One per image.
+    pub predictions: Vec<DevicePrediction>,
+    /// RAM the firmware used.
+    pub ram: RamUse,
+}
+
+/// RAM a boot used, as the firmware measured it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RamUse {
+    /// Static data: .data and .bss, the arena included.
+    pub static_bytes: usize,
+    /// Deepest stack (from the painted stack's high-water mark).
+    pub stack_bytes: usize,
+}
+
+/// The `done ... static_ram=S stack=T` line of a log.
+fn ram_use(lines: &[String]) -> Result<RamUse> {
+    let done = lines
+        .iter()
+        .find(|l| l.starts_with("done "))
+        .context("the firmware log has no `done` line")?;
+    let field = |name: &str| -> Result<usize> {
+        done.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {name} in firmware line: {done}"))
+    };
+    Ok(RamUse {
+        static_bytes: field("static_ram")?,
+        stack_bytes: field("stack")?,
+    })
+}
+
 /// What one boot of the `finetune` firmware did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FinetuneBoot {
@@ -408,6 +445,8 @@ pub struct FinetuneBoot {
     pub saved: Option<(u32, u32, usize)>,
     /// Predictions on the test images with the (restored or learned) head.
     pub predictions: Vec<DevicePrediction>,
+    /// RAM the firmware used.
+    pub ram: RamUse,
 }
 
 /// Bytes of the flash image the `finetune` firmware keeps its head in (two 4 KiB

@@ -9,7 +9,7 @@ use tinyres_core::learn::Sgd;
 use tinyres_core::persist::LayerStore;
 use tinyres_core::writer::{AlignedBlob, Encoding};
 use tinyres_core::{Interpreter, Model};
-use tinyres_firmware::app::{App, Labeled, SLOT_BYTES};
+use tinyres_firmware::app::{App, Head, Labeled, SLOT_BYTES};
 use tinyres_host::arch::Architecture;
 use tinyres_host::data::synthetic;
 
@@ -32,7 +32,7 @@ fn frame(i: usize) -> Vec<u8> {
 }
 
 /// The head's parameters as the flash store saves them.
-fn saved_bytes(head: &tinyres_firmware::app::Head) -> Vec<u8> {
+fn saved_bytes(head: &Head) -> Vec<u8> {
     let mut bytes = Vec::new();
     head.save(|b| {
         bytes.extend_from_slice(b);
@@ -51,8 +51,16 @@ fn button_labels_frames_and_the_led_follows_the_new_class() {
     let flash = MemFlash::erased(2 * SLOT_BYTES as usize);
     let store = LayerStore::new(flash.clone(), 0, SLOT_BYTES).unwrap();
     let (button, led) = (Button::default(), Led::default());
-    let (mut app, restored) =
-        App::new(net, store, button.clone(), led.clone(), Sgd::default()).unwrap();
+    let mut head = Head::EMPTY;
+    let (mut app, restored) = App::new(
+        net,
+        &mut head,
+        store,
+        button.clone(),
+        led.clone(),
+        Sgd::default(),
+    )
+    .unwrap();
     assert_eq!(restored, None);
     app.set_imprint_shots(3);
     assert_eq!(app.head().num_classes(), 4);
@@ -87,8 +95,10 @@ fn button_labels_frames_and_the_led_follows_the_new_class() {
     let mut arena = vec![0u8; model.required_arena()];
     let net = Interpreter::new(model, &mut arena).unwrap();
     let store = LayerStore::new(flash, 0, SLOT_BYTES).unwrap();
+    let mut head = Head::EMPTY;
     let (mut app, restored) = App::new(
         net,
+        &mut head,
         store,
         Button::default(),
         Led::default(),

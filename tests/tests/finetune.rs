@@ -19,7 +19,7 @@ use tinyres_core::learn::{LastLayer, Sgd};
 use tinyres_core::persist::LayerStore;
 use tinyres_core::writer::{AlignedBlob, Encoding, LayerSpec, Network};
 use tinyres_core::{Interpreter, Model};
-use tinyres_firmware::app::{App, FINETUNE_EPOCHS, SLOT_BYTES};
+use tinyres_firmware::app::{App, Head, FINETUNE_EPOCHS, SLOT_BYTES};
 use tinyres_host::arch::Architecture;
 use tinyres_host::data::{synthetic, Dataset};
 use tinyres_host::qemu::{self, Board, FLASH_IMAGE};
@@ -170,8 +170,10 @@ fn the_device_learns_a_new_class_persists_it_and_matches_the_host() {
     let net = Interpreter::new(model, &mut arena).unwrap();
     let flash = MemFlash::erased(qemu::FLASH_IMAGE_BYTES);
     let store = LayerStore::new(flash.clone(), 0, SLOT_BYTES).unwrap();
+    let mut head = Head::EMPTY;
     let (mut app, _) = App::new(
         net,
+        &mut head,
         store,
         Button::default(),
         Led::default(),

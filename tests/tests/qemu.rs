@@ -115,7 +115,18 @@ fn device(board: &Board, blob: &AlignedBlob, data: &Dataset) -> Vec<qemu::Device
         Duration::from_secs(300),
     )
     .expect("firmware builds");
-    device.classify(data, 0..data.len()).expect("runs in QEMU")
+    let boot = device.classify(data, 0..data.len()).expect("runs in QEMU");
+    // The arena (static on Cortex-M, on the boot stack on Cortex-A) plus a few KiB of
+    // stack: measured on the device.
+    let total = boot.ram.static_bytes + boot.ram.stack_bytes;
+    let arena = qemu::DEFAULT_ARENA_BYTES;
+    assert!(
+        (arena + 256..arena + 64 * 1024).contains(&total),
+        "{}: {:?}",
+        board.name,
+        boot.ram
+    );
+    boot.predictions
 }
 
 #[test]

@@ -9,14 +9,15 @@
 use defmt_semihosting as _;
 use tinyres_core::{Arena, Interpreter, Model};
 use tinyres_firmware::{
-    counter_elapsed, counter_read, counter_start, exit, image_region, model_partition, Images,
-    ARENA_BYTES, COUNTER,
+    counter_elapsed, counter_read, counter_start, exit, image_region, model_partition, stack_paint,
+    stack_used, static_ram, Images, ARENA_BYTES, COUNTER,
 };
 
 #[cfg(target_arch = "arm")]
 #[cortex_m_rt::entry]
 fn main() -> ! {
     static mut ARENA: Arena<ARENA_BYTES> = Arena::new();
+    stack_paint();
     counter_start();
     exit(classify_all(ARENA.as_mut_slice()))
 }
@@ -25,6 +26,7 @@ fn main() -> ! {
 #[cfg(target_arch = "aarch64")]
 #[no_mangle]
 extern "C" fn main() -> ! {
+    stack_paint();
     let mut arena: Arena<ARENA_BYTES> = Arena::new();
     counter_start();
     exit(classify_all(arena.as_mut_slice()))
@@ -74,6 +76,11 @@ fn classify_all(arena: &mut [u8]) -> bool {
             }
         }
     }
-    defmt::println!("done count={=usize}", images.len());
+    defmt::println!(
+        "done count={=usize} static_ram={=usize} stack={=usize}",
+        images.len(),
+        static_ram(),
+        stack_used()
+    );
     true
 }

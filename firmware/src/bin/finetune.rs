@@ -17,11 +17,11 @@ use embedded_hal::digital::{ErrorType, InputPin, OutputPin};
 use tinyres_core::learn::Sgd;
 use tinyres_core::persist::LayerStore;
 use tinyres_core::{Arena, Interpreter, Model};
-use tinyres_firmware::app::{App, AppError, FINETUNE_EPOCHS, SLOT_BYTES};
+use tinyres_firmware::app::{App, AppError, Head, FINETUNE_EPOCHS, SLOT_BYTES};
 use tinyres_firmware::semihosting_flash::SemihostingFlash;
 use tinyres_firmware::{
-    counter_elapsed, counter_read, counter_start, exit, image_region, model_partition, Images,
-    ARENA_BYTES, COUNTER,
+    counter_elapsed, counter_read, counter_start, exit, image_region, model_partition, stack_paint,
+    stack_used, static_ram, Images, ARENA_BYTES, COUNTER,
 };
 
 /// No button or LED under QEMU: labels come with the images.
@@ -53,17 +53,21 @@ impl OutputPin for Absent {
 #[cortex_m_rt::entry]
 fn main() -> ! {
     static mut ARENA: Arena<ARENA_BYTES> = Arena::new();
+    static mut HEAD: Head = Head::EMPTY;
+    stack_paint();
     counter_start();
-    exit(report(finetune(ARENA.as_mut_slice())))
+    exit(report(finetune(ARENA.as_mut_slice(), HEAD)))
 }
 
 /// Called by the boot code with a 1 MiB stack, which holds the arena.
 #[cfg(target_arch = "aarch64")]
 #[no_mangle]
 extern "C" fn main() -> ! {
+    stack_paint();
     let mut arena: Arena<ARENA_BYTES> = Arena::new();
+    let mut head = Head::EMPTY;
     counter_start();
-    exit(report(finetune(arena.as_mut_slice())))
+    exit(report(finetune(arena.as_mut_slice(), &mut head)))
 }
 
 fn report(result: Result<(), AppError>) -> bool {
@@ -76,7 +80,7 @@ fn report(result: Result<(), AppError>) -> bool {
     }
 }
 
-fn finetune(arena: &mut [u8]) -> Result<(), AppError> {
+fn finetune(arena: &mut [u8], head: &mut Head) -> Result<(), AppError> {
     let model = Model::parse(model_partition())?;
     let Ok(images) = Images::parse(image_region()) else {
         defmt::error!("images: bad image region");
@@ -89,7 +93,7 @@ fn finetune(arena: &mut [u8]) -> Result<(), AppError> {
         })?;
     let store = LayerStore::new(flash, 0, SLOT_BYTES)?;
     let net = Interpreter::new(model, arena)?;
-    let (mut app, restored) = App::new(net, store, Absent, Absent, Sgd::default())?;
+    let (mut app, restored) = App::new(net, head, store, Absent, Absent, Sgd::default())?;
     match restored {
         Some(s) => defmt::println!("restored slot={=u32} seq={=u32}", s.slot, s.sequence),
         None => defmt::println!("restored none"),
@@ -121,6 +125,11 @@ fn finetune(arena: &mut [u8]) -> Result<(), AppError> {
             elapsed
         );
     }
-    defmt::println!("done count={=usize}", images.len() - train);
+    defmt::println!(
+        "done count={=usize} static_ram={=usize} stack={=usize}",
+        images.len() - train,
+        static_ram(),
+        stack_used()
+    );
     Ok(())
 }
