@@ -119,7 +119,7 @@ impl Architecture {
                 Block::Basic => 6,
                 Block::Bottleneck => 9,
             };
-            if depth < 2 + per_block || (depth - 2) % per_block != 0 {
+            if depth < 2 + per_block || !(depth - 2).is_multiple_of(per_block) {
                 bail!("depth {depth} is not {per_block}n+2 for {block:?} blocks");
             }
             Ok(Architecture {

@@ -1,5 +1,5 @@
-//! Image data sets: CIFAR-10 binary batches (plain or gzip-compressed) and the
-//! built-in synthetic set.
+//! Image data sets: CIFAR-10 binary batches (plain or gzip-compressed), image folders
+//! (`DIR/{train,test}/<class>/*.png|jpg`) and the built-in synthetic set.
 
 use std::fs::File;
 use std::io::Read;
@@ -80,7 +80,8 @@ impl Dataset {
         self.pixels.truncate(n * self.image_len());
     }
 
-    /// The data named on the command line: `synthetic`, or a CIFAR-10 batch file or
+    /// The data named on the command line: `synthetic`, an image folder (a directory
+    /// with `train/` and `test/` of class subdirectories), or a CIFAR-10 batch file or
     /// directory.
     pub fn load(spec: &Path, split: Split) -> Result<Self> {
         if spec == Path::new("synthetic") {
@@ -90,7 +91,85 @@ impl Dataset {
             };
             return Ok(synthetic(count, seed));
         }
+        if spec.join("train").is_dir() || spec.join("test").is_dir() {
+            return Self::load_folder(spec, split);
+        }
         Self::load_cifar(spec, split)
+    }
+
+    /// Reads `dir/train` or `dir/test`: one subdirectory per class (sorted by name:
+    /// label 0 is the first), PNG or JPEG images in each, all of one size, as RGB.
+    pub fn load_folder(dir: &Path, split: Split) -> Result<Self> {
+        let root = dir.join(match split {
+            Split::Train => "train",
+            Split::Test => "test",
+        });
+        let mut classes: Vec<PathBuf> = std::fs::read_dir(&root)
+            .with_context(|| format!("cannot read {}", root.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        classes.sort();
+        if classes.is_empty() || classes.len() > 256 {
+            bail!(
+                "{}: expected 1 to 256 class subdirectories, found {}",
+                root.display(),
+                classes.len()
+            );
+        }
+        let mut data = Dataset {
+            height: 0,
+            width: 0,
+            channels: 3,
+            pixels: Vec::new(),
+            labels: Vec::new(),
+            class_names: classes
+                .iter()
+                .map(|c| {
+                    c.file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+                })
+                .collect(),
+        };
+        for (label, class) in classes.iter().enumerate() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(class)
+                .with_context(|| format!("cannot read {}", class.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                        matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
+                    })
+                })
+                .collect();
+            files.sort();
+            for file in files {
+                let image = image::open(&file)
+                    .with_context(|| {
+                        format!("{}: not a readable PNG or JPEG image", file.display())
+                    })?
+                    .to_rgb8();
+                let (w, h) = (image.width() as usize, image.height() as usize);
+                if data.labels.is_empty() {
+                    (data.height, data.width) = (h, w);
+                } else if (h, w) != (data.height, data.width) {
+                    bail!(
+                        "{}: {w}x{h} pixels, but the data set's images are {}x{} (all must be one size)",
+                        file.display(),
+                        data.width,
+                        data.height
+                    );
+                }
+                data.pixels.extend_from_slice(image.as_raw());
+                data.labels.push(label as u8);
+            }
+        }
+        if data.is_empty() {
+            bail!(
+                "{}: no .png or .jpg images in the class subdirectories",
+                root.display()
+            );
+        }
+        Ok(data)
     }
 
     /// Reads a CIFAR-10 binary batch file (`.bin` or `.bin.gz`), or from a directory
@@ -271,6 +350,41 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_image_folders_with_sorted_class_names() {
+        let dir = std::env::temp_dir().join(format!("tinyres-folder-{}", std::process::id()));
+        for (class, value) in [("cat", 10u8), ("ant", 200u8)] {
+            let class_dir = dir.join("test").join(class);
+            std::fs::create_dir_all(&class_dir).unwrap();
+            for i in 0..2u8 {
+                let img =
+                    image::RgbImage::from_fn(4, 3, |x, _| image::Rgb([value, value + i, x as u8]));
+                img.save(class_dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+        let data = Dataset::load(&dir, Split::Test).unwrap();
+        assert_eq!(data.class_names, ["ant", "cat"]);
+        assert_eq!(
+            (data.height, data.width, data.channels, data.len()),
+            (3, 4, 3, 4)
+        );
+        assert_eq!(data.labels, [0, 0, 1, 1]);
+        assert_eq!(&data.image(1)[..6], &[200, 201, 0, 200, 201, 1]);
+
+        let odd = dir.join("test").join("cat").join("odd.png");
+        image::RgbImage::new(5, 5).save(&odd).unwrap();
+        let err = Dataset::load(&dir, Split::Test).unwrap_err().to_string();
+        assert!(
+            err.contains("odd.png: 5x5 pixels") && err.contains("4x3"),
+            "{err}"
+        );
+        std::fs::write(&odd, b"not an image").unwrap();
+        let err = Dataset::load(&dir, Split::Test).unwrap_err().to_string();
+        assert!(err.contains("odd.png: not a readable PNG or JPEG"), "{err}");
+        let err = Dataset::load(&dir, Split::Train).unwrap_err().to_string();
+        assert!(err.contains("cannot read"), "{err}");
+    }
 
     #[test]
     fn synthetic_set_is_deterministic_and_balanced() {

@@ -60,7 +60,8 @@ enum Command {
     Eval {
         /// The model blob (.trm).
         model: PathBuf,
-        /// `synthetic`, or a CIFAR-10 batch (.bin/.bin.gz) or directory (test_batch).
+        /// `synthetic`, an image folder (DIR/test/<class>/*.png|jpg), or a CIFAR-10 batch
+        /// (.bin/.bin.gz) or directory (test_batch).
         #[arg(long)]
         data: PathBuf,
         /// Evaluate at most this many images.
@@ -111,7 +112,8 @@ struct RunArgs {
     /// The model blob (.trm).
     #[arg(long)]
     model: PathBuf,
-    /// Images: `synthetic`, or a CIFAR-10 batch (.bin/.bin.gz) or directory (test_batch).
+    /// Images: `synthetic`, an image folder (DIR/test/<class>/*.png|jpg), or a CIFAR-10
+    /// batch (.bin/.bin.gz) or directory (test_batch).
     #[arg(long)]
     data: PathBuf,
     /// Classify at most this many images.
