@@ -324,11 +324,7 @@ impl<'a> Device<'a> {
         let lines = self.boot(&image_region(data, train, test), flash_dir)?;
         let numbers = |line: &str, keys: &[&str]| -> Option<Vec<u32>> {
             keys.iter()
-                .map(|k| {
-                    line.split_whitespace()
-                        .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
-                        .and_then(|v| v.parse().ok())
-                })
+                .map(|k| log_field(line, k).and_then(|v| v.parse().ok()))
                 .collect()
         };
         let restored = lines
@@ -425,8 +421,7 @@ fn ram_use(lines: &[String]) -> Result<RamUse> {
         .find(|l| l.starts_with("done "))
         .context("the firmware log has no `done` line")?;
     let field = |name: &str| -> Result<usize> {
-        done.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+        log_field(done, name)
             .and_then(|v| v.parse().ok())
             .with_context(|| format!("no {name} in firmware line: {done}"))
     };
@@ -579,6 +574,12 @@ fn level_prefix(frame: &defmt_decoder::Frame<'_>) -> &'static str {
     }
 }
 
+/// The value of `name=value` in a firmware log line.
+fn log_field<'l>(line: &'l str, name: &str) -> Option<&'l str> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+}
+
 /// Parses `image=I label=L class=C ticks=T` (or `instructions=N`); `offset` is the
 /// batch's first index.
 fn parse_prediction(board: &Board, line: &str, offset: usize) -> Result<Option<DevicePrediction>> {
@@ -586,12 +587,10 @@ fn parse_prediction(board: &Board, line: &str, offset: usize) -> Result<Option<D
         return Ok(None);
     }
     let field = |name: &str| -> Option<Result<u64>> {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
-            .map(|v| {
-                v.parse()
-                    .with_context(|| format!("bad {name} in firmware line: {line}"))
-            })
+        log_field(line, name).map(|v| {
+            v.parse()
+                .with_context(|| format!("bad {name} in firmware line: {line}"))
+        })
     };
     let required = |name: &str| {
         field(name).with_context(|| format!("firmware line without {name}: {line}"))?
