@@ -7,11 +7,12 @@ use std::fmt;
 use std::str::FromStr;
 
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 use tinyres_core::writer::{ConvSpec, DenseSpec, InputSpec, LayerSpec, Network, ResidualSpec};
 use tinyres_core::InputRange;
 
 /// How a block's input reaches its output (He et al. 2016, section 4.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Shortcut {
     /// Identity; where the shape changes, stride-2 subsampling and zero-padded
     /// channels (no parameters). The paper's choice on CIFAR-10.
@@ -38,7 +39,7 @@ impl FromStr for Shortcut {
 }
 
 /// The residual block type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Block {
     /// Two 3×3 convolutions.
     Basic,
@@ -58,7 +59,7 @@ impl FromStr for Block {
 }
 
 /// Where a same-size 3×3 convolution puts its padding when the stride is 2.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Padding {
     /// `k/2` on every side (PyTorch).
     Symmetric,
@@ -68,7 +69,7 @@ pub enum Padding {
 }
 
 /// A network of the family.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Architecture {
     /// Name as given on the command line.
     pub name: String,
@@ -177,14 +178,10 @@ impl Architecture {
             rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             layers: Vec::new(),
             shapes: vec![(h, w, c)],
-            padding: self.padding,
         };
-        let mut x = b.conv(0, self.stem_width, 3, 1, true, None);
-        for (stage, &width) in self.stage_widths.iter().enumerate() {
-            for block in 0..self.blocks_per_stage {
-                let stride = if stage > 0 && block == 0 { 2 } else { 1 };
-                x = self.block(&mut b, x, width, stride);
-            }
+        let mut x = b.conv(self, 0, self.stem_width, 3, 1, true, None);
+        for plan in self.blocks() {
+            x = self.block(&mut b, x, &plan);
         }
         let pooled = b.layer(LayerSpec::GlobalAvgPool { input: x }, |(_, _, c)| (1, 1, c));
         let features = b.shapes[pooled].2;
@@ -218,66 +215,142 @@ impl Architecture {
         })
     }
 
-    fn block(&self, b: &mut NetBuilder, x: usize, width: usize, stride: usize) -> usize {
-        let (_, _, in_c) = b.shapes[x];
-        let out_c = match self.block {
-            Block::Basic => width,
-            Block::Bottleneck => 4 * width,
+    /// Every residual block in order, with its shapes and how its shortcut is formed:
+    /// the one description that the engine network ([`Self::network`]) and the trainer's
+    /// burn model both follow.
+    pub fn blocks(&self) -> Vec<BlockPlan> {
+        let mut plans = Vec::new();
+        let mut in_channels = self.stem_width;
+        for (stage, &width) in self.stage_widths.iter().enumerate() {
+            for block in 0..self.blocks_per_stage {
+                let stride = if stage > 0 && block == 0 { 2 } else { 1 };
+                let out_channels = match self.block {
+                    Block::Basic => width,
+                    Block::Bottleneck => 4 * width,
+                };
+                let reshapes = stride != 1 || in_channels != out_channels;
+                let shortcut = match (self.shortcut, reshapes) {
+                    (Shortcut::None, _) => ShortcutPlan::None,
+                    (Shortcut::A, true) => ShortcutPlan::ZeroPad {
+                        stride,
+                        channel_offset: (out_channels - in_channels.min(out_channels)) / 2,
+                    },
+                    (Shortcut::A | Shortcut::B, false) => ShortcutPlan::Identity,
+                    (Shortcut::B, true) | (Shortcut::C, _) => ShortcutPlan::Projection,
+                };
+                plans.push(BlockPlan {
+                    in_channels,
+                    width,
+                    out_channels,
+                    stride,
+                    shortcut,
+                });
+                in_channels = out_channels;
+            }
+        }
+        plans
+    }
+
+    /// Padding `[top, left, bottom, right]` of a `k`×`k` convolution with this stride
+    /// over an `h`×`w` input, by the architecture's convention.
+    pub fn conv_padding(&self, (h, w): (usize, usize), k: usize, stride: usize) -> [usize; 4] {
+        match self.padding {
+            Padding::Symmetric => [k / 2; 4],
+            Padding::TfSame => {
+                let total = |n: usize| ((n.div_ceil(stride) - 1) * stride + k).saturating_sub(n);
+                let (th, tw) = (total(h), total(w));
+                [th / 2, tw / 2, th - th / 2, tw - tw / 2]
+            }
+        }
+    }
+
+    fn block(&self, b: &mut NetBuilder, x: usize, plan: &BlockPlan) -> usize {
+        let &BlockPlan {
+            width,
+            out_channels: out_c,
+            stride,
+            shortcut,
+            ..
+        } = plan;
+        let identity = |stride, channel_offset| ResidualSpec {
+            tensor: x,
+            stride,
+            channel_offset,
+            relu: true,
         };
-        let reshapes = stride != 1 || in_c != out_c;
-        let shortcut = match (self.shortcut, reshapes) {
-            (Shortcut::None, _) => None,
-            (Shortcut::A, true) => Some(ResidualSpec {
-                tensor: x,
-                stride,
-                channel_offset: (out_c - in_c.min(out_c)) / 2,
-                relu: true,
-            }),
-            (Shortcut::A | Shortcut::B, false) => Some(ResidualSpec {
-                tensor: x,
-                stride: 1,
-                channel_offset: 0,
-                relu: true,
-            }),
-            // A projection, added below.
-            (Shortcut::B, true) | (Shortcut::C, _) => None,
-        };
-        let projects =
-            matches!(self.shortcut, Shortcut::C) || (self.shortcut == Shortcut::B && reshapes);
-        let plain = self.shortcut == Shortcut::None;
         // The residual branch, and the projection computed just before the last
         // convolution so that the plan keeps as few buffers live as possible.
         let inner = match self.block {
-            Block::Basic => b.conv(x, width, 3, stride, true, None),
+            Block::Basic => b.conv(self, x, width, 3, stride, true, None),
             Block::Bottleneck => {
-                let reduced = b.conv(x, width, 1, 1, true, None);
-                b.conv(reduced, width, 3, stride, true, None)
+                let reduced = b.conv(self, x, width, 1, 1, true, None);
+                b.conv(self, reduced, width, 3, stride, true, None)
             }
         };
-        let residual = if projects {
-            let projection = b.conv(x, out_c, 1, stride, false, None);
-            Some(ResidualSpec {
-                tensor: projection,
-                stride: 1,
-                channel_offset: 0,
-                relu: true,
-            })
-        } else {
-            shortcut
+        let residual = match shortcut {
+            ShortcutPlan::None => None,
+            ShortcutPlan::Identity => Some(identity(1, 0)),
+            ShortcutPlan::ZeroPad {
+                stride,
+                channel_offset,
+            } => Some(identity(stride, channel_offset)),
+            ShortcutPlan::Projection => {
+                let projection = b.conv(self, x, out_c, 1, stride, false, None);
+                Some(ResidualSpec {
+                    tensor: projection,
+                    stride: 1,
+                    channel_offset: 0,
+                    relu: true,
+                })
+            }
         };
         let k = match self.block {
             Block::Basic => 3,
             Block::Bottleneck => 1,
         };
-        b.conv(inner, out_c, k, 1, plain, residual)
+        let plain = shortcut == ShortcutPlan::None;
+        b.conv(self, inner, out_c, k, 1, plain, residual)
     }
+}
+
+/// One residual block of an [`Architecture`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockPlan {
+    /// Channels in.
+    pub in_channels: usize,
+    /// Filters of the 3×3 convolutions (the inner width of a bottleneck).
+    pub width: usize,
+    /// Channels out.
+    pub out_channels: usize,
+    /// Stride of the block's first 3×3 convolution and of its shortcut.
+    pub stride: usize,
+    /// How the input reaches the output.
+    pub shortcut: ShortcutPlan,
+}
+
+/// The shortcut of one block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShortcutPlan {
+    /// None: a plain network.
+    None,
+    /// The input as it is.
+    Identity,
+    /// Option A where the shape changes: every `stride`-th pixel, the channels placed
+    /// from `channel_offset` with zeros around them.
+    ZeroPad {
+        /// Subsampling step.
+        stride: usize,
+        /// Zero channels before the input's channels.
+        channel_offset: usize,
+    },
+    /// A 1×1 convolution with batch norm (options B and C).
+    Projection,
 }
 
 struct NetBuilder {
     rng: u64,
     layers: Vec<LayerSpec>,
     shapes: Vec<(usize, usize, usize)>,
-    padding: Padding,
 }
 
 impl NetBuilder {
@@ -306,8 +379,10 @@ impl NetBuilder {
         self.shapes.len() - 1
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn conv(
         &mut self,
+        arch: &Architecture,
         input: usize,
         out_c: usize,
         k: usize,
@@ -316,14 +391,7 @@ impl NetBuilder {
         residual: Option<ResidualSpec>,
     ) -> usize {
         let (h, w, in_c) = self.shapes[input];
-        let padding = match self.padding {
-            Padding::Symmetric => [k / 2; 4],
-            Padding::TfSame => {
-                let total = |n: usize| ((n.div_ceil(stride) - 1) * stride + k).saturating_sub(n);
-                let (th, tw) = (total(h), total(w));
-                [th / 2, tw / 2, th - th / 2, tw - tw / 2]
-            }
-        };
+        let padding = arch.conv_padding((h, w), k, stride);
         let bound = (6.0 / (in_c * k * k) as f64).sqrt();
         let weights = (0..out_c * k * k * in_c)
             .map(|_| self.uniform(bound))

@@ -13,6 +13,8 @@ use tinyres_host::arch::{Architecture, Block, Shortcut, NAMES};
 use tinyres_host::data::{Dataset, Split};
 use tinyres_host::qemu::{self, Board};
 use tinyres_host::report::{self, describe};
+use tinyres_host::train::{self, Schedule, TrainConfig};
+use tinyres_host::write_atomically;
 
 /// tinyres: residual networks trained on the workstation, run and fine-tuned on
 /// microcontrollers.
@@ -28,21 +30,11 @@ enum Command {
     /// Show the layers, MACs, parameters, blob size and memory plan of an
     /// architecture, as the engine would run it (weights are untrained).
     Plan {
-        /// Architecture name: resnet8, resnet{20,32,44,56,110}, plain{..}, resnetN-bottleneck.
-        #[arg(long, default_value = "resnet8")]
-        arch: String,
+        #[command(flatten)]
+        arch: ArchArgs,
         /// Numeric type of the blob.
         #[arg(long, value_enum, default_value_t = Dtype::Int8)]
         dtype: Dtype,
-        /// Shortcut option (A, B, C or none); default: the architecture's own.
-        #[arg(long)]
-        shortcut: Option<Shortcut>,
-        /// Block type (basic or bottleneck); default: the architecture's own.
-        #[arg(long)]
-        block: Option<Block>,
-        /// Number of classes; default: the architecture's own (10).
-        #[arg(long)]
-        classes: Option<usize>,
         /// Also write the blob, with untrained (He-initialised) weights: for sizing,
         /// testing firmware and seeding the fuzzer, not for predictions.
         #[arg(short, long, value_name = "FILE.trm")]
@@ -50,6 +42,35 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Train a network of the family with the paper's recipe (SGD, momentum 0.9,
+    /// weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 50 % and 75 %, crop and
+    /// flip augmentation), with per-epoch metrics, curves and checkpoints.
+    Train(TrainArgs),
+    /// Write a trained run as ONNX, then check the file through tract against burn on
+    /// real images; the file is kept only if they agree.
+    Export {
+        /// The run directory (`tinyres train --out`).
+        run_dir: PathBuf,
+        /// The ONNX file to write.
+        #[arg(short, long, value_name = "FILE.onnx", default_value = "model.onnx")]
+        output: PathBuf,
+        /// Test images run through both burn and tract.
+        #[arg(long, default_value_t = 64)]
+        check: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw training curves (error against epochs, training dashed, test bold) of one
+    /// or more runs into one PNG, like Figure 6 of the paper.
+    Plot {
+        /// Run directories (or their metrics.csv files).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// The PNG to write.
+        #[arg(short, long, default_value = "curves.png")]
+        output: PathBuf,
     },
     /// Boot the firmware in QEMU, classify images on the emulated device, count the
     /// instructions of each inference, and check every prediction against the engine
@@ -101,6 +122,113 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which network: a named architecture, optionally changed by flags, or a file.
+#[derive(clap::Args)]
+struct ArchArgs {
+    /// Architecture name: resnet8, resnet{20,32,44,56,110}, plain{..}, resnetN-bottleneck.
+    #[arg(long, default_value = "resnet8")]
+    arch: String,
+    /// A JSON architecture file (the `arch` object of a run's config.json) instead
+    /// of a name.
+    #[arg(long, value_name = "FILE.json", conflicts_with = "arch")]
+    arch_file: Option<PathBuf>,
+    /// Shortcut option (A, B, C or none); default: the architecture's own.
+    #[arg(long)]
+    shortcut: Option<Shortcut>,
+    /// Block type (basic or bottleneck); default: the architecture's own.
+    #[arg(long)]
+    block: Option<Block>,
+    /// Number of classes; default: the architecture's own (10).
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Filters per stage, comma-separated (e.g. 16,32,64); the stem takes the first.
+    #[arg(long, value_delimiter = ',')]
+    widths: Vec<usize>,
+    /// Blocks per stage (depth = 6n+2 for basic blocks).
+    #[arg(long)]
+    blocks_per_stage: Option<usize>,
+}
+
+impl ArchArgs {
+    fn resolve(&self) -> Result<Architecture> {
+        let mut arch = match &self.arch_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("{}: cannot read", path.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not an architecture file", path.display()))?
+            }
+            None => Architecture::by_name(&self.arch)
+                .with_context(|| format!("known architectures: {NAMES}"))?,
+        };
+        arch.shortcut = self.shortcut.unwrap_or(arch.shortcut);
+        arch.block = self.block.unwrap_or(arch.block);
+        arch.classes = self.classes.unwrap_or(arch.classes);
+        if !self.widths.is_empty() {
+            arch.stem_width = self.widths[0];
+            arch.stage_widths = self.widths.clone();
+        }
+        arch.blocks_per_stage = self.blocks_per_stage.unwrap_or(arch.blocks_per_stage);
+        if arch.classes == 0 {
+            bail!("--classes must be at least 1");
+        }
+        if arch.stage_widths.is_empty() || arch.stage_widths.contains(&0) || arch.blocks_per_stage == 0 {
+            bail!("--widths and --blocks-per-stage must be positive");
+        }
+        Ok(arch)
+    }
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    arch: ArchArgs,
+    /// Training data: `synthetic` (built in), a CIFAR-10 directory (data_batch_*.bin,
+    /// test_batch.bin, plain or .gz), or an image folder (DIR/{train,test}/<class>/).
+    #[arg(long, default_value = "synthetic")]
+    data: PathBuf,
+    /// Test data, if not the test split of --data (e.g. a single CIFAR-10 batch file).
+    #[arg(long)]
+    test_data: Option<PathBuf>,
+    /// Train on the first N training images only.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// The run directory: config, checkpoints, metrics.csv, curves.png, model.safetensors.
+    #[arg(short, long, default_value = "runs/latest")]
+    out: PathBuf,
+    /// Continue the run in this directory where it stopped (its own settings apply).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "out")]
+    resume: Option<PathBuf>,
+    /// Epochs.
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Base learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    lr: f64,
+    /// Learning-rate schedule: step (the paper's ÷10 at 50 % and 75 %), cosine, onecycle.
+    #[arg(long, value_enum, default_value_t = Schedule::Step)]
+    schedule: Schedule,
+    /// Start at lr 0.01 until the training error is below 80 % (default: on for 110+
+    /// layers, as the paper does for ResNet-110).
+    #[arg(long)]
+    warmup: Option<bool>,
+    /// Turn off crop-and-flip augmentation.
+    #[arg(long)]
+    no_augment: bool,
+    /// Seed of initialisation, shuffling and augmentation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print a JSON summary at the end.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar or per-epoch lines.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(clap::Args)]
@@ -158,19 +286,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`, so
-/// an interrupted write never leaves a truncated file under the final name.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let file_name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    Ok(())
 }
 
 /// Reads and validates a blob file.
@@ -463,25 +578,69 @@ fn run_on_device(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+fn train_command(args: &TrainArgs) -> Result<()> {
+    let (config, run_dir) = match &args.resume {
+        Some(run_dir) => (None, run_dir.clone()),
+        None => {
+            let arch = args.arch.resolve()?;
+            let train_data = Dataset::load(&args.data, Split::Train)?;
+            let (mean, std) = train::channel_statistics(&train_data);
+            if args.epochs == 0 || args.batch == 0 {
+                bail!("--epochs and --batch must be at least 1");
+            }
+            let warmup = args.warmup.unwrap_or(arch.depth() >= 110);
+            let config = TrainConfig {
+                data: args.data.clone(),
+                test_data: args.test_data.clone(),
+                train_limit: args.limit,
+                epochs: args.epochs,
+                batch: args.batch,
+                lr: args.lr,
+                momentum: 0.9,
+                weight_decay: 1e-4,
+                schedule: args.schedule,
+                warmup,
+                augment: !args.no_augment,
+                seed: args.seed,
+                mean,
+                std,
+                class_names: train_data.class_names.clone(),
+                arch,
+            };
+            (Some(config), args.out.clone())
+        }
+    };
+    let options = train::RunOptions {
+        run_dir,
+        resume: args.resume.is_some(),
+        progress: !args.quiet && !args.json,
+    };
+    let summary = train::train(config, &options)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "{}: {} epochs, {} parameters, test accuracy {:.2} %, {:.0} images/s; run in {}",
+            summary.arch,
+            summary.epochs,
+            summary.parameters,
+            100.0 * summary.test_accuracy,
+            summary.images_per_second,
+            summary.run_dir.display()
+        );
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Plan {
             arch,
             dtype,
-            shortcut,
-            block,
-            classes,
             output,
             json,
         } => {
-            let mut arch = Architecture::by_name(&arch)
-                .with_context(|| format!("known architectures: {NAMES}"))?;
-            arch.shortcut = shortcut.unwrap_or(arch.shortcut);
-            arch.block = block.unwrap_or(arch.block);
-            arch.classes = classes.unwrap_or(arch.classes);
-            if arch.classes == 0 {
-                bail!("--classes must be at least 1");
-            }
+            let arch = arch.resolve()?;
             let network = arch.network(0)?;
             // The plan and sizes do not depend on the values: unit ranges stand in for
             // calibration.
@@ -514,6 +673,49 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{arch}\n");
                 print!("{}", report.to_table());
             }
+        }
+        Command::Train(args) => train_command(&args)?,
+        Command::Export {
+            run_dir,
+            output,
+            check,
+            json,
+        } => {
+            let report = tinyres_host::export::export(&run_dir, &output, check)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "wrote {} ({} bytes, opset {}); tract agrees with burn on {} images: max |diff| {:.2e} over a logit range of {:.2} ({:.1e} relative, budget {:.0e}), top-1 identical on {}/{}",
+                    report.onnx.display(),
+                    report.bytes,
+                    report.opset,
+                    report.images_checked,
+                    report.max_abs_diff,
+                    report.logit_range,
+                    report.relative_diff,
+                    tinyres_host::export::PARITY_BUDGET,
+                    report.top1_agreement,
+                    report.images_checked
+                );
+            }
+        }
+        Command::Plot { runs, output } => {
+            let mut loaded = Vec::new();
+            for run in &runs {
+                let csv = if run.is_dir() { run.join("metrics.csv") } else { run.clone() };
+                let name = match TrainConfig::load(csv.parent().unwrap_or(Path::new("."))) {
+                    Ok(config) => config.arch.name,
+                    Err(_) => run.display().to_string(),
+                };
+                loaded.push((name, train::read_metrics_csv(&csv)?));
+            }
+            let runs: Vec<(&str, &[train::EpochMetrics])> = loaded
+                .iter()
+                .map(|(name, metrics)| (name.as_str(), metrics.as_slice()))
+                .collect();
+            write_atomically(&output, &tinyres_host::plot::training_curves(&runs)?)?;
+            println!("wrote {}", output.display());
         }
         Command::Run(args) => run_on_device(&args)?,
         Command::Flash {
