@@ -1,4 +1,5 @@
-//! Evaluating a model blob on the host with the engine, exactly as the device runs it.
+//! Evaluating a model on the host: a blob with the engine, exactly as the device runs
+//! it, or an ONNX file with tract.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -7,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tinyres_core::{Interpreter, Model};
 
+use crate::compile::{read_onnx, PreprocessingFlags};
 use crate::data::Dataset;
 
 /// Predictions and their tally.
@@ -77,29 +79,62 @@ pub fn evaluate(blob: &[u8], data: &Dataset) -> Result<Evaluation> {
         }
         Ok(())
     })?;
-    let labels: Vec<usize> = data.labels.iter().map(|&l| usize::from(l)).collect();
-    let mut confusion = vec![vec![0u32; classes]; classes];
-    for (&l, &p) in labels.iter().zip(&predictions) {
-        confusion[l][p] += 1;
-    }
-    let class_names = (0..classes)
-        .map(|i| {
-            model
-                .class_name(i)
-                .map(str::to_string)
-                .or_else(|| data.class_names.get(i).cloned())
-                .unwrap_or_else(|| i.to_string())
-        })
+    let names: Vec<String> = (0..classes)
+        .map_while(|i| model.class_name(i).map(str::to_string))
         .collect();
-    Ok(Evaluation {
-        predictions,
-        labels,
-        confusion,
-        class_names,
-    })
+    Ok(Evaluation::new(predictions, data, classes, &names))
+}
+
+/// Runs every image of `data` through an ONNX model with tract, preprocessed as the
+/// file's metadata (or `flags`) says.
+pub fn evaluate_onnx(path: &Path, data: &Dataset, flags: &PreprocessingFlags) -> Result<Evaluation> {
+    let file = read_onnx(path, flags)?;
+    let outputs = file.run(data)?;
+    let classes = outputs.first().map_or(0, Vec::len);
+    if let Some(&bad) = data.labels.iter().find(|&&l| usize::from(l) >= classes) {
+        bail!("the data has label {bad}, the model only {classes} classes");
+    }
+    let predictions = outputs.iter().map(|row| argmax(row)).collect();
+    Ok(Evaluation::new(predictions, data, classes, &file.class_names))
+}
+
+/// Index of the largest value (the first on ties, as the engine's argmax).
+pub fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best
 }
 
 impl Evaluation {
+    /// Tallies `predictions` against `data`'s labels; names come from the model,
+    /// else from the data, else are the class numbers.
+    pub fn new(predictions: Vec<usize>, data: &Dataset, classes: usize, model_names: &[String]) -> Self {
+        let labels: Vec<usize> = data.labels.iter().map(|&l| usize::from(l)).collect();
+        let mut confusion = vec![vec![0u32; classes]; classes];
+        for (&l, &p) in labels.iter().zip(&predictions) {
+            confusion[l][p] += 1;
+        }
+        let class_names = (0..classes)
+            .map(|i| {
+                model_names
+                    .get(i)
+                    .or_else(|| data.class_names.get(i))
+                    .cloned()
+                    .unwrap_or_else(|| i.to_string())
+            })
+            .collect();
+        Evaluation {
+            predictions,
+            labels,
+            confusion,
+            class_names,
+        }
+    }
+
     /// Top-1 accuracy.
     pub fn accuracy(&self) -> f64 {
         let correct = self

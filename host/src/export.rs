@@ -71,7 +71,7 @@ pub fn export(run_dir: &Path, output: &Path, check: usize) -> Result<ExportRepor
             low = low.min(*a);
             high = high.max(*a);
         }
-        top1_agreement += usize::from(train::argmax(e) == train::argmax(g));
+        top1_agreement += usize::from(crate::eval::argmax(e) == crate::eval::argmax(g));
     }
     let logit_range = (high - low).max(f32::MIN_POSITIVE);
     let relative_diff = max_abs_diff / logit_range;
@@ -144,6 +144,7 @@ fn onnx_bytes(model: &ResNet, config: &TrainConfig) -> Result<Vec<u8>> {
         ("tinyres.arch", config.arch.name.clone()),
         ("tinyres.layout", "NCHW".to_string()),
         ("tinyres.input_range", "0..1".to_string()),
+        ("tinyres.data", config.data.display().to_string()),
         ("tinyres.mean", serde_json::to_string(&config.mean)?),
         ("tinyres.std", serde_json::to_string(&config.std)?),
         (

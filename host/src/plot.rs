@@ -102,6 +102,44 @@ pub fn training_curves(runs: &[(&str, &[EpochMetrics])]) -> Result<Vec<u8>> {
     canvas.png()
 }
 
+/// The confusion matrix as a heat map: rows are labels, columns predictions, each
+/// cell shaded by its share of the row and labelled with its count.
+pub fn confusion_matrix(confusion: &[Vec<u32>], class_names: &[String], title: &str) -> Result<Vec<u8>> {
+    let n = confusion.len().max(1) as i32;
+    let cell = (400 / n).clamp(24, 48);
+    let (left, top) = (110, 60);
+    let width = (left + n * cell + 20) as u32;
+    let height = (top + n * cell + 40) as u32;
+    let mut canvas = Canvas {
+        image: RgbImage::from_pixel(width, height, WHITE),
+    };
+    canvas.text(8, 10, title, BLACK);
+    canvas.text(left, top - 30, "predicted ->", BLACK);
+    for (row, counts) in confusion.iter().enumerate() {
+        let total: u32 = counts.iter().sum::<u32>().max(1);
+        let name: String = class_names.get(row).map_or(row.to_string(), |n| n.chars().take(12).collect());
+        let y = top + row as i32 * cell;
+        canvas.text_right(left - 6, y + cell / 2 - 4, &name, BLACK);
+        canvas.text_centered(left + row as i32 * cell + cell / 2, top - 14, &row.to_string(), BLACK);
+        for (col, &count) in counts.iter().enumerate() {
+            let share = f64::from(count) / f64::from(total);
+            let shade = (255.0 * (1.0 - share)) as u8;
+            let colour = if row == col { Rgb([shade, 255, shade]) } else { Rgb([255, shade, shade]) };
+            let x = left + col as i32 * cell;
+            for dy in 1..cell {
+                for dx in 1..cell {
+                    canvas.dot(x + dx, y + dy, colour, 1);
+                }
+            }
+            if count > 0 {
+                let ink = if share > 0.6 { WHITE } else { BLACK };
+                canvas.text_centered(x + cell / 2, y + cell / 2 - 4, &count.to_string(), ink);
+            }
+        }
+    }
+    canvas.png()
+}
+
 /// A tick step giving at most about ten ticks.
 fn nice_step(max: usize) -> usize {
     [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500]
@@ -139,10 +177,11 @@ impl Canvas {
 
     fn dot(&mut self, x: i32, y: i32, colour: Rgb<u8>, thickness: i32) {
         let r = thickness / 2;
+        let (width, height) = (self.image.width() as i32, self.image.height() as i32);
         for dy in -r..=(thickness - 1 - r) {
             for dx in -r..=(thickness - 1 - r) {
                 let (px, py) = (x + dx, y + dy);
-                if (0..WIDTH as i32).contains(&px) && (0..HEIGHT as i32).contains(&py) {
+                if (0..width).contains(&px) && (0..height).contains(&py) {
                     self.image.put_pixel(px as u32, py as u32, colour);
                 }
             }

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::arch::Architecture;
 use crate::data::{Dataset, Split};
+use crate::eval::argmax;
 use crate::net::ResNet;
 use crate::{plot, temp_path, write_atomically};
 
@@ -571,17 +572,6 @@ fn test_error(model: &ResNet, data: &Dataset, config: &TrainConfig) -> Result<f6
         .filter(|(l, &label)| argmax(l) != usize::from(label))
         .count();
     Ok(wrong as f64 / data.len() as f64)
-}
-
-/// Index of the largest value (the first on ties).
-pub fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 fn progress_bar(show: bool, steps: usize, epoch: usize, epochs: usize) -> ProgressBar {
