@@ -295,6 +295,17 @@ impl OnnxFile {
     }
 
     fn input_tensor(&self, image: &[u8]) -> Tensor {
+        let shape = self.input_shape(1);
+        tract_ndarray::Array4::from_shape_vec(
+            (shape[0], shape[1], shape[2], shape[3]),
+            self.preprocess(image),
+        )
+        .expect("the shape holds the values")
+        .into()
+    }
+
+    /// One raw HWC `u8` image as the model's input values, in its layout.
+    pub fn preprocess(&self, image: &[u8]) -> Vec<f32> {
         let (h, w, c) = self.input;
         let p = &self.preprocessing;
         let scale = match p.range {
@@ -304,7 +315,6 @@ impl OnnxFile {
         let value = |y: usize, x: usize, ch: usize| {
             (f32::from(image[(y * w + x) * c + ch]) * scale - p.mean[ch]) / p.std[ch]
         };
-        let shape = self.input_shape(1);
         let mut values = Vec::with_capacity(h * w * c);
         match self.layout {
             Layout::Nhwc => {
@@ -326,12 +336,7 @@ impl OnnxFile {
                 }
             }
         }
-        tract_ndarray::Array4::from_shape_vec(
-            (shape[0], shape[1], shape[2], shape[3]),
-            values,
-        )
-        .expect("the shape holds the values")
-        .into()
+        values
     }
 }
 
@@ -375,6 +380,11 @@ pub fn import_onnx(path: &Path, flags: &PreprocessingFlags) -> Result<Imported> 
         let node = typed.node(node_id);
         if node.inputs.iter().any(|i| failed.contains(&i.node)) {
             failed.insert(node_id);
+            if !known_op(node) {
+                lowering
+                    .unsupported
+                    .push(format!("{} ({}): no engine equivalent", node.name, node.op.name()));
+            }
             continue;
         }
         if let Err(e) = lowering.lower(node) {
@@ -507,7 +517,6 @@ impl Lowering<'_> {
 
     fn lower(&mut self, node: &TypedNode) -> Result<()> {
         let out = OutletId::new(node.id, 0);
-        let op = &node.op;
         if node.op_is::<tract_onnx::tract_core::ops::konst::Const>() {
             return Ok(());
         }
@@ -539,7 +548,7 @@ impl Lowering<'_> {
             self.softmax_dropped = true;
             inputs[0].clone()
         } else {
-            bail!("unsupported operation {:?}", op);
+            bail!("no engine equivalent");
         };
         self.values.insert(out, value);
         Ok(())
@@ -972,6 +981,20 @@ impl Lowering<'_> {
     }
 }
 
+/// Whether the lowering knows this kind of operation at all.
+fn known_op(node: &TypedNode) -> bool {
+    node.op_is::<Conv>()
+        || node.op_is::<EinSum>()
+        || node.op_is::<TypedBinOp>()
+        || node.op_is::<Downsample>()
+        || node.op_is::<Pad>()
+        || node.op_is::<SumPool>()
+        || node.op_is::<Reduce>()
+        || node.op_is::<AxisOp>()
+        || node.op_is::<Softmax>()
+        || node.op_is::<tract_onnx::tract_core::ops::konst::Const>()
+}
+
 fn kind(value: &Value) -> &'static str {
     match value {
         Value::Tensor { .. } => "a tensor",
@@ -1026,7 +1049,7 @@ pub enum Calibration {
 }
 
 /// The percentile kept by [`Calibration::Percentile`] (and `100 -` it at the low end).
-pub const PERCENTILE: f64 = 99.99;
+pub const PERCENTILE: f64 = 99.999;
 
 /// Histogram bins per tensor for [`Calibration::Percentile`].
 const BINS: usize = 4096;

@@ -85,6 +85,21 @@ pub fn evaluate(blob: &[u8], data: &Dataset) -> Result<Evaluation> {
     Ok(Evaluation::new(predictions, data, classes, &names))
 }
 
+/// The engine's logits for every image of `data` (for parity checks).
+pub fn logits(blob: &[u8], data: &Dataset) -> Result<Vec<Vec<f32>>> {
+    let model = Model::parse(blob)?;
+    let mut arena = vec![0u8; model.required_arena()];
+    let mut interpreter = Interpreter::new(model, &mut arena)?;
+    let mut rows = Vec::with_capacity(data.len());
+    for i in 0..data.len() {
+        interpreter.run(data.image(i))?;
+        let mut row = vec![0f32; model.num_classes()];
+        interpreter.logits(&mut row)?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
 /// Runs every image of `data` through an ONNX model with tract, preprocessed as the
 /// file's metadata (or `flags`) says.
 pub fn evaluate_onnx(path: &Path, data: &Dataset, flags: &PreprocessingFlags) -> Result<Evaluation> {

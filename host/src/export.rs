@@ -130,6 +130,30 @@ fn onnx_bytes(model: &ResNet, config: &TrainConfig) -> Result<Vec<u8>> {
             }
         }
     }
+    // ONNX's Pad takes its constant value as a scalar; burn writes a one-element
+    // vector, which tract refuses.
+    let pad_values: Vec<String> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Pad" && n.input.len() > 2)
+        .map(|n| n.input[2].clone())
+        .collect();
+    for initializer in graph.initializer.iter_mut() {
+        if pad_values.contains(&initializer.name) && initializer.dims == [1] {
+            initializer.dims.clear();
+        }
+    }
+    for node in graph.node.iter_mut() {
+        if node.op_type == "Constant" && node.output.iter().any(|o| pad_values.contains(o)) {
+            for attribute in node.attribute.iter_mut() {
+                if let Some(t) = attribute.t.as_mut() {
+                    if t.dims == [1] {
+                        t.dims.clear();
+                    }
+                }
+            }
+        }
+    }
     graph.input[0].name = INPUT_NAME.into();
     graph.output[0].name = OUTPUT_NAME.into();
     graph.name = config.arch.name.clone();
