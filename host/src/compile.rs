@@ -922,6 +922,23 @@ impl Lowering<'_> {
         let roles = roles.to_vec();
         let (h, w, _) = self.shapes[id];
         let spec = &pool.pool_spec;
+        let no_padding = match &spec.padding {
+            PaddingSpec::Valid => true,
+            PaddingSpec::Explicit(b, a) => b.iter().chain(a).all(|&p| p == 0),
+            _ => false,
+        };
+        // A 1×1 pool with a stride is a subsampling (how our export spells option A).
+        if spec.kernel_shape.as_slice() == [1, 1] && no_padding {
+            let strides = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
+            return Ok(Value::View {
+                id,
+                roles,
+                stride_h: strides[0],
+                stride_w: strides[1],
+                channels_before: 0,
+                channels_after: 0,
+            });
+        }
         ensure!(
             spec.kernel_shape.as_slice() == [h, w] && matches!(spec.padding, PaddingSpec::Valid | PaddingSpec::Explicit(..)),
             "average pooling of {:?} over a {h}×{w} map (only global pooling)",

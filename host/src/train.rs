@@ -57,7 +57,7 @@ pub fn learning_rate(schedule: Schedule, base: f64, progress: f64) -> f64 {
             let (start, end) = (base / 25.0, base / 25.0e4);
             let cosine = |from: f64, to: f64, t: f64| to + (from - to) * 0.5 * (1.0 + (PI * t).cos());
             if progress < RISE {
-                cosine(base, start, progress / RISE)
+                cosine(start, base, progress / RISE)
             } else {
                 cosine(base, end, (progress - RISE) / (1.0 - RISE))
             }
