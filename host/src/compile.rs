@@ -24,7 +24,6 @@ use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 
 use crate::data::Dataset;
-use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_core::ops::array::{Pad, PadMode};
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
@@ -32,6 +31,7 @@ use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, SumPool}
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, Softmax};
 use tract_onnx::tract_core::ops::Downsample;
+use tract_onnx::tract_hir::infer::Factoid;
 
 /// Where an ONNX model's input comes from, as the device sees it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -218,8 +218,8 @@ pub fn read_onnx(path: &Path, flags: &PreprocessingFlags) -> Result<OnnxFile> {
             dims
         );
     };
-    let preprocessing = preprocessing(&metadata, flags, c)
-        .with_context(|| format!("{}", path.display()))?;
+    let preprocessing =
+        preprocessing(&metadata, flags, c).with_context(|| format!("{}", path.display()))?;
     let class_names: Vec<String> = metadata
         .get("tinyres.class_names")
         .and_then(|text| serde_json::from_str(text).ok())
@@ -278,7 +278,11 @@ impl OnnxFile {
                         for (k, row) in out.iter_mut().enumerate() {
                             let input = self.input_tensor(data.image(t * chunk + k));
                             let output = plan.run(tvec!(input.into()))?;
-                            *row = output[0].to_plain_array_view::<f32>()?.iter().copied().collect();
+                            *row = output[0]
+                                .to_plain_array_view::<f32>()?
+                                .iter()
+                                .copied()
+                                .collect();
                         }
                         Ok(())
                     })
@@ -343,7 +347,9 @@ impl OnnxFile {
 /// Reads, types and lowers an ONNX file.
 pub fn import_onnx(path: &Path, flags: &PreprocessingFlags) -> Result<Imported> {
     let file = read_onnx(path, flags)?;
-    let typed = file.typed(1).with_context(|| format!("{}", path.display()))?;
+    let typed = file
+        .typed(1)
+        .with_context(|| format!("{}", path.display()))?;
     let (h, w, c) = file.input;
     let layout = file.layout;
     let preprocessing = file.preprocessing.clone();
@@ -381,9 +387,11 @@ pub fn import_onnx(path: &Path, flags: &PreprocessingFlags) -> Result<Imported> 
         if node.inputs.iter().any(|i| failed.contains(&i.node)) {
             failed.insert(node_id);
             if !known_op(node) {
-                lowering
-                    .unsupported
-                    .push(format!("{} ({}): no engine equivalent", node.name, node.op.name()));
+                lowering.unsupported.push(format!(
+                    "{} ({}): no engine equivalent",
+                    node.name,
+                    node.op.name()
+                ));
             }
             continue;
         }
@@ -404,7 +412,10 @@ pub fn import_onnx(path: &Path, flags: &PreprocessingFlags) -> Result<Imported> 
     }
     let output = typed.output_outlets()?[0];
     let Some(Value::Tensor { id, .. }) = lowering.values.get(&output) else {
-        bail!("{}: the output is not computed by the engine's layers", path.display());
+        bail!(
+            "{}: the output is not computed by the engine's layers",
+            path.display()
+        );
     };
     ensure!(
         matches!(lowering.layers.last(), Some(LayerSpec::Dense(_)))
@@ -431,9 +442,12 @@ pub fn import_onnx(path: &Path, flags: &PreprocessingFlags) -> Result<Imported> 
         features: lowering.features,
         class_names,
     };
-    network
-        .tensor_shapes()
-        .map_err(|e| anyhow::anyhow!("{}: the lowered network is inconsistent: {e}", path.display()))?;
+    network.tensor_shapes().map_err(|e| {
+        anyhow::anyhow!(
+            "{}: the lowered network is inconsistent: {e}",
+            path.display()
+        )
+    })?;
     Ok(Imported {
         network,
         layout,
@@ -562,23 +576,36 @@ impl Lowering<'_> {
     }
 
     fn conv(&mut self, conv: &Conv, inputs: &[Value]) -> Result<Value> {
-        ensure!(conv.group == 1, "grouped convolution (group {})", conv.group);
+        ensure!(
+            conv.group == 1,
+            "grouped convolution (group {})",
+            conv.group
+        );
         ensure!(conv.q_params.is_none(), "quantized convolution");
         let spec = &conv.pool_spec;
         ensure!(
-            spec.dilations.as_ref().is_none_or(|d| d.iter().all(|&d| d == 1)),
+            spec.dilations
+                .as_ref()
+                .is_none_or(|d| d.iter().all(|&d| d == 1)),
             "dilated convolution"
         );
         ensure!(spec.kernel_shape.len() == 2, "not a 2-D convolution");
         let strides = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
-        ensure!(strides[0] == strides[1], "different strides per axis {strides:?}");
+        ensure!(
+            strides[0] == strides[1],
+            "different strides per axis {strides:?}"
+        );
         let (id, roles) = Self::tensor(&inputs[0])?;
         let expected: &[Role] = if spec.data_format.c_is_last() {
             &[Role::Batch, Role::Height, Role::Width, Role::Channels]
         } else {
             &[Role::Batch, Role::Channels, Role::Height, Role::Width]
         };
-        ensure!(roles == expected, "input axes {roles:?} do not match its data format {:?}", spec.data_format);
+        ensure!(
+            roles == expected,
+            "input axes {roles:?} do not match its data format {:?}",
+            spec.data_format
+        );
         let (h, w, c) = self.shapes[id];
         let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
         let Value::Const(kernel) = &inputs[1] else {
@@ -586,7 +613,11 @@ impl Lowering<'_> {
         };
         let kernel = floats(kernel)?;
         let oc = spec.output_channels;
-        ensure!(kernel.len() == oc * c * kh * kw, "kernel size {} for {oc}×{c}×{kh}×{kw}", kernel.len());
+        ensure!(
+            kernel.len() == oc * c * kh * kw,
+            "kernel size {} for {oc}×{c}×{kh}×{kw}",
+            kernel.len()
+        );
         // To OHWI.
         let mut weights = vec![0f32; kernel.len()];
         for o in 0..oc {
@@ -611,7 +642,8 @@ impl Lowering<'_> {
         let s = strides[0];
         let padding = match &spec.padding {
             PaddingSpec::Valid => [0; 4],
-            PaddingSpec::Explicit(before, after) | PaddingSpec::ExplicitOnnxPool(before, after, false) => {
+            PaddingSpec::Explicit(before, after)
+            | PaddingSpec::ExplicitOnnxPool(before, after, false) => {
                 [before[0], before[1], after[0], after[1]]
             }
             PaddingSpec::SameUpper | PaddingSpec::SameLower => {
@@ -665,7 +697,11 @@ impl Lowering<'_> {
         };
         let data_letters = &operands[data_index];
         let weight_letters = &operands[1 - data_index];
-        ensure!(weight_letters.len() == 2, "einsum {formula}: weights of rank {}", weight_letters.len());
+        ensure!(
+            weight_letters.len() == 2,
+            "einsum {formula}: weights of rank {}",
+            weight_letters.len()
+        );
         let out_letter = *weight_letters
             .iter()
             .find(|l| !data_letters.contains(l))
@@ -683,7 +719,12 @@ impl Lowering<'_> {
                 stride_w,
                 channels_before,
                 channels_after,
-            } => (*id, roles.clone(), (*stride_h, *stride_w), (*channels_before, *channels_after, 1.0)),
+            } => (
+                *id,
+                roles.clone(),
+                (*stride_h, *stride_w),
+                (*channels_before, *channels_after, 1.0),
+            ),
             Value::Const(_) => unreachable!(),
         };
         ensure!(
@@ -692,14 +733,25 @@ impl Lowering<'_> {
         );
         ensure!(stride.0 == stride.1, "different strides per axis");
         let scale = channels_padding.2;
-        ensure!(view_roles.len() == data_letters.len(), "einsum {formula}: rank mismatch");
-        let role_of = |letter: char| view_roles[data_letters.iter().position(|&l| l == letter).unwrap()];
-        ensure!(role_of(in_letter) == Role::Channels, "einsum {formula} does not sum over channels");
+        ensure!(
+            view_roles.len() == data_letters.len(),
+            "einsum {formula}: rank mismatch"
+        );
+        let role_of =
+            |letter: char| view_roles[data_letters.iter().position(|&l| l == letter).unwrap()];
+        ensure!(
+            role_of(in_letter) == Role::Channels,
+            "einsum {formula} does not sum over channels"
+        );
         let (h, w, c) = self.shapes[source];
         let w_shape = weight.shape().to_vec();
         let values = floats(&weight)?;
         let in_axis = weight_letters.iter().position(|&l| l == in_letter).unwrap();
-        ensure!(w_shape[in_axis] == c, "einsum {formula}: {} inputs for {c} channels", w_shape[in_axis]);
+        ensure!(
+            w_shape[in_axis] == c,
+            "einsum {formula}: {} inputs for {c} channels",
+            w_shape[in_axis]
+        );
         let oc = w_shape[1 - in_axis];
         // [out][in] weights.
         let mut matrix = vec![0f32; oc * c];
@@ -727,7 +779,10 @@ impl Lowering<'_> {
             })
             .collect();
         if spatial == 0 {
-            ensure!(h.div_ceil(stride.0) == 1 && w.div_ceil(stride.1) == 1, "einsum {formula} drops a {h}×{w} map");
+            ensure!(
+                h.div_ceil(stride.0) == 1 && w.div_ceil(stride.1) == 1,
+                "einsum {formula} drops a {h}×{w} map"
+            );
             let new = self.push(
                 LayerSpec::Dense(DenseSpec {
                     input: source,
@@ -738,7 +793,11 @@ impl Lowering<'_> {
                 }),
                 (1, 1, oc),
             );
-            return Ok(Value::Tensor { id: new, roles: result_roles, scale: 1.0 });
+            return Ok(Value::Tensor {
+                id: new,
+                roles: result_roles,
+                scale: 1.0,
+            });
         }
         ensure!(scale == 1.0, "einsum {formula} over an unfinished average");
         let s = stride.0;
@@ -756,7 +815,11 @@ impl Lowering<'_> {
             }),
             (h.div_ceil(s), w.div_ceil(s), oc),
         );
-        Ok(Value::Tensor { id: new, roles: result_roles, scale: 1.0 })
+        Ok(Value::Tensor {
+            id: new,
+            roles: result_roles,
+            scale: 1.0,
+        })
     }
 
     fn binary(&mut self, name: &str, inputs: &[Value], node: &TypedNode) -> Result<Value> {
@@ -765,7 +828,10 @@ impl Lowering<'_> {
         match (name, &inputs[0], &inputs[1]) {
             ("Max", Value::Tensor { id, roles, scale }, Value::Const(k))
             | ("Max", Value::Const(k), Value::Tensor { id, roles, scale }) => {
-                ensure!(floats(k)?.iter().all(|&v| v == 0.0), "max with a non-zero constant");
+                ensure!(
+                    floats(k)?.iter().all(|&v| v == 0.0),
+                    "max with a non-zero constant"
+                );
                 ensure!(*scale == 1.0, "ReLU of an unfinished average");
                 let reader = single_reader(self, usize::from(matches!(inputs[0], Value::Const(_))));
                 let layer = self.layer_mut(*id).context("ReLU of the input image")?;
@@ -779,24 +845,47 @@ impl Lowering<'_> {
                     LayerSpec::Dense(d) if !d.relu => d.relu = true,
                     _ => bail!("ReLU after a layer that cannot take one"),
                 }
-                Ok(Value::Tensor { id: *id, roles: roles.clone(), scale: 1.0 })
+                Ok(Value::Tensor {
+                    id: *id,
+                    roles: roles.clone(),
+                    scale: 1.0,
+                })
             }
-            ("Mul" | "Add" | "Sub" | "Div", Value::Tensor { id, roles, scale }, Value::Const(k))
+            (
+                "Mul" | "Add" | "Sub" | "Div",
+                Value::Tensor { id, roles, scale },
+                Value::Const(k),
+            )
             | ("Mul" | "Add", Value::Const(k), Value::Tensor { id, roles, scale }) => {
                 let reader = single_reader(self, usize::from(matches!(inputs[0], Value::Const(_))));
                 let values = floats(k)?;
                 // A scalar on an unfinished average (ReduceSum then a division).
                 if *scale != 1.0 && values.len() == 1 && matches!(name, "Mul" | "Div") {
-                    let factor = if name == "Mul" { values[0] } else { 1.0 / values[0] };
-                    return Ok(Value::Tensor { id: *id, roles: roles.clone(), scale: scale * factor });
+                    let factor = if name == "Mul" {
+                        values[0]
+                    } else {
+                        1.0 / values[0]
+                    };
+                    return Ok(Value::Tensor {
+                        id: *id,
+                        roles: roles.clone(),
+                        scale: scale * factor,
+                    });
                 }
                 ensure!(*scale == 1.0, "{name} on an unfinished average");
                 let channels = self.shapes[*id].2;
                 let per_channel = per_channel(k, roles, channels)?;
-                ensure!(reader, "{name} by a constant on a tensor that is also read elsewhere");
-                let layer = self.layer_mut(*id).context("arithmetic on the input image (give --mean / --std instead)")?;
+                ensure!(
+                    reader,
+                    "{name} by a constant on a tensor that is also read elsewhere"
+                );
+                let layer = self
+                    .layer_mut(*id)
+                    .context("arithmetic on the input image (give --mean / --std instead)")?;
                 let (weights, bias, fresh) = match layer {
-                    LayerSpec::Conv(c) => (&mut c.weights, &mut c.bias, !c.relu && c.residual.is_none()),
+                    LayerSpec::Conv(c) => {
+                        (&mut c.weights, &mut c.bias, !c.relu && c.residual.is_none())
+                    }
                     LayerSpec::Dense(d) => (&mut d.weights, &mut d.bias, !d.relu),
                     LayerSpec::GlobalAvgPool { .. } => bail!("{name} after a pooling layer"),
                 };
@@ -806,14 +895,20 @@ impl Lowering<'_> {
                     match name {
                         "Mul" | "Div" => {
                             let f = if name == "Mul" { v } else { 1.0 / v };
-                            weights[o * per_output..(o + 1) * per_output].iter_mut().for_each(|w| *w *= f);
+                            weights[o * per_output..(o + 1) * per_output]
+                                .iter_mut()
+                                .for_each(|w| *w *= f);
                             bias[o] *= f;
                         }
                         "Add" => bias[o] += v,
                         _ => bias[o] -= v,
                     }
                 }
-                Ok(Value::Tensor { id: *id, roles: roles.clone(), scale: 1.0 })
+                Ok(Value::Tensor {
+                    id: *id,
+                    roles: roles.clone(),
+                    scale: 1.0,
+                })
             }
             ("Add", a, b) => self.residual_add(a, b, node),
             _ => bail!("{name} of {} and {}", kind(&inputs[0]), kind(&inputs[1])),
@@ -831,9 +926,14 @@ impl Lowering<'_> {
                     && matches!(self.layers.get(id.wrapping_sub(1)), Some(LayerSpec::Conv(c)) if c.residual.is_none() && !c.relu);
                 let other_id = match other {
                     Value::Tensor { id, .. } | Value::View { id, .. } => *id,
-                    Value::Const(_) => bail!("add of a constant to a tensor that is also read elsewhere"),
+                    Value::Const(_) => {
+                        bail!("add of a constant to a tensor that is also read elsewhere")
+                    }
                 };
-                if free && *id > other_id && choice.is_none_or(|(best, _): (usize, &Value)| *id > best) {
+                if free
+                    && *id > other_id
+                    && choice.is_none_or(|(best, _): (usize, &Value)| *id > best)
+                {
                     choice = Some((*id, other));
                 }
             }
@@ -842,57 +942,130 @@ impl Lowering<'_> {
             "add of two tensors where neither is a convolution computed after the other and read only by the add",
         )?;
         let (roles, residual) = match other {
-            Value::Tensor { id: source, roles, scale } => {
+            Value::Tensor {
+                id: source,
+                roles,
+                scale,
+            } => {
                 ensure!(*scale == 1.0, "add of an unfinished average");
-                (roles.clone(), ResidualSpec { tensor: *source, stride: 1, channel_offset: 0, relu: false })
+                (
+                    roles.clone(),
+                    ResidualSpec {
+                        tensor: *source,
+                        stride: 1,
+                        channel_offset: 0,
+                        relu: false,
+                    },
+                )
             }
-            Value::View { id: source, roles, stride_h, stride_w, channels_before, channels_after: _ } => {
+            Value::View {
+                id: source,
+                roles,
+                stride_h,
+                stride_w,
+                channels_before,
+                channels_after: _,
+            } => {
                 ensure!(stride_h == stride_w, "different strides per axis");
-                (roles.clone(), ResidualSpec { tensor: *source, stride: *stride_h, channel_offset: *channels_before, relu: false })
+                (
+                    roles.clone(),
+                    ResidualSpec {
+                        tensor: *source,
+                        stride: *stride_h,
+                        channel_offset: *channels_before,
+                        relu: false,
+                    },
+                )
             }
             Value::Const(_) => unreachable!(),
         };
         let (oh, ow, oc) = self.shapes[id];
         let (sh, sw, sc) = self.shapes[residual.tensor];
         ensure!(
-            sh.div_ceil(residual.stride) == oh && sw.div_ceil(residual.stride) == ow && residual.channel_offset + sc <= oc,
+            sh.div_ceil(residual.stride) == oh
+                && sw.div_ceil(residual.stride) == ow
+                && residual.channel_offset + sc <= oc,
             "residual add of {sh}×{sw}×{sc} (stride {}, offset {}) to {oh}×{ow}×{oc}",
             residual.stride,
             residual.channel_offset
         );
-        let Some(LayerSpec::Conv(conv)) = self.layer_mut(id) else { unreachable!() };
+        let Some(LayerSpec::Conv(conv)) = self.layer_mut(id) else {
+            unreachable!()
+        };
         conv.residual = Some(residual);
-        Ok(Value::Tensor { id, roles, scale: 1.0 })
+        Ok(Value::Tensor {
+            id,
+            roles,
+            scale: 1.0,
+        })
     }
 
     fn downsample(&mut self, down: &Downsample, input: &Value) -> Result<Value> {
         ensure!(down.modulo == 0, "subsampling from offset {}", down.modulo);
         let (id, roles, mut sh, mut sw, before, after) = match input {
-            Value::Tensor { id, roles, scale: 1.0 } => (*id, roles.clone(), 1, 1, 0, 0),
-            Value::View { id, roles, stride_h, stride_w, channels_before, channels_after } => {
-                (*id, roles.clone(), *stride_h, *stride_w, *channels_before, *channels_after)
-            }
+            Value::Tensor {
+                id,
+                roles,
+                scale: 1.0,
+            } => (*id, roles.clone(), 1, 1, 0, 0),
+            Value::View {
+                id,
+                roles,
+                stride_h,
+                stride_w,
+                channels_before,
+                channels_after,
+            } => (
+                *id,
+                roles.clone(),
+                *stride_h,
+                *stride_w,
+                *channels_before,
+                *channels_after,
+            ),
             _ => bail!("subsampling of {}", kind(input)),
         };
-        ensure!(before == 0 && after == 0, "subsampling after channel padding");
+        ensure!(
+            before == 0 && after == 0,
+            "subsampling after channel padding"
+        );
         match roles.get(down.axis) {
             Some(Role::Height) => sh *= down.stride as usize,
             Some(Role::Width) => sw *= down.stride as usize,
             other => bail!("subsampling along {other:?}"),
         }
-        Ok(Value::View { id, roles, stride_h: sh, stride_w: sw, channels_before: 0, channels_after: 0 })
+        Ok(Value::View {
+            id,
+            roles,
+            stride_h: sh,
+            stride_w: sw,
+            channels_before: 0,
+            channels_after: 0,
+        })
     }
 
     fn pad(&mut self, pad: &Pad, input: &Value) -> Result<Value> {
         let PadMode::Constant(value) = &pad.mode else {
             bail!("padding mode {:?}", pad.mode);
         };
-        ensure!(floats(value)?.iter().all(|&v| v == 0.0), "padding with a non-zero value");
+        ensure!(
+            floats(value)?.iter().all(|&v| v == 0.0),
+            "padding with a non-zero value"
+        );
         let (id, roles, sh, sw) = match input {
-            Value::Tensor { id, roles, scale: 1.0 } => (*id, roles.clone(), 1, 1),
-            Value::View { id, roles, stride_h, stride_w, channels_before: 0, channels_after: 0 } => {
-                (*id, roles.clone(), *stride_h, *stride_w)
-            }
+            Value::Tensor {
+                id,
+                roles,
+                scale: 1.0,
+            } => (*id, roles.clone(), 1, 1),
+            Value::View {
+                id,
+                roles,
+                stride_h,
+                stride_w,
+                channels_before: 0,
+                channels_after: 0,
+            } => (*id, roles.clone(), *stride_h, *stride_w),
             _ => bail!("padding of {}", kind(input)),
         };
         let mut channels = (0, 0);
@@ -900,10 +1073,21 @@ impl Lowering<'_> {
             if before == 0 && after == 0 {
                 continue;
             }
-            ensure!(roles.get(axis) == Some(&Role::Channels), "zero padding along {:?} (only channels, as option A does)", roles.get(axis));
+            ensure!(
+                roles.get(axis) == Some(&Role::Channels),
+                "zero padding along {:?} (only channels, as option A does)",
+                roles.get(axis)
+            );
             channels = (before, after);
         }
-        Ok(Value::View { id, roles, stride_h: sh, stride_w: sw, channels_before: channels.0, channels_after: channels.1 })
+        Ok(Value::View {
+            id,
+            roles,
+            stride_h: sh,
+            stride_w: sw,
+            channels_before: channels.0,
+            channels_after: channels.1,
+        })
     }
 
     fn global_pool(&mut self, id: usize, roles: &[Role], scale: f32) -> Value {
@@ -912,9 +1096,19 @@ impl Lowering<'_> {
         self.features = Some(new);
         let roles = roles
             .iter()
-            .map(|r| if matches!(r, Role::Height | Role::Width) { Role::Unit } else { *r })
+            .map(|r| {
+                if matches!(r, Role::Height | Role::Width) {
+                    Role::Unit
+                } else {
+                    *r
+                }
+            })
             .collect();
-        Value::Tensor { id: new, roles, scale }
+        Value::Tensor {
+            id: new,
+            roles,
+            scale,
+        }
     }
 
     fn sum_pool(&mut self, pool: &SumPool, input: &Value) -> Result<Value> {
@@ -940,7 +1134,8 @@ impl Lowering<'_> {
             });
         }
         ensure!(
-            spec.kernel_shape.as_slice() == [h, w] && matches!(spec.padding, PaddingSpec::Valid | PaddingSpec::Explicit(..)),
+            spec.kernel_shape.as_slice() == [h, w]
+                && matches!(spec.padding, PaddingSpec::Valid | PaddingSpec::Explicit(..)),
             "average pooling of {:?} over a {h}×{w} map (only global pooling)",
             spec.kernel_shape
         );
@@ -951,10 +1146,17 @@ impl Lowering<'_> {
     fn reduce(&mut self, reduce: &Reduce, input: &Value) -> Result<Value> {
         let (id, roles) = Self::tensor(input)?;
         let roles = roles.to_vec();
-        ensure!(matches!(reduce.reducer, Reducer::Sum), "reduction {:?}", reduce.reducer);
+        ensure!(
+            matches!(reduce.reducer, Reducer::Sum),
+            "reduction {:?}",
+            reduce.reducer
+        );
         let mut axes: Vec<Role> = reduce.axes.iter().map(|&a| roles[a]).collect();
         axes.sort_by_key(|r| *r as u8);
-        ensure!(axes == [Role::Height, Role::Width], "reduction over {axes:?} (only over rows and columns)");
+        ensure!(
+            axes == [Role::Height, Role::Width],
+            "reduction over {axes:?} (only over rows and columns)"
+        );
         let (h, w, _) = self.shapes[id];
         Ok(self.global_pool(id, &roles, (h * w) as f32))
     }
@@ -978,20 +1180,41 @@ impl Lowering<'_> {
                 roles.insert(*to, role);
             }
             AxisOp::Rm(axis) => {
-                ensure!(size(roles[*axis]) == 1, "removing axis {axis} of size {}", size(roles[*axis]));
+                ensure!(
+                    size(roles[*axis]) == 1,
+                    "removing axis {axis} of size {}",
+                    size(roles[*axis])
+                );
                 roles.remove(*axis);
             }
             AxisOp::Add(axis) => roles.insert(*axis, Role::Unit),
             AxisOp::Reshape(..) => {
                 // Flattening pooled features: only axes of size 1 besides the channels.
-                let out_shape = self.model.outlet_fact(OutletId::new(node.id, 0))?.shape.as_concrete().map(<[usize]>::to_vec);
+                let out_shape = self
+                    .model
+                    .outlet_fact(OutletId::new(node.id, 0))?
+                    .shape
+                    .as_concrete()
+                    .map(<[usize]>::to_vec);
                 let out_shape = out_shape.context("reshape to a symbolic shape")?;
-                ensure!(h == 1 && w == 1, "reshape of a {h}×{w} map (only pooled features can be flattened)");
+                ensure!(
+                    h == 1 && w == 1,
+                    "reshape of a {h}×{w} map (only pooled features can be flattened)"
+                );
                 roles = out_shape
                     .iter()
-                    .map(|&d| if d == c && c != 1 { Role::Channels } else { Role::Unit })
+                    .map(|&d| {
+                        if d == c && c != 1 {
+                            Role::Channels
+                        } else {
+                            Role::Unit
+                        }
+                    })
                     .collect();
-                ensure!(roles.iter().filter(|&&r| r == Role::Channels).count() == 1 || c == 1, "reshape to {out_shape:?}");
+                ensure!(
+                    roles.iter().filter(|&&r| r == Role::Channels).count() == 1 || c == 1,
+                    "reshape to {out_shape:?}"
+                );
             }
         }
         Ok(Value::Tensor { id, roles, scale })
@@ -1043,7 +1266,10 @@ fn per_channel(constant: &Tensor, roles: &[Role], channels: usize) -> Result<Vec
         return Ok(vec![values[0]; channels]);
     }
     // Align the constant's axes to the tensor's last axes (numpy broadcasting).
-    let offset = roles.len().checked_sub(shape.len()).context("constant of higher rank")?;
+    let offset = roles
+        .len()
+        .checked_sub(shape.len())
+        .context("constant of higher rank")?;
     for (axis, &d) in shape.iter().enumerate() {
         let role = roles[axis + offset];
         ensure!(

@@ -102,7 +102,11 @@ pub fn logits(blob: &[u8], data: &Dataset) -> Result<Vec<Vec<f32>>> {
 
 /// Runs every image of `data` through an ONNX model with tract, preprocessed as the
 /// file's metadata (or `flags`) says.
-pub fn evaluate_onnx(path: &Path, data: &Dataset, flags: &PreprocessingFlags) -> Result<Evaluation> {
+pub fn evaluate_onnx(
+    path: &Path,
+    data: &Dataset,
+    flags: &PreprocessingFlags,
+) -> Result<Evaluation> {
     let file = read_onnx(path, flags)?;
     let outputs = file.run(data)?;
     let classes = outputs.first().map_or(0, Vec::len);
@@ -110,7 +114,12 @@ pub fn evaluate_onnx(path: &Path, data: &Dataset, flags: &PreprocessingFlags) ->
         bail!("the data has label {bad}, the model only {classes} classes");
     }
     let predictions = outputs.iter().map(|row| argmax(row)).collect();
-    Ok(Evaluation::new(predictions, data, classes, &file.class_names))
+    Ok(Evaluation::new(
+        predictions,
+        data,
+        classes,
+        &file.class_names,
+    ))
 }
 
 /// Index of the largest value (the first on ties, as the engine's argmax).
@@ -127,7 +136,12 @@ pub fn argmax(values: &[f32]) -> usize {
 impl Evaluation {
     /// Tallies `predictions` against `data`'s labels; names come from the model,
     /// else from the data, else are the class numbers.
-    pub fn new(predictions: Vec<usize>, data: &Dataset, classes: usize, model_names: &[String]) -> Self {
+    pub fn new(
+        predictions: Vec<usize>,
+        data: &Dataset,
+        classes: usize,
+        model_names: &[String],
+    ) -> Self {
         let labels: Vec<usize> = data.labels.iter().map(|&l| usize::from(l)).collect();
         let mut confusion = vec![vec![0u32; classes]; classes];
         for (&l, &p) in labels.iter().zip(&predictions) {

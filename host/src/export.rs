@@ -108,8 +108,8 @@ fn onnx_bytes(model: &ResNet, config: &TrainConfig) -> Result<Vec<u8>> {
     let onnx = OnnxExporter::new()
         .export_dynamic(model, sample, validation, &specs, ResNet::forward)
         .map_err(|e| anyhow::anyhow!("ONNX export of {}: {e}", config.arch.name))?;
-    let mut proto = ModelProto::parse_from_bytes(onnx.as_bytes())
-        .context("reading back the exported ONNX")?;
+    let mut proto =
+        ModelProto::parse_from_bytes(onnx.as_bytes()).context("reading back the exported ONNX")?;
     let graph = proto.graph.as_mut().context("the export has no graph")?;
     ensure!(
         graph.input.len() == 1 && graph.output.len() == 1,
@@ -182,9 +182,7 @@ fn onnx_bytes(model: &ResNet, config: &TrainConfig) -> Result<Vec<u8>> {
         entry.key = key.into();
         entry.value = value;
     }
-    proto
-        .write_to_bytes()
-        .context("writing the ONNX protobuf")
+    proto.write_to_bytes().context("writing the ONNX protobuf")
 }
 
 /// The tract side of the check, apart: tract's prelude has its own `Tensor`.
@@ -207,7 +205,13 @@ mod tract_run {
             .context("tract cannot optimise the exported ONNX")?
             .into_runnable()?;
         let indices: Vec<usize> = (0..n).collect();
-        let pixels = batch_tensor_data(data, &indices, &vec![Crop::NONE; n], &config.mean, &config.std);
+        let pixels = batch_tensor_data(
+            data,
+            &indices,
+            &vec![Crop::NONE; n],
+            &config.mean,
+            &config.std,
+        );
         let input = tract_ndarray::Array4::from_shape_vec((n, c, h, w), pixels)?;
         let outputs = model.run(tvec!(Tensor::from(input).into()))?;
         let logits = outputs[0].to_plain_array_view::<f32>()?;

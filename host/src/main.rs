@@ -151,7 +151,11 @@ struct PreprocessingArgs {
 impl PreprocessingArgs {
     fn flags(&self) -> Result<PreprocessingFlags> {
         Ok(PreprocessingFlags {
-            range: self.input_range.as_deref().map(compile::parse_range).transpose()?,
+            range: self
+                .input_range
+                .as_deref()
+                .map(compile::parse_range)
+                .transpose()?,
             mean: (!self.mean.is_empty()).then(|| self.mean.clone()),
             std: (!self.std.is_empty()).then(|| self.std.clone()),
         })
@@ -237,7 +241,10 @@ impl ArchArgs {
         if arch.classes == 0 {
             bail!("--classes must be at least 1");
         }
-        if arch.stage_widths.is_empty() || arch.stage_widths.contains(&0) || arch.blocks_per_stage == 0 {
+        if arch.stage_widths.is_empty()
+            || arch.stage_widths.contains(&0)
+            || arch.blocks_per_stage == 0
+        {
             bail!("--widths and --blocks-per-stage must be positive");
         }
         Ok(arch)
@@ -659,7 +666,9 @@ fn compile_command(args: &CompileArgs) -> Result<()> {
     let bytes = compile::to_blob(
         &imported.network,
         args.dtype,
-        calibration_data.as_ref().map(|(images, _)| (images, args.calibration)),
+        calibration_data
+            .as_ref()
+            .map(|(images, _)| (images, args.calibration)),
     )?;
     if calibration_data.is_some() {
         calibration_seconds = calibrating.elapsed().as_secs_f64();
@@ -691,7 +700,11 @@ fn compile_command(args: &CompileArgs) -> Result<()> {
             "{} ({:?} input{}) -> {}",
             args.model.display(),
             imported.layout,
-            if imported.softmax_dropped { ", final softmax dropped" } else { "" },
+            if imported.softmax_dropped {
+                ", final softmax dropped"
+            } else {
+                ""
+            },
             args.output.display()
         );
         if let Some((images, spec)) = &calibration_data {
@@ -833,7 +846,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Plot { runs, output } => {
             let mut loaded = Vec::new();
             for run in &runs {
-                let csv = if run.is_dir() { run.join("metrics.csv") } else { run.clone() };
+                let csv = if run.is_dir() {
+                    run.join("metrics.csv")
+                } else {
+                    run.clone()
+                };
                 let name = match TrainConfig::load(csv.parent().unwrap_or(Path::new("."))) {
                     Ok(config) => config.arch.name,
                     Err(_) => run.display().to_string(),
@@ -919,7 +936,11 @@ fn run(cli: Cli) -> Result<()> {
                     100.0 * evaluation.accuracy(),
                     data.len()
                 );
-                let png = tinyres_host::plot::confusion_matrix(&evaluation.confusion, &evaluation.class_names, &title)?;
+                let png = tinyres_host::plot::confusion_matrix(
+                    &evaluation.confusion,
+                    &evaluation.class_names,
+                    &title,
+                )?;
                 write_atomically(path, &png)?;
             }
             if json {

@@ -66,13 +66,13 @@ pub fn training_curves(runs: &[(&str, &[EpochMetrics])]) -> Result<Vec<u8>> {
     let (x1, y1) = area.point(area.x_max, area.y_max);
     canvas.line((x0, y0), (x1, y0), BLACK, 1, None);
     canvas.line((x0, y0), (x0, y1), BLACK, 1, None);
-    canvas.text_centered(
-        (x0 + x1) / 2,
-        HEIGHT as i32 - BOTTOM + 28,
-        "epochs",
+    canvas.text_centered((x0 + x1) / 2, HEIGHT as i32 - BOTTOM + 28, "epochs", BLACK);
+    canvas.text(
+        8,
+        TOP - 24,
+        "error (%)   dashed: training   bold: test",
         BLACK,
     );
-    canvas.text(8, TOP - 24, "error (%)   dashed: training   bold: test", BLACK);
 
     for (i, (name, metrics)) in runs.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
@@ -104,7 +104,11 @@ pub fn training_curves(runs: &[(&str, &[EpochMetrics])]) -> Result<Vec<u8>> {
 
 /// The confusion matrix as a heat map: rows are labels, columns predictions, each
 /// cell shaded by its share of the row and labelled with its count.
-pub fn confusion_matrix(confusion: &[Vec<u32>], class_names: &[String], title: &str) -> Result<Vec<u8>> {
+pub fn confusion_matrix(
+    confusion: &[Vec<u32>],
+    class_names: &[String],
+    title: &str,
+) -> Result<Vec<u8>> {
     let n = confusion.len().max(1) as i32;
     let cell = (400 / n).clamp(24, 48);
     let (left, top) = (110, 60);
@@ -117,14 +121,25 @@ pub fn confusion_matrix(confusion: &[Vec<u32>], class_names: &[String], title: &
     canvas.text(left, top - 30, "predicted ->", BLACK);
     for (row, counts) in confusion.iter().enumerate() {
         let total: u32 = counts.iter().sum::<u32>().max(1);
-        let name: String = class_names.get(row).map_or(row.to_string(), |n| n.chars().take(12).collect());
+        let name: String = class_names
+            .get(row)
+            .map_or(row.to_string(), |n| n.chars().take(12).collect());
         let y = top + row as i32 * cell;
         canvas.text_right(left - 6, y + cell / 2 - 4, &name, BLACK);
-        canvas.text_centered(left + row as i32 * cell + cell / 2, top - 14, &row.to_string(), BLACK);
+        canvas.text_centered(
+            left + row as i32 * cell + cell / 2,
+            top - 14,
+            &row.to_string(),
+            BLACK,
+        );
         for (col, &count) in counts.iter().enumerate() {
             let share = f64::from(count) / f64::from(total);
             let shade = (255.0 * (1.0 - share)) as u8;
-            let colour = if row == col { Rgb([shade, 255, shade]) } else { Rgb([255, shade, shade]) };
+            let colour = if row == col {
+                Rgb([shade, 255, shade])
+            } else {
+                Rgb([255, shade, shade])
+            };
             let x = left + col as i32 * cell;
             for dy in 1..cell {
                 for dx in 1..cell {
@@ -208,7 +223,13 @@ impl Canvas {
         }
     }
 
-    fn polyline(&mut self, points: &[(i32, i32)], colour: Rgb<u8>, thickness: i32, dash: Option<i32>) {
+    fn polyline(
+        &mut self,
+        points: &[(i32, i32)],
+        colour: Rgb<u8>,
+        thickness: i32,
+        dash: Option<i32>,
+    ) {
         if let [only] = points {
             self.dot(only.0, only.1, colour, thickness + 2);
         }

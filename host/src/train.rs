@@ -55,7 +55,8 @@ pub fn learning_rate(schedule: Schedule, base: f64, progress: f64) -> f64 {
         Schedule::Onecycle => {
             const RISE: f64 = 0.3;
             let (start, end) = (base / 25.0, base / 25.0e4);
-            let cosine = |from: f64, to: f64, t: f64| to + (from - to) * 0.5 * (1.0 + (PI * t).cos());
+            let cosine =
+                |from: f64, to: f64, t: f64| to + (from - to) * 0.5 * (1.0 + (PI * t).cos());
             if progress < RISE {
                 cosine(start, base, progress / RISE)
             } else {
@@ -294,13 +295,12 @@ pub fn batch_tensor_data(
                 for x in 0..w {
                     let source_x = if crop.flip { w - 1 - x } else { x };
                     let (py, px) = (y + crop.top, source_x + crop.left);
-                    plane[y * w + x] =
-                        if py < PAD || px < PAD || py - PAD >= h || px - PAD >= w {
-                            black
-                        } else {
-                            let p = image[((py - PAD) * w + (px - PAD)) * c + ch];
-                            (f32::from(p) / 255.0 - mean[ch]) / std[ch]
-                        };
+                    plane[y * w + x] = if py < PAD || px < PAD || py - PAD >= h || px - PAD >= w {
+                        black
+                    } else {
+                        let p = image[((py - PAD) * w + (px - PAD)) * c + ch];
+                        (f32::from(p) / 255.0 - mean[ch]) / std[ch]
+                    };
                 }
             }
         }
@@ -500,7 +500,11 @@ fn check_data(config: &TrainConfig, data: &Dataset, what: &str) -> Result<()> {
         data.channels,
         config.arch.name
     );
-    if let Some(&label) = data.labels.iter().find(|&&l| usize::from(l) >= config.arch.classes) {
+    if let Some(&label) = data
+        .labels
+        .iter()
+        .find(|&&l| usize::from(l) >= config.arch.classes)
+    {
         bail!(
             "the {what} set has label {label}, but the network has {} classes (--classes)",
             config.arch.classes
@@ -716,7 +720,13 @@ pub fn metrics_csv(metrics: &[EpochMetrics]) -> String {
     for m in metrics {
         csv.push_str(&format!(
             "{},{:.6},{:.6},{:.6},{:.6},{:.3},{:.1}\n",
-            m.epoch, m.train_loss, m.train_error, m.test_error, m.lr, m.seconds, m.images_per_second
+            m.epoch,
+            m.train_loss,
+            m.train_error,
+            m.test_error,
+            m.lr,
+            m.seconds,
+            m.images_per_second
         ));
     }
     csv
@@ -724,7 +734,8 @@ pub fn metrics_csv(metrics: &[EpochMetrics]) -> String {
 
 /// Parses a `metrics.csv` (for `tinyres plot`).
 pub fn read_metrics_csv(path: &Path) -> Result<Vec<EpochMetrics>> {
-    let text = fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text =
+        fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate().skip(1) {
         let fields: Vec<&str> = line.split(',').collect();
@@ -759,8 +770,18 @@ mod tests {
     #[test]
     fn step_schedule_divides_by_ten_at_half_and_three_quarters() {
         // The paper: 0.1, then 0.01 at 32k and 0.001 at 48k of 64k iterations.
-        for (progress, lr) in [(0.0, 0.1), (0.4999, 0.1), (0.5, 0.01), (0.7499, 0.01), (0.75, 0.001), (1.0, 0.001)] {
-            assert!(close(learning_rate(Schedule::Step, 0.1, progress), lr), "{progress}");
+        for (progress, lr) in [
+            (0.0, 0.1),
+            (0.4999, 0.1),
+            (0.5, 0.01),
+            (0.7499, 0.01),
+            (0.75, 0.001),
+            (1.0, 0.001),
+        ] {
+            assert!(
+                close(learning_rate(Schedule::Step, 0.1, progress), lr),
+                "{progress}"
+            );
         }
     }
 
@@ -769,9 +790,15 @@ mod tests {
         assert!(close(learning_rate(Schedule::Cosine, 0.1, 0.0), 0.1));
         assert!(close(learning_rate(Schedule::Cosine, 0.1, 0.5), 0.05));
         assert!(close(learning_rate(Schedule::Cosine, 0.1, 1.0), 0.0));
-        assert!(close(learning_rate(Schedule::Onecycle, 0.1, 0.0), 0.1 / 25.0));
+        assert!(close(
+            learning_rate(Schedule::Onecycle, 0.1, 0.0),
+            0.1 / 25.0
+        ));
         assert!(close(learning_rate(Schedule::Onecycle, 0.1, 0.3), 0.1));
-        assert!(close(learning_rate(Schedule::Onecycle, 0.1, 1.0), 0.1 / 25.0e4));
+        assert!(close(
+            learning_rate(Schedule::Onecycle, 0.1, 1.0),
+            0.1 / 25.0e4
+        ));
         let mut previous = 0.0;
         for i in 0..=30 {
             let lr = learning_rate(Schedule::Onecycle, 0.1, f64::from(i) / 100.0);
@@ -787,14 +814,19 @@ mod tests {
         let out = batch_tensor_data(&data, &[2, 0], &[Crop::NONE; 2], &mean, &std);
         assert_eq!(out.len(), 2 * 3 * 32 * 32);
         // Crop::NONE is the image itself, channel planes first.
-        let pixel = |image: usize, y: usize, x: usize, c: usize| data.image(image)[(y * 32 + x) * 3 + c];
+        let pixel =
+            |image: usize, y: usize, x: usize, c: usize| data.image(image)[(y * 32 + x) * 3 + c];
         let normalised = |p: u8| (f32::from(p) / 255.0 - 0.5) / 0.25;
         assert_eq!(out[0], normalised(pixel(2, 0, 0, 0)));
         assert_eq!(out[32 * 32 + 5], normalised(pixel(2, 0, 5, 1)));
         assert_eq!(out[3 * 32 * 32], normalised(pixel(0, 0, 0, 0)));
 
         // The top-left crop of the padded image: 4 black rows and columns, then the image.
-        let corner = Crop { top: 0, left: 0, flip: false };
+        let corner = Crop {
+            top: 0,
+            left: 0,
+            flip: false,
+        };
         let out = batch_tensor_data(&data, &[1], &[corner], &mean, &std);
         let black = (0.0 - 0.5) / 0.25;
         assert!(out[..4 * 32].iter().all(|&v| v == black));
@@ -802,7 +834,10 @@ mod tests {
         assert_eq!(out[4 * 32 + 4], normalised(pixel(1, 0, 0, 0)));
 
         // A flip mirrors each row.
-        let flip = Crop { flip: true, ..Crop::NONE };
+        let flip = Crop {
+            flip: true,
+            ..Crop::NONE
+        };
         let out = batch_tensor_data(&data, &[1], &[flip], &mean, &std);
         assert_eq!(out[0], normalised(pixel(1, 0, 31, 0)));
         assert_eq!(out[31], normalised(pixel(1, 0, 0, 0)));
@@ -833,7 +868,10 @@ mod tests {
         let (mean, std) = channel_statistics(&data);
         assert!((mean[0] - 0.0).abs() < 1e-6 && (mean[1] - 1.0).abs() < 1e-6);
         assert!((mean[2] - 0.2).abs() < 1e-6);
-        assert!(std.iter().all(|&s| s == 1e-3), "constant channels get the floor");
+        assert!(
+            std.iter().all(|&s| s == 1e-3),
+            "constant channels get the floor"
+        );
     }
 
     #[test]

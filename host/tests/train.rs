@@ -41,8 +41,21 @@ fn temp(name: &str) -> PathBuf {
 /// A small run: the first 300 synthetic images, batch 50, seed 5.
 fn small_run(out: &Path, arch: &str, epochs: usize) -> Vec<String> {
     [
-        "train", "--arch", arch, "--data", "synthetic", "--limit", "300", "--batch", "50",
-        "--seed", "5", "--quiet", "--epochs", &epochs.to_string(), "--out",
+        "train",
+        "--arch",
+        arch,
+        "--data",
+        "synthetic",
+        "--limit",
+        "300",
+        "--batch",
+        "50",
+        "--seed",
+        "5",
+        "--quiet",
+        "--epochs",
+        &epochs.to_string(),
+        "--out",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -63,7 +76,9 @@ fn learning_columns(run: &Path) -> Vec<String> {
 fn resume_after_kill_continues_exactly() {
     let whole = temp("whole");
     let args = small_run(&whole, "resnet8", 3);
-    ok(tinyres(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    ok(tinyres(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
 
     let killed = temp("killed");
     let args = small_run(&killed, "resnet8", 3);
@@ -75,8 +90,14 @@ fn resume_after_kill_continues_exactly() {
         .unwrap();
     let started = Instant::now();
     while !killed.join("checkpoint/progress.json").exists() {
-        assert!(started.elapsed() < Duration::from_secs(300), "no checkpoint");
-        assert!(child.try_wait().unwrap().is_none(), "ended before its first checkpoint");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no checkpoint"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ended before its first checkpoint"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // Somewhere in the second epoch.
@@ -84,22 +105,40 @@ fn resume_after_kill_continues_exactly() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let done = std::fs::read_to_string(killed.join("metrics.csv")).unwrap();
-    assert!(done.lines().count() < 4, "killed after the last epoch: {done}");
+    assert!(
+        done.lines().count() < 4,
+        "killed after the last epoch: {done}"
+    );
 
-    ok(tinyres(&["train", "--quiet", "--resume", killed.to_str().unwrap()]));
+    ok(tinyres(&[
+        "train",
+        "--quiet",
+        "--resume",
+        killed.to_str().unwrap(),
+    ]));
     assert_eq!(learning_columns(&killed), learning_columns(&whole));
     assert_eq!(
         std::fs::read(killed.join("model.safetensors")).unwrap(),
         std::fs::read(whole.join("model.safetensors")).unwrap(),
         "the resumed run ends with the same weights"
     );
-    assert!(std::fs::read(killed.join("curves.png")).unwrap().starts_with(b"\x89PNG"));
+    assert!(std::fs::read(killed.join("curves.png"))
+        .unwrap()
+        .starts_with(b"\x89PNG"));
     let plot = temp("both.png");
-    ok(tinyres(&["plot", whole.to_str().unwrap(), killed.to_str().unwrap(), "-o", plot.to_str().unwrap()]));
+    ok(tinyres(&[
+        "plot",
+        whole.to_str().unwrap(),
+        killed.to_str().unwrap(),
+        "-o",
+        plot.to_str().unwrap(),
+    ]));
     assert!(std::fs::read(&plot).unwrap().starts_with(b"\x89PNG"));
 
     // Finished runs say so; a run from another architecture is refused.
-    let again = err(tinyres(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let again = err(tinyres(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
     assert!(again.contains("already holds a run"), "{again}");
     let config_path = killed.join("config.json");
     let mut config: serde_json::Value =
@@ -108,41 +147,76 @@ fn resume_after_kill_continues_exactly() {
     config["epochs"] = serde_json::json!(4);
     std::fs::write(&config_path, config.to_string()).unwrap();
     let other = err(tinyres(&["train", "--resume", killed.to_str().unwrap()]));
-    assert!(other.contains("not a checkpoint of this architecture"), "{other}");
+    assert!(
+        other.contains("not a checkpoint of this architecture"),
+        "{other}"
+    );
 }
 
 #[test]
 fn synthetic_training_learns_and_reports_json() {
     let run = temp("learns");
     let out = ok(tinyres(&[
-        "train", "--arch", "resnet8", "--data", "synthetic", "--limit", "1000", "--epochs", "2",
-        "--json", "--out", run.to_str().unwrap(),
+        "train",
+        "--arch",
+        "resnet8",
+        "--data",
+        "synthetic",
+        "--limit",
+        "1000",
+        "--epochs",
+        "2",
+        "--json",
+        "--out",
+        run.to_str().unwrap(),
     ]));
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(summary["epochs"], 2);
     // 77,370 convolution and classifier weights, 4 batch-norm values on each of 336 channels.
     assert_eq!(summary["parameters"], 77_370 + 4 * 336);
     let accuracy = summary["test_accuracy"].as_f64().unwrap();
-    assert!(accuracy > 0.5, "2 epochs on 1000 synthetic images: {accuracy}");
+    assert!(
+        accuracy > 0.5,
+        "2 epochs on 1000 synthetic images: {accuracy}"
+    );
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
-    assert!(metrics.starts_with("epoch,train_loss,train_error,test_error,lr,seconds,images_per_second\n"));
+    assert!(metrics
+        .starts_with("epoch,train_loss,train_error,test_error,lr,seconds,images_per_second\n"));
     assert_eq!(metrics.lines().count(), 3);
 }
 
 #[test]
 fn bad_input_is_a_one_line_error() {
-    let missing = err(tinyres(&["train", "--data", "/nonexistent/cifar", "--out", temp("x").to_str().unwrap()]));
+    let missing = err(tinyres(&[
+        "train",
+        "--data",
+        "/nonexistent/cifar",
+        "--out",
+        temp("x").to_str().unwrap(),
+    ]));
     assert!(missing.contains("/nonexistent/cifar"), "{missing}");
     let arch = err(tinyres(&["train", "--arch", "vgg16"]));
     assert!(arch.contains("unknown architecture \"vgg16\""), "{arch}");
     let classes = err(tinyres(&[
-        "train", "--classes", "5", "--data", "synthetic", "--out", temp("five").to_str().unwrap(),
+        "train",
+        "--classes",
+        "5",
+        "--data",
+        "synthetic",
+        "--out",
+        temp("five").to_str().unwrap(),
     ]));
-    assert!(classes.contains("has label 5, but the network has 5 classes"), "{classes}");
+    assert!(
+        classes.contains("has label 5, but the network has 5 classes"),
+        "{classes}"
+    );
     let no_run = err(tinyres(&["export", "/nonexistent/run"]));
     assert!(no_run.contains("not a training run directory"), "{no_run}");
     let no_resume = err(tinyres(&["train", "--resume", "/nonexistent/run"]));
-    assert!(no_resume.contains("/nonexistent/run/config.json"), "{no_resume}");
+    assert!(
+        no_resume.contains("/nonexistent/run/config.json"),
+        "{no_resume}"
+    );
 }
 
 /// Exports a run and checks the file with onnxruntime and `onnx.checker` from Python:
@@ -150,11 +224,22 @@ fn bad_input_is_a_one_line_error() {
 fn export_and_check_with_onnxruntime(arch: &str) {
     let run = temp(&format!("export-{arch}"));
     let args = small_run(&run, arch, 1);
-    ok(tinyres(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    ok(tinyres(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
     let onnx = run.join("model.onnx");
-    let out = ok(tinyres(&["export", run.to_str().unwrap(), "-o", onnx.to_str().unwrap(), "--json"]));
+    let out = ok(tinyres(&[
+        "export",
+        run.to_str().unwrap(),
+        "-o",
+        onnx.to_str().unwrap(),
+        "--json",
+    ]));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert!(report["relative_diff"].as_f64().unwrap() <= 1e-4, "{report}");
+    assert!(
+        report["relative_diff"].as_f64().unwrap() <= 1e-4,
+        "{report}"
+    );
     assert_eq!(report["images_checked"], 64);
 
     let config = TrainConfig::load(&run).unwrap();
@@ -163,7 +248,13 @@ fn export_and_check_with_onnxruntime(arch: &str) {
     data.truncate(32);
     let logits: Vec<f32> = train::predict(&model, &data, &config).unwrap().concat();
     let indices: Vec<usize> = (0..data.len()).collect();
-    let input = batch_tensor_data(&data, &indices, &vec![Crop::NONE; 32], &config.mean, &config.std);
+    let input = batch_tensor_data(
+        &data,
+        &indices,
+        &vec![Crop::NONE; 32],
+        &config.mean,
+        &config.std,
+    );
     let to_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     std::fs::write(run.join("input.f32"), to_bytes(&input)).unwrap();
     std::fs::write(run.join("logits.f32"), to_bytes(&logits)).unwrap();
@@ -181,7 +272,8 @@ fn export_and_check_with_onnxruntime(arch: &str) {
         String::from_utf8_lossy(&python.stdout),
         String::from_utf8_lossy(&python.stderr)
     );
-    if python.status.code() == Some(3) && std::env::var_os("TINYRES_REQUIRE_ONNXRUNTIME").is_none() {
+    if python.status.code() == Some(3) && std::env::var_os("TINYRES_REQUIRE_ONNXRUNTIME").is_none()
+    {
         eprintln!("NOT CHECKED with onnxruntime: {text} (pip install onnx onnxruntime; CI sets TINYRES_REQUIRE_ONNXRUNTIME)");
         return;
     }
