@@ -85,7 +85,7 @@ fn plan_writes_a_blob_that_inspect_reads() {
     let out = tinyres(&["plan", "-o", "/nonexistent-dir/x.trm"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("cannot write /nonexistent-dir/.x.trm.tmp"),
+        stderr(&out).contains("cannot write /nonexistent-dir/x.trm"),
         "{}",
         stderr(&out)
     );
@@ -179,8 +179,12 @@ fn eval_reports_accuracy_per_class_and_writes_predictions() {
     assert_eq!(lines.next(), Some("index,label,predicted"));
     assert_eq!(lines.count(), 30);
 
-    let out = tinyres(&["eval", "model.onnx", "--data", "synthetic"]);
-    assert!(stderr(&out).contains("ONNX"), "{}", stderr(&out));
+    let out = tinyres(&["eval", "/nonexistent/model.onnx", "--data", "synthetic"]);
+    assert!(
+        stderr(&out).contains("/nonexistent/model.onnx: cannot read"),
+        "{}",
+        stderr(&out)
+    );
     let out = tinyres(&["eval", path.to_str().unwrap(), "--data", "/nonexistent"]);
     assert!(
         stderr(&out).contains("/nonexistent: no such file"),
