@@ -672,9 +672,13 @@ fn load_checkpoint(
     .with_context(|| format!("{}: malformed", dir.join("progress.json").display()))?;
     let path = dir.join("model.bpk");
     let mut store = BurnpackStore::from_file(&path);
-    let applied = model
-        .load_from(&mut store)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let applied = model.load_from(&mut store).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not a checkpoint of this architecture ({})",
+            path.display(),
+            first_line(&e.to_string())
+        )
+    })?;
     ensure!(
         applied.is_success() && applied.missing.is_empty(),
         "{}: not a checkpoint of this architecture ({} missing, {} errors)",
@@ -699,9 +703,14 @@ pub fn load_model(run_dir: &Path, config: &TrainConfig) -> Result<ResNet> {
         path.display()
     );
     let mut store = SafetensorsStore::from_file(&path);
-    let applied = model
-        .load_from(&mut store)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let applied = model.load_from(&mut store).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: does not match {} ({})",
+            path.display(),
+            config.arch.name,
+            first_line(&e.to_string())
+        )
+    })?;
     ensure!(
         applied.is_success() && applied.missing.is_empty(),
         "{}: does not match {} ({} missing, {} errors)",
@@ -711,6 +720,16 @@ pub fn load_model(run_dir: &Path, config: &TrainConfig) -> Result<ResNet> {
         applied.errors.len()
     );
     Ok(model)
+}
+
+/// The start of a long library error, enough to say what is wrong.
+fn first_line(text: &str) -> String {
+    const MAX: usize = 160;
+    let line = text.lines().next().unwrap_or_default();
+    match line.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_string(),
+    }
 }
 
 /// The `metrics.csv` text.
