@@ -118,17 +118,43 @@ enum Value {
         /// waiting for its division).
         scale: f32,
     },
-    /// A tensor seen through a spatial subsampling and zero channels around it: usable
-    /// as a residual shortcut or as the input of a 1×1 convolution.
-    View {
-        id: usize,
-        roles: Vec<Role>,
-        stride_h: usize,
-        stride_w: usize,
-        channels_before: usize,
-        channels_after: usize,
-    },
+    /// A tensor seen through a subsampling and zero channels around it.
+    View(View),
     Const(Arc<Tensor>),
+}
+
+/// A tensor seen through a spatial subsampling and zero channels around it: usable as
+/// a residual shortcut or as the input of a 1×1 convolution.
+#[derive(Clone, Debug)]
+struct View {
+    id: usize,
+    roles: Vec<Role>,
+    stride_h: usize,
+    stride_w: usize,
+    channels_before: usize,
+    channels_after: usize,
+}
+
+impl Value {
+    /// The value as a view (a plain tensor is one with stride 1 and no padding), and
+    /// the pending scale of an unfinished average; `None` for a constant.
+    fn as_view(&self) -> Option<(View, f32)> {
+        match self {
+            Value::Tensor { id, roles, scale } => Some((
+                View {
+                    id: *id,
+                    roles: roles.clone(),
+                    stride_h: 1,
+                    stride_w: 1,
+                    channels_before: 0,
+                    channels_after: 0,
+                },
+                *scale,
+            )),
+            Value::View(view) => Some((view.clone(), 1.0)),
+            Value::Const(_) => None,
+        }
+    }
 }
 
 struct Lowering<'m> {
@@ -710,29 +736,15 @@ impl Lowering<'_> {
             .iter()
             .find(|l| data_letters.contains(l))
             .with_context(|| format!("einsum {formula}"))?;
-        let (source, view_roles, stride, channels_padding) = match &inputs[data_index] {
-            Value::Tensor { id, roles, scale } => (*id, roles.clone(), (1, 1), (0, 0, *scale)),
-            Value::View {
-                id,
-                roles,
-                stride_h,
-                stride_w,
-                channels_before,
-                channels_after,
-            } => (
-                *id,
-                roles.clone(),
-                (*stride_h, *stride_w),
-                (*channels_before, *channels_after, 1.0),
-            ),
-            Value::Const(_) => unreachable!(),
-        };
+        let (view, scale) = inputs[data_index]
+            .as_view()
+            .expect("the other input is the constant");
         ensure!(
-            channels_padding.0 == 0 && channels_padding.1 == 0,
+            view.channels_before == 0 && view.channels_after == 0,
             "einsum {formula} over zero-padded channels"
         );
-        ensure!(stride.0 == stride.1, "different strides per axis");
-        let scale = channels_padding.2;
+        ensure!(view.stride_h == view.stride_w, "different strides per axis");
+        let (source, view_roles, stride) = (view.id, view.roles, (view.stride_h, view.stride_w));
         ensure!(
             view_roles.len() == data_letters.len(),
             "einsum {formula}: rank mismatch"
@@ -924,12 +936,10 @@ impl Lowering<'_> {
             if let Value::Tensor { id, scale: 1.0, .. } = fused {
                 let free = self.consumers(node.inputs[index]) == 1
                     && matches!(self.layers.get(id.wrapping_sub(1)), Some(LayerSpec::Conv(c)) if c.residual.is_none() && !c.relu);
-                let other_id = match other {
-                    Value::Tensor { id, .. } | Value::View { id, .. } => *id,
-                    Value::Const(_) => {
-                        bail!("add of a constant to a tensor that is also read elsewhere")
-                    }
+                let Some((other_view, _)) = other.as_view() else {
+                    bail!("add of a constant to a tensor that is also read elsewhere")
                 };
+                let other_id = other_view.id;
                 if free
                     && *id > other_id
                     && choice.is_none_or(|(best, _): (usize, &Value)| *id > best)
@@ -941,44 +951,16 @@ impl Lowering<'_> {
         let (id, other) = choice.context(
             "add of two tensors where neither is a convolution computed after the other and read only by the add",
         )?;
-        let (roles, residual) = match other {
-            Value::Tensor {
-                id: source,
-                roles,
-                scale,
-            } => {
-                ensure!(*scale == 1.0, "add of an unfinished average");
-                (
-                    roles.clone(),
-                    ResidualSpec {
-                        tensor: *source,
-                        stride: 1,
-                        channel_offset: 0,
-                        relu: false,
-                    },
-                )
-            }
-            Value::View {
-                id: source,
-                roles,
-                stride_h,
-                stride_w,
-                channels_before,
-                channels_after: _,
-            } => {
-                ensure!(stride_h == stride_w, "different strides per axis");
-                (
-                    roles.clone(),
-                    ResidualSpec {
-                        tensor: *source,
-                        stride: *stride_h,
-                        channel_offset: *channels_before,
-                        relu: false,
-                    },
-                )
-            }
-            Value::Const(_) => unreachable!(),
+        let (view, scale) = other.as_view().expect("checked above");
+        ensure!(scale == 1.0, "add of an unfinished average");
+        ensure!(view.stride_h == view.stride_w, "different strides per axis");
+        let residual = ResidualSpec {
+            tensor: view.id,
+            stride: view.stride_h,
+            channel_offset: view.channels_before,
+            relu: false,
         };
+        let roles = view.roles;
         let (oh, ow, oc) = self.shapes[id];
         let (sh, sw, sc) = self.shapes[residual.tensor];
         ensure!(
@@ -1002,46 +984,20 @@ impl Lowering<'_> {
 
     fn downsample(&mut self, down: &Downsample, input: &Value) -> Result<Value> {
         ensure!(down.modulo == 0, "subsampling from offset {}", down.modulo);
-        let (id, roles, mut sh, mut sw, before, after) = match input {
-            Value::Tensor {
-                id,
-                roles,
-                scale: 1.0,
-            } => (*id, roles.clone(), 1, 1, 0, 0),
-            Value::View {
-                id,
-                roles,
-                stride_h,
-                stride_w,
-                channels_before,
-                channels_after,
-            } => (
-                *id,
-                roles.clone(),
-                *stride_h,
-                *stride_w,
-                *channels_before,
-                *channels_after,
-            ),
+        let mut view = match input.as_view() {
+            Some((view, 1.0)) => view,
             _ => bail!("subsampling of {}", kind(input)),
         };
         ensure!(
-            before == 0 && after == 0,
+            view.channels_before == 0 && view.channels_after == 0,
             "subsampling after channel padding"
         );
-        match roles.get(down.axis) {
-            Some(Role::Height) => sh *= down.stride as usize,
-            Some(Role::Width) => sw *= down.stride as usize,
+        match view.roles.get(down.axis) {
+            Some(Role::Height) => view.stride_h *= down.stride as usize,
+            Some(Role::Width) => view.stride_w *= down.stride as usize,
             other => bail!("subsampling along {other:?}"),
         }
-        Ok(Value::View {
-            id,
-            roles,
-            stride_h: sh,
-            stride_w: sw,
-            channels_before: 0,
-            channels_after: 0,
-        })
+        Ok(Value::View(view))
     }
 
     fn pad(&mut self, pad: &Pad, input: &Value) -> Result<Value> {
@@ -1052,42 +1008,26 @@ impl Lowering<'_> {
             floats(value)?.iter().all(|&v| v == 0.0),
             "padding with a non-zero value"
         );
-        let (id, roles, sh, sw) = match input {
-            Value::Tensor {
-                id,
-                roles,
-                scale: 1.0,
-            } => (*id, roles.clone(), 1, 1),
-            Value::View {
-                id,
-                roles,
-                stride_h,
-                stride_w,
-                channels_before: 0,
-                channels_after: 0,
-            } => (*id, roles.clone(), *stride_h, *stride_w),
+        let mut view = match input.as_view() {
+            Some((view, scale))
+                if scale == 1.0 && view.channels_before == 0 && view.channels_after == 0 =>
+            {
+                view
+            }
             _ => bail!("padding of {}", kind(input)),
         };
-        let mut channels = (0, 0);
         for (axis, &(before, after)) in pad.pads.iter().enumerate() {
             if before == 0 && after == 0 {
                 continue;
             }
             ensure!(
-                roles.get(axis) == Some(&Role::Channels),
+                view.roles.get(axis) == Some(&Role::Channels),
                 "zero padding along {:?} (only channels, as option A does)",
-                roles.get(axis)
+                view.roles.get(axis)
             );
-            channels = (before, after);
+            (view.channels_before, view.channels_after) = (before, after);
         }
-        Ok(Value::View {
-            id,
-            roles,
-            stride_h: sh,
-            stride_w: sw,
-            channels_before: channels.0,
-            channels_after: channels.1,
-        })
+        Ok(Value::View(view))
     }
 
     fn global_pool(&mut self, id: usize, roles: &[Role], scale: f32) -> Value {
@@ -1124,14 +1064,14 @@ impl Lowering<'_> {
         // A 1×1 pool with a stride is a subsampling (how our export spells option A).
         if spec.kernel_shape.as_slice() == [1, 1] && no_padding {
             let strides = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
-            return Ok(Value::View {
+            return Ok(Value::View(View {
                 id,
                 roles,
                 stride_h: strides[0],
                 stride_w: strides[1],
                 channels_before: 0,
                 channels_after: 0,
-            });
+            }));
         }
         ensure!(
             spec.kernel_shape.as_slice() == [h, w]
@@ -1238,7 +1178,7 @@ fn known_op(node: &TypedNode) -> bool {
 fn kind(value: &Value) -> &'static str {
     match value {
         Value::Tensor { .. } => "a tensor",
-        Value::View { .. } => "a subsampled or padded tensor",
+        Value::View(_) => "a subsampled or padded tensor",
         Value::Const(_) => "a constant",
     }
 }

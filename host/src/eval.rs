@@ -122,15 +122,9 @@ pub fn evaluate_onnx(
     ))
 }
 
-/// Index of the largest value (the first on ties, as the engine's argmax).
+/// Index of the largest value: the engine's own argmax (first on ties, NaN skipped).
 pub fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
-        }
-    }
-    best
+    tinyres_core::kernels::argmax(values).unwrap_or(0)
 }
 
 impl Evaluation {

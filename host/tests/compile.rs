@@ -2,8 +2,11 @@
 //! and foreign ones (PyTorch NCHW with option A and B shortcuts, a tf2onnx-style NHWC
 //! network), checked against tract and onnxruntime; and the errors for bad input.
 
+mod common;
+use common::{err, ok, tinyres};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use tinyres_core::writer::AlignedBlob;
@@ -15,28 +18,6 @@ use tinyres_host::eval;
 const F32_BUDGET: f32 = 1e-4;
 /// The same for f16 weights (measured: about 1e-3 on these models).
 const F16_BUDGET: f32 = 1e-2;
-
-fn tinyres(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tinyres"))
-        .args(args)
-        .output()
-        .expect("runs")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn err(output: Output) -> String {
-    assert!(!output.status.success(), "should fail");
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tinyres-compile-{}", std::process::id()));

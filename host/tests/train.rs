@@ -1,34 +1,15 @@
 //! `tinyres train` and `tinyres export` as a user runs them: the synthetic data, resume
 //! after `kill -9`, and an ONNX file that tract, onnxruntime and burn agree on.
 
+mod common;
+use common::{err, ok, tinyres};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tinyres_host::data::{Dataset, Split};
 use tinyres_host::train::{self, batch_tensor_data, Crop, TrainConfig};
-
-fn tinyres(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tinyres"))
-        .args(args)
-        .output()
-        .expect("runs")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn err(output: Output) -> String {
-    assert!(!output.status.success(), "should fail");
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tinyres-train-{}", std::process::id()));
