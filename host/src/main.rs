@@ -726,8 +726,6 @@ fn train_command(args: &TrainArgs) -> Result<()> {
         Some(run_dir) => (None, run_dir.clone()),
         None => {
             let arch = args.arch.resolve()?;
-            let train_data = Dataset::load(&args.data, Split::Train)?;
-            let (mean, std) = train::channel_statistics(&train_data);
             if args.epochs == 0 || args.batch == 0 {
                 bail!("--epochs and --batch must be at least 1");
             }
@@ -745,9 +743,10 @@ fn train_command(args: &TrainArgs) -> Result<()> {
                 warmup,
                 augment: !args.no_augment,
                 seed: args.seed,
-                mean,
-                std,
-                class_names: train_data.class_names.clone(),
+                // Filled in by `train` from the training data.
+                mean: Vec::new(),
+                std: Vec::new(),
+                class_names: Vec::new(),
                 arch,
             };
             (Some(config), args.out.clone())

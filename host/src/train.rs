@@ -104,11 +104,12 @@ pub struct TrainConfig {
     pub augment: bool,
     /// Seed of initialisation, shuffling and augmentation.
     pub seed: u64,
-    /// Per-channel mean of the training pixels, on the 0..1 scale.
+    /// Per-channel mean of the training pixels, on the 0..1 scale (computed by
+    /// [`train`] when a run starts).
     pub mean: Vec<f32>,
-    /// Per-channel standard deviation, on the 0..1 scale.
+    /// Per-channel standard deviation, on the 0..1 scale (computed by [`train`]).
     pub std: Vec<f32>,
-    /// Class names, label order.
+    /// Class names, label order (taken from the training data by [`train`]).
     pub class_names: Vec<String>,
 }
 
@@ -319,15 +320,16 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
-/// Starts or resumes a run and trains to the configured number of epochs.
+/// Starts or resumes a run and trains to the configured number of epochs. A new run
+/// fills in its config's normalisation and class names from the training data.
 pub fn train(config: Option<TrainConfig>, options: &RunOptions) -> Result<TrainSummary> {
     let run_dir = &options.run_dir;
-    let config = if options.resume {
+    let (mut config, new_run) = if options.resume {
         ensure!(
             config.is_none(),
             "--resume continues with the run's own config.json"
         );
-        TrainConfig::load(run_dir)?
+        (TrainConfig::load(run_dir)?, false)
     } else {
         let config = config.context("no training configuration")?;
         if run_dir.join(CONFIG).exists() {
@@ -336,16 +338,21 @@ pub fn train(config: Option<TrainConfig>, options: &RunOptions) -> Result<TrainS
                 run_dir.display()
             );
         }
+        (config, true)
+    };
+
+    let mut train_data = Dataset::load(&config.data, Split::Train)?;
+    if new_run {
+        // Over the whole training set, before any --limit.
+        (config.mean, config.std) = channel_statistics(&train_data);
+        config.class_names = train_data.class_names.clone();
         fs::create_dir_all(run_dir)
             .with_context(|| format!("{}: cannot create the run directory", run_dir.display()))?;
         write_atomically(
             &run_dir.join(CONFIG),
             serde_json::to_string_pretty(&config)?.as_bytes(),
         )?;
-        config
-    };
-
-    let mut train_data = Dataset::load(&config.data, Split::Train)?;
+    }
     if let Some(limit) = config.train_limit {
         train_data.truncate(limit);
     }
