@@ -1229,12 +1229,16 @@ pub enum Calibration {
     /// The [`PERCENTILE`]th percentile at each end: a few outliers no longer stretch
     /// the scale of every other value.
     Percentile,
+    /// The range with the least expected squared error over the calibration
+    /// histogram: clipping error of the values outside it plus the rounding error
+    /// (step²/12) of the values inside.
+    Mse,
 }
 
 /// The percentile kept by [`Calibration::Percentile`] (and `100 -` it at the low end).
 pub const PERCENTILE: f64 = 99.999;
 
-/// Histogram bins per tensor for [`Calibration::Percentile`].
+/// Histogram bins per tensor for [`Calibration::Percentile`] and [`Calibration::Mse`].
 const BINS: usize = 4096;
 
 /// Activation ranges of `network` over `images` (raw HWC `u8`).
@@ -1274,26 +1278,80 @@ pub fn activation_ranges(
             }
         }
     }
-    let clip = |((low, high), bins): &((f32, f32), Vec<u64>)| -> (f32, f32) {
-        let total: u64 = bins.iter().sum();
-        let tail = ((1.0 - PERCENTILE / 100.0) * total as f64) as u64;
-        let width = (high - low) / BINS as f32;
-        let (mut below, mut first) = (0u64, 0usize);
-        while first < BINS - 1 && below + bins[first] <= tail {
-            below += bins[first];
-            first += 1;
-        }
-        let (mut above, mut last) = (0u64, BINS - 1);
-        while last > first && above + bins[last] <= tail {
-            above += bins[last];
-            last -= 1;
-        }
-        (low + width * first as f32, low + width * (last + 1) as f32)
+    let clip = |(range, bins): &((f32, f32), Vec<u64>)| match method {
+        Calibration::Mse => least_squared_error_range(*range, bins),
+        _ => percentile_range(*range, bins),
     };
     Ok(ActivationRanges {
         tensors: tensors.iter().map(clip).collect(),
         pre_add: pre_add.iter().map(|h| h.as_ref().map(clip)).collect(),
     })
+}
+
+/// The [`PERCENTILE`] range of a histogram of `BINS` bins over `low..high`.
+fn percentile_range((low, high): (f32, f32), bins: &[u64]) -> (f32, f32) {
+    let total: u64 = bins.iter().sum();
+    let tail = ((1.0 - PERCENTILE / 100.0) * total as f64) as u64;
+    let width = (high - low) / BINS as f32;
+    let (mut below, mut first) = (0u64, 0usize);
+    while first < BINS - 1 && below + bins[first] <= tail {
+        below += bins[first];
+        first += 1;
+    }
+    let (mut above, mut last) = (0u64, BINS - 1);
+    while last > first && above + bins[last] <= tail {
+        above += bins[last];
+        last -= 1;
+    }
+    (low + width * first as f32, low + width * (last + 1) as f32)
+}
+
+/// The range, with ends on bin edges, that minimises the expected squared int8
+/// quantization error of the values in a histogram of `BINS` bins over `low..high`:
+/// values outside are clipped to the nearest end, values inside are off by a uniform
+/// rounding error (step²/12). The low end is searched over the edges up to the 1st
+/// percentile, the high end over those from the 99th; prefix sums make each
+/// candidate O(1).
+fn least_squared_error_range((low, high): (f32, f32), bins: &[u64]) -> (f32, f32) {
+    let width = f64::from(high - low) / BINS as f64;
+    let edge = |i: usize| f64::from(low) + width * i as f64;
+    // prefix[i] = (count, Σ n·c, Σ n·c²) over bins 0..i, c the bin centre.
+    let mut prefix = vec![(0f64, 0f64, 0f64); BINS + 1];
+    for (i, &n) in bins.iter().enumerate() {
+        let (n, c) = (n as f64, edge(i) + width / 2.0);
+        let (count, sum, squares) = prefix[i];
+        prefix[i + 1] = (count + n, sum + n * c, squares + n * c * c);
+    }
+    let total = prefix[BINS].0;
+    let p1 = prefix
+        .iter()
+        .rposition(|p| p.0 * 100.0 <= total)
+        .unwrap_or(0);
+    let p99 = prefix
+        .iter()
+        .position(|p| p.0 * 100.0 >= total * 99.0)
+        .unwrap_or(BINS);
+    let error = |first: usize, end: usize| -> f64 {
+        let (a, b) = (edge(first), edge(end));
+        let (below_n, below_s, below_q) = prefix[first];
+        let (all_n, all_s, all_q) = prefix[BINS];
+        let (upto_n, upto_s, upto_q) = prefix[end];
+        let (above_n, above_s, above_q) = (all_n - upto_n, all_s - upto_s, all_q - upto_q);
+        let clipped_low = a * a * below_n - 2.0 * a * below_s + below_q;
+        let clipped_high = above_q - 2.0 * b * above_s + b * b * above_n;
+        let inside = upto_n - below_n;
+        clipped_low + clipped_high + inside * ((b - a) / 255.0).powi(2) / 12.0
+    };
+    let mut best = (f64::INFINITY, 0, BINS);
+    for first in 0..=p1.min(BINS - 1) {
+        for end in p99.max(first + 1)..=BINS {
+            let e = error(first, end);
+            if e < best.0 {
+                best = (e, first, end);
+            }
+        }
+    }
+    (edge(best.1) as f32, edge(best.2) as f32)
 }
 
 /// The numeric type of a compiled blob.

@@ -80,6 +80,21 @@ impl Dataset {
         self.pixels.truncate(n * self.image_len());
     }
 
+    /// Keeps the images of the first `classes` classes only (and their names).
+    pub fn keep_classes_below(&mut self, classes: usize) {
+        let n = self.image_len();
+        let mut pixels = Vec::with_capacity(self.pixels.len());
+        let mut labels = Vec::with_capacity(self.labels.len());
+        for (i, &label) in self.labels.iter().enumerate() {
+            if usize::from(label) < classes {
+                pixels.extend_from_slice(&self.pixels[i * n..(i + 1) * n]);
+                labels.push(label);
+            }
+        }
+        (self.pixels, self.labels) = (pixels, labels);
+        self.class_names.truncate(classes);
+    }
+
     /// The data named on the command line: `synthetic`, an image folder (a directory
     /// with `train/` and `test/` of class subdirectories), or a CIFAR-10 batch file or
     /// directory.
@@ -384,6 +399,22 @@ mod tests {
         assert!(err.contains("odd.png: not a readable PNG or JPEG"), "{err}");
         let err = Dataset::load(&dir, Split::Train).unwrap_err().to_string();
         assert!(err.contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn keeping_the_first_classes_keeps_their_images_in_order() {
+        let all = synthetic(30, 3);
+        let mut kept = all.clone();
+        kept.keep_classes_below(9);
+        assert_eq!(kept.len(), 27);
+        assert_eq!(kept.class_names.len(), 9);
+        let originals: Vec<usize> = (0..all.len()).filter(|&i| all.labels[i] < 9).collect();
+        for (k, &i) in originals.iter().enumerate() {
+            assert_eq!(
+                (kept.labels[k], kept.image(k)),
+                (all.labels[i], all.image(i))
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod arch;
 pub mod compile;
 pub mod data;
+pub mod demo;
 pub mod eval;
 pub mod export;
 pub mod flash;

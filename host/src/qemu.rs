@@ -367,6 +367,9 @@ impl<'a> Device<'a> {
                 region.len()
             );
         }
+        // QEMU runs in `workdir`: paths handed to it must not be relative to ours.
+        let workdir = &std::path::absolute(workdir)
+            .with_context(|| format!("{}: cannot make the path absolute", workdir.display()))?;
         let model_path = workdir.join("model.trm");
         let images_path = workdir.join("images.bin");
         std::fs::write(&model_path, self.model)
@@ -653,4 +656,166 @@ mod tests {
         let err = Board::by_name("esp32").unwrap_err().to_string();
         assert!(err.contains("esp32") && err.contains("mps2-an386"), "{err}");
     }
+}
+
+/// Classifies every image of `data` on `device` (the `classify` firmware), in as many
+/// boots as the image region needs; `on_boot` hears each boot's range before it
+/// starts. Returns the predictions and the most RAM any boot used.
+pub fn classify_all(
+    device: &Device<'_>,
+    data: &Dataset,
+    mut on_boot: impl FnMut(std::ops::Range<usize>),
+) -> Result<(Vec<DevicePrediction>, RamUse)> {
+    let per_boot = images_per_boot(data.image_len());
+    let mut predictions = Vec::with_capacity(data.len());
+    let mut ram = RamUse {
+        static_bytes: 0,
+        stack_bytes: 0,
+    };
+    let mut start = 0;
+    while start < data.len() {
+        let end = (start + per_boot).min(data.len());
+        on_boot(start..end);
+        let boot = device.classify(data, start..end)?;
+        predictions.extend(boot.predictions);
+        ram.static_bytes = ram.static_bytes.max(boot.ram.static_bytes);
+        ram.stack_bytes = ram.stack_bytes.max(boot.ram.stack_bytes);
+        start = end;
+    }
+    Ok((predictions, ram))
+}
+
+/// What the device learned in [`learning_scenario`], measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct LearningReport {
+    /// Index of the class learned (the model's class count before).
+    pub new_class: usize,
+    /// Shots of the new class learned from.
+    pub shots: usize,
+    /// Images of known classes learned from alongside (rehearsal).
+    pub rehearsal: usize,
+    /// Test images classified before and after.
+    pub test_images: usize,
+    /// Accuracy on the new class's test images before and after learning.
+    pub new_class_accuracy: BeforeAfter,
+    /// Accuracy on the known classes' test images before and after learning.
+    pub old_classes_accuracy: BeforeAfter,
+    /// `(slot, sequence, class)` the learned head was saved under.
+    pub saved: Option<(u32, u32, usize)>,
+    /// RAM of the learning boot.
+    pub ram: RamUse,
+    /// `(slot, sequence)` the reboot restored.
+    pub restored_on_reboot: Option<(u32, u32)>,
+    /// The reboot restored the saved head and predicts exactly as after learning.
+    pub persisted: bool,
+    /// Predictions after learning.
+    pub images: Vec<DevicePrediction>,
+}
+
+/// Accuracy before and after learning (`None`: no such test image).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct BeforeAfter {
+    /// With the model as shipped.
+    pub before: Option<f64>,
+    /// With the head learned on the device.
+    pub after: Option<f64>,
+}
+
+/// The on-device learning scenario, three boots of the `finetune` firmware on
+/// `device`: the model as shipped on `test`; learning the next free class from
+/// `shots` images of it in `pool` (plus as many images of known classes, for
+/// rehearsal), then `test` again; a reboot with the same flash image, which must
+/// restore what was learned. The flash image lives in `flash_dir`.
+pub fn learning_scenario(
+    device: &Device<'_>,
+    test: &Dataset,
+    pool: &Dataset,
+    shots: usize,
+    flash_dir: &Path,
+    mut on_boot: impl FnMut(&str),
+) -> Result<LearningReport> {
+    let model =
+        tinyres_core::Model::parse(device.model).map_err(|e| anyhow::anyhow!("the model: {e}"))?;
+    let new_class = model.num_classes();
+    let shot_indices: Vec<usize> = (0..pool.len())
+        .filter(|&i| usize::from(pool.labels[i]) == new_class)
+        .take(shots)
+        .collect();
+    if shot_indices.is_empty() {
+        bail!(
+            "no image to learn from is labeled {new_class} (the model has classes 0..{}, so the new class must be labeled {new_class})",
+            new_class - 1
+        );
+    }
+    let rehearsal: Vec<usize> = (0..pool.len())
+        .filter(|&i| usize::from(pool.labels[i]) < new_class)
+        .take(shot_indices.len())
+        .collect();
+    // One data set: the test images, then the examples to learn from, shots and
+    // rehearsal images alternating.
+    let mut data = test.clone();
+    let mut learn = Vec::new();
+    for (k, shot) in shot_indices.iter().enumerate() {
+        for &i in std::iter::once(shot).chain(rehearsal.get(k)) {
+            data.pixels.extend_from_slice(pool.image(i));
+            data.labels.push(pool.labels[i]);
+            learn.push(data.len() - 1);
+        }
+    }
+    let test_indices: Vec<usize> = (0..test.len()).collect();
+    let fresh = tempdir()?;
+    std::fs::create_dir_all(flash_dir)
+        .with_context(|| format!("cannot create {}", flash_dir.display()))?;
+    on_boot(&format!(
+        "boot 1/3: the model as shipped, on {} test images",
+        test.len()
+    ));
+    let before = device.finetune(&data, &[], &test_indices, &fresh);
+    let _ = std::fs::remove_dir_all(&fresh);
+    let before = before?;
+    on_boot(&format!(
+        "boot 2/3: learning from {} shots and {} rehearsal images",
+        shot_indices.len(),
+        rehearsal.len()
+    ));
+    let after = device.finetune(&data, &learn, &test_indices, flash_dir)?;
+    on_boot("boot 3/3: reboot with the same flash image");
+    let reboot = device.finetune(&data, &[], &test_indices, flash_dir)?;
+    let classes = |b: &FinetuneBoot| b.predictions.iter().map(|p| p.class).collect::<Vec<_>>();
+    let persisted = reboot.restored.is_some()
+        && reboot.restored.map(|r| r.1) == after.saved.map(|s| s.1)
+        && classes(&reboot) == classes(&after);
+    let accuracy = |b: &FinetuneBoot, new: bool| -> Option<f64> {
+        let chosen: Vec<_> = b
+            .predictions
+            .iter()
+            .filter(|p| (usize::from(p.label) == new_class) == new)
+            .collect();
+        (!chosen.is_empty()).then(|| {
+            chosen
+                .iter()
+                .filter(|p| p.class == usize::from(p.label))
+                .count() as f64
+                / chosen.len() as f64
+        })
+    };
+    Ok(LearningReport {
+        new_class,
+        shots: shot_indices.len(),
+        rehearsal: rehearsal.len(),
+        test_images: test.len(),
+        new_class_accuracy: BeforeAfter {
+            before: accuracy(&before, true),
+            after: accuracy(&after, true),
+        },
+        old_classes_accuracy: BeforeAfter {
+            before: accuracy(&before, false),
+            after: accuracy(&after, false),
+        },
+        saved: after.saved,
+        ram: after.ram,
+        restored_on_reboot: reboot.restored,
+        persisted,
+        images: after.predictions,
+    })
 }

@@ -111,6 +111,10 @@ pub struct TrainConfig {
     pub std: Vec<f32>,
     /// Class names, label order (taken from the training data by [`train`]).
     pub class_names: Vec<String>,
+    /// The data's last N classes are left out of training and testing (to be learned
+    /// later, on the device); the network has the data's classes minus N outputs.
+    #[serde(default)]
+    pub held_out_classes: usize,
 }
 
 /// One row of `metrics.csv`.
@@ -342,7 +346,20 @@ pub fn train(config: Option<TrainConfig>, options: &RunOptions) -> Result<TrainS
     };
 
     let mut train_data = Dataset::load(&config.data, Split::Train)?;
+    let classes = train_data.class_names.len();
+    if config.held_out_classes > 0 {
+        ensure!(
+            config.held_out_classes < classes,
+            "{}: cannot hold out {} of its {classes} classes",
+            config.data.display(),
+            config.held_out_classes
+        );
+        train_data.keep_classes_below(classes - config.held_out_classes);
+    }
     if new_run {
+        if config.held_out_classes > 0 {
+            config.arch.classes = classes - config.held_out_classes;
+        }
         // Over the whole training set, before any --limit.
         (config.mean, config.std) = channel_statistics(&train_data);
         config.class_names = train_data.class_names.clone();
@@ -356,10 +373,13 @@ pub fn train(config: Option<TrainConfig>, options: &RunOptions) -> Result<TrainS
     if let Some(limit) = config.train_limit {
         train_data.truncate(limit);
     }
-    let test_data = Dataset::load(
+    let mut test_data = Dataset::load(
         config.test_data.as_deref().unwrap_or(&config.data),
         Split::Test,
     )?;
+    if config.held_out_classes > 0 {
+        test_data.keep_classes_below(config.arch.classes);
+    }
     check_data(&config, &train_data, "training")?;
     check_data(&config, &test_data, "test")?;
 

@@ -293,7 +293,7 @@ fn run_finetune_learns_on_the_device_and_survives_a_reboot() {
         "synthetic",
     ]);
     assert!(
-        stderr(&out).contains("no image labeled 10"),
+        stderr(&out).contains("no image to learn from is labeled 10"),
         "{}",
         stderr(&out)
     );
