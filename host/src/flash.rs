@@ -2,21 +2,24 @@
 //! chip from probe-rs's target database, and the download itself.
 //!
 //! Layout: the firmware from the start of the boot flash; at the end of it, the two
-//! 4 KiB slots of the learned head; just below them, the model partition (the blob,
-//! rounded up to 4 KiB), so a new model can be written without rebuilding firmware.
+//! slots of the learned head, each in erase sectors of its own (so saving one never
+//! erases the other); just below them, the model partition, starting on a sector
+//! boundary, so a new model can be written without rebuilding firmware. Sector sizes
+//! come from the chip's flash algorithm in probe-rs's database: on a chip with
+//! uniform 4 KiB sectors the store takes 8 KiB; on one whose last sectors are large
+//! (the STM32F7's are 256 KiB) it takes two of them.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use probe_rs::config::{MemoryRegion, Registry};
+use probe_rs::config::{MemoryRegion, Registry, Target};
 use serde::Serialize;
 
-/// Granularity of the partitions at the end of flash (a common erase sector size;
-/// chips with larger sectors need the firmware's layout adjusted).
-pub const PARTITION_ALIGN: u64 = 4096;
-/// Bytes of the learned-head store: two slots.
-pub const HEAD_STORE_BYTES: u64 = 2 * 4096;
+/// Bytes one slot of the learned head needs (the firmware's `SLOT_BYTES`).
+pub const SLOT_BYTES: u64 = 4096;
+/// Erase sector size assumed where probe-rs's database gives none.
+const DEFAULT_SECTOR_BYTES: u64 = 4096;
 
 /// Where everything goes on a chip.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -31,8 +34,10 @@ pub struct Layout {
     pub firmware: Option<Range<u64>>,
     /// The model partition.
     pub model: Range<u64>,
-    /// The learned-head store (two slots).
+    /// The learned-head store: both slots.
     pub head_store: Range<u64>,
+    /// The two slots, each made of whole erase sectors.
+    pub head_slots: [Range<u64>; 2],
 }
 
 /// The layout of `model_len` bytes of model (and an optional firmware) on `chip`.
@@ -63,16 +68,40 @@ pub fn layout(chip: &str, model_len: u64, firmware: Option<&Path>) -> Result<Lay
             _ => None,
         })
         .with_context(|| format!("{chip} has no RAM in probe-rs's database"))?;
-    let head_start = (flash.end - HEAD_STORE_BYTES) / PARTITION_ALIGN * PARTITION_ALIGN;
-    let model_start = head_start
-        .checked_sub(model_len.next_multiple_of(PARTITION_ALIGN))
-        .filter(|&start| start >= flash.start)
-        .with_context(|| {
-            format!(
-                "a {model_len}-byte model does not fit in {chip}'s {} KiB of flash",
-                (flash.end - flash.start) / 1024
-            )
-        })?;
+    let sectors = erase_sectors(&target, &flash);
+    let too_small = || {
+        format!(
+            "a {model_len}-byte model and two {SLOT_BYTES}-byte head slots do not fit in {chip}'s {} KiB of flash",
+            (flash.end - flash.start) / 1024
+        )
+    };
+    // Each slot: the fewest whole sectors at the end that hold SLOT_BYTES.
+    let mut remaining = sectors.as_slice();
+    let mut take_slot = || -> Option<Range<u64>> {
+        let mut start = remaining.len();
+        while start > 0 {
+            start -= 1;
+            if remaining[start..]
+                .iter()
+                .map(|s| s.end - s.start)
+                .sum::<u64>()
+                >= SLOT_BYTES
+            {
+                let slot = remaining[start].start..remaining.last()?.end;
+                remaining = &remaining[..start];
+                return Some(slot);
+            }
+        }
+        None
+    };
+    let second = take_slot().with_context(too_small)?;
+    let first = take_slot().with_context(too_small)?;
+    let model_start = remaining
+        .iter()
+        .rev()
+        .map(|s| s.start)
+        .find(|&start| start + model_len <= first.start)
+        .with_context(too_small)?;
     let firmware = match firmware {
         Some(path) => Some(firmware_extent(path, &flash)?),
         None => None,
@@ -92,8 +121,42 @@ pub fn layout(chip: &str, model_len: u64, firmware: Option<&Path>) -> Result<Lay
         ram,
         firmware,
         model: model_start..model_start + model_len,
-        head_store: head_start..head_start + HEAD_STORE_BYTES,
+        head_store: first.start..second.end,
+        head_slots: [first, second],
     })
+}
+
+/// The erase sectors of `flash`, from the chip's flash algorithm that covers it
+/// ([`DEFAULT_SECTOR_BYTES`] each where the database has none).
+fn erase_sectors(target: &Target, flash: &Range<u64>) -> Vec<Range<u64>> {
+    let properties = target
+        .flash_algorithms
+        .iter()
+        .map(|a| &a.flash_properties)
+        .find(|p| {
+            p.address_range.start <= flash.start
+                && flash.end <= p.address_range.end
+                && !p.sectors.is_empty()
+        });
+    let (base, end, groups) = match properties {
+        Some(p) => (
+            p.address_range.start,
+            p.address_range.end,
+            p.sectors.iter().map(|d| (d.address, d.size)).collect(),
+        ),
+        None => (flash.start, flash.end, vec![(0, DEFAULT_SECTOR_BYTES)]),
+    };
+    let mut sectors = Vec::new();
+    for (i, &(offset, size)) in groups.iter().enumerate() {
+        let group_end = groups.get(i + 1).map_or(end, |&(next, _)| base + next);
+        let mut at = base + offset;
+        while size > 0 && at < group_end {
+            sectors.push(at..(at + size).min(group_end));
+            at += size;
+        }
+    }
+    sectors.retain(|s| flash.start <= s.start && s.end <= flash.end);
+    sectors
 }
 
 /// The flash extent of an ELF's loadable segments inside `flash`.
@@ -167,9 +230,10 @@ impl Layout {
             None => s += "firmware    (not given: only the model partition is written)\n",
         }
         s += &format!(
-            "model       {}\nhead store  {}  (two slots of the learned head)\n",
+            "model       {}\nhead slot 1 {}\nhead slot 2 {}  (the learned head, saved to the older slot)\n",
             kib(&self.model),
-            kib(&self.head_store)
+            kib(&self.head_slots[0]),
+            kib(&self.head_slots[1])
         );
         s
     }

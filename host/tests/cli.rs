@@ -329,7 +329,29 @@ fn flash_dry_run_lays_out_firmware_model_and_head_store() {
         std::fs::metadata(&path).unwrap().len()
     );
     assert!(model_range.1 <= layout["head_store"]["start"].as_u64().unwrap());
-    assert_eq!(model_range.0 % 4096, 0);
+    // The STM32F746's last sectors are 256 KiB: each slot gets one, and the model
+    // starts on the sector boundary below them.
+    let range = |v: &serde_json::Value| (v["start"].as_u64().unwrap(), v["end"].as_u64().unwrap());
+    assert_eq!(range(&layout["head_slots"][0]), (0x0808_0000, 0x080C_0000));
+    assert_eq!(range(&layout["head_slots"][1]), (0x080C_0000, 0x0810_0000));
+    assert_eq!(model_range.0, 0x0804_0000);
+
+    // The nRF52840 has uniform 4 KiB pages: two of them hold the slots.
+    let out = tinyres(&[
+        "flash",
+        "--chip",
+        "nRF52840_xxAA",
+        "--model",
+        model,
+        "--dry-run",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let layout = &v["layout"];
+    assert_eq!(range(&layout["head_slots"][0]), (0xF_E000, 0xF_F000));
+    assert_eq!(range(&layout["head_slots"][1]), (0xF_F000, 0x10_0000));
+    assert_eq!(layout["model"]["start"].as_u64().unwrap() % 4096, 0);
+    assert!(layout["model"]["end"].as_u64().unwrap() <= 0xF_E000);
 
     let text = tinyres(&[
         "flash",
