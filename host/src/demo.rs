@@ -290,7 +290,6 @@ fn run_in(
         options.data.display()
     );
     let held_out = train_data.class_names[classes - 1].clone();
-    drop(train_data);
 
     let started = Instant::now();
     let mut arch = Architecture::by_name("resnet8")?;
@@ -360,7 +359,7 @@ fn run_in(
         ),
     );
     let imported = compile::import_onnx(&onnx, &PreprocessingFlags::default())?;
-    let mut calibration = Dataset::load(&options.data, Split::Train)?;
+    let mut calibration = train_data.clone();
     calibration.keep_classes_below(classes - 1);
     calibration.truncate(sizes.calibration_images);
     let bytes = compile::to_blob(
@@ -462,11 +461,10 @@ fn run_in(
     );
     let device = Device::build(board, "finetune", blob.as_bytes(), arena, timeout)?;
     test.truncate(sizes.learning_test_images);
-    let pool = Dataset::load(&options.data, Split::Train)?;
     let learning = qemu::learning_scenario(
         &device,
         &test,
-        &pool,
+        &train_data,
         sizes.shots,
         &staging.join("flash"),
         |boot| eprintln!("      {boot}"),
