@@ -150,8 +150,12 @@ pub fn firmware_dir() -> PathBuf {
 pub const DEFAULT_ARENA_BYTES: usize = 256 * 1024;
 
 /// Builds (if needed: cargo decides) firmware binary `bin` (`classify` or `finetune`)
-/// for `board` with a static arena of `arena_bytes`; returns the ELF's path. Cargo's
-/// progress goes to stderr.
+/// for `board` with a static arena of `arena_bytes`; returns the path of a copy of
+/// the ELF named after the arena size. Cargo's progress goes to stderr.
+///
+/// Builds with different arenas share one target directory and so one output path:
+/// the build and the copy happen under a lock on that directory, and the caller boots
+/// the copy, which a concurrent build for another arena cannot overwrite.
 pub fn build_firmware(board: &Board, bin: &str, arena_bytes: usize) -> Result<PathBuf> {
     let dir = firmware_dir();
     if !dir.join("Cargo.toml").exists() {
@@ -162,6 +166,13 @@ pub fn build_firmware(board: &Board, bin: &str, arena_bytes: usize) -> Result<Pa
     }
     // One target directory per board: boards sharing a Rust target differ in layout.
     let target_dir = dir.join("target").join(board.name);
+    std::fs::create_dir_all(&target_dir)
+        .with_context(|| format!("cannot create {}", target_dir.display()))?;
+    let lock_path = target_dir.join(".tinyres-build.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("cannot lock {}", lock_path.display()))?;
     let board_flags = format!(
         "CARGO_TARGET_{}_RUSTFLAGS",
         board.target.to_uppercase().replace(['-', '.'], "_")
@@ -190,7 +201,16 @@ pub fn build_firmware(board: &Board, bin: &str, arena_bytes: usize) -> Result<Pa
             board.target
         );
     }
-    Ok(target_dir.join(board.target).join("release").join(bin))
+    let built = target_dir.join(board.target).join("release").join(bin);
+    let kept = target_dir
+        .join("by-arena")
+        .join(format!("{bin}-arena{arena_bytes}"));
+    std::fs::create_dir_all(kept.parent().unwrap_or(&target_dir))
+        .with_context(|| format!("cannot create the directory of {}", kept.display()))?;
+    let elf = std::fs::read(&built).with_context(|| format!("cannot read {}", built.display()))?;
+    crate::write_atomically(&kept, &elf)?;
+    drop(lock);
+    Ok(kept)
 }
 
 /// One image as classified on the device.
