@@ -41,7 +41,7 @@ pub struct DemoOptions {
     pub epochs: Option<usize>,
     /// Training images (default: all, or 1,500 with `fast`).
     pub train_limit: Option<usize>,
-    /// Shots of the new class learned on the device (default 20, or 10 with `fast`).
+    /// Shots of the new class learned on the device (default 20).
     pub shots: Option<usize>,
     /// Install QEMU or the firmware's Rust target if missing (see [`ensure_setup`]).
     pub install: bool,
@@ -105,7 +105,7 @@ struct Sizes {
 impl Sizes {
     fn new(options: &DemoOptions) -> Self {
         let (widths, epochs, limit, device_images, learning_test, shots) = if options.fast {
-            (vec![8, 16, 32], 2, Some(1500), 20, 50, 10)
+            (vec![8, 16, 32], 2, Some(1500), 20, 50, 20)
         } else {
             (vec![16, 32, 64], 3, None, 100, 200, 20)
         };
