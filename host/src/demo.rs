@@ -104,10 +104,10 @@ struct Sizes {
 
 impl Sizes {
     fn new(options: &DemoOptions) -> Self {
-        let (widths, epochs, limit, device_images, learning_test, shots) = if options.fast {
-            (vec![8, 16, 32], 2, Some(1500), 20, 50, 20)
+        let (widths, epochs, limit, device_images, learning_test) = if options.fast {
+            (vec![8, 16, 32], 2, Some(1500), 20, 50)
         } else {
-            (vec![16, 32, 64], 3, None, 100, 200, 20)
+            (vec![16, 32, 64], 3, None, 100, 200)
         };
         Sizes {
             widths,
@@ -116,7 +116,7 @@ impl Sizes {
             calibration_images: 200,
             device_images,
             learning_test_images: learning_test,
-            shots: options.shots.unwrap_or(shots),
+            shots: options.shots.unwrap_or(20),
         }
     }
 }
