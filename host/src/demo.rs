@@ -503,7 +503,6 @@ fn run_in(
 impl DemoReport {
     /// The closing summary: one line per step, then where the artifacts are.
     pub fn to_table(&self) -> String {
-        let percent = |a: Option<f64>| a.map_or("n/a".into(), |a| format!("{:.1} %", 100.0 * a));
         let seconds = |name: &str| {
             self.seconds
                 .iter()
@@ -566,13 +565,11 @@ impl DemoReport {
             (
                 "learn",
                 format!(
-                    "{:?} from {} shots: new class {} -> {}, old classes {} -> {}",
+                    "{:?} from {} shots: new class {}, old classes {}",
                     self.held_out_class,
                     learning.shots,
-                    percent(learning.new_class_accuracy.before),
-                    percent(learning.new_class_accuracy.after),
-                    percent(learning.old_classes_accuracy.before),
-                    percent(learning.old_classes_accuracy.after)
+                    learning.new_class_accuracy,
+                    learning.old_classes_accuracy
                 ),
                 seconds("learn"),
             ),

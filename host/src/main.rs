@@ -480,11 +480,8 @@ fn finetune_on_device(
             "new class     {name} (index {}), {} shots + {} rehearsal images, on {}",
             report.new_class, report.shots, report.rehearsal, device.board.name
         );
-        println!("new class     {}", before_after(report.new_class_accuracy));
-        println!(
-            "old classes   {}",
-            before_after(report.old_classes_accuracy)
-        );
+        println!("new class     {}", report.new_class_accuracy);
+        println!("old classes   {}", report.old_classes_accuracy);
         println!(
             "persistence   {}",
             if report.persisted {
@@ -498,16 +495,6 @@ fn finetune_on_device(
         bail!("the second boot did not restore what the first learned");
     }
     Ok(())
-}
-
-/// `before -> after` as percentages.
-fn before_after(accuracy: qemu::BeforeAfter) -> String {
-    let percent = |a: Option<f64>| a.map_or("n/a".to_string(), |a| format!("{:.1} %", 100.0 * a));
-    format!(
-        "{} -> {}",
-        percent(accuracy.before),
-        percent(accuracy.after)
-    )
 }
 
 fn run_on_device(args: &RunArgs) -> Result<()> {

@@ -741,6 +741,15 @@ pub struct BeforeAfter {
     pub after: Option<f64>,
 }
 
+impl std::fmt::Display for BeforeAfter {
+    /// `before -> after` as percentages (`n/a` where there was no such image).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let percent =
+            |a: Option<f64>| a.map_or("n/a".to_string(), |a| format!("{:.1} %", 100.0 * a));
+        write!(f, "{} -> {}", percent(self.before), percent(self.after))
+    }
+}
+
 /// The on-device learning scenario, three boots of the `finetune` firmware on
 /// `device`: the model as shipped on `test`; learning the next free class from
 /// `shots` images of it in `pool` (plus as many images of known classes, for
