@@ -500,6 +500,85 @@ impl Network {
         Ok(ForwardTrace { tensors, pre_add })
     }
 
+    /// A copy whose biases cancel the mean error that rounding the weights to int8
+    /// puts in each output channel ("bias correction", Nagel et al., *Data-Free
+    /// Quantization*, ICCV 2019): a layer's output moves by `(Ŵ − W) · x`, whose mean
+    /// over the calibration images is `(Ŵ − W) · E[x]`, computed here by running the
+    /// layer on its mean input tensor and averaging each channel over the output
+    /// positions (so zero padding at the borders is counted exactly). `mean_tensors`
+    /// holds the mean of every tensor (index = tensor id, as [`Network::forward_f32`]
+    /// numbers them) over the calibration images. Only the int8 blob should be written
+    /// from the copy: in f32 the correction would be an error of its own.
+    pub fn with_weight_rounding_compensated(
+        &self,
+        mean_tensors: &[Vec<f32>],
+    ) -> Result<Network, WriteError> {
+        let shapes = self.tensor_shapes()?;
+        let sizes_match = mean_tensors.len() == shapes.len()
+            && mean_tensors
+                .iter()
+                .zip(&shapes)
+                .all(|(t, &(h, w, c))| t.len() == h * w * c);
+        if !sizes_match {
+            return fail("mean tensors do not match the network's tensors");
+        }
+        let kernel_error = |k: usize, e: crate::Error| WriteError(alloc::format!("layer {k}: {e}"));
+        let mut corrected = self.clone();
+        for (k, layer) in corrected.layers.iter_mut().enumerate() {
+            let (oh, ow, oc) = shapes[k + 1];
+            let mut error = alloc::vec![0.0f32; oh * ow * oc];
+            let zero_bias = alloc::vec![0.0f32; oc];
+            let bias = match layer {
+                LayerSpec::Conv(conv) => {
+                    let (ih, iw, ic) = shapes[conv.input];
+                    let shape = ConvShape {
+                        in_h: ih,
+                        in_w: iw,
+                        in_c: ic,
+                        out_h: oh,
+                        out_w: ow,
+                        out_c: oc,
+                        kernel_h: conv.kernel.0,
+                        kernel_w: conv.kernel.1,
+                        stride: conv.stride,
+                        pad_top: conv.padding[0],
+                        pad_left: conv.padding[1],
+                    };
+                    let rounding = weight_rounding_error(&conv.weights, oc);
+                    crate::kernels::conv2d_f32(
+                        &shape,
+                        &mean_tensors[conv.input],
+                        &rounding,
+                        &zero_bias,
+                        false,
+                        None,
+                        &mut error,
+                    )
+                    .map_err(|e| kernel_error(k, e))?;
+                    &mut conv.bias
+                }
+                LayerSpec::Dense(d) => {
+                    let rounding = weight_rounding_error(&d.weights, oc);
+                    crate::kernels::dense_f32(
+                        &mean_tensors[d.input],
+                        &rounding,
+                        &zero_bias,
+                        false,
+                        &mut error,
+                    )
+                    .map_err(|e| kernel_error(k, e))?;
+                    &mut d.bias
+                }
+                LayerSpec::GlobalAvgPool { .. } => continue,
+            };
+            let positions = (oh * ow) as f32;
+            for (c, b) in bias.iter_mut().enumerate() {
+                *b -= error.iter().skip(c).step_by(oc).sum::<f32>() / positions;
+            }
+        }
+        Ok(corrected)
+    }
+
     /// Min/max activation ranges over `images` (raw HWC `u8` each), for int8.
     pub fn calibrate<'i>(
         &self,
@@ -801,12 +880,8 @@ impl BlobBuilder {
                 let mut multipliers = Vec::with_capacity(out_channels);
                 let mut shifts = Vec::with_capacity(out_channels);
                 for (row, &b) in weights.chunks(per_channel.max(1)).zip(bias) {
-                    let max_abs = row.iter().fold(0.0f32, |m, w| m.max(w.abs()));
-                    let w_scale = if max_abs > 0.0 { max_abs / 127.0 } else { 1.0 };
-                    q_weights.extend(
-                        row.iter()
-                            .map(|&w| libm::roundf(w / w_scale).clamp(-127.0, 127.0) as i8 as u8),
-                    );
+                    let w_scale = weight_scale(row);
+                    q_weights.extend(row.iter().map(|&w| quantize_weight(w, w_scale) as u8));
                     let bias_scale = f64::from(input_scale) * f64::from(w_scale);
                     q_bias.push(libm::round(f64::from(b) / bias_scale) as i32);
                     let (m, s) = quantize_multiplier(bias_scale / f64::from(output_scale));
@@ -825,6 +900,35 @@ impl BlobBuilder {
         self.put(at + lf::WEIGHTS, &(weights_off as u32).to_le_bytes());
         self.put(at + lf::BIAS, &(bias_off as u32).to_le_bytes());
     }
+}
+
+/// The int8 scale of one output channel's weights (TFLite: symmetric, per channel,
+/// the largest magnitude on ±127).
+fn weight_scale(row: &[f32]) -> f32 {
+    let max_abs = row.iter().fold(0.0f32, |m, w| m.max(w.abs()));
+    if max_abs > 0.0 {
+        max_abs / 127.0
+    } else {
+        1.0
+    }
+}
+
+fn quantize_weight(w: f32, scale: f32) -> i8 {
+    libm::roundf(w / scale).clamp(-127.0, 127.0) as i8
+}
+
+/// `dequantize(quantize(w)) − w` for OHWI or `[out][in]` weights of `out_channels`
+/// rows: the error the int8 encoding puts in each weight.
+fn weight_rounding_error(weights: &[f32], out_channels: usize) -> Vec<f32> {
+    let per_channel = (weights.len() / out_channels.max(1)).max(1);
+    weights
+        .chunks(per_channel)
+        .flat_map(|row| {
+            let scale = weight_scale(row);
+            row.iter()
+                .map(move |&w| f32::from(quantize_weight(w, scale)) * scale - w)
+        })
+        .collect()
 }
 
 fn le_bytes<const N: usize>(items: impl Iterator<Item = [u8; N]>) -> Vec<u8> {

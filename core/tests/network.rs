@@ -4,7 +4,8 @@
 mod common;
 
 use common::{RefNet, Rng};
-use tinyres_core::writer::{AlignedBlob, Encoding};
+use tinyres_core::kernels::{conv2d_f32, dense_f32, ConvShape};
+use tinyres_core::writer::{AlignedBlob, Encoding, LayerSpec};
 use tinyres_core::{Arena, DType, Error, Interpreter, Model};
 
 fn blob(net: &RefNet, encoding: Encoding<'_>) -> AlignedBlob {
@@ -229,4 +230,99 @@ fn wrong_input_and_output_lengths_are_errors() {
         interp.features(&mut [0.0; 3]),
         Err(Error::WrongLength { expected: 64, .. })
     ));
+}
+
+/// The TFLite per-channel weight rounding (symmetric, largest magnitude on ±127), as
+/// the int8 blob stores it, back in f32.
+fn dequantized_weights(weights: &[f32], out_channels: usize) -> Vec<f32> {
+    weights
+        .chunks(weights.len() / out_channels)
+        .flat_map(|row| {
+            let scale = row.iter().fold(0.0f32, |m, w| m.max(w.abs())) / 127.0;
+            row.iter()
+                .map(move |&w| (w / scale).round().clamp(-127.0, 127.0) * scale)
+        })
+        .collect()
+}
+
+/// Per-channel mean over positions of one conv or dense layer's output (no ReLU, no
+/// residual) on `input`, with the given weights and biases.
+fn mean_output(
+    layer: &LayerSpec,
+    weights: &[f32],
+    bias: &[f32],
+    input: &[f32],
+    (ih, iw, ic): (usize, usize, usize),
+    (oh, ow, oc): (usize, usize, usize),
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; oh * ow * oc];
+    match layer {
+        LayerSpec::Conv(conv) => {
+            let shape = ConvShape {
+                in_h: ih,
+                in_w: iw,
+                in_c: ic,
+                out_h: oh,
+                out_w: ow,
+                out_c: oc,
+                kernel_h: conv.kernel.0,
+                kernel_w: conv.kernel.1,
+                stride: conv.stride,
+                pad_top: conv.padding[0],
+                pad_left: conv.padding[1],
+            };
+            conv2d_f32(&shape, input, weights, bias, false, None, &mut out).unwrap();
+        }
+        _ => dense_f32(input, weights, bias, false, &mut out).unwrap(),
+    }
+    (0..oc)
+        .map(|c| out.iter().skip(c).step_by(oc).sum::<f32>() / (oh * ow) as f32)
+        .collect()
+}
+
+/// Bias correction: with the int8-rounded weights and the corrected biases, every
+/// layer's output, averaged over positions, is the same on its mean input as the
+/// float layer's; the weights themselves are untouched.
+#[test]
+fn weight_rounding_compensation_keeps_each_layers_mean_output() {
+    let net = common::resnet8(7).to_network();
+    let shapes = net.tensor_shapes().unwrap();
+    let mut rng = Rng::new(8);
+    let means: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|&(h, w, c)| (0..h * w * c).map(|_| rng.uniform() as f32 * 2.0).collect())
+        .collect();
+    let corrected = net.with_weight_rounding_compensated(&means).unwrap();
+    let mut checked = 0;
+    for (k, (layer, fixed)) in net.layers.iter().zip(&corrected.layers).enumerate() {
+        let (input, (weights, bias), (same_weights, new_bias)) = match (layer, fixed) {
+            (LayerSpec::Conv(a), LayerSpec::Conv(b)) => {
+                (a.input, (&a.weights, &a.bias), (&b.weights, &b.bias))
+            }
+            (LayerSpec::Dense(a), LayerSpec::Dense(b)) => {
+                (a.input, (&a.weights, &a.bias), (&b.weights, &b.bias))
+            }
+            _ => continue,
+        };
+        assert_eq!(weights, same_weights, "layer {k}: weights changed");
+        let (in_shape, out_shape) = (shapes[input], shapes[k + 1]);
+        let float = mean_output(layer, weights, bias, &means[input], in_shape, out_shape);
+        let rounded = dequantized_weights(weights, out_shape.2);
+        let int8 = mean_output(
+            layer,
+            &rounded,
+            new_bias,
+            &means[input],
+            in_shape,
+            out_shape,
+        );
+        for (f, q) in float.iter().zip(&int8) {
+            assert!(
+                (f - q).abs() <= 1e-4 * (1.0 + f.abs()),
+                "layer {k}: {f} vs {q}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 8, "{checked}");
 }

@@ -1241,20 +1241,22 @@ pub const PERCENTILE: f64 = 99.999;
 /// Histogram bins per tensor for [`Calibration::Percentile`] and [`Calibration::Mse`].
 const BINS: usize = 4096;
 
-/// Activation ranges of `network` over `images` (raw HWC `u8`).
-pub fn activation_ranges(
-    network: &Network,
-    images: &Dataset,
-    method: Calibration,
-) -> Result<ActivationRanges> {
+/// What the int8 encoding learns from the calibration images.
+pub struct Calibrated {
+    /// Each activation's range.
+    pub ranges: ActivationRanges,
+    /// Each tensor's mean over the images (index = tensor id), for
+    /// [`Network::with_weight_rounding_compensated`].
+    pub mean_tensors: Vec<Vec<f32>>,
+}
+
+/// Activation ranges and mean tensors of `network` over `images` (raw HWC `u8`).
+pub fn calibrate(network: &Network, images: &Dataset, method: Calibration) -> Result<Calibrated> {
     ensure!(!images.is_empty(), "the calibration set is empty");
     let all = || (0..images.len()).map(|i| images.image(i));
     let minmax = network
         .calibrate(all())
         .map_err(|e| anyhow::anyhow!("calibration: {e}"))?;
-    if method == Calibration::Minmax {
-        return Ok(minmax);
-    }
     let histogram = |range: (f32, f32)| (range, vec![0u64; BINS]);
     let mut tensors: Vec<_> = minmax.tensors.iter().map(|&r| histogram(r)).collect();
     let mut pre_add: Vec<_> = minmax.pre_add.iter().map(|r| r.map(histogram)).collect();
@@ -1265,10 +1267,21 @@ pub fn activation_ranges(
             bins[bin.min(BINS - 1)] += 1;
         }
     };
+    let mut sums: Vec<Vec<f64>> = Vec::new();
     for image in all() {
         let trace = network
             .forward_f32(image)
             .map_err(|e| anyhow::anyhow!("calibration: {e}"))?;
+        sums.resize_with(trace.tensors.len(), Vec::new);
+        for (sum, values) in sums.iter_mut().zip(&trace.tensors) {
+            sum.resize(values.len(), 0.0);
+            for (s, &v) in sum.iter_mut().zip(values) {
+                *s += f64::from(v);
+            }
+        }
+        if method == Calibration::Minmax {
+            continue;
+        }
         for (h, values) in tensors.iter_mut().zip(&trace.tensors) {
             count(h, values);
         }
@@ -1278,13 +1291,23 @@ pub fn activation_ranges(
             }
         }
     }
+    let n = images.len() as f64;
+    let mean_tensors = sums
+        .iter()
+        .map(|sum| sum.iter().map(|&s| (s / n) as f32).collect())
+        .collect();
     let clip = |(range, bins): &((f32, f32), Vec<u64>)| match method {
         Calibration::Mse => least_squared_error_range(*range, bins),
-        _ => percentile_range(*range, bins),
+        Calibration::Percentile => percentile_range(*range, bins),
+        Calibration::Minmax => *range,
     };
-    Ok(ActivationRanges {
+    let ranges = ActivationRanges {
         tensors: tensors.iter().map(clip).collect(),
         pre_add: pre_add.iter().map(|h| h.as_ref().map(clip)).collect(),
+    };
+    Ok(Calibrated {
+        ranges,
+        mean_tensors,
     })
 }
 
@@ -1366,21 +1389,35 @@ pub enum Dtype {
     Int8,
 }
 
+/// How int8 is calibrated.
+#[derive(Clone, Copy)]
+pub struct Int8Options<'d> {
+    /// The calibration images.
+    pub images: &'d Dataset,
+    /// How activation ranges are chosen.
+    pub method: Calibration,
+    /// Compensate the mean error of the weights' rounding in the biases
+    /// ([`Network::with_weight_rounding_compensated`]).
+    pub bias_correction: bool,
+}
+
 /// The blob of an imported network; int8 needs calibration images.
-pub fn to_blob(
-    network: &Network,
-    dtype: Dtype,
-    calibration: Option<(&Dataset, Calibration)>,
-) -> Result<Vec<u8>> {
-    let blob = match dtype {
+pub fn to_blob(network: &Network, dtype: Dtype, int8: Option<Int8Options<'_>>) -> Result<Vec<u8>> {
+    let written = match dtype {
         Dtype::F32 => network.to_blob(Encoding::F32),
         Dtype::F16 => network.to_blob(Encoding::F16),
         Dtype::Int8 => {
-            let (images, method) =
-                calibration.context("int8 needs calibration images (--calib DATA)")?;
-            let ranges = activation_ranges(network, images, method)?;
-            network.to_blob(Encoding::Int8(&ranges))
+            let options = int8.context("int8 needs calibration images (--calib DATA)")?;
+            let calibrated = calibrate(network, options.images, options.method)?;
+            let encoding = Encoding::Int8(&calibrated.ranges);
+            if options.bias_correction {
+                network
+                    .with_weight_rounding_compensated(&calibrated.mean_tensors)
+                    .and_then(|corrected| corrected.to_blob(encoding))
+            } else {
+                network.to_blob(encoding)
+            }
         }
     };
-    blob.map_err(|e| anyhow::anyhow!("writing the blob: {e}"))
+    written.map_err(|e| anyhow::anyhow!("writing the blob: {e}"))
 }

@@ -18,7 +18,7 @@ use tinyres_core::writer::AlignedBlob;
 use tinyres_core::Model;
 
 use crate::arch::Architecture;
-use crate::compile::{self, Calibration, Dtype, PreprocessingFlags};
+use crate::compile::{self, Calibration, Dtype, Int8Options, PreprocessingFlags};
 use crate::data::{Dataset, Split};
 use crate::qemu::{self, Board, Device, LearningReport};
 use crate::report::{describe, thousands, ModelReport};
@@ -365,7 +365,11 @@ fn run_in(
     let bytes = compile::to_blob(
         &imported.network,
         Dtype::Int8,
-        Some((&calibration, Calibration::Mse)),
+        Some(Int8Options {
+            images: &calibration,
+            method: Calibration::Mse,
+            bias_correction: true,
+        }),
     )?;
     let blob = AlignedBlob::new(&bytes);
     let model = Model::parse(blob.as_bytes())
