@@ -198,6 +198,17 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
     /// One SGD step on one example with softmax cross-entropy; returns the loss before
     /// the step.
     pub fn train(&mut self, features: &[f32], label: usize) -> Result<f32, Error> {
+        self.train_rows_from(features, label, 0)
+    }
+
+    /// [`Self::train`] that leaves the rows (and biases) of classes below `first_row`
+    /// as they are: the loss still weighs every class, only the later rows learn.
+    pub fn train_rows_from(
+        &mut self,
+        features: &[f32],
+        label: usize,
+        first_row: usize,
+    ) -> Result<f32, Error> {
         if label >= self.classes {
             return Err(Error::InvalidValue {
                 what: "training label",
@@ -218,7 +229,7 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
         let rows = self.weights.iter_mut().zip(&mut self.weight_velocity);
         let biases = self.bias.iter_mut().zip(&mut self.bias_velocity);
         for (c, ((&p, (row, velocity)), (bias, bias_velocity))) in
-            p.iter().zip(rows).zip(biases).enumerate()
+            p.iter().zip(rows).zip(biases).enumerate().skip(first_row)
         {
             let g = p - if c == label { 1.0 } else { 0.0 };
             for ((w, v), &x) in row.iter_mut().zip(velocity.iter_mut()).zip(features) {
@@ -313,6 +324,29 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
             .sum();
         self.bias[class] = best_at_midpoint - at_midpoint;
         Ok(class)
+    }
+
+    /// Logit adjustment for a class trained on more (or fewer) of its examples than
+    /// it will meet (Menon et al., *Long-tail learning via logit adjustment*, ICLR
+    /// 2021): softmax cross-entropy learns the log of each class's share of the
+    /// training examples into its bias, so a class over-represented
+    /// `over_representation` times relative to the others has its bias lowered by
+    /// `ln(over_representation)`.
+    pub fn discount_prior(&mut self, class: usize, over_representation: f32) -> Result<(), Error> {
+        if class >= self.classes {
+            return Err(Error::InvalidValue {
+                what: "class to discount",
+                index: 0,
+                value: class as u32,
+            });
+        }
+        if !(over_representation.is_finite() && over_representation > 0.0) {
+            return Err(Error::Unsupported {
+                what: "over-representation must be finite and positive",
+            });
+        }
+        self.bias[class] -= libm::logf(over_representation);
+        Ok(())
     }
 
     /// Bytes [`Self::save`] writes: two u16 counts, then the weights and biases as f32.

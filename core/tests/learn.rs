@@ -282,6 +282,46 @@ impl NorFlash for FakeFlash {
     }
 }
 
+#[test]
+fn training_from_a_row_leaves_the_rows_before_it_untouched() {
+    let features = [0.3, -0.2, 0.9, 0.1, 0.0, 0.4, -0.7, 0.2];
+    let (mut all, mut last) = (layer_with(0.5), layer_with(0.5));
+    for label in [0, 2, 1, 2] {
+        let loss_all = all.train(&features, label).unwrap();
+        let loss_last = last.train_rows_from(&features, label, 2).unwrap();
+        if label == 0 {
+            assert_eq!(loss_all, loss_last, "same loss before any step");
+        }
+    }
+    let fresh = layer_with(0.5);
+    let logits = |layer: &LastLayer<8, 4>| {
+        let mut l = [0.0; 3];
+        layer.logits(&features, &mut l).unwrap();
+        l
+    };
+    let (untouched, trained) = (logits(&fresh), logits(&last));
+    assert_eq!(trained[..2], untouched[..2], "rows 0 and 1 are frozen");
+    assert_ne!(trained[2], untouched[2], "row 2 learns");
+    assert_ne!(logits(&all)[0], untouched[0], "plain train moves every row");
+}
+
+#[test]
+fn discounting_a_prior_lowers_only_that_logit_by_its_log() {
+    let mut layer = layer_with(0.5);
+    let features = [0.3, -0.2, 0.9, 0.1, 0.0, 0.4, -0.7, 0.2];
+    let mut before = [0.0; 3];
+    layer.logits(&features, &mut before).unwrap();
+    layer.discount_prior(1, core::f32::consts::E).unwrap();
+    let mut after = [0.0; 3];
+    layer.logits(&features, &mut after).unwrap();
+    assert_eq!((after[0], after[2]), (before[0], before[2]));
+    assert!((before[1] - after[1] - 1.0).abs() < 1e-6);
+    assert!(layer.discount_prior(3, 2.0).is_err(), "no such class");
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        assert!(layer.discount_prior(0, bad).is_err(), "{bad}");
+    }
+}
+
 fn layer_with(seed: f32) -> LastLayer<8, 4> {
     let mut layer = LastLayer::new(8, Sgd::default()).unwrap();
     for c in 0..3 {

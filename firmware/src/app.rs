@@ -190,8 +190,11 @@ impl<'m, 'a, 'h, Button: InputPin, Led: OutputPin, Flash: NorFlash>
     /// labeled with the next free class index are shots of the new class; the others
     /// are examples of known classes, kept for rehearsal. The new class is imprinted
     /// from the shots' mean feature (contrasted with the others' mean when there are
-    /// any, see [`LastLayer::add_class_between`]), then `epochs` passes of SGD run over
-    /// all examples. Returns the new class's index.
+    /// any, see [`LastLayer::add_class_between`]), then `epochs` passes of SGD over all
+    /// examples train the new class's row only (the old rows, fitted on the full
+    /// training set, would overfit the few rehearsal images), and its bias is
+    /// discounted by how much more of the examples it had than an average old class
+    /// ([`LastLayer::discount_prior`]). Returns the new class's index.
     pub fn finetune<'p>(
         &mut self,
         count: usize,
@@ -226,8 +229,18 @@ impl<'m, 'a, 'h, Button: InputPin, Led: OutputPin, Flash: NorFlash>
         for _ in 0..epochs {
             for i in 0..count {
                 let (pixels, label) = example(i).ok_or(AppError::Engine(Error::NotRun))?;
-                self.train(pixels, usize::from(label))?;
+                self.extract(pixels)?;
+                self.head
+                    .train_rows_from(&self.features[..n], usize::from(label), class)?;
             }
+        }
+        if others.count() > 0 {
+            // A few shots beside fewer rehearsal images per old class: the new class
+            // would otherwise keep its inflated share of the examples as a prior and
+            // take old classes' images.
+            let per_old_class = others.count() as f32 / new_class as f32;
+            let shots = self.collected.count() as f32;
+            self.head.discount_prior(class, shots / per_old_class)?;
         }
         Ok(class)
     }
