@@ -1242,6 +1242,7 @@ pub const PERCENTILE: f64 = 99.999;
 const BINS: usize = 4096;
 
 /// What the int8 encoding learns from the calibration images.
+#[derive(Clone, Debug)]
 pub struct Calibrated {
     /// Each activation's range.
     pub ranges: ActivationRanges,
@@ -1390,7 +1391,7 @@ pub enum Dtype {
 }
 
 /// How int8 is calibrated.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct Int8Options<'d> {
     /// The calibration images.
     pub images: &'d Dataset,
