@@ -41,7 +41,7 @@ pub struct DemoOptions {
     pub epochs: Option<usize>,
     /// Training images (default: all, or 1,500 with `fast`).
     pub train_limit: Option<usize>,
-    /// Shots of the new class learned on the device (default 20).
+    /// Shots of the new class learned on the device (default 50; 20 with `fast`).
     pub shots: Option<usize>,
     /// Install QEMU or the firmware's Rust target if missing (see [`ensure_setup`]).
     pub install: bool,
@@ -104,10 +104,12 @@ struct Sizes {
 
 impl Sizes {
     fn new(options: &DemoOptions) -> Self {
-        let (widths, epochs, limit, device_images, learning_test) = if options.fast {
-            (vec![8, 16, 32], 2, Some(1500), 20, 50)
+        // The full demo learns from the K = 50 shots; --fast from 20, to stay
+        // CI-sized.
+        let (widths, epochs, limit, device_images, learning_test, shots) = if options.fast {
+            (vec![8, 16, 32], 2, Some(1500), 20, 50, 20)
         } else {
-            (vec![16, 32, 64], 3, None, 100, 200)
+            (vec![16, 32, 64], 3, None, 100, 200, 50)
         };
         Sizes {
             widths,
@@ -116,7 +118,7 @@ impl Sizes {
             calibration_images: 200,
             device_images,
             learning_test_images: learning_test,
-            shots: options.shots.unwrap_or(20),
+            shots: options.shots.unwrap_or(shots),
         }
     }
 }

@@ -162,7 +162,7 @@ struct DemoArgs {
     /// Train on the first N training images only (default: all; 1,500 with --fast).
     #[arg(long)]
     limit: Option<usize>,
-    /// Shots of the held-out class the device learns from (default 20).
+    /// Shots of the held-out class the device learns from (default 50; 20 with --fast).
     #[arg(long)]
     shots: Option<usize>,
     /// Do not install what is missing (QEMU through apt-get, the firmware's Rust
