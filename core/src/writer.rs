@@ -70,6 +70,30 @@ pub struct ConvSpec {
     pub residual: Option<ResidualSpec>,
 }
 
+impl ConvSpec {
+    /// The kernel's view of this convolution from `(height, width, channels)` of its
+    /// input and output tensors.
+    pub fn shape(
+        &self,
+        (in_h, in_w, in_c): (usize, usize, usize),
+        (out_h, out_w, out_c): (usize, usize, usize),
+    ) -> ConvShape {
+        ConvShape {
+            in_h,
+            in_w,
+            in_c,
+            out_h,
+            out_w,
+            out_c,
+            kernel_h: self.kernel.0,
+            kernel_w: self.kernel.1,
+            stride: self.stride,
+            pad_top: self.padding[0],
+            pad_left: self.padding[1],
+        }
+    }
+}
+
 /// A fully connected layer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DenseSpec {
@@ -437,23 +461,11 @@ impl Network {
             let (oh, ow, oc) = shapes[k + 1];
             let mut out = alloc::vec![0.0f32; oh * ow * oc];
             let (input, _) = layer.inputs();
-            let (ih, iw, ic) = shapes[input];
+            let (ih, iw, _) = shapes[input];
             let x = &tensors[input];
             match layer {
                 LayerSpec::Conv(conv) => {
-                    let shape = ConvShape {
-                        in_h: ih,
-                        in_w: iw,
-                        in_c: ic,
-                        out_h: oh,
-                        out_w: ow,
-                        out_c: oc,
-                        kernel_h: conv.kernel.0,
-                        kernel_w: conv.kernel.1,
-                        stride: conv.stride,
-                        pad_top: conv.padding[0],
-                        pad_left: conv.padding[1],
-                    };
+                    let shape = conv.shape(shapes[input], shapes[k + 1]);
                     crate::kernels::conv2d_f32(
                         &shape,
                         x,
@@ -530,20 +542,7 @@ impl Network {
             let zero_bias = alloc::vec![0.0f32; oc];
             let bias = match layer {
                 LayerSpec::Conv(conv) => {
-                    let (ih, iw, ic) = shapes[conv.input];
-                    let shape = ConvShape {
-                        in_h: ih,
-                        in_w: iw,
-                        in_c: ic,
-                        out_h: oh,
-                        out_w: ow,
-                        out_c: oc,
-                        kernel_h: conv.kernel.0,
-                        kernel_w: conv.kernel.1,
-                        stride: conv.stride,
-                        pad_top: conv.padding[0],
-                        pad_left: conv.padding[1],
-                    };
+                    let shape = conv.shape(shapes[conv.input], shapes[k + 1]);
                     let rounding = weight_rounding_error(&conv.weights, oc);
                     crate::kernels::conv2d_f32(
                         &shape,

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{RefNet, Rng};
-use tinyres_core::kernels::{conv2d_f32, dense_f32, ConvShape};
+use tinyres_core::kernels::{conv2d_f32, dense_f32};
 use tinyres_core::writer::{AlignedBlob, Encoding, LayerSpec};
 use tinyres_core::{Arena, DType, Error, Interpreter, Model};
 
@@ -252,25 +252,13 @@ fn mean_output(
     weights: &[f32],
     bias: &[f32],
     input: &[f32],
-    (ih, iw, ic): (usize, usize, usize),
+    input_shape: (usize, usize, usize),
     (oh, ow, oc): (usize, usize, usize),
 ) -> Vec<f32> {
     let mut out = vec![0.0f32; oh * ow * oc];
     match layer {
         LayerSpec::Conv(conv) => {
-            let shape = ConvShape {
-                in_h: ih,
-                in_w: iw,
-                in_c: ic,
-                out_h: oh,
-                out_w: ow,
-                out_c: oc,
-                kernel_h: conv.kernel.0,
-                kernel_w: conv.kernel.1,
-                stride: conv.stride,
-                pad_top: conv.padding[0],
-                pad_left: conv.padding[1],
-            };
+            let shape = conv.shape(input_shape, (oh, ow, oc));
             conv2d_f32(&shape, input, weights, bias, false, None, &mut out).unwrap();
         }
         _ => dense_f32(input, weights, bias, false, &mut out).unwrap(),
