@@ -178,14 +178,6 @@ impl<'m, 'a, 'h, Button: InputPin, Led: OutputPin, Flash: NorFlash>
         }
     }
 
-    /// One SGD step on a frame of a known class (replaying stored examples).
-    pub fn train(&mut self, pixels: &[u8], class: usize) -> Result<f32, AppError> {
-        self.extract(pixels)?;
-        Ok(self
-            .head
-            .train(&self.features[..self.head.num_features()], class)?)
-    }
-
     /// Learns a new class from `count` labeled examples fetched by `example(i)`. Those
     /// labeled with the next free class index are shots of the new class; the others
     /// are examples of known classes, kept for rehearsal. The new class is imprinted
