@@ -10,4 +10,5 @@
 
 pub(crate) use crate::kernels::{
     conv2d_f32, conv2d_i8, dense_f32, dense_i8, global_avg_pool_f32, global_avg_pool_i8,
+    global_avg_pool_i8_to_f32,
 };

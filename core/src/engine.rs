@@ -160,27 +160,24 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                 what: "tensor buffer",
                 index: 0,
             })?;
-        match self.model.dtype() {
-            DType::F32 | DType::F16 => {
-                let at = 4 * i;
-                let b = bytes.get(at..at + 4).ok_or(Error::OutOfBounds {
-                    what: "tensor element",
-                    index: 0,
-                })?;
-                Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            }
-            DType::Int8 => {
-                let q = *bytes.get(i).ok_or(Error::OutOfBounds {
-                    what: "tensor element",
-                    index: 0,
-                })? as i8;
-                Ok(dequantize_i8(q, t.scale, t.zero_point))
-            }
+        if t.float {
+            let at = 4 * i;
+            let b = bytes.get(at..at + 4).ok_or(Error::OutOfBounds {
+                what: "tensor element",
+                index: 0,
+            })?;
+            Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        } else {
+            let q = *bytes.get(i).ok_or(Error::OutOfBounds {
+                what: "tensor element",
+                index: 0,
+            })? as i8;
+            Ok(dequantize_i8(q, t.scale, t.zero_point))
         }
     }
 
     fn byte_range(&self, t: &TensorInfo) -> Range<usize> {
-        t.arena_offset..t.arena_offset + t.len() * self.model.dtype().activation_bytes()
+        t.arena_offset..t.arena_offset + t.len() * t.element_bytes()
     }
 
     fn write_input(&mut self, pixels: &[u8]) -> Result<(), Error> {
@@ -306,11 +303,21 @@ impl<'m, 'a> Interpreter<'m, 'a> {
         let split = Split::new(self.arena, self.byte_range(&out_t))?;
         let input = split.input(in_range)?;
         let pixels = in_t.height * in_t.width;
-        match self.model.dtype() {
-            DType::F32 | DType::F16 => {
+        match (in_t.float, out_t.float) {
+            (true, true) => {
                 arch::global_avg_pool_f32(cast(input)?, pixels, cast_mut(split.output)?)
             }
-            DType::Int8 => arch::global_avg_pool_i8(cast(input)?, pixels, cast_mut(split.output)?),
+            (false, false) => {
+                arch::global_avg_pool_i8(cast(input)?, pixels, cast_mut(split.output)?)
+            }
+            (false, true) => arch::global_avg_pool_i8_to_f32(
+                cast(input)?,
+                in_t.zero_point,
+                in_t.scale,
+                pixels,
+                cast_mut(split.output)?,
+            ),
+            (true, false) => Err(type_error()),
         }
     }
 

@@ -3,8 +3,9 @@
 
 /// First four bytes of every blob.
 pub const MAGIC: [u8; 4] = *b"TRM\0";
-/// The format version this engine reads and writes.
-pub const VERSION: u16 = 1;
+/// The format version this engine writes. It reads every version from 1 to this one:
+/// version 2 added `header::F32_HEAD` (version 1 blobs have no f32 head).
+pub const VERSION: u16 = 2;
 /// Size of the fixed header.
 pub const HEADER_SIZE: usize = 64;
 /// Size of one tensor record.
@@ -36,6 +37,9 @@ pub mod header {
     pub const PREPROCESS: usize = 32;
     pub const CLASS_NAMES: usize = 36;
     pub const ARENA_SIZE: usize = 40;
+    /// Since version 2: in an int8 model, the first layer of the classifier head that
+    /// computes in f32 (`num_layers`: none).
+    pub const F32_HEAD: usize = 44;
 }
 
 /// Tensor record field offsets.

@@ -420,6 +420,35 @@ pub fn global_avg_pool_i8(input: &[i8], pixels: usize, output: &mut [i8]) -> Res
     Ok(())
 }
 
+/// Global average pooling of an int8 tensor into f32, for an int8 model's f32
+/// classifier head: the i32 sum of `q − zero_point` per channel, times
+/// `scale / pixels`. The mean is not rounded back to int8, so the features keep the
+/// precision that averaging gains.
+pub fn global_avg_pool_i8_to_f32(
+    input: &[i8],
+    zero_point: i32,
+    scale: f32,
+    pixels: usize,
+    output: &mut [f32],
+) -> Result<(), Error> {
+    let channels = output.len();
+    expect("pool input", pixels * channels, input.len())?;
+    if pixels == 0 {
+        return Ok(());
+    }
+    let per_unit = scale / pixels as f32;
+    for (c, o) in output.iter_mut().enumerate() {
+        let sum: i32 = input
+            .iter()
+            .skip(c)
+            .step_by(channels)
+            .map(|&x| i32::from(x) - zero_point)
+            .sum();
+        *o = sum as f32 * per_unit;
+    }
+    Ok(())
+}
+
 /// f32 fully connected layer with `[out][in]` weights and optional ReLU.
 pub fn dense_f32<W: FloatWeight>(
     input: &[f32],

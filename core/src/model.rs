@@ -59,6 +59,9 @@ pub struct TensorInfo {
     pub scale: f32,
     /// int8 zero point (0 for float models).
     pub zero_point: i32,
+    /// Whether the values are f32: every tensor of an f32 or f16 model, and the
+    /// tensors an int8 model's f32 head writes. Otherwise int8.
+    pub float: bool,
 }
 
 impl TensorInfo {
@@ -70,6 +73,15 @@ impl TensorInfo {
     /// Whether the tensor has no elements (never true in a valid model).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes of one element: 4 for f32, 1 for int8.
+    pub fn element_bytes(&self) -> usize {
+        if self.float {
+            4
+        } else {
+            1
+        }
     }
 }
 
@@ -90,6 +102,15 @@ impl Weights<'_> {
         match self {
             Weights::F32(w) => w.len(),
             Weights::F16(w) => w.len(),
+            Weights::I8(w) => w.len(),
+        }
+    }
+
+    /// Bytes the weights take in the blob.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Weights::F32(w) => 4 * w.len(),
+            Weights::F16(w) => 2 * w.len(),
             Weights::I8(w) => w.len(),
         }
     }
@@ -246,6 +267,8 @@ pub struct Model<'a> {
     input_range: InputRange,
     num_layers: u16,
     features: Option<u16>,
+    /// First layer computed in f32 (`num_layers` for none; see `header::F32_HEAD`).
+    f32_head: u16,
     tensor_table: usize,
     layer_table: usize,
     preprocess: usize,
@@ -273,7 +296,7 @@ impl<'a> Model<'a> {
             return Err(Error::BadMagic);
         }
         let version = head.u16(header::VERSION)?;
-        if version != format::VERSION {
+        if version == 0 || version > format::VERSION {
             return Err(Error::UnsupportedVersion(version));
         }
         let header_size = head.u16(header::HEADER_SIZE)?;
@@ -318,12 +341,20 @@ impl<'a> Model<'a> {
             t if t < num_tensors => Some(t),
             t => return Err(invalid("features_tensor", 0, t.into())),
         };
+        let f32_head = match (dtype, version) {
+            (DType::Int8, 2..) => match head.u16(header::F32_HEAD)? {
+                l if l <= num_layers => l,
+                l => return Err(invalid("f32_head", 0, l.into())),
+            },
+            _ => num_layers,
+        };
         let model = Model {
             blob,
             dtype,
             input_range,
             num_layers,
             features,
+            f32_head,
             tensor_table: table(
                 blob,
                 head.u32(header::TENSOR_TABLE)?,
@@ -437,7 +468,16 @@ impl<'a> Model<'a> {
     }
 
     fn byte_range(&self, t: &TensorInfo) -> core::ops::Range<usize> {
-        t.arena_offset..t.arena_offset + t.len() * self.dtype.activation_bytes()
+        t.arena_offset..t.arena_offset + t.len() * t.element_bytes()
+    }
+
+    /// How layer `i` computes: the model's dtype, or f32 in an int8 model's f32 head.
+    fn layer_dtype(&self, i: u16) -> DType {
+        if i >= self.f32_head {
+            DType::F32
+        } else {
+            self.dtype
+        }
     }
 
     fn validate_class_names(&self) -> Result<(), Error> {
@@ -594,12 +634,14 @@ impl<'a> Model<'a> {
             arena_offset: rec.u32(tf::ARENA_OFFSET)? as usize,
             scale: rec.f32(tf::SCALE)?,
             zero_point: rec.i32(tf::ZERO_POINT)?,
+            // Layer `k` writes tensor `k + 1`.
+            float: self.dtype != DType::Int8 || t > self.f32_head,
         };
         let bytes = info
             .height
             .checked_mul(info.width)
             .and_then(|n| n.checked_mul(info.channels))
-            .and_then(|n| n.checked_mul(self.dtype.activation_bytes()))
+            .and_then(|n| n.checked_mul(info.element_bytes()))
             .ok_or(invalid("tensor size", t, u32::MAX))?;
         if info.arena_offset % 4 != 0 {
             return Err(Error::Misaligned {
@@ -615,7 +657,7 @@ impl<'a> Model<'a> {
                 })
             }
         }
-        if self.dtype == DType::Int8 {
+        if !info.float {
             if !(info.scale.is_finite() && info.scale > 0.0) {
                 return Err(invalid("tensor scale", t, info.scale.to_bits()));
             }
@@ -658,7 +700,9 @@ impl<'a> Model<'a> {
         let out_t = self.tensor(output)?;
         let relu = flag_bits & flags::RELU != 0;
         let mismatch = |what| Error::ShapeMismatch { layer: i, what };
+        let in_f32_head = self.dtype == DType::Int8 && i >= self.f32_head;
         match kind_code {
+            kind::CONV2D if in_f32_head => Err(invalid("f32 head layer kind", i, kind_code.into())),
             kind::CONV2D => {
                 let kernel_h = usize::from(rec.u8(lf::KERNEL_H)?);
                 let kernel_w = usize::from(rec.u8(lf::KERNEL_W)?);
@@ -783,7 +827,7 @@ impl<'a> Model<'a> {
                 if (out_t.height, out_t.width, out_t.channels) != (1, 1, in_t.channels) {
                     return Err(mismatch("global average pool output must be 1x1xC"));
                 }
-                if self.dtype == DType::Int8
+                if !out_t.float
                     && (out_t.scale.to_bits(), out_t.zero_point)
                         != (in_t.scale.to_bits(), in_t.zero_point)
                 {
@@ -799,6 +843,11 @@ impl<'a> Model<'a> {
                 }
                 if out_t.height != 1 || out_t.width != 1 {
                     return Err(mismatch("dense output must be 1x1xC"));
+                }
+                if in_f32_head && !in_t.float {
+                    return Err(mismatch(
+                        "an f32 head's dense layer must read an f32 tensor",
+                    ));
                 }
                 Ok(Layer::Dense(Dense {
                     input,
@@ -824,11 +873,11 @@ impl<'a> Model<'a> {
         let bytes = self.array(
             offset,
             count,
-            self.dtype.weight_bytes(),
+            self.layer_dtype(rec.index).weight_bytes(),
             "weights",
             rec.index,
         )?;
-        Ok(match self.dtype {
+        Ok(match self.layer_dtype(rec.index) {
             DType::F32 => Weights::F32(cast(bytes, "f32 weights")?),
             DType::F16 => Weights::F16(cast(bytes, "f16 weights")?),
             DType::Int8 => Weights::I8(cast(bytes, "int8 weights")?),
@@ -838,7 +887,7 @@ impl<'a> Model<'a> {
     fn bias(&self, rec: &Record<'a>, count: usize) -> Result<Bias<'a>, Error> {
         let offset = rec.u32(lf::BIAS)? as usize;
         let bytes = self.array(offset, count, 4, "bias", rec.index)?;
-        Ok(match self.dtype {
+        Ok(match self.layer_dtype(rec.index) {
             DType::F32 | DType::F16 => Bias::F32(cast(bytes, "f32 bias")?),
             DType::Int8 => Bias::I32(cast(bytes, "int32 bias")?),
         })
@@ -850,7 +899,7 @@ impl<'a> Model<'a> {
         channels: usize,
         output_zero_point: i32,
     ) -> Result<Option<Requant<'a>>, Error> {
-        if self.dtype != DType::Int8 {
+        if self.layer_dtype(rec.index) != DType::Int8 {
             return Ok(None);
         }
         let m = self.array(
@@ -905,6 +954,7 @@ const EMPTY: TensorInfo = TensorInfo {
     arena_offset: 0,
     scale: 1.0,
     zero_point: 0,
+    float: false,
 };
 
 fn invalid(what: &'static str, index: u16, value: u32) -> Error {

@@ -150,6 +150,33 @@ fn named_corruptions_give_named_errors() {
             ..
         }
     ));
+    // A format newer than this engine's.
+    assert_eq!(
+        with(&|b| {
+            b[4..6].copy_from_slice(&3u16.to_le_bytes());
+            reseal(b);
+        }),
+        Error::UnsupportedVersion(3)
+    );
+    // The f32 head: beyond the last layer, or over a convolution.
+    let num_layers = u16::from_le_bytes(bytes[20..22].try_into().unwrap());
+    assert!(matches!(
+        with(&|b| {
+            b[44..46].copy_from_slice(&(num_layers + 1).to_le_bytes());
+            reseal(b);
+        }),
+        Error::InvalidValue {
+            what: "f32_head",
+            ..
+        }
+    ));
+    assert!(matches!(
+        with(&|b| {
+            b[44..46].copy_from_slice(&0u16.to_le_bytes());
+            reseal(b);
+        }),
+        Error::InvalidValue { .. } | Error::OutOfBounds { .. }
+    ));
     // A weights offset past the end.
     assert!(matches!(
         with(&|b| {

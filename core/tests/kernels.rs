@@ -393,6 +393,20 @@ proptest! {
         }
     }
 
+    /// The f32 head's pool: the unrounded mean of the dequantized input.
+    #[test]
+    fn pool_to_f32_is_the_mean_of_the_dequantized_input(h in 1usize..9, w in 1usize..9, c in 1usize..6, zero_point in -128i32..=127, seed in any::<u64>()) {
+        let n = h * w * c;
+        let input: Vec<i8> = (0..n).map(|i| (seed.wrapping_mul(6364136223846793005).wrapping_add(i as u64).wrapping_mul(1442695040888963407) >> 56) as i8).collect();
+        let scale = 0.037;
+        let mut out = vec![0f32; c];
+        kernels::global_avg_pool_i8_to_f32(&input, zero_point, scale, h * w, &mut out).unwrap();
+        for ch in 0..c {
+            let mean = (0..h * w).map(|p| f64::from(quant::dequantize_i8(input[p * c + ch], scale, zero_point))).sum::<f64>() / (h * w) as f64;
+            prop_assert!((f64::from(out[ch]) - mean).abs() <= 1e-5 * (1.0 + mean.abs()), "{} vs {}", out[ch], mean);
+        }
+    }
+
     #[test]
     fn dense_matches_reference(n_in in 1usize..40, n_out in 1usize..12, seed in any::<u32>(),
         in_zp in -128i32..=127, out_zp in -128i32..=127, relu in any::<bool>()) {
@@ -767,6 +781,7 @@ fn kernels_refuse_wrong_lengths_instead_of_panicking() {
     .is_err());
     assert!(kernels::dense_f32(&[1.0; 3], &[1.0f32; 5], &[0.0; 2], false, &mut [0.0; 2]).is_err());
     assert!(kernels::global_avg_pool_i8(&[0; 5], 2, &mut [0; 2]).is_err());
+    assert!(kernels::global_avg_pool_i8_to_f32(&[0; 5], 0, 1.0, 2, &mut [0.0; 2]).is_err());
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 use serde::Serialize;
-use tinyres_core::{DType, Layer, Model};
+use tinyres_core::{DType, Layer, Model, Weights};
 
 /// One layer of a model.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -68,12 +68,8 @@ pub fn describe(model: &Model<'_>) -> Result<ModelReport> {
         let out_t = model.tensor(layer.output())?;
         let out_shape = [out_t.height, out_t.width, out_t.channels];
         let out_len = out_t.len() as u64;
-        let requant_bytes = |channels: usize| {
-            if dtype == DType::Int8 {
-                8 * channels as u64
-            } else {
-                0
-            }
+        let parameter_bytes = |weights: Weights<'_>, bias: usize, requant: bool| {
+            (weights.byte_len() + 4 * bias + if requant { 8 * bias } else { 0 }) as u64
         };
         let (op, macs, params, weight_bytes) = match layer {
             Layer::Conv(c) => {
@@ -97,8 +93,7 @@ pub fn describe(model: &Model<'_>) -> Result<ModelReport> {
                 }
                 let macs = out_len * (c.kernel_h * c.kernel_w * in_shape[2]) as u64;
                 let n = (c.weights.len() + c.bias.len()) as u64;
-                let bytes = (c.weights.len() * dtype.weight_bytes() + 4 * c.bias.len()) as u64
-                    + requant_bytes(c.bias.len());
+                let bytes = parameter_bytes(c.weights, c.bias.len(), c.requant.is_some());
                 (op, macs, n, bytes)
             }
             Layer::GlobalAvgPool { .. } => (
@@ -110,10 +105,15 @@ pub fn describe(model: &Model<'_>) -> Result<ModelReport> {
             Layer::Dense(d) => {
                 let op = if d.relu { "dense relu" } else { "dense" }.to_string();
                 let n = (d.weights.len() + d.bias.len()) as u64;
-                let bytes = (d.weights.len() * dtype.weight_bytes() + 4 * d.bias.len()) as u64
-                    + requant_bytes(d.bias.len());
+                let bytes = parameter_bytes(d.weights, d.bias.len(), d.requant.is_some());
                 (op, d.weights.len() as u64, n, bytes)
             }
+        };
+        // An int8 model's classifier head runs in f32 (see `Network::f32_head`).
+        let op = if dtype == DType::Int8 && out_t.float {
+            op + " (f32)"
+        } else {
+            op
         };
         layers.push(LayerReport {
             index: usize::from(i),
@@ -123,7 +123,7 @@ pub fn describe(model: &Model<'_>) -> Result<ModelReport> {
             macs,
             params,
             weight_bytes,
-            activation_bytes: out_len * dtype.activation_bytes() as u64,
+            activation_bytes: out_len * out_t.element_bytes() as u64,
             arena_offset: out_t.arena_offset as u64,
         });
     }

@@ -34,8 +34,11 @@ fn s(path: &Path) -> &str {
 }
 
 fn compile(onnx: &Path, dtype: &str, extra: &[&str]) -> (PathBuf, serde_json::Value) {
+    // Tests run in parallel: two runs' `model.onnx` must not share an output name.
+    let run = onnx.parent().and_then(Path::file_name).unwrap_or_default();
     let name = format!(
-        "{}-{dtype}.trm",
+        "{}-{}-{dtype}.trm",
+        run.to_string_lossy(),
         onnx.file_stem().unwrap().to_string_lossy()
     );
     let out = temp(&name);
@@ -59,6 +62,17 @@ fn blob_logits(blob: &Path, data: &Dataset) -> Vec<Vec<f32>> {
 }
 
 /// max |a - b| / range(b).
+/// On how many of `data`'s images the int8 blob's top-1 is the f32 blob's.
+fn int8_agreement(f32_logits: &[Vec<f32>], int8_blob: &Path, data: &Dataset) -> usize {
+    let blob = AlignedBlob::new(&std::fs::read(int8_blob).unwrap());
+    let int8 = eval::evaluate(blob.as_bytes(), data).unwrap();
+    f32_logits
+        .iter()
+        .zip(&int8.predictions)
+        .filter(|(f, &i)| eval::argmax(f) == i)
+        .count()
+}
+
 fn relative_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     let (mut diff, mut low, mut high) = (0f32, f32::INFINITY, f32::NEG_INFINITY);
     for (ra, rb) in a.iter().zip(b) {
@@ -241,18 +255,10 @@ fn our_resnet8_compiles_to_f32_f16_and_int8_within_budget() {
     assert!(report["model"]["flash_bytes"].as_u64().unwrap() <= 90_000);
     assert!(report["model"]["arena_bytes"].as_u64().unwrap() <= 48 * 1024);
     data.truncate(1000);
-    let blob = AlignedBlob::new(&std::fs::read(&int8_blob).unwrap());
-    let int8 = eval::evaluate(blob.as_bytes(), &data).unwrap();
-    let float: Vec<usize> = f32_logits.iter().map(|r| eval::argmax(r)).collect();
-    let agree = float
-        .iter()
-        .zip(&int8.predictions)
-        .filter(|(a, b)| a == b)
-        .count();
-    // Measured: 98.3-98.4 % here (a weak 3-epoch model on synthetic images), 98.9-99.0 %
-    // on our CIFAR-10 ResNet-8 with bias correction (host/BENCHMARKS.md; target 99 %).
+    let agree = int8_agreement(&f32_logits[..1000], &int8_blob, &data);
+    // Measured: 997-998 of 1,000 here; 994 on our CIFAR-10 ResNet-8 (host/BENCHMARKS.md).
     assert!(
-        agree * 100 >= 97 * data.len(),
+        agree * 100 >= 99 * data.len(),
         "int8 agrees with f32 on {agree}/{}",
         data.len()
     );
@@ -294,11 +300,13 @@ fn our_resnet20_option_a_compiles_with_parity() {
         "--data",
         "synthetic",
         "--limit",
-        "200",
+        "1000",
         "--batch",
         "50",
         "--epochs",
-        "1",
+        "2",
+        "--schedule",
+        "onecycle",
         "--quiet",
         "--out",
         s(&run),
@@ -326,6 +334,18 @@ fn our_resnet20_option_a_compiles_with_parity() {
     let (f16_blob, _) = compile(&onnx, "f16", &[]);
     let diff = relative_diff(&blob_logits(&f16_blob, &data), &reference);
     assert!(diff <= F16_BUDGET, "f16 blob vs tract: {diff:e}");
+
+    // int8 top-1 agrees with f32 (measured: 998 of 1,000 for this 2-epoch model).
+    let (int8_blob, _) = compile(&onnx, "int8", &["--calib-count", "200"]);
+    let mut test = Dataset::load(Path::new("synthetic"), Split::Test).unwrap();
+    test.truncate(1000);
+    let f32_logits = blob_logits(&f32_blob, &test);
+    let agree = int8_agreement(&f32_logits, &int8_blob, &test);
+    assert!(
+        agree * 100 >= 99 * test.len(),
+        "int8 agrees with f32 on {agree}/{}",
+        test.len()
+    );
 }
 
 #[test]
@@ -353,9 +373,18 @@ fn mlperf_tiny_resnet8_from_tf2onnx_meets_the_quality_target() {
     };
     let float = accuracy(&onnx, &["--input-range", "0..255"]);
     let int8 = accuracy(&blob, &[]);
-    // The reference: 88.1 % float, 87.8 % int8 (TFLite).
+    // The reference: 88.1 % float, 87.8 % int8 (TFLite); measured here 88.1 % both.
     assert!(float >= 0.88, "float {float}");
-    assert!(float - int8 <= 0.01, "float {float}, int8 {int8}");
+    assert!(float - int8 <= 0.005, "float {float}, int8 {int8}");
+    // Top-1 agreement with the f32 blob (measured: 990 of 1,000).
+    let (f32_blob, _) = compile(&onnx, "f32", &["--input-range", "0..255"]);
+    let images = Dataset::load(&test, Split::Test).unwrap();
+    let agree = int8_agreement(&blob_logits(&f32_blob, &images), &blob, &images);
+    assert!(
+        agree * 100 >= 99 * images.len(),
+        "int8 agrees with f32 on {agree}/{}",
+        images.len()
+    );
 }
 
 #[test]
