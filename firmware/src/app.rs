@@ -210,12 +210,14 @@ impl<'m, 'a, 'h, Button: InputPin, Led: OutputPin, Flash: NorFlash>
                 what: "no example of the new class to learn from",
             }));
         }
-        let shots = self.collected.mean();
+        // The shots' mean goes in the feature buffer: no second 256-byte array on the
+        // stack (learning has 8 KiB of RAM beyond inference, and uses all of it).
+        self.features = self.collected.mean();
+        let shots = &self.features[..n];
         let class = if others.count() > 0 {
-            self.head
-                .add_class_between(&shots[..n], &others.mean()[..n])?
+            self.head.add_class_between(shots, &others.mean()[..n])?
         } else {
-            self.head.add_class(&shots[..n])?
+            self.head.add_class(shots)?
         };
         self.new_class = Some(class);
         for _ in 0..epochs {
