@@ -124,14 +124,6 @@ impl DType {
         }
     }
 
-    /// Bytes of one activation element.
-    pub fn activation_bytes(self) -> usize {
-        match self {
-            DType::F32 | DType::F16 => 4,
-            DType::Int8 => 1,
-        }
-    }
-
     /// Bytes of one weight element.
     pub fn weight_bytes(self) -> usize {
         match self {

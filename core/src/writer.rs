@@ -396,7 +396,7 @@ impl Network {
 
     /// Bytes of one element of every tensor in a blob of `dtype`: 4 for f32 and f16
     /// models; for int8, 1 except in the f32 head ([`Network::f32_head`]).
-    pub fn element_bytes(&self, dtype: DType) -> Vec<usize> {
+    fn element_bytes(&self, dtype: DType) -> Vec<usize> {
         let head = self.f32_head();
         (0..=self.layers.len())
             .map(|t| match dtype {
