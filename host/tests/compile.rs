@@ -61,7 +61,6 @@ fn blob_logits(blob: &Path, data: &Dataset) -> Vec<Vec<f32>> {
     eval::logits(blob.as_bytes(), data).unwrap()
 }
 
-/// max |a - b| / range(b).
 /// On how many of `data`'s images the int8 blob's top-1 is the f32 blob's.
 fn int8_agreement(f32_logits: &[Vec<f32>], int8_blob: &Path, data: &Dataset) -> usize {
     let blob = AlignedBlob::new(&std::fs::read(int8_blob).unwrap());
@@ -73,6 +72,7 @@ fn int8_agreement(f32_logits: &[Vec<f32>], int8_blob: &Path, data: &Dataset) -> 
         .count()
 }
 
+/// max |a - b| / range(b).
 fn relative_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     let (mut diff, mut low, mut high) = (0f32, f32::INFINITY, f32::NEG_INFINITY);
     for (ra, rb) in a.iter().zip(b) {
