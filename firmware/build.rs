@@ -1,7 +1,9 @@
 //! Lays out the firmware for the board named by `TINYRES_BOARD` (default
-//! `mps2-an386`, or `virt-a53` for an aarch64 target): writes the linker script (cortex-m-rt's `memory.x`, or the whole
-//! script for Cortex-A) and `board.rs`, the addresses where QEMU loads the model and
-//! the images. Keep the table in step with `host/src/qemu.rs`.
+//! `mps2-an386`, `virt-a53` for an aarch64 target, `nrf52840` with that feature):
+//! writes the linker script (cortex-m-rt's `memory.x`, or the whole script for
+//! Cortex-A) and `board.rs`, the addresses where QEMU (or `tinyres flash`, on a board)
+//! puts the model and the images. Keep the table in step with `host/src/qemu.rs` and,
+//! for boards with flash, `host/src/flash.rs`.
 
 use std::env;
 use std::fs;
@@ -15,9 +17,17 @@ struct Board {
     ram: (u32, u32),
     model: (u32, u32),
     images: (u32, u32),
+    /// Real hardware: the two 4 KiB flash slots of the learned head (origin, length),
+    /// which QEMU boards keep in a host file instead.
+    head_store: Option<(u32, u32)>,
+    /// Arena bytes when `TINYRES_ARENA_BYTES` is not set.
+    default_arena: u32,
 }
 
-const BOARDS: [Board; 6] = [
+/// The QEMU boards' arena: any ResNet-8 or ResNet-20 in f32 or int8 fits.
+const QEMU_ARENA: u32 = 256 * 1024;
+
+const BOARDS: [Board; 7] = [
     Board {
         name: "mps2-an385",
         arch: "arm",
@@ -25,6 +35,8 @@ const BOARDS: [Board; 6] = [
         ram: (0x2000_0000, 0x40_0000),
         model: (0x0010_0000, 0x10_0000),
         images: (0x0020_0000, 0x20_0000),
+        head_store: None,
+        default_arena: QEMU_ARENA,
     },
     Board {
         name: "mps2-an386",
@@ -33,6 +45,8 @@ const BOARDS: [Board; 6] = [
         ram: (0x2000_0000, 0x40_0000),
         model: (0x0010_0000, 0x10_0000),
         images: (0x0020_0000, 0x20_0000),
+        head_store: None,
+        default_arena: QEMU_ARENA,
     },
     Board {
         name: "mps2-an500",
@@ -41,6 +55,8 @@ const BOARDS: [Board; 6] = [
         ram: (0x2000_0000, 0x40_0000),
         model: (0x0010_0000, 0x10_0000),
         images: (0x0020_0000, 0x20_0000),
+        head_store: None,
+        default_arena: QEMU_ARENA,
     },
     // The secure aliases: the 0x0 map locks up on this board.
     Board {
@@ -50,6 +66,8 @@ const BOARDS: [Board; 6] = [
         ram: (0x3800_0000, 0x40_0000),
         model: (0x1010_0000, 0x10_0000),
         images: (0x1020_0000, 0x20_0000),
+        head_store: None,
+        default_arena: QEMU_ARENA,
     },
     // ITCM for code, DTCM for data; model and images in the 2 MiB FPGA SRAM and in DDR.
     Board {
@@ -59,6 +77,8 @@ const BOARDS: [Board; 6] = [
         ram: (0x2000_0000, 0x8_0000),
         model: (0x0100_0000, 0x10_0000),
         images: (0x6000_0000, 0x20_0000),
+        head_store: None,
+        default_arena: QEMU_ARENA,
     },
     // Linked at 0x40080000, leaving QEMU room for the device tree at the start of RAM.
     Board {
@@ -68,6 +88,23 @@ const BOARDS: [Board; 6] = [
         ram: (0x4018_0000, 0x80_0000),
         model: (0x4100_0000, 0x10_0000),
         images: (0x4200_0000, 0x20_0000),
+        head_store: None,
+        default_arena: QEMU_ARENA,
+    },
+    // nRF52840 (nRF52840-DK): 1 MiB of flash in 4 KiB pages, 256 KiB of RAM. Fixed
+    // partitions, so a new model or new images need no firmware rebuild: firmware
+    // 256 KiB, model 256 KiB, images 504 KiB (164 CIFAR-sized frames), and the learned
+    // head's two slots in the last two pages. The arena leaves 64 KiB of RAM for the
+    // head, the learner and the stack; int8 ResNet-8 needs 32 KiB of it.
+    Board {
+        name: "nrf52840",
+        arch: "arm",
+        code: (0x0000_0000, 0x4_0000),
+        ram: (0x2000_0000, 0x4_0000),
+        model: (0x0004_0000, 0x4_0000),
+        images: (0x0008_0000, 0x7_E000),
+        head_store: Some((0x000F_E000, 0x2000)),
+        default_arena: 192 * 1024,
     },
 ];
 
@@ -76,7 +113,10 @@ fn main() {
     println!("cargo:rerun-if-env-changed=TINYRES_ARENA_BYTES");
     println!("cargo:rerun-if-changed=aarch64.ld");
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
-    let default_board = if arch == "aarch64" {
+    let nrf52840 = env::var_os("CARGO_FEATURE_NRF52840").is_some();
+    let default_board = if nrf52840 {
+        "nrf52840"
+    } else if arch == "aarch64" {
         "virt-a53"
     } else {
         "mps2-an386"
@@ -86,6 +126,10 @@ fn main() {
         let names: Vec<&str> = BOARDS.iter().map(|b| b.name).collect();
         panic!("TINYRES_BOARD={name} is not one of {}", names.join(", "));
     };
+    // The board's drivers come with its feature.
+    if (name == "nrf52840") != nrf52840 {
+        panic!("the nrf52840 board and the `nrf52840` feature go together (TINYRES_BOARD={name})");
+    }
     // Any other architecture is the host, building the library for its tests.
     let host = arch != "arm" && arch != "aarch64";
     if !host && board.arch != arch {
@@ -110,15 +154,28 @@ fn main() {
             .replace("@RAM_LENGTH@", &format!("{:#x}", ram.1));
         fs::write(out.join("tinyres-aarch64.ld"), script).expect("OUT_DIR is writable");
     }
-    let constants = format!(
+    let arena: u32 = match env::var("TINYRES_ARENA_BYTES") {
+        Ok(text) => text.parse().unwrap_or_else(|_| {
+            panic!("TINYRES_ARENA_BYTES must be a decimal number of bytes, not {text:?}")
+        }),
+        Err(_) => board.default_arena,
+    };
+    let mut constants = format!(
         "/// Board this firmware was built for.\npub const BOARD: &str = \"{name}\";\n\
          /// The model partition: QEMU loads the `.trm` blob here.\npub const MODEL_ADDRESS: usize = {:#x};\n\
          /// Bytes reserved for the model partition.\npub const MODEL_CAPACITY: usize = {:#x};\n\
          /// The image region: QEMU loads the images to classify here.\npub const IMAGES_ADDRESS: usize = {:#x};\n\
          /// Bytes reserved for the image region.\npub const IMAGES_CAPACITY: usize = {:#x};\n\
-         /// Start of the RAM the firmware's data, arena and stack live in.\npub const RAM_ORIGIN: usize = {:#x};\n",
+         /// Start of the RAM the firmware's data, arena and stack live in.\npub const RAM_ORIGIN: usize = {:#x};\n\
+         /// Bytes of the static activation arena (`TINYRES_ARENA_BYTES`, else the board's default).\npub const ARENA_BYTES: usize = {arena};\n",
         board.model.0, board.model.1, board.images.0, board.images.1, board.ram.0
     );
+    if let Some((origin, length)) = board.head_store {
+        constants.push_str(&format!(
+            "/// The learned head's two flash slots.\npub const HEAD_STORE_ADDRESS: usize = {origin:#x};\n\
+             /// Bytes of both slots.\npub const HEAD_STORE_BYTES: usize = {length:#x};\n"
+        ));
+    }
     fs::write(out.join("board.rs"), constants).expect("OUT_DIR is writable");
     println!("cargo:rustc-link-search={}", out.display());
 }

@@ -9,7 +9,12 @@ use cortex_m_rt::{exception, ExceptionFrame};
 /// What [`counter_read`] counts: core-clock ticks, which the host converts to
 /// instructions (under `qemu -icount shift=N` the clock advances 2^N ns per
 /// instruction; the mps2/mps3 core clock is 25 MHz).
+#[cfg(not(feature = "nrf52840"))]
 pub const COUNTER: &str = "ticks";
+/// What [`counter_read`] counts: on a real core, SysTick on the core clock counts
+/// CPU cycles.
+#[cfg(feature = "nrf52840")]
+pub const COUNTER: &str = "cycles";
 
 /// SysTick wraps (24-bit counter, reload 2^24 − 1).
 static WRAPS: AtomicU32 = AtomicU32::new(0);

@@ -1,31 +1,10 @@
 //! What the tinyres firmware binaries share: the application logic ([`app`], generic
-//! over embedded-hal and embedded-storage, tested on the host), where QEMU puts the
-//! model and the images (per board, from build.rs), the image-region format, the
-//! instruction counter and the exits.
+//! over embedded-hal and embedded-storage, tested on the host), where QEMU (or `tinyres
+//! flash`) puts the model and the images (per board, from build.rs), the board's pins
+//! and flash ([`board`]), the image-region format, the instruction counter, the defmt
+//! transport and the exits.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
-
-/// Bytes of the static activation arena, from `TINYRES_ARENA_BYTES` at build time
-/// (default 256 KiB: any ResNet-8 or ResNet-20 in f32 or int8 fits).
-pub const ARENA_BYTES: usize = parse_usize(option_env!("TINYRES_ARENA_BYTES"), 256 * 1024);
-
-const fn parse_usize(text: Option<&str>, default: usize) -> usize {
-    let Some(text) = text else {
-        return default;
-    };
-    let bytes = text.as_bytes();
-    let mut value = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        assert!(
-            bytes[i].is_ascii_digit(),
-            "TINYRES_ARENA_BYTES must be a decimal number"
-        );
-        value = value * 10 + (bytes[i] - b'0') as usize;
-        i += 1;
-    }
-    value
-}
 
 include!(concat!(env!("OUT_DIR"), "/board.rs"));
 
@@ -147,12 +126,30 @@ impl<'a> Images<'a> {
 }
 
 pub mod app;
-#[cfg(target_os = "none")]
+#[cfg(all(target_os = "none", not(feature = "nrf52840")))]
 pub mod semihosting_flash;
 
-/// Leaves QEMU with success or failure (semihosting `SYS_EXIT`).
+#[cfg(all(target_os = "none", not(feature = "nrf52840")))]
+#[path = "board_qemu.rs"]
+pub mod board;
+#[cfg(all(target_os = "none", feature = "nrf52840"))]
+#[path = "board_nrf52840.rs"]
+pub mod board;
+
+// The defmt transport: RTT (what a probe reads) with the `rtt` feature, else
+// semihosting (QEMU's console).
+#[cfg(all(target_os = "none", feature = "rtt"))]
+use defmt_rtt as _;
+#[cfg(all(target_os = "none", not(feature = "rtt")))]
+use defmt_semihosting as _;
+
+/// Ends the program with success or failure: semihosting `SYS_EXIT`, which QEMU and
+/// `probe-rs run` both turn into their exit status. Under RTT it first waits until the
+/// host has read every frame (when one is attached).
 #[cfg(target_os = "none")]
 pub fn exit(success: bool) -> ! {
+    defmt::flush();
+    board::before_exit();
     semihosting::process::exit(if success { 0 } else { 1 })
 }
 

@@ -13,6 +13,7 @@ pub mod net;
 pub mod plot;
 pub mod qemu;
 pub mod report;
+pub mod rtt;
 pub mod train;
 
 use std::path::{Path, PathBuf};

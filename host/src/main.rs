@@ -119,9 +119,17 @@ enum Command {
         /// The model blob (.trm) for the model partition.
         #[arg(long)]
         model: Option<PathBuf>,
-        /// Firmware ELF built for this board.
+        /// Firmware ELF built for this board (nRF52840: `TINYRES_BOARD=nrf52840 cargo
+        /// build --release --features nrf52840` in firmware/).
         #[arg(long)]
         firmware: Option<PathBuf>,
+        /// Images for the firmware to classify, written to the image partition (chips
+        /// with a firmware board): `synthetic`, an image folder or CIFAR-10, test split.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Write at most this many images (default: as many as the partition holds).
+        #[arg(long, requires = "data")]
+        limit: Option<usize>,
         /// Only print the layout and what would be written.
         #[arg(long)]
         dry_run: bool,
@@ -423,6 +431,11 @@ struct RunArgs {
     /// if missing); default: a fresh temporary directory.
     #[arg(long, requires = "finetune")]
     flash_dir: Option<PathBuf>,
+    /// How the firmware's defmt log reaches the host: semihosting (QEMU's console) or
+    /// RTT, the transport of a real board, read through QEMU's gdbstub as a debug probe
+    /// reads it (Cortex-M boards).
+    #[arg(long, value_enum, default_value_t = qemu::Transport::Semihosting)]
+    transport: qemu::Transport,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -436,6 +449,40 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The image region for a board's image partition: the first `limit` test images of
+/// `path` (as many as fit by default), and how many.
+fn flash_images(
+    layout: &tinyres_host::flash::Layout,
+    path: &Path,
+    limit: Option<usize>,
+) -> Result<(Vec<u8>, usize)> {
+    let Some(partition) = &layout.images else {
+        bail!(
+            "{} has no tinyres firmware board, so no image partition (boards: {})",
+            layout.chip,
+            tinyres_host::flash::FIRMWARE_BOARDS
+                .iter()
+                .map(|b| b.chip)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let mut data = Dataset::load(path, Split::Test)?;
+    let capacity = (partition.end - partition.start) as usize;
+    // Header, labels padded to 16, pixels.
+    let fits = (capacity - 32) / (data.image_len() + 1);
+    let count = limit.unwrap_or(fits).min(data.len());
+    if count > fits {
+        bail!(
+            "{count} images of {} bytes do not fit in the {capacity}-byte image partition (at most {fits})",
+            data.image_len()
+        );
+    }
+    data.truncate(count);
+    let region = qemu::image_region(&data, &[], &(0..count).collect::<Vec<_>>());
+    Ok((region, count))
 }
 
 /// Reads and validates a blob file.
@@ -460,7 +507,14 @@ fn finetune_on_device(
 ) -> Result<()> {
     let pool = Dataset::load(learn_from, Split::Train)?;
     let timeout = Duration::from_secs(args.timeout);
-    let device = qemu::Device::build(board, "finetune", blob.as_bytes(), arena, timeout)?;
+    let device = qemu::Device::build_for(
+        board,
+        "finetune",
+        blob.as_bytes(),
+        arena,
+        timeout,
+        args.transport,
+    )?;
     let scratch = std::env::temp_dir().join(format!("tinyres-finetune-{}", std::process::id()));
     let flash_dir = args.flash_dir.clone().unwrap_or_else(|| scratch.clone());
     let report = qemu::learning_scenario(&device, test, &pool, args.shots, &flash_dir, |step| {
@@ -527,7 +581,14 @@ fn run_on_device(args: &RunArgs) -> Result<()> {
         return finetune_on_device(args, board, &blob, &data, learn_from, arena);
     }
     let timeout = Duration::from_secs(args.timeout);
-    let device = qemu::Device::build(board, "classify", blob.as_bytes(), arena, timeout)?;
+    let device = qemu::Device::build_for(
+        board,
+        "classify",
+        blob.as_bytes(),
+        arena,
+        timeout,
+        args.transport,
+    )?;
 
     let (predictions, ram) = qemu::classify_all(&device, &data, |range| {
         eprintln!(
@@ -857,40 +918,60 @@ fn run(cli: Cli) -> Result<()> {
             chip,
             model,
             firmware,
+            data,
+            limit,
             dry_run,
             json,
         } => {
-            if model.is_none() && firmware.is_none() {
-                bail!("nothing to flash: give --model, --firmware or both");
+            if model.is_none() && firmware.is_none() && data.is_none() {
+                bail!("nothing to flash: give --model, --firmware, --data or several");
             }
             let blob = model.as_deref().map(load_blob).transpose()?;
             let model_bytes = blob.as_ref().map_or(&[][..], |b| b.as_bytes());
             let layout =
                 tinyres_host::flash::layout(&chip, model_bytes.len() as u64, firmware.as_deref())?;
+            let images = data
+                .as_deref()
+                .map(|path| flash_images(&layout, path, limit))
+                .transpose()?;
+            let image_bytes = images.as_ref().map(|(region, _)| region.as_slice());
             if json {
-                let value = serde_json::json!({ "layout": layout, "dry_run": dry_run, "model_bytes": model_bytes.len() });
+                let value = serde_json::json!({
+                    "layout": layout,
+                    "dry_run": dry_run,
+                    "model_bytes": model_bytes.len(),
+                    "images": images.as_ref().map_or(0, |(_, count)| *count),
+                    "image_bytes": image_bytes.map_or(0, <[u8]>::len),
+                });
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 print!("{}", layout.to_table());
+                let mut parts = Vec::new();
+                if let Some(f) = &firmware {
+                    parts.push(f.display().to_string());
+                }
+                if !model_bytes.is_empty() {
+                    parts.push(format!(
+                        "{} bytes of model at {:#x}",
+                        model_bytes.len(),
+                        layout.model.start
+                    ));
+                }
+                if let (Some((region, count)), Some(at)) = (&images, &layout.images) {
+                    parts.push(format!(
+                        "{count} images ({} bytes) at {:#x}",
+                        region.len(),
+                        at.start
+                    ));
+                }
                 println!(
-                    "{} {}{}",
+                    "{} {}",
                     if dry_run { "would write" } else { "writing" },
-                    firmware
-                        .as_ref()
-                        .map_or(String::new(), |f| format!("{} and ", f.display())),
-                    if model_bytes.is_empty() {
-                        "no model".to_string()
-                    } else {
-                        format!(
-                            "{} bytes of model at {:#x}",
-                            model_bytes.len(),
-                            layout.model.start
-                        )
-                    }
+                    parts.join(" and ")
                 );
             }
             if !dry_run {
-                tinyres_host::flash::write(&layout, firmware.as_ref(), model_bytes)?;
+                tinyres_host::flash::write(&layout, firmware.as_ref(), model_bytes, image_bytes)?;
             }
         }
         Command::Compile(args) => compile_command(&args)?,

@@ -138,6 +138,18 @@ impl Board {
     }
 }
 
+/// How the firmware's defmt frames reach the host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// Semihosting writes to QEMU's console (the QEMU default).
+    #[default]
+    Semihosting,
+    /// `defmt-rtt`, the hardware transport, read through QEMU's gdbstub as a probe
+    /// reads it on a board (Cortex-M boards).
+    Rtt,
+}
+
 /// The firmware package: `TINYRES_FIRMWARE_DIR`, else the checkout this binary was
 /// built from.
 pub fn firmware_dir() -> PathBuf {
@@ -150,13 +162,25 @@ pub fn firmware_dir() -> PathBuf {
 pub const DEFAULT_ARENA_BYTES: usize = 256 * 1024;
 
 /// Builds (if needed: cargo decides) firmware binary `bin` (`classify` or `finetune`)
-/// for `board` with a static arena of `arena_bytes`; returns the path of a copy of
-/// the ELF named after the arena size. Cargo's progress goes to stderr.
+/// for `board` with a static arena of `arena_bytes`, logging over `transport`;
+/// returns the path of a copy of the ELF named after the arena size. Cargo's progress
+/// goes to stderr.
 ///
 /// Builds with different arenas share one target directory and so one output path:
 /// the build and the copy happen under a lock on that directory, and the caller boots
 /// the copy, which a concurrent build for another arena cannot overwrite.
-pub fn build_firmware(board: &Board, bin: &str, arena_bytes: usize) -> Result<PathBuf> {
+pub fn build_firmware(
+    board: &Board,
+    bin: &str,
+    arena_bytes: usize,
+    transport: Transport,
+) -> Result<PathBuf> {
+    if transport == Transport::Rtt && board.counter == Counter::Pmu {
+        bail!(
+            "the RTT transport is for the Cortex-M boards; {} logs over semihosting",
+            board.name
+        );
+    }
     let dir = firmware_dir();
     if !dir.join("Cargo.toml").exists() {
         bail!(
@@ -164,8 +188,12 @@ pub fn build_firmware(board: &Board, bin: &str, arena_bytes: usize) -> Result<Pa
             dir.display()
         );
     }
-    // One target directory per board: boards sharing a Rust target differ in layout.
-    let target_dir = dir.join("target").join(board.name);
+    // One target directory per board (boards sharing a Rust target differ in layout)
+    // and transport (so switching features does not rebuild the other's).
+    let target_dir = dir.join("target").join(match transport {
+        Transport::Semihosting => board.name.to_string(),
+        Transport::Rtt => format!("{}-rtt", board.name),
+    });
     std::fs::create_dir_all(&target_dir)
         .with_context(|| format!("cannot create {}", target_dir.display()))?;
     let lock_path = target_dir.join(".tinyres-build.lock");
@@ -181,6 +209,10 @@ pub fn build_firmware(board: &Board, bin: &str, arena_bytes: usize) -> Result<Pa
         .current_dir(&dir)
         .args(["build", "--quiet", "--release", "--bin", bin])
         .args(["--target", board.target])
+        .args(match transport {
+            Transport::Semihosting => &[][..],
+            Transport::Rtt => &["--features", "rtt"][..],
+        })
         .arg("--target-dir")
         .arg(&target_dir)
         .env("TINYRES_BOARD", board.name)
@@ -288,11 +320,13 @@ pub struct Device<'a> {
     pub model: &'a [u8],
     /// How long one boot may take before it counts as hung.
     pub timeout: Duration,
+    /// How the firmware's log reaches the host.
+    pub transport: Transport,
 }
 
 impl<'a> Device<'a> {
     /// Builds firmware binary `bin` for `board` (announcing it on stderr) with an arena
-    /// of `arena_bytes`, ready to boot `model`.
+    /// of `arena_bytes`, logging over semihosting, ready to boot `model`.
     pub fn build(
         board: Board,
         bin: &str,
@@ -300,15 +334,40 @@ impl<'a> Device<'a> {
         arena_bytes: usize,
         timeout: Duration,
     ) -> Result<Self> {
+        Self::build_for(
+            board,
+            bin,
+            model,
+            arena_bytes,
+            timeout,
+            Transport::Semihosting,
+        )
+    }
+
+    /// As [`Device::build`], logging over `transport`.
+    pub fn build_for(
+        board: Board,
+        bin: &str,
+        model: &'a [u8],
+        arena_bytes: usize,
+        timeout: Duration,
+        transport: Transport,
+    ) -> Result<Self> {
         eprintln!(
-            "building the {bin} firmware for {} ({})",
-            board.name, board.target
+            "building the {bin} firmware for {} ({}, defmt over {})",
+            board.name,
+            board.target,
+            match transport {
+                Transport::Semihosting => "semihosting",
+                Transport::Rtt => "RTT",
+            }
         );
         Ok(Device {
             board,
-            elf: build_firmware(&board, bin, arena_bytes)?,
+            elf: build_firmware(&board, bin, arena_bytes, transport)?,
             model,
             timeout,
+            transport,
         })
     }
 
@@ -406,6 +465,7 @@ impl<'a> Device<'a> {
             ],
             workdir,
             self.timeout,
+            self.transport,
         )?;
         let lines = decode_defmt(&self.elf, &log)?;
         if !success {
@@ -473,16 +533,37 @@ pub const FLASH_IMAGE_BYTES: usize = 8192;
 /// Its file name, in the directory QEMU runs in.
 pub const FLASH_IMAGE: &str = "tinyres-flash.bin";
 
-/// Runs QEMU; returns its standard output (the semihosting console: defmt frames) and
-/// whether the firmware exited with success.
+/// Runs QEMU; returns the firmware's defmt frames (the semihosting console, or what
+/// RTT carried) and whether the firmware exited with success.
 fn run_qemu(
     board: &Board,
     elf: &Path,
     loads: &[(&Path, u32)],
     workdir: &Path,
     timeout: Duration,
+    transport: Transport,
 ) -> Result<(Vec<u8>, bool)> {
     let mut cmd = Command::new(board.qemu);
+    // RTT: QEMU starts halted and waits on a gdbstub socket, which a reader thread
+    // polls (crate::rtt). Unix socket paths are short: this one lives in the temp dir.
+    let gdb_socket = std::env::temp_dir().join(format!(
+        "tinyres-gdb-{}-{}.sock",
+        std::process::id(),
+        SOCKET_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let rtt_control_block = match transport {
+        Transport::Semihosting => None,
+        Transport::Rtt => {
+            let _ = std::fs::remove_file(&gdb_socket);
+            cmd.arg("-chardev")
+                .arg(format!(
+                    "socket,id=gdb,path={},server=on,wait=off",
+                    gdb_socket.display()
+                ))
+                .args(["-gdb", "chardev:gdb", "-S"]);
+            Some(crate::rtt::control_block_address(elf)?)
+        }
+    };
     cmd.args(["-machine", board.machine, "-cpu", board.cpu])
         .args([
             "-display",
@@ -524,14 +605,38 @@ fn run_qemu(
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut stdout, &mut bytes).map(|_| bytes)
     });
+    let mut rtt_reader = rtt_control_block.map(|control_block| {
+        let socket = gdb_socket.clone();
+        std::thread::spawn(move || crate::rtt::read_up_channel(&socket, control_block, 4, timeout))
+    });
+    let stop = |child: &mut std::process::Child| {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&gdb_socket);
+    };
+    let mut rtt_log = None;
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
+        // The RTT reader ends when the guest exits, or on an error that leaves the
+        // guest halted: then stop QEMU and say why.
+        if let Some(finished) = rtt_reader.take_if(|r| r.is_finished()) {
+            match finished.join() {
+                Ok(Ok(bytes)) => rtt_log = Some(bytes),
+                Ok(Err(e)) => {
+                    stop(&mut child);
+                    return Err(e.context(format!("reading RTT from QEMU ({})", board.name)));
+                }
+                Err(_) => {
+                    stop(&mut child);
+                    bail!("the RTT reader panicked");
+                }
+            }
+        }
         if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
+            stop(&mut child);
             bail!(
                 "QEMU ({}) did not finish within {} s: the firmware hung",
                 board.name,
@@ -543,11 +648,20 @@ fn run_qemu(
     let stdout = reader
         .join()
         .map_err(|_| anyhow::anyhow!("qemu stdout reader panicked"))??;
+    let log = match (rtt_log, rtt_reader) {
+        (Some(bytes), _) => bytes,
+        (None, Some(rtt)) => rtt
+            .join()
+            .map_err(|_| anyhow::anyhow!("the RTT reader panicked"))?
+            .with_context(|| format!("reading RTT from QEMU ({})", board.name))?,
+        (None, None) => stdout,
+    };
+    let _ = std::fs::remove_file(&gdb_socket);
     let mut stderr = String::new();
     if let Some(mut e) = child.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
     }
-    if !status.success() && stdout.is_empty() {
+    if !status.success() && log.is_empty() {
         bail!(
             "QEMU ({}) failed: {}{}",
             board.name,
@@ -559,8 +673,11 @@ fn run_qemu(
             }
         );
     }
-    Ok((stdout, status.success()))
+    Ok((log, status.success()))
 }
+
+/// Numbers the gdbstub sockets of one process's concurrent boots.
+static SOCKET_COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Decodes defmt frames with the table in `elf`; one line per frame.
 pub fn decode_defmt(elf: &Path, bytes: &[u8]) -> Result<Vec<String>> {

@@ -336,22 +336,46 @@ fn flash_dry_run_lays_out_firmware_model_and_head_store() {
     assert_eq!(range(&layout["head_slots"][1]), (0x080C_0000, 0x0810_0000));
     assert_eq!(model_range.0, 0x0804_0000);
 
-    // The nRF52840 has uniform 4 KiB pages: two of them hold the slots.
+    // The nRF52840 has a firmware board: its fixed partitions (firmware/build.rs),
+    // whatever the model's size, and an image partition the test images go to.
     let out = tinyres(&[
         "flash",
         "--chip",
         "nRF52840_xxAA",
         "--model",
         model,
+        "--data",
+        "synthetic",
+        "--limit",
+        "5",
         "--dry-run",
         "--json",
     ]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     let layout = &v["layout"];
+    assert_eq!(layout["board"], "nrf52840");
+    assert_eq!(range(&layout["ram"]), (0x2000_0000, 0x2004_0000));
     assert_eq!(range(&layout["head_slots"][0]), (0xF_E000, 0xF_F000));
     assert_eq!(range(&layout["head_slots"][1]), (0xF_F000, 0x10_0000));
-    assert_eq!(layout["model"]["start"].as_u64().unwrap() % 4096, 0);
-    assert!(layout["model"]["end"].as_u64().unwrap() <= 0xF_E000);
+    assert_eq!(layout["model"]["start"], 0x4_0000u64);
+    assert_eq!(range(&layout["images"]), (0x8_0000, 0xF_E000));
+    assert_eq!(v["images"], 5);
+    // Header and labels padded to 16 bytes, then 5 images of 32×32×3.
+    assert_eq!(v["image_bytes"], 32 + 5 * 3072);
+    let out = tinyres(&[
+        "flash",
+        "--chip",
+        "STM32F746NGHx",
+        "--data",
+        "synthetic",
+        "--dry-run",
+    ]);
+    assert!(
+        stderr(&out).contains("no tinyres firmware board"),
+        "{}",
+        stderr(&out)
+    );
 
     let text = tinyres(&[
         "flash",

@@ -8,7 +8,7 @@ use tinyres_core::writer::{AlignedBlob, Encoding, LayerSpec, Network};
 use tinyres_core::{Interpreter, Model};
 use tinyres_host::arch::Architecture;
 use tinyres_host::data::Dataset;
-use tinyres_host::qemu::{self, Board};
+use tinyres_host::qemu::{self, Board, Transport};
 
 /// Images of distinct colours and gradients with a little noise, so an untrained net
 /// still tells them apart.
@@ -107,12 +107,22 @@ fn host_classes(blob: &AlignedBlob, data: &Dataset) -> Vec<usize> {
 }
 
 fn device(board: &Board, blob: &AlignedBlob, data: &Dataset) -> Vec<qemu::DevicePrediction> {
-    let device = qemu::Device::build(
+    device_over(board, blob, data, Transport::Semihosting)
+}
+
+fn device_over(
+    board: &Board,
+    blob: &AlignedBlob,
+    data: &Dataset,
+    transport: Transport,
+) -> Vec<qemu::DevicePrediction> {
+    let device = qemu::Device::build_for(
         *board,
         "classify",
         blob.as_bytes(),
         qemu::DEFAULT_ARENA_BYTES,
         Duration::from_secs(300),
+        transport,
     )
     .expect("firmware builds");
     let boot = device.classify(data, 0..data.len()).expect("runs in QEMU");
@@ -201,4 +211,63 @@ fn a_model_the_device_rejects_is_reported_with_its_log() {
         err.contains("failed") && err.contains("ChecksumMismatch"),
         "{err}"
     );
+}
+
+/// RTT, the hardware transport, read through QEMU's gdbstub as a probe reads it: the
+/// same frames as semihosting, so the same classes and instruction counts (polling
+/// halts the guest, and its virtual clock with it).
+#[test]
+fn the_rtt_transport_carries_the_same_results_as_semihosting() {
+    let blob = int8_blob(&resnet8());
+    let data = images(3, 5);
+    let board = Board::by_name("mps2-an386").unwrap();
+    let over_rtt = device_over(&board, &blob, &data, Transport::Rtt);
+    assert_eq!(over_rtt, device(&board, &blob, &data));
+    assert_eq!(
+        over_rtt.iter().map(|p| p.class).collect::<Vec<_>>(),
+        host_classes(&blob, &data)
+    );
+}
+
+/// The error a failing device logs reaches the host over RTT before the exit (the
+/// firmware flushes RTT, waiting for the reader, before it leaves).
+#[test]
+fn a_device_error_arrives_over_rtt_too() {
+    let blob = int8_blob(&resnet8());
+    let mut bytes = blob.as_bytes().to_vec();
+    bytes[200] ^= 0xFF;
+    let board = Board::by_name("mps2-an386").unwrap();
+    let device = qemu::Device::build_for(
+        board,
+        "classify",
+        &bytes,
+        qemu::DEFAULT_ARENA_BYTES,
+        Duration::from_secs(120),
+        Transport::Rtt,
+    )
+    .unwrap();
+    let err = device
+        .classify(&images(1, 4), 0..1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("failed") && err.contains("ChecksumMismatch"),
+        "{err}"
+    );
+}
+
+#[test]
+fn rtt_is_refused_on_cortex_a_with_a_reason() {
+    let board = Board::by_name("virt-a53").unwrap();
+    let err = qemu::Device::build_for(
+        board,
+        "classify",
+        &[],
+        qemu::DEFAULT_ARENA_BYTES,
+        Duration::from_secs(1),
+        Transport::Rtt,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("RTT") && err.contains("virt-a53"), "{err}");
 }

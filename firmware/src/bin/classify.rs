@@ -6,7 +6,6 @@
 #![no_std]
 #![no_main]
 
-use defmt_semihosting as _;
 use tinyres_core::{Arena, Interpreter, Model};
 use tinyres_firmware::{
     counter_elapsed, counter_read, counter_start, exit, image_region, model_partition, stack_paint,

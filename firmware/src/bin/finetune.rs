@@ -1,7 +1,7 @@
-//! On-device learning under QEMU: restores the learned head from the flash image (a
-//! host file, `tinyres-flash.bin`, through semihosting), learns from the leading
-//! training images of the image region if there are any, saves the head, then
-//! classifies the remaining images with it.
+//! On-device learning: restores the learned head from flash (under QEMU a host file,
+//! `tinyres-flash.bin`, through semihosting; on the nRF52840 its last two pages),
+//! learns from the leading training images of the image region if there are any,
+//! saves the head, then classifies the remaining images with it.
 //!
 //! Learning is `App::finetune` with `FINETUNE_EPOCHS` passes of SGD over the
 //! training images.
@@ -12,42 +12,14 @@
 #![no_std]
 #![no_main]
 
-use defmt_semihosting as _;
-use embedded_hal::digital::{ErrorType, InputPin, OutputPin};
 use tinyres_core::learn::Sgd;
 use tinyres_core::persist::LayerStore;
 use tinyres_core::{Arena, Interpreter, Model};
 use tinyres_firmware::app::{App, AppError, Head, FINETUNE_EPOCHS, SLOT_BYTES};
-use tinyres_firmware::semihosting_flash::SemihostingFlash;
 use tinyres_firmware::{
-    counter_elapsed, counter_read, counter_start, exit, image_region, model_partition, stack_paint,
-    stack_used, static_ram, Images, ARENA_BYTES, COUNTER,
+    board, counter_elapsed, counter_read, counter_start, exit, image_region, model_partition,
+    stack_paint, stack_used, static_ram, Images, ARENA_BYTES, COUNTER,
 };
-
-/// No button or LED under QEMU: labels come with the images.
-struct Absent;
-
-impl ErrorType for Absent {
-    type Error = core::convert::Infallible;
-}
-
-impl InputPin for Absent {
-    fn is_high(&mut self) -> Result<bool, Self::Error> {
-        Ok(false)
-    }
-    fn is_low(&mut self) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
-
-impl OutputPin for Absent {
-    fn set_low(&mut self) -> Result<(), Self::Error> {
-        Ok(())
-    }
-    fn set_high(&mut self) -> Result<(), Self::Error> {
-        Ok(())
-    }
-}
 
 #[cfg(target_arch = "arm")]
 #[cortex_m_rt::entry]
@@ -86,14 +58,10 @@ fn finetune(arena: &mut [u8], head: &mut Head) -> Result<(), AppError> {
         defmt::error!("images: bad image region");
         return Err(AppError::Pin);
     };
-    let flash =
-        SemihostingFlash::open(c"tinyres-flash.bin", 2 * SLOT_BYTES as usize).map_err(|_| {
-            defmt::error!("cannot open the flash image tinyres-flash.bin");
-            AppError::Engine(tinyres_core::Error::Storage { operation: "open" })
-        })?;
+    let (button, led, flash) = board::take()?;
     let store = LayerStore::new(flash, 0, SLOT_BYTES)?;
     let net = Interpreter::new(model, arena)?;
-    let (mut app, restored) = App::new(net, head, store, Absent, Absent, Sgd::default())?;
+    let (mut app, restored) = App::new(net, head, store, button, led, Sgd::default())?;
     match restored {
         Some(s) => defmt::println!("restored slot={=u32} seq={=u32}", s.slot, s.sequence),
         None => defmt::println!("restored none"),

@@ -1,0 +1,74 @@
+//! The nRF52840 (nRF52840-DK): button 1 (P0.11) labels, LED 1 (P0.13) shows the new
+//! class, both active low; the learned head lives in the last two 4 KiB flash pages,
+//! written through the NVMC flash controller (`nrf52840-hal`'s `NorFlash`). defmt goes
+//! out over RTT; the model and images are the flash partitions `tinyres flash` writes.
+
+use embedded_hal::digital::{ErrorType, InputPin, OutputPin};
+use nrf52840_hal::gpio::{p0, Input, Level, Output, Pin, PullUp, PushPull};
+use nrf52840_hal::nvmc::Nvmc;
+use nrf52840_hal::pac;
+
+use crate::app::{AppError, SLOT_BYTES};
+use crate::{HEAD_STORE_ADDRESS, HEAD_STORE_BYTES};
+
+const _: () = assert!(HEAD_STORE_BYTES == 2 * SLOT_BYTES as usize);
+
+/// A pin wired active low, read and driven as active high (pressed = high, lit = high).
+pub struct ActiveLow<P>(P);
+
+impl<P: ErrorType> ErrorType for ActiveLow<P> {
+    type Error = P::Error;
+}
+
+impl<P: InputPin> InputPin for ActiveLow<P> {
+    fn is_high(&mut self) -> Result<bool, Self::Error> {
+        self.0.is_low()
+    }
+    fn is_low(&mut self) -> Result<bool, Self::Error> {
+        self.0.is_high()
+    }
+}
+
+impl<P: OutputPin> OutputPin for ActiveLow<P> {
+    fn set_low(&mut self) -> Result<(), Self::Error> {
+        self.0.set_high()
+    }
+    fn set_high(&mut self) -> Result<(), Self::Error> {
+        self.0.set_low()
+    }
+}
+
+/// Button 1: pressed marks the frame as an example of the class being taught.
+pub type Button = ActiveLow<Pin<Input<PullUp>>>;
+/// LED 1: lit while the new class is recognised.
+pub type Led = ActiveLow<Pin<Output<PushPull>>>;
+/// The flash holding the learned head's two slots from offset 0.
+pub type HeadFlash = Nvmc<pac::NVMC>;
+
+/// The button, the LED and the head's flash (once: `None` the second time).
+pub fn take() -> Result<(Button, Led, HeadFlash), AppError> {
+    let Some(peripherals) = pac::Peripherals::take() else {
+        defmt::error!("board peripherals already taken");
+        return Err(AppError::Pin);
+    };
+    let port = p0::Parts::new(peripherals.P0);
+    let button = ActiveLow(port.p0_11.into_pullup_input().degrade());
+    let led = ActiveLow(port.p0_13.into_push_pull_output(Level::High).degrade());
+    // SAFETY: HEAD_STORE_ADDRESS..+HEAD_STORE_BYTES is the last two pages of the
+    // nRF52840's flash, outside the firmware (memory.x ends the code at 256 KiB) and
+    // the model and image partitions; `Peripherals::take` succeeding above means this
+    // runs once, so no other reference to these pages exists.
+    let store =
+        unsafe { core::slice::from_raw_parts_mut(HEAD_STORE_ADDRESS as *mut u8, HEAD_STORE_BYTES) };
+    Ok((button, led, Nvmc::new(peripherals.NVMC, store)))
+}
+
+/// Without a debugger there is nobody to exit to (a semihosting call would fault):
+/// park the core. With one (`probe-rs run`), semihosting's exit reports the status.
+pub fn before_exit() {
+    if !cortex_m::peripheral::DCB::is_debugger_attached() {
+        loop {
+            cortex_m::asm::wfi();
+        }
+    }
+}
