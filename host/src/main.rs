@@ -130,6 +130,15 @@ enum Command {
         /// Write at most this many images (default: as many as the partition holds).
         #[arg(long, requires = "data")]
         limit: Option<usize>,
+        /// Put examples to learn from before the images (the `finetune` firmware learns
+        /// from them on the board): shots of the model's next free class from this data's
+        /// training split, each with a rehearsal image of a known class, as `tinyres run
+        /// --finetune` does.
+        #[arg(long, value_name = "DATA", requires_all = ["data", "model"])]
+        finetune: Option<PathBuf>,
+        /// Shots of the new class.
+        #[arg(long, default_value_t = 20, requires = "finetune")]
+        shots: usize,
         /// Only print the layout and what would be written.
         #[arg(long)]
         dry_run: bool,
@@ -451,13 +460,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// What goes to a board's image partition.
+struct FlashImages {
+    /// The `TRIM` region.
+    region: Vec<u8>,
+    /// Examples to learn from, at its start.
+    learn: usize,
+    /// Images to classify after them.
+    test: usize,
+}
+
 /// The image region for a board's image partition: the first `limit` test images of
-/// `path` (as many as fit by default), and how many.
+/// `path` (as many as fit by default), after the examples of `learn` (a training pool,
+/// the shots to take from it, the new class's index) if given.
 fn flash_images(
     layout: &tinyres_host::flash::Layout,
     path: &Path,
     limit: Option<usize>,
-) -> Result<(Vec<u8>, usize)> {
+    learn: Option<&(Dataset, usize, usize)>,
+) -> Result<FlashImages> {
     let Some(partition) = &layout.images else {
         bail!(
             "{} has no tinyres firmware board, so no image partition (boards: {})",
@@ -469,20 +490,60 @@ fn flash_images(
                 .join(", ")
         );
     };
-    let mut data = Dataset::load(path, Split::Test)?;
+    let mut test = Dataset::load(path, Split::Test)?;
     let capacity = (partition.end - partition.start) as usize;
     // Header, labels padded to 16, pixels.
-    let fits = (capacity - 32) / (data.image_len() + 1);
-    let count = limit.unwrap_or(fits).min(data.len());
-    if count > fits {
+    let fits = (capacity - 32) / (test.image_len() + 1);
+    let set = match learn {
+        Some((pool, shots, new_class)) => {
+            if pool.image_len() != test.image_len() {
+                bail!(
+                    "the images to learn from are {} bytes each, the test images {}",
+                    pool.image_len(),
+                    test.image_len()
+                );
+            }
+            // The set's test images go after the examples below, not before them.
+            let no_test = Dataset {
+                height: pool.height,
+                width: pool.width,
+                channels: pool.channels,
+                pixels: Vec::new(),
+                labels: Vec::new(),
+                class_names: pool.class_names.clone(),
+            };
+            Some(qemu::learning_set(*new_class, &no_test, pool, *shots)?)
+        }
+        None => None,
+    };
+    let learn_count = set.as_ref().map_or(0, |s| s.learn.len());
+    let room = fits.saturating_sub(learn_count);
+    let count = limit.unwrap_or(room).min(test.len());
+    if learn_count + count > fits {
         bail!(
-            "{count} images of {} bytes do not fit in the {capacity}-byte image partition (at most {fits})",
-            data.image_len()
+            "{learn_count} examples and {count} images of {} bytes do not fit in the {capacity}-byte image partition (at most {fits} in all)",
+            test.image_len()
         );
     }
-    data.truncate(count);
-    let region = qemu::image_region(&data, &[], &(0..count).collect::<Vec<_>>());
-    Ok((region, count))
+    test.truncate(count);
+    let region = match set {
+        Some(set) => {
+            // The examples (indices 0.. of the set, which has no test images), then the
+            // test images.
+            let mut data = set.data;
+            let test_start = data.len();
+            data.pixels.extend_from_slice(&test.pixels);
+            data.labels.extend_from_slice(&test.labels);
+            let tests: Vec<usize> = (test_start..data.len()).collect();
+            qemu::image_region(&data, &set.learn, &tests)
+        }
+        None => qemu::image_region(&test, &[], &(0..count).collect::<Vec<_>>()),
+    };
+    Ok(FlashImages {
+        region,
+        learn: learn_count,
+        test: count,
+    })
 }
 
 /// Reads and validates a blob file.
@@ -920,6 +981,8 @@ fn run(cli: Cli) -> Result<()> {
             firmware,
             data,
             limit,
+            finetune,
+            shots,
             dry_run,
             json,
         } => {
@@ -930,17 +993,28 @@ fn run(cli: Cli) -> Result<()> {
             let model_bytes = blob.as_ref().map_or(&[][..], |b| b.as_bytes());
             let layout =
                 tinyres_host::flash::layout(&chip, model_bytes.len() as u64, firmware.as_deref())?;
+            let learn = match (&finetune, &blob) {
+                (Some(pool), Some(blob)) => Some((
+                    Dataset::load(pool, Split::Train)?,
+                    shots,
+                    Model::parse(blob.as_bytes())
+                        .map_err(|e| anyhow::anyhow!("the model: {e}"))?
+                        .num_classes(),
+                )),
+                _ => None,
+            };
             let images = data
                 .as_deref()
-                .map(|path| flash_images(&layout, path, limit))
+                .map(|path| flash_images(&layout, path, limit, learn.as_ref()))
                 .transpose()?;
-            let image_bytes = images.as_ref().map(|(region, _)| region.as_slice());
+            let image_bytes = images.as_ref().map(|i| i.region.as_slice());
             if json {
                 let value = serde_json::json!({
                     "layout": layout,
                     "dry_run": dry_run,
                     "model_bytes": model_bytes.len(),
-                    "images": images.as_ref().map_or(0, |(_, count)| *count),
+                    "images": images.as_ref().map_or(0, |i| i.test),
+                    "learn_from": images.as_ref().map_or(0, |i| i.learn),
                     "image_bytes": image_bytes.map_or(0, <[u8]>::len),
                 });
                 println!("{}", serde_json::to_string_pretty(&value)?);
@@ -957,10 +1031,16 @@ fn run(cli: Cli) -> Result<()> {
                         layout.model.start
                     ));
                 }
-                if let (Some((region, count)), Some(at)) = (&images, &layout.images) {
+                if let (Some(images), Some(at)) = (&images, &layout.images) {
+                    let learn = if images.learn > 0 {
+                        format!("{} examples to learn from and ", images.learn)
+                    } else {
+                        String::new()
+                    };
                     parts.push(format!(
-                        "{count} images ({} bytes) at {:#x}",
-                        region.len(),
+                        "{learn}{} images ({} bytes) at {:#x}",
+                        images.test,
+                        images.region.len(),
                         at.start
                     ));
                 }

@@ -867,6 +867,59 @@ impl std::fmt::Display for BeforeAfter {
     }
 }
 
+/// The images of the learning scenario, as one data set.
+#[derive(Clone, Debug)]
+pub struct LearningSet {
+    /// The test images (indices `0..test.len()`), then the examples to learn from.
+    pub data: Dataset,
+    /// Indices of the examples in `data`: shots of the new class and rehearsal images
+    /// of known classes, alternating.
+    pub learn: Vec<usize>,
+    /// Shots of the new class among them.
+    pub shots: usize,
+    /// Rehearsal images among them.
+    pub rehearsal: usize,
+}
+
+/// `test`, followed by the first `shots` images of `pool` labeled `new_class` (the
+/// model's next free class index), each followed by a rehearsal image of a known class.
+pub fn learning_set(
+    new_class: usize,
+    test: &Dataset,
+    pool: &Dataset,
+    shots: usize,
+) -> Result<LearningSet> {
+    let shot_indices: Vec<usize> = (0..pool.len())
+        .filter(|&i| usize::from(pool.labels[i]) == new_class)
+        .take(shots)
+        .collect();
+    if shot_indices.is_empty() {
+        bail!(
+            "no image to learn from is labeled {new_class} (the model has classes 0..{}, so the new class must be labeled {new_class})",
+            new_class.saturating_sub(1)
+        );
+    }
+    let rehearsal: Vec<usize> = (0..pool.len())
+        .filter(|&i| usize::from(pool.labels[i]) < new_class)
+        .take(shot_indices.len())
+        .collect();
+    let mut data = test.clone();
+    let mut learn = Vec::new();
+    for (k, shot) in shot_indices.iter().enumerate() {
+        for &i in std::iter::once(shot).chain(rehearsal.get(k)) {
+            data.pixels.extend_from_slice(pool.image(i));
+            data.labels.push(pool.labels[i]);
+            learn.push(data.len() - 1);
+        }
+    }
+    Ok(LearningSet {
+        data,
+        learn,
+        shots: shot_indices.len(),
+        rehearsal: rehearsal.len(),
+    })
+}
+
 /// The on-device learning scenario, three boots of the `finetune` firmware on
 /// `device`: the model as shipped on `test`; learning the next free class from
 /// `shots` images of it in `pool` (plus as many images of known classes, for
@@ -883,31 +936,12 @@ pub fn learning_scenario(
     let model =
         tinyres_core::Model::parse(device.model).map_err(|e| anyhow::anyhow!("the model: {e}"))?;
     let new_class = model.num_classes();
-    let shot_indices: Vec<usize> = (0..pool.len())
-        .filter(|&i| usize::from(pool.labels[i]) == new_class)
-        .take(shots)
-        .collect();
-    if shot_indices.is_empty() {
-        bail!(
-            "no image to learn from is labeled {new_class} (the model has classes 0..{}, so the new class must be labeled {new_class})",
-            new_class - 1
-        );
-    }
-    let rehearsal: Vec<usize> = (0..pool.len())
-        .filter(|&i| usize::from(pool.labels[i]) < new_class)
-        .take(shot_indices.len())
-        .collect();
-    // One data set: the test images, then the examples to learn from, shots and
-    // rehearsal images alternating.
-    let mut data = test.clone();
-    let mut learn = Vec::new();
-    for (k, shot) in shot_indices.iter().enumerate() {
-        for &i in std::iter::once(shot).chain(rehearsal.get(k)) {
-            data.pixels.extend_from_slice(pool.image(i));
-            data.labels.push(pool.labels[i]);
-            learn.push(data.len() - 1);
-        }
-    }
+    let LearningSet {
+        data,
+        learn,
+        shots,
+        rehearsal,
+    } = learning_set(new_class, test, pool, shots)?;
     let test_indices: Vec<usize> = (0..test.len()).collect();
     let fresh = tempdir()?;
     std::fs::create_dir_all(flash_dir)
@@ -920,9 +954,7 @@ pub fn learning_scenario(
     let _ = std::fs::remove_dir_all(&fresh);
     let before = before?;
     on_boot(&format!(
-        "boot 2/3: learning from {} shots and {} rehearsal images",
-        shot_indices.len(),
-        rehearsal.len()
+        "boot 2/3: learning from {shots} shots and {rehearsal} rehearsal images"
     ));
     let after = device.finetune(&data, &learn, &test_indices, flash_dir)?;
     on_boot("boot 3/3: reboot with the same flash image");
@@ -947,8 +979,8 @@ pub fn learning_scenario(
     };
     Ok(LearningReport {
         new_class,
-        shots: shot_indices.len(),
-        rehearsal: rehearsal.len(),
+        shots,
+        rehearsal,
         test_images: test.len(),
         new_class_accuracy: BeforeAfter {
             before: accuracy(&before, true),
