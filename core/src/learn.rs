@@ -280,6 +280,20 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
         Ok(c)
     }
 
+    /// Removes the last class (the one added last), so that it can be added again
+    /// from updated examples: how a class taught from positive examples alone keeps
+    /// learning, since SGD on positives only would push its row over the old classes.
+    /// Returns its index.
+    pub fn remove_last_class(&mut self) -> Result<usize, Error> {
+        if self.classes == 0 {
+            return Err(Error::Unsupported {
+                what: "removing a class from a head without classes",
+            });
+        }
+        self.classes -= 1;
+        Ok(self.classes)
+    }
+
     /// Adds a class told apart from known examples: its weight row points from
     /// `mean_others` (the mean feature of examples of existing classes) to
     /// `mean_feature` (of the new class), scaled to the average norm of the existing

@@ -171,6 +171,21 @@ fn added_class_is_imprinted_from_the_mean_feature() {
             ..
         })
     ));
+    // Removing the last class and adding it again from the same mean gives the same
+    // row: how a taught class is refined from more examples.
+    let mut logits = [0.0; 4];
+    layer.logits(&m, &mut logits).unwrap();
+    assert_eq!(layer.remove_last_class(), Ok(3));
+    assert_eq!(layer.num_classes(), 3);
+    assert_eq!(layer.add_class(&m), Ok(3));
+    let mut again = [0.0; 4];
+    layer.logits(&m, &mut again).unwrap();
+    assert_eq!(logits, again);
+    let mut empty: LastLayer<16, 4> = LastLayer::new(16, Sgd::default()).unwrap();
+    assert!(matches!(
+        empty.remove_last_class(),
+        Err(Error::Unsupported { .. })
+    ));
     let too_small: Result<LastLayer<8, 4>, _> = LastLayer::from_model(&model, Sgd::default());
     assert!(matches!(
         too_small,

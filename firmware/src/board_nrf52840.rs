@@ -38,6 +38,13 @@ impl<P: OutputPin> OutputPin for ActiveLow<P> {
     }
 }
 
+/// The frames cycle for ever: the device keeps classifying (and learning).
+pub const FRAMES_CYCLE: bool = true;
+
+/// Nothing: on a board a person presses the button (QEMU's boards press it from the
+/// image labels).
+pub fn press_for_label(_: bool) {}
+
 /// Button 1: pressed marks the frame as an example of the class being taught.
 pub type Button = ActiveLow<Pin<Input<PullUp>>>;
 /// LED 1: lit while the new class is recognised.
@@ -45,7 +52,7 @@ pub type Led = ActiveLow<Pin<Output<PushPull>>>;
 /// The flash holding the learned head's two slots from offset 0.
 pub type HeadFlash = Nvmc<pac::NVMC>;
 
-/// The button, the LED and the head's flash (once: `None` the second time).
+/// The button, the LED and the head's flash (once: an error the second time).
 pub fn take() -> Result<(Button, Led, HeadFlash), AppError> {
     let Some(peripherals) = pac::Peripherals::take() else {
         defmt::error!("board peripherals already taken");

@@ -13,7 +13,8 @@ include!(concat!(env!("OUT_DIR"), "/board.rs"));
 /// # Safety
 ///
 /// `address..address + len` must be readable memory that nothing writes while the
-/// returned slice lives (QEMU fills these regions before the core starts).
+/// returned slice lives (the host fills these regions before the core starts: QEMU's
+/// loader, or `tinyres flash` through a probe on a board).
 unsafe fn host_region(address: usize, len: usize) -> &'static [u8] {
     // SAFETY: the caller guarantees the range is readable and not written for 'static.
     unsafe { core::slice::from_raw_parts(address as *const u8, len) }
@@ -21,16 +22,17 @@ unsafe fn host_region(address: usize, len: usize) -> &'static [u8] {
 
 /// The model partition.
 pub fn model_partition() -> &'static [u8] {
-    // SAFETY: MODEL_ADDRESS..+MODEL_CAPACITY is code memory on every supported board's
-    // memory map (memory.x keeps the firmware below it) and is only written by QEMU's
-    // loader before reset.
+    // SAFETY: MODEL_ADDRESS..+MODEL_CAPACITY is memory on every supported board's map
+    // (build.rs's table) outside the firmware's code and RAM (memory.x keeps them
+    // apart), written only by the host before reset (QEMU's loader, `tinyres flash`).
     unsafe { host_region(MODEL_ADDRESS, MODEL_CAPACITY) }
 }
 
 /// The image region.
 pub fn image_region() -> &'static [u8] {
-    // SAFETY: as for the model partition, IMAGES_ADDRESS..+IMAGES_CAPACITY is code
-    // memory above the firmware, written only by QEMU's loader before reset.
+    // SAFETY: as for the model partition, IMAGES_ADDRESS..+IMAGES_CAPACITY is outside
+    // the firmware and, on boards with a flash head store, below it; only the host
+    // writes it, before reset.
     unsafe { host_region(IMAGES_ADDRESS, IMAGES_CAPACITY) }
 }
 
@@ -153,7 +155,7 @@ pub fn exit(success: bool) -> ! {
     semihosting::process::exit(if success { 0 } else { 1 })
 }
 
-/// A panic on the device: logged, and QEMU exits with failure.
+/// A panic on the device: logged, then [`exit`] with failure.
 #[cfg(target_os = "none")]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {

@@ -405,6 +405,15 @@ struct TrainArgs {
     quiet: bool,
 }
 
+/// The firmware that learns on the device in `tinyres run --finetune`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LearnWith {
+    /// `App::finetune` over the shots and rehearsal images.
+    Finetune,
+    /// `App::step` with the button held on each shot.
+    Button,
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
     /// Emulated board: mps2-an386 (Cortex-M4F), mps2-an500 (M7), mps2-an505 (M33),
@@ -436,6 +445,12 @@ struct RunArgs {
     /// Shots of the new class to learn from.
     #[arg(long, default_value_t = 20, requires = "finetune")]
     shots: usize,
+    /// How the device learns: `finetune` (the `finetune` firmware: imprint from the
+    /// shots against the rehearsal images, SGD over both, the prior discounted) or
+    /// `button` (the `teach` firmware, the interactive loop of a board: the button
+    /// held on each shot, the class imprinted from the first five, SGD on the rest).
+    #[arg(long, value_enum, default_value_t = LearnWith::Finetune, requires = "finetune")]
+    learn_with: LearnWith,
     /// Directory holding the device's flash image (`tinyres-flash.bin`, created erased
     /// if missing); default: a fresh temporary directory.
     #[arg(long, requires = "finetune")]
@@ -568,9 +583,13 @@ fn finetune_on_device(
 ) -> Result<()> {
     let pool = Dataset::load(learn_from, Split::Train)?;
     let timeout = Duration::from_secs(args.timeout);
+    let firmware = match args.learn_with {
+        LearnWith::Finetune => "finetune",
+        LearnWith::Button => "teach",
+    };
     let device = qemu::Device::build_for(
         board,
-        "finetune",
+        firmware,
         blob.as_bytes(),
         arena,
         timeout,

@@ -385,9 +385,10 @@ impl<'a> Device<'a> {
         })
     }
 
-    /// Boots the `finetune` firmware in `flash_dir` (which holds the flash image
-    /// [`FLASH_IMAGE`]; created erased if missing): it restores its head, learns from
-    /// the images `train` if there are any, saves, and classifies the images `test`.
+    /// Boots the `finetune` (or `teach`) firmware in `flash_dir` (which holds the flash
+    /// image [`FLASH_IMAGE`]; created erased if missing): it restores its head, learns
+    /// from the images `train` if there are any, saves, and classifies the images
+    /// `test`.
     pub fn finetune(
         &self,
         data: &Dataset,
@@ -411,9 +412,10 @@ impl<'a> Device<'a> {
             .find(|l| l.starts_with("restored slot="))
             .and_then(|l| numbers(l, &["slot", "seq"]))
             .map(|v| (v[0], v[1]));
+        // The last save: the `teach` firmware saves after every burst of labels.
         let saved = lines
             .iter()
-            .find(|l| l.starts_with("saved "))
+            .rfind(|l| l.starts_with("saved "))
             .and_then(|l| numbers(l, &["slot", "seq", "class"]))
             .map(|v| (v[0], v[1], v[2] as usize));
         if !train.is_empty() && saved.is_none() {

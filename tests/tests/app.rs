@@ -78,7 +78,8 @@ fn button_labels_frames_and_the_led_follows_the_new_class() {
     assert_eq!(outcomes[0], Labeled::Collected { count: 1 });
     assert_eq!(outcomes[1], Labeled::Collected { count: 2 });
     assert_eq!(outcomes[2], Labeled::Added { class: 4 });
-    assert!(matches!(outcomes[3], Labeled::Trained { .. }));
+    assert_eq!(outcomes[3], Labeled::Refined { count: 4 });
+    assert_eq!(outcomes[4], Labeled::Refined { count: 5 });
     assert_eq!(app.new_class(), Some(4));
     button.0.set(false);
     let step = app.step(&frame(16)).unwrap();

@@ -19,7 +19,7 @@ use tinyres_core::learn::{LastLayer, Sgd};
 use tinyres_core::persist::LayerStore;
 use tinyres_core::writer::{AlignedBlob, Encoding, LayerSpec, Network};
 use tinyres_core::{Interpreter, Model};
-use tinyres_firmware::app::{App, Head, FINETUNE_EPOCHS, SLOT_BYTES};
+use tinyres_firmware::app::{App, Head, Labeled, FINETUNE_EPOCHS, SLOT_BYTES};
 use tinyres_host::arch::Architecture;
 use tinyres_host::data::{synthetic, Dataset};
 use tinyres_host::qemu::{self, Board, FLASH_IMAGE};
@@ -94,39 +94,39 @@ fn accuracy(data: &Dataset, predictions: &[qemu::DevicePrediction], new: bool) -
         / chosen.len() as f64
 }
 
-#[test]
-fn the_device_learns_a_new_class_persists_it_and_matches_the_host() {
+/// The model, and one data set holding the test images, then `shots` shots of the new
+/// class interleaved with as many rehearsal images of old ones (from a data set the
+/// device sees only now); the indices of the examples and of the test images.
+fn scenario(shots: usize) -> (AlignedBlob, Dataset, Vec<usize>, Vec<usize>) {
     let train = synthetic(200, 11);
     let test = synthetic(40, 12);
     let network = nine_class_model(&train);
     let ranges = network.calibrate((0..20).map(|i| train.image(i))).unwrap();
     let blob = AlignedBlob::new(&network.to_blob(Encoding::Int8(&ranges)).unwrap());
-
-    // Five shots of the new class and five rehearsal images of old ones, interleaved,
-    // from a data set the device sees only now.
     let pool = synthetic(100, 13);
-    let shots: Vec<usize> = (0..pool.len())
+    let shot_indices = (0..pool.len())
         .filter(|&i| pool.labels[i] == NEW_CLASS)
-        .take(5)
-        .collect();
-    let rehearsal: Vec<usize> = (0..pool.len())
+        .take(shots);
+    let rehearsal = (0..pool.len())
         .filter(|&i| pool.labels[i] != NEW_CLASS)
-        .step_by(7)
-        .take(5)
-        .collect();
-    let learn: Vec<usize> = shots
-        .iter()
-        .zip(&rehearsal)
-        .flat_map(|(&a, &b)| [a, b])
-        .collect();
-    // One data set holding both, so the image region can be built from indices.
+        .step_by(7);
     let mut data = test.clone();
-    for &i in &learn {
-        data.pixels.extend_from_slice(pool.image(i));
-        data.labels.push(pool.labels[i]);
+    for (a, b) in shot_indices.zip(rehearsal) {
+        for i in [a, b] {
+            data.pixels.extend_from_slice(pool.image(i));
+            data.labels.push(pool.labels[i]);
+        }
     }
     let learn_indices: Vec<usize> = (test.len()..data.len()).collect();
     let test_indices: Vec<usize> = (0..test.len()).collect();
+    (blob, data, learn_indices, test_indices)
+}
+
+#[test]
+fn the_device_learns_a_new_class_persists_it_and_matches_the_host() {
+    let (blob, data, learn_indices, test_indices) = scenario(5);
+    let shots = learn_indices.len() / 2;
+    let test_len = test_indices.len();
 
     let board = Board::by_name("mps2-an386").unwrap();
     let device = qemu::Device::build(
@@ -210,8 +210,86 @@ fn the_device_learns_a_new_class_persists_it_and_matches_the_host() {
         100.0 * accuracy(&data, &after.predictions, true),
         100.0 * accuracy(&data, &before.predictions, false),
         100.0 * accuracy(&data, &after.predictions, false),
-        test.len(),
-        shots.len()
+        test_len,
+        shots
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The `teach` firmware, the interactive loop of a board, under QEMU (where the
+/// image labels press the button): the shots are labeled one by one, the class is
+/// imprinted after five and refined by the rest, the head is saved after each burst
+/// of labels; the same loop on the host gives the same predictions and flash bytes.
+#[test]
+fn the_button_loop_teaches_a_class_on_the_device_as_on_the_host() {
+    let (blob, data, learn_indices, test_indices) = scenario(8);
+    let board = Board::by_name("mps2-an386").unwrap();
+    let device = qemu::Device::build(
+        board,
+        "teach",
+        blob.as_bytes(),
+        qemu::DEFAULT_ARENA_BYTES,
+        Duration::from_secs(600),
+    )
+    .expect("firmware builds");
+    let dir = std::env::temp_dir().join(format!("tinyres-teach-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let boot = device
+        .finetune(&data, &learn_indices, &test_indices, &dir)
+        .unwrap();
+    // Shots and rehearsal frames alternate: every shot is a burst of its own, saved
+    // when the rehearsal frame after it shows without the button, from the imprint
+    // (5th shot, adding class 9) on: four saves.
+    assert_eq!(
+        boot.saved.map(|(_, sequence, class)| (sequence, class)),
+        Some((4, 9))
+    );
+
+    let model = Model::parse(blob.as_bytes()).unwrap();
+    let mut arena = vec![0u8; model.required_arena()];
+    let net = Interpreter::new(model, &mut arena).unwrap();
+    let flash = MemFlash::erased(qemu::FLASH_IMAGE_BYTES);
+    let store = LayerStore::new(flash.clone(), 0, SLOT_BYTES).unwrap();
+    let mut head = Head::EMPTY;
+    let button = Button::default();
+    let (mut app, _) = App::new(
+        net,
+        &mut head,
+        store,
+        button.clone(),
+        Led::default(),
+        Sgd::default(),
+    )
+    .unwrap();
+    let mut unsaved = false;
+    let mut host = Vec::new();
+    for (k, &i) in learn_indices.iter().chain(&test_indices).enumerate() {
+        let teaching = k < learn_indices.len();
+        button.0.set(teaching && data.labels[i] == NEW_CLASS);
+        let step = app.step(data.image(i)).unwrap();
+        if let Some(labeled) = step.labeled {
+            unsaved |= !matches!(labeled, Labeled::Collected { .. });
+        } else if unsaved {
+            app.save().unwrap();
+            unsaved = false;
+        }
+        if !teaching {
+            host.push(step.class);
+        }
+    }
+    let device_classes: Vec<usize> = boot.predictions.iter().map(|p| p.class).collect();
+    assert_eq!(device_classes, host, "device and host predictions");
+    let device_flash = std::fs::read(dir.join(FLASH_IMAGE)).unwrap();
+    assert!(
+        device_flash == *flash.0.borrow(),
+        "device and host flash images differ"
+    );
+    println!(
+        "button loop: new class {:.0} %, old classes {:.1} % ({} test images, {} shots)",
+        100.0 * accuracy(&data, &boot.predictions, true),
+        100.0 * accuracy(&data, &boot.predictions, false),
+        test_indices.len(),
+        learn_indices.len() / 2
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

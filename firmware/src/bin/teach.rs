@@ -1,0 +1,131 @@
+//! The interactive device loop, the product on a board: frame after frame from the
+//! image region is classified (`App::step`); while the button is held, each frame is
+//! labeled as the class being taught (collected, then imprinted as a new class, then
+//! refining it); when the button is released after a burst of labels that changed
+//! the head, the head is saved to flash, once per burst. The LED is lit while the new class is recognised.
+//!
+//! On a board the frames cycle for ever. Under QEMU there is no button: the image
+//! region's labels press it (a leading training frame labeled with the model's next
+//! free class counts as a press), one pass runs, and the firmware exits.
+//!
+//! Output: `restored none` or `restored slot=S seq=N`; `labeled frame=I ...` per label
+//! event; `saved slot=S seq=N class=C` after a burst; `image=I label=L class=C ticks=T`
+//! per frame after the training frames; `done count=N`.
+#![no_std]
+#![no_main]
+
+use tinyres_core::learn::Sgd;
+use tinyres_core::persist::LayerStore;
+use tinyres_core::{Arena, Interpreter, Model};
+use tinyres_firmware::app::{App, AppError, Head, Labeled, SLOT_BYTES};
+use tinyres_firmware::{
+    board, counter_elapsed, counter_read, counter_start, exit, image_region, model_partition,
+    stack_paint, stack_used, static_ram, Images, ARENA_BYTES, COUNTER,
+};
+
+#[cfg(target_arch = "arm")]
+#[cortex_m_rt::entry]
+fn main() -> ! {
+    static mut ARENA: Arena<ARENA_BYTES> = Arena::new();
+    static mut HEAD: Head = Head::EMPTY;
+    stack_paint();
+    counter_start();
+    exit(report(teach(ARENA.as_mut_slice(), HEAD)))
+}
+
+/// Called by the boot code with a 1 MiB stack, which holds the arena.
+#[cfg(target_arch = "aarch64")]
+#[no_mangle]
+extern "C" fn main() -> ! {
+    stack_paint();
+    let mut arena: Arena<ARENA_BYTES> = Arena::new();
+    let mut head = Head::EMPTY;
+    counter_start();
+    exit(report(teach(arena.as_mut_slice(), &mut head)))
+}
+
+fn report(result: Result<(), AppError>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            defmt::error!("teach: {}", e);
+            false
+        }
+    }
+}
+
+fn teach(arena: &mut [u8], head: &mut Head) -> Result<(), AppError> {
+    let model = Model::parse(model_partition())?;
+    let Ok(images) = Images::parse(image_region()) else {
+        defmt::error!("images: bad image region");
+        return Err(AppError::Pin);
+    };
+    let (button, led, flash) = board::take()?;
+    let store = LayerStore::new(flash, 0, SLOT_BYTES)?;
+    let net = Interpreter::new(model, arena)?;
+    let (mut app, restored) = App::new(net, head, store, button, led, Sgd::default())?;
+    match restored {
+        Some(s) => defmt::println!("restored slot={=u32} seq={=u32}", s.slot, s.sequence),
+        None => defmt::println!("restored none"),
+    }
+    let train = images.train_count();
+    // Under QEMU, training frames with this label press the button: the model's next
+    // free class, as the head was restored (the class being taught keeps its label
+    // once it has been added).
+    let taught = app.head().num_classes();
+    let mut unsaved_labels = false;
+    loop {
+        for i in 0..images.len() {
+            let (pixels, label) = images.get(i).ok_or(AppError::Pin)?;
+            board::press_for_label(i < train && usize::from(label) == taught);
+            let start = counter_read();
+            let step = app.step(pixels)?;
+            let elapsed = counter_elapsed(start, counter_read());
+            if let Some(labeled) = step.labeled {
+                defmt::println!("labeled frame={=usize} {}", i, labeled);
+                // Collecting the first examples leaves the head as it was.
+                unsaved_labels |= !matches!(labeled, Labeled::Collected { .. });
+            } else if unsaved_labels {
+                save(&mut app)?;
+                unsaved_labels = false;
+            }
+            if i >= train {
+                defmt::println!(
+                    "image={=usize} label={=u8} class={=usize} {=str}={=u64}",
+                    i - train,
+                    label,
+                    step.class,
+                    COUNTER,
+                    elapsed
+                );
+            }
+        }
+        if unsaved_labels {
+            save(&mut app)?;
+            unsaved_labels = false;
+        }
+        if !board::FRAMES_CYCLE {
+            break;
+        }
+    }
+    defmt::println!(
+        "done count={=usize} static_ram={=usize} stack={=usize}",
+        images.len() - train,
+        static_ram(),
+        stack_used()
+    );
+    Ok(())
+}
+
+type BoardApp<'m, 'a, 'h> = App<'m, 'a, 'h, board::Button, board::Led, board::HeadFlash>;
+
+fn save(app: &mut BoardApp<'_, '_, '_>) -> Result<(), AppError> {
+    let saved = app.save()?;
+    defmt::println!(
+        "saved slot={=u32} seq={=u32} class={=usize}",
+        saved.slot,
+        saved.sequence,
+        app.new_class().unwrap_or(0)
+    );
+    Ok(())
+}
