@@ -34,6 +34,13 @@ pub enum AppError {
     Engine(Error),
     /// The button or the LED.
     Pin,
+    /// The image region (what the host wrote there is not an image set).
+    Images(crate::ImagesError),
+    /// A frame past the end of the image region.
+    NoFrame {
+        /// Its index.
+        index: usize,
+    },
 }
 
 impl From<Error> for AppError {

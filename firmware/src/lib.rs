@@ -145,6 +145,47 @@ use defmt_rtt as _;
 #[cfg(all(target_os = "none", not(feature = "rtt")))]
 use defmt_semihosting as _;
 
+/// The application as the `finetune` and `teach` firmware run it on this board.
+#[cfg(target_os = "none")]
+pub type BoardApp<'a, 'h> = app::App<'static, 'a, 'h, board::Button, board::Led, board::HeadFlash>;
+
+/// Opens the application on this board: the model partition's network in `arena`, the
+/// head from the model's classifier or, if the board's flash holds a saved one, from
+/// there (logged: `restored none` or `restored slot=S seq=N`), the board's button and
+/// LED; and the image region.
+#[cfg(target_os = "none")]
+pub fn open_app<'a, 'h>(
+    arena: &'a mut [u8],
+    head: &'h mut app::Head,
+) -> Result<(BoardApp<'a, 'h>, Images<'static>), app::AppError> {
+    use tinyres_core::persist::LayerStore;
+    let model = tinyres_core::Model::parse(model_partition())?;
+    let images = Images::parse(image_region()).map_err(app::AppError::Images)?;
+    let (button, led, flash) = board::take()?;
+    let store = LayerStore::new(flash, 0, app::SLOT_BYTES)?;
+    let net = tinyres_core::Interpreter::new(model, arena)?;
+    let sgd = tinyres_core::learn::Sgd::default();
+    let (app, restored) = app::App::new(net, head, store, button, led, sgd)?;
+    match restored {
+        Some(s) => defmt::println!("restored slot={=u32} seq={=u32}", s.slot, s.sequence),
+        None => defmt::println!("restored none"),
+    }
+    Ok((app, images))
+}
+
+/// Logs why `program` failed, if it did (`program: error`); whether it succeeded, for
+/// [`exit`].
+#[cfg(target_os = "none")]
+pub fn report(program: &str, result: Result<(), app::AppError>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            defmt::error!("{=str}: {}", program, e);
+            false
+        }
+    }
+}
+
 /// Ends the program with success or failure: semihosting `SYS_EXIT`, which QEMU and
 /// `probe-rs run` both turn into their exit status. Under RTT it first waits until the
 /// host has read every frame (when one is attached).

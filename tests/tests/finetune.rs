@@ -122,21 +122,42 @@ fn scenario(shots: usize) -> (AlignedBlob, Dataset, Vec<usize>, Vec<usize>) {
     (blob, data, learn_indices, test_indices)
 }
 
+/// The firmware `bin` for mps2-an386, ready to boot `blob`.
+fn device<'b>(blob: &'b AlignedBlob, bin: &str) -> qemu::Device<'b> {
+    let board = Board::by_name("mps2-an386").unwrap();
+    qemu::Device::build(
+        board,
+        bin,
+        blob.as_bytes(),
+        qemu::DEFAULT_ARENA_BYTES,
+        Duration::from_secs(600),
+    )
+    .expect("firmware builds")
+}
+
+/// The device's application code on the host, with an erased flash of the device's
+/// size (returned, to compare with the device's flash image).
+fn host_app<'a>(
+    blob: &'a AlignedBlob,
+    arena: &'a mut [u8],
+    head: &'a mut Head,
+    button: Button,
+) -> (App<'a, 'a, 'a, Button, Led, MemFlash>, MemFlash) {
+    let model = Model::parse(blob.as_bytes()).unwrap();
+    let net = Interpreter::new(model, arena).unwrap();
+    let flash = MemFlash::erased(qemu::FLASH_IMAGE_BYTES);
+    let store = LayerStore::new(flash.clone(), 0, SLOT_BYTES).unwrap();
+    let (app, _) = App::new(net, head, store, button, Led::default(), Sgd::default()).unwrap();
+    (app, flash)
+}
+
 #[test]
 fn the_device_learns_a_new_class_persists_it_and_matches_the_host() {
     let (blob, data, learn_indices, test_indices) = scenario(5);
     let shots = learn_indices.len() / 2;
     let test_len = test_indices.len();
 
-    let board = Board::by_name("mps2-an386").unwrap();
-    let device = qemu::Device::build(
-        board,
-        "finetune",
-        blob.as_bytes(),
-        qemu::DEFAULT_ARENA_BYTES,
-        Duration::from_secs(600),
-    )
-    .expect("firmware builds");
+    let device = device(&blob, "finetune");
     let dir = std::env::temp_dir().join(format!("tinyres-finetune-{}", std::process::id()));
     let (fresh, learned) = (dir.join("fresh"), dir.join("learned"));
     std::fs::create_dir_all(&fresh).unwrap();
@@ -165,21 +186,8 @@ fn the_device_learns_a_new_class_persists_it_and_matches_the_host() {
     );
 
     // The same application code on the host: same predictions, same flash bytes.
-    let model = Model::parse(blob.as_bytes()).unwrap();
-    let mut arena = vec![0u8; model.required_arena()];
-    let net = Interpreter::new(model, &mut arena).unwrap();
-    let flash = MemFlash::erased(qemu::FLASH_IMAGE_BYTES);
-    let store = LayerStore::new(flash.clone(), 0, SLOT_BYTES).unwrap();
-    let mut head = Head::EMPTY;
-    let (mut app, _) = App::new(
-        net,
-        &mut head,
-        store,
-        Button::default(),
-        Led::default(),
-        Sgd::default(),
-    )
-    .unwrap();
+    let (mut arena, mut head) = (vec![0u8; qemu::DEFAULT_ARENA_BYTES], Head::EMPTY);
+    let (mut app, flash) = host_app(&blob, &mut arena, &mut head, Button::default());
     let class = app
         .finetune(learn_indices.len(), FINETUNE_EPOCHS, |k| {
             learn_indices
@@ -223,15 +231,7 @@ fn the_device_learns_a_new_class_persists_it_and_matches_the_host() {
 #[test]
 fn the_button_loop_teaches_a_class_on_the_device_as_on_the_host() {
     let (blob, data, learn_indices, test_indices) = scenario(8);
-    let board = Board::by_name("mps2-an386").unwrap();
-    let device = qemu::Device::build(
-        board,
-        "teach",
-        blob.as_bytes(),
-        qemu::DEFAULT_ARENA_BYTES,
-        Duration::from_secs(600),
-    )
-    .expect("firmware builds");
+    let device = device(&blob, "teach");
     let dir = std::env::temp_dir().join(format!("tinyres-teach-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let boot = device
@@ -245,22 +245,9 @@ fn the_button_loop_teaches_a_class_on_the_device_as_on_the_host() {
         Some((4, 9))
     );
 
-    let model = Model::parse(blob.as_bytes()).unwrap();
-    let mut arena = vec![0u8; model.required_arena()];
-    let net = Interpreter::new(model, &mut arena).unwrap();
-    let flash = MemFlash::erased(qemu::FLASH_IMAGE_BYTES);
-    let store = LayerStore::new(flash.clone(), 0, SLOT_BYTES).unwrap();
-    let mut head = Head::EMPTY;
+    let (mut arena, mut head) = (vec![0u8; qemu::DEFAULT_ARENA_BYTES], Head::EMPTY);
     let button = Button::default();
-    let (mut app, _) = App::new(
-        net,
-        &mut head,
-        store,
-        button.clone(),
-        Led::default(),
-        Sgd::default(),
-    )
-    .unwrap();
+    let (mut app, flash) = host_app(&blob, &mut arena, &mut head, button.clone());
     let mut unsaved = false;
     let mut host = Vec::new();
     for (k, &i) in learn_indices.iter().chain(&test_indices).enumerate() {

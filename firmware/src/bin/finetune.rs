@@ -12,13 +12,11 @@
 #![no_std]
 #![no_main]
 
-use tinyres_core::learn::Sgd;
-use tinyres_core::persist::LayerStore;
-use tinyres_core::{Arena, Interpreter, Model};
-use tinyres_firmware::app::{App, AppError, Head, FINETUNE_EPOCHS, SLOT_BYTES};
+use tinyres_core::Arena;
+use tinyres_firmware::app::{AppError, Head, FINETUNE_EPOCHS};
 use tinyres_firmware::{
-    board, counter_elapsed, counter_read, counter_start, exit, image_region, model_partition,
-    stack_paint, stack_used, static_ram, Images, ARENA_BYTES, COUNTER,
+    counter_elapsed, counter_read, counter_start, exit, open_app, report, stack_paint, stack_used,
+    static_ram, ARENA_BYTES, COUNTER,
 };
 
 #[cfg(target_arch = "arm")]
@@ -28,7 +26,7 @@ fn main() -> ! {
     static mut HEAD: Head = Head::EMPTY;
     stack_paint();
     counter_start();
-    exit(report(finetune(ARENA.as_mut_slice(), HEAD)))
+    exit(report("finetune", finetune(ARENA.as_mut_slice(), HEAD)))
 }
 
 /// Called by the boot code with a 1 MiB stack, which holds the arena.
@@ -39,33 +37,14 @@ extern "C" fn main() -> ! {
     let mut arena: Arena<ARENA_BYTES> = Arena::new();
     let mut head = Head::EMPTY;
     counter_start();
-    exit(report(finetune(arena.as_mut_slice(), &mut head)))
-}
-
-fn report(result: Result<(), AppError>) -> bool {
-    match result {
-        Ok(()) => true,
-        Err(e) => {
-            defmt::error!("finetune: {}", e);
-            false
-        }
-    }
+    exit(report(
+        "finetune",
+        finetune(arena.as_mut_slice(), &mut head),
+    ))
 }
 
 fn finetune(arena: &mut [u8], head: &mut Head) -> Result<(), AppError> {
-    let model = Model::parse(model_partition())?;
-    let Ok(images) = Images::parse(image_region()) else {
-        defmt::error!("images: bad image region");
-        return Err(AppError::Pin);
-    };
-    let (button, led, flash) = board::take()?;
-    let store = LayerStore::new(flash, 0, SLOT_BYTES)?;
-    let net = Interpreter::new(model, arena)?;
-    let (mut app, restored) = App::new(net, head, store, button, led, Sgd::default())?;
-    match restored {
-        Some(s) => defmt::println!("restored slot={=u32} seq={=u32}", s.slot, s.sequence),
-        None => defmt::println!("restored none"),
-    }
+    let (mut app, images) = open_app(arena, head)?;
 
     let train = images.train_count();
     if train > 0 {
@@ -80,7 +59,7 @@ fn finetune(arena: &mut [u8], head: &mut Head) -> Result<(), AppError> {
     }
 
     for i in train..images.len() {
-        let (pixels, label) = images.get(i).ok_or(AppError::Pin)?;
+        let (pixels, label) = images.get(i).ok_or(AppError::NoFrame { index: i })?;
         let start = counter_read();
         let class = app.classify(pixels)?;
         let elapsed = counter_elapsed(start, counter_read());

@@ -14,13 +14,11 @@
 #![no_std]
 #![no_main]
 
-use tinyres_core::learn::Sgd;
-use tinyres_core::persist::LayerStore;
-use tinyres_core::{Arena, Interpreter, Model};
-use tinyres_firmware::app::{App, AppError, Head, Labeled, SLOT_BYTES};
+use tinyres_core::Arena;
+use tinyres_firmware::app::{AppError, Head, Labeled};
 use tinyres_firmware::{
-    board, counter_elapsed, counter_read, counter_start, exit, image_region, model_partition,
-    stack_paint, stack_used, static_ram, Images, ARENA_BYTES, COUNTER,
+    board, counter_elapsed, counter_read, counter_start, exit, open_app, report, stack_paint,
+    stack_used, static_ram, BoardApp, ARENA_BYTES, COUNTER,
 };
 
 #[cfg(target_arch = "arm")]
@@ -30,7 +28,7 @@ fn main() -> ! {
     static mut HEAD: Head = Head::EMPTY;
     stack_paint();
     counter_start();
-    exit(report(teach(ARENA.as_mut_slice(), HEAD)))
+    exit(report("teach", teach(ARENA.as_mut_slice(), HEAD)))
 }
 
 /// Called by the boot code with a 1 MiB stack, which holds the arena.
@@ -41,33 +39,11 @@ extern "C" fn main() -> ! {
     let mut arena: Arena<ARENA_BYTES> = Arena::new();
     let mut head = Head::EMPTY;
     counter_start();
-    exit(report(teach(arena.as_mut_slice(), &mut head)))
-}
-
-fn report(result: Result<(), AppError>) -> bool {
-    match result {
-        Ok(()) => true,
-        Err(e) => {
-            defmt::error!("teach: {}", e);
-            false
-        }
-    }
+    exit(report("teach", teach(arena.as_mut_slice(), &mut head)))
 }
 
 fn teach(arena: &mut [u8], head: &mut Head) -> Result<(), AppError> {
-    let model = Model::parse(model_partition())?;
-    let Ok(images) = Images::parse(image_region()) else {
-        defmt::error!("images: bad image region");
-        return Err(AppError::Pin);
-    };
-    let (button, led, flash) = board::take()?;
-    let store = LayerStore::new(flash, 0, SLOT_BYTES)?;
-    let net = Interpreter::new(model, arena)?;
-    let (mut app, restored) = App::new(net, head, store, button, led, Sgd::default())?;
-    match restored {
-        Some(s) => defmt::println!("restored slot={=u32} seq={=u32}", s.slot, s.sequence),
-        None => defmt::println!("restored none"),
-    }
+    let (mut app, images) = open_app(arena, head)?;
     let train = images.train_count();
     // Under QEMU, training frames with this label press the button: the model's next
     // free class, as the head was restored (the class being taught keeps its label
@@ -76,7 +52,7 @@ fn teach(arena: &mut [u8], head: &mut Head) -> Result<(), AppError> {
     let mut unsaved_labels = false;
     loop {
         for i in 0..images.len() {
-            let (pixels, label) = images.get(i).ok_or(AppError::Pin)?;
+            let (pixels, label) = images.get(i).ok_or(AppError::NoFrame { index: i })?;
             board::press_for_label(i < train && usize::from(label) == taught);
             let start = counter_read();
             let step = app.step(pixels)?;
@@ -117,9 +93,7 @@ fn teach(arena: &mut [u8], head: &mut Head) -> Result<(), AppError> {
     Ok(())
 }
 
-type BoardApp<'m, 'a, 'h> = App<'m, 'a, 'h, board::Button, board::Led, board::HeadFlash>;
-
-fn save(app: &mut BoardApp<'_, '_, '_>) -> Result<(), AppError> {
+fn save(app: &mut BoardApp<'_, '_>) -> Result<(), AppError> {
     let saved = app.save()?;
     defmt::println!(
         "saved slot={=u32} seq={=u32} class={=usize}",
