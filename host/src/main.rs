@@ -119,8 +119,8 @@ enum Command {
         /// The model blob (.trm) for the model partition.
         #[arg(long)]
         model: Option<PathBuf>,
-        /// Firmware ELF built for this board (nRF52840: `TINYRES_BOARD=nrf52840 cargo
-        /// build --release --features nrf52840` in firmware/).
+        /// Firmware ELF built for this board (nRF52840: `cargo build --release
+        /// --features nrf52840 --target-dir target/nrf52840` in firmware/).
         #[arg(long)]
         firmware: Option<PathBuf>,
         /// Images for the firmware to classify, written to the image partition (chips
@@ -448,7 +448,8 @@ struct RunArgs {
     /// How the device learns: `finetune` (the `finetune` firmware: imprint from the
     /// shots against the rehearsal images, SGD over both, the prior discounted) or
     /// `button` (the `teach` firmware, the interactive loop of a board: the button
-    /// held on each shot, the class imprinted from the first five, SGD on the rest).
+    /// held on each shot, the class imprinted from the first five against the frames
+    /// shown without the button, and re-imprinted with every later shot).
     #[arg(long, value_enum, default_value_t = LearnWith::Finetune, requires = "finetune")]
     learn_with: LearnWith,
     /// Directory holding the device's flash image (`tinyres-flash.bin`, created erased
