@@ -484,6 +484,8 @@ struct FlashImages {
     learn: usize,
     /// Images to classify after them.
     test: usize,
+    /// Height, width, channels of every image.
+    shape: (usize, usize, usize),
 }
 
 /// The image region for a board's image partition: the first `limit` test images of
@@ -559,6 +561,7 @@ fn flash_images(
         region,
         learn: learn_count,
         test: count,
+        shape: (test.height, test.width, test.channels),
     })
 }
 
@@ -1027,6 +1030,18 @@ fn run(cli: Cli) -> Result<()> {
                 .as_deref()
                 .map(|path| flash_images(&layout, path, limit, learn.as_ref()))
                 .transpose()?;
+            if let (Some(images), Some(blob)) = (&images, &blob) {
+                let input = Model::parse(blob.as_bytes())
+                    .map_err(|e| anyhow::anyhow!("the model: {e}"))?
+                    .input_shape();
+                if input != images.shape {
+                    bail!(
+                        "the model expects {:?} (height, width, channels) images, the data holds {:?}",
+                        input,
+                        images.shape
+                    );
+                }
+            }
             let image_bytes = images.as_ref().map(|i| i.region.as_slice());
             if json {
                 let value = serde_json::json!({

@@ -395,6 +395,37 @@ fn flash_dry_run_lays_out_firmware_model_and_head_store() {
         (6.into(), 4.into())
     );
     assert_eq!(v["image_bytes"], 32 + 10 * 3072);
+    // Images the model cannot take are refused before anything is written.
+    let small = Architecture {
+        input: (16, 16, 3),
+        ..Architecture::by_name("resnet8").unwrap()
+    };
+    let arch_file = temp("flash-16x16.json");
+    std::fs::write(&arch_file, serde_json::to_string(&small).unwrap()).unwrap();
+    let small_model = temp("flash-16x16.trm");
+    let out = tinyres(&[
+        "plan",
+        "--arch-file",
+        arch_file.to_str().unwrap(),
+        "-o",
+        small_model.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = tinyres(&[
+        "flash",
+        "--chip",
+        "nRF52840_xxAA",
+        "--model",
+        small_model.to_str().unwrap(),
+        "--data",
+        "synthetic",
+        "--dry-run",
+    ]);
+    assert!(
+        stderr(&out).contains("expects (16, 16, 3)"),
+        "{}",
+        stderr(&out)
+    );
     let out = tinyres(&[
         "flash",
         "--chip",
