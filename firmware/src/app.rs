@@ -88,7 +88,7 @@ pub struct App<'m, 'a, 'h, Button, Led, Flash> {
     led: Led,
     collected: FeatureMean<MAX_FEATURES>,
     /// Mean feature of examples that are not the new class: frames shown without the
-    /// button before the class is added, or [`App::finetune`]'s rehearsal images.
+    /// button, or [`App::finetune`]'s rehearsal images.
     others: FeatureMean<MAX_FEATURES>,
     new_class: Option<usize>,
     imprint_shots: u32,

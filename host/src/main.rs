@@ -508,7 +508,7 @@ fn flash_images(
                 .join(", ")
         );
     };
-    let mut test = Dataset::load(path, Split::Test)?;
+    let test = Dataset::load(path, Split::Test)?;
     let capacity = (partition.end - partition.start) as usize;
     // Header, labels padded to 16, pixels.
     let fits = (capacity - 32) / (test.image_len() + 1);
@@ -521,16 +521,7 @@ fn flash_images(
                     test.image_len()
                 );
             }
-            // The set's test images go after the examples below, not before them.
-            let no_test = Dataset {
-                height: pool.height,
-                width: pool.width,
-                channels: pool.channels,
-                pixels: Vec::new(),
-                labels: Vec::new(),
-                class_names: pool.class_names.clone(),
-            };
-            Some(qemu::learning_set(*new_class, &no_test, pool, *shots)?)
+            Some(qemu::learning_set(*new_class, &test, pool, *shots)?)
         }
         None => None,
     };
@@ -543,19 +534,12 @@ fn flash_images(
             test.image_len()
         );
     }
-    test.truncate(count);
+    // The region puts the examples first, then the first `count` test images (indices
+    // 0.. in the set as in `test`).
+    let tests: Vec<usize> = (0..count).collect();
     let region = match set {
-        Some(set) => {
-            // The examples (indices 0.. of the set, which has no test images), then the
-            // test images.
-            let mut data = set.data;
-            let test_start = data.len();
-            data.pixels.extend_from_slice(&test.pixels);
-            data.labels.extend_from_slice(&test.labels);
-            let tests: Vec<usize> = (test_start..data.len()).collect();
-            qemu::image_region(&data, &set.learn, &tests)
-        }
-        None => qemu::image_region(&test, &[], &(0..count).collect::<Vec<_>>()),
+        Some(set) => qemu::image_region(&set.data, &set.learn, &tests),
+        None => qemu::image_region(&test, &[], &tests),
     };
     Ok(FlashImages {
         region,
@@ -1016,13 +1000,16 @@ fn run(cli: Cli) -> Result<()> {
             let model_bytes = blob.as_ref().map_or(&[][..], |b| b.as_bytes());
             let layout =
                 tinyres_host::flash::layout(&chip, model_bytes.len() as u64, firmware.as_deref())?;
-            let learn = match (&finetune, &blob) {
-                (Some(pool), Some(blob)) => Some((
+            let parsed = blob
+                .as_ref()
+                .map(|b| Model::parse(b.as_bytes()))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("the model: {e}"))?;
+            let learn = match (&finetune, &parsed) {
+                (Some(pool), Some(model)) => Some((
                     Dataset::load(pool, Split::Train)?,
                     shots,
-                    Model::parse(blob.as_bytes())
-                        .map_err(|e| anyhow::anyhow!("the model: {e}"))?
-                        .num_classes(),
+                    model.num_classes(),
                 )),
                 _ => None,
             };
@@ -1030,10 +1017,8 @@ fn run(cli: Cli) -> Result<()> {
                 .as_deref()
                 .map(|path| flash_images(&layout, path, limit, learn.as_ref()))
                 .transpose()?;
-            if let (Some(images), Some(blob)) = (&images, &blob) {
-                let input = Model::parse(blob.as_bytes())
-                    .map_err(|e| anyhow::anyhow!("the model: {e}"))?
-                    .input_shape();
+            if let (Some(images), Some(model)) = (&images, &parsed) {
+                let input = model.input_shape();
                 if input != images.shape {
                     bail!(
                         "the model expects {:?} (height, width, channels) images, the data holds {:?}",

@@ -49,6 +49,7 @@ pub fn control_block_address(elf: &Path) -> Result<u64> {
 /// and a buffer pointer followed by `u32` size, write, read and flags.
 #[derive(Clone, Copy, Debug)]
 struct UpChannel {
+    pointer_bytes: u32,
     buffer: u64,
     size: u64,
     write: u64,
@@ -61,6 +62,7 @@ impl UpChannel {
         let channel = control_block + 24;
         let size = channel + 2 * pointer_bytes;
         UpChannel {
+            pointer_bytes: pointer_bytes as u32,
             buffer: channel + pointer_bytes,
             size,
             write: size + 4,
@@ -125,12 +127,12 @@ fn poll(
         remote.write_u32(channel.flags, (flags & !MODE_MASK) | MODE_BLOCK_IF_FULL)?;
         *blocking = true;
     }
-    let buffer = u64::from(remote.read_u32(channel.buffer)?);
-    let buffer = if channel.size - channel.buffer == 8 {
-        buffer | (u64::from(remote.read_u32(channel.buffer + 4)?) << 32)
-    } else {
-        buffer
-    };
+    // The buffer pointer, little-endian, of the target's width.
+    let buffer = remote
+        .read_memory(channel.buffer, channel.pointer_bytes)?
+        .iter()
+        .rev()
+        .fold(0u64, |pointer, &byte| (pointer << 8) | u64::from(byte));
     let size = remote.read_u32(channel.size)?;
     let write = remote.read_u32(channel.write)?;
     let read = remote.read_u32(channel.read)?;

@@ -191,26 +191,31 @@ fn instruction_counts_are_deterministic() {
     assert_eq!(device(&board, &blob, &data), device(&board, &blob, &data));
 }
 
+/// Over either transport: under RTT the error arrives before the exit too (the
+/// firmware flushes RTT, waiting for the reader, before it leaves).
 #[test]
 fn a_model_the_device_rejects_is_reported_with_its_log() {
     let blob = int8_blob(&resnet8());
     let mut bytes = blob.as_bytes().to_vec();
     bytes[200] ^= 0xFF; // the host would refuse this blob; the device must too
     let board = Board::by_name("mps2-an386").unwrap();
-    let device = qemu::Device::build(
-        board,
-        "classify",
-        &bytes,
-        qemu::DEFAULT_ARENA_BYTES,
-        Duration::from_secs(120),
-    )
-    .unwrap();
     let data = images(1, 4);
-    let err = device.classify(&data, 0..1).unwrap_err().to_string();
-    assert!(
-        err.contains("failed") && err.contains("ChecksumMismatch"),
-        "{err}"
-    );
+    for transport in [Transport::Semihosting, Transport::Rtt] {
+        let device = qemu::Device::build_for(
+            board,
+            "classify",
+            &bytes,
+            qemu::DEFAULT_ARENA_BYTES,
+            Duration::from_secs(120),
+            transport,
+        )
+        .unwrap();
+        let err = device.classify(&data, 0..1).unwrap_err().to_string();
+        assert!(
+            err.contains("failed") && err.contains("ChecksumMismatch"),
+            "{transport:?}: {err}"
+        );
+    }
 }
 
 /// RTT, the hardware transport, read through QEMU's gdbstub as a probe reads it: the
@@ -226,33 +231,6 @@ fn the_rtt_transport_carries_the_same_results_as_semihosting() {
     assert_eq!(
         over_rtt.iter().map(|p| p.class).collect::<Vec<_>>(),
         host_classes(&blob, &data)
-    );
-}
-
-/// The error a failing device logs reaches the host over RTT before the exit (the
-/// firmware flushes RTT, waiting for the reader, before it leaves).
-#[test]
-fn a_device_error_arrives_over_rtt_too() {
-    let blob = int8_blob(&resnet8());
-    let mut bytes = blob.as_bytes().to_vec();
-    bytes[200] ^= 0xFF;
-    let board = Board::by_name("mps2-an386").unwrap();
-    let device = qemu::Device::build_for(
-        board,
-        "classify",
-        &bytes,
-        qemu::DEFAULT_ARENA_BYTES,
-        Duration::from_secs(120),
-        Transport::Rtt,
-    )
-    .unwrap();
-    let err = device
-        .classify(&images(1, 4), 0..1)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("failed") && err.contains("ChecksumMismatch"),
-        "{err}"
     );
 }
 

@@ -2,7 +2,8 @@
 //! image region is classified (`App::step`); while the button is held, each frame is
 //! labeled as the class being taught (collected, then imprinted as a new class, then
 //! refining it); when the button is released after a burst of labels that changed
-//! the head, the head is saved to flash, once per burst. The LED is lit while the new class is recognised.
+//! the head, the head is saved to flash, once per burst. The LED is lit while the new
+//! class is recognised.
 //!
 //! On a board the frames cycle for ever. Under QEMU there is no button: the image
 //! region's labels press it (a leading training frame labeled with the model's next
