@@ -70,7 +70,13 @@ impl ConvShape {
         ))
     }
 
-    fn check(&self, input: usize, weights: usize, bias: usize, output: usize) -> Result<(), Error> {
+    pub(crate) fn check(
+        &self,
+        input: usize,
+        weights: usize,
+        bias: usize,
+        output: usize,
+    ) -> Result<(), Error> {
         let window = self.kernel_h * self.kernel_w * self.in_c;
         expect("conv input", self.in_h * self.in_w * self.in_c, input)?;
         expect("conv weights", self.out_c * window, weights)?;
@@ -85,12 +91,14 @@ impl ConvShape {
     /// the filter, so each call covers one contiguous `taps · in_c` slice of each, in
     /// the order columns, then channels.
     #[inline]
-    fn for_each_kernel_row(&self, oy: usize, ox: usize, mut f: impl FnMut(usize, usize, usize)) {
+    pub(crate) fn for_each_kernel_row(
+        &self,
+        oy: usize,
+        ox: usize,
+        mut f: impl FnMut(usize, usize, usize),
+    ) {
         let left = ox * self.stride;
-        let first_kx = self.pad_left.saturating_sub(left);
-        let end_kx = self
-            .kernel_w
-            .min((self.in_w + self.pad_left).saturating_sub(left));
+        let (first_kx, end_kx) = self.kernel_columns(ox);
         if first_kx >= end_kx {
             return;
         }
@@ -109,9 +117,22 @@ impl ConvShape {
             );
         }
     }
+
+    /// The kernel columns `first..end` that the window of output column `ox` has
+    /// inside the input (the others fall on padding). Output columns with equal
+    /// ranges read their inputs at the same offsets relative to their windows.
+    #[inline]
+    pub(crate) fn kernel_columns(&self, ox: usize) -> (usize, usize) {
+        let left = ox * self.stride;
+        let first_kx = self.pad_left.saturating_sub(left);
+        let end_kx = self
+            .kernel_w
+            .min((self.in_w + self.pad_left).saturating_sub(left));
+        (first_kx, end_kx)
+    }
 }
 
-fn expect(what: &'static str, expected: usize, actual: usize) -> Result<(), Error> {
+pub(crate) fn expect(what: &'static str, expected: usize, actual: usize) -> Result<(), Error> {
     if expected == actual {
         Ok(())
     } else {
@@ -149,7 +170,7 @@ pub enum Shortcut<'a, T> {
 }
 
 impl<T: Copy> Shortcut<'_, T> {
-    fn check(&self, out_h: usize, out_w: usize, out_c: usize) -> Result<(), Error> {
+    pub(crate) fn check(&self, out_h: usize, out_w: usize, out_c: usize) -> Result<(), Error> {
         if let Shortcut::Mapped {
             data,
             height,
@@ -178,7 +199,7 @@ impl<T: Copy> Shortcut<'_, T> {
     /// The shortcut row for output pixel `(oy, ox)` and the channel offset to apply,
     /// or `None` for in-place.
     #[inline]
-    fn row(&self, oy: usize, ox: usize) -> Option<(&[T], usize)> {
+    pub(crate) fn row(&self, oy: usize, ox: usize) -> Option<(&[T], usize)> {
         match *self {
             Shortcut::InPlace => None,
             Shortcut::Mapped {
@@ -293,14 +314,14 @@ pub struct Requantize<'a> {
 
 impl Requantize<'_> {
     #[inline]
-    fn apply(&self, acc: i32, channel: usize) -> i8 {
+    pub(crate) fn apply(&self, acc: i32, channel: usize) -> i8 {
         let v =
             multiply_by_quantized_multiplier(acc, self.multipliers[channel], self.shifts[channel])
                 .saturating_add(self.output_zero_point);
         v.clamp(self.activation_min, self.activation_max) as i8
     }
 
-    fn check(&self, channels: usize) -> Result<(), Error> {
+    pub(crate) fn check(&self, channels: usize) -> Result<(), Error> {
         expect("requant multipliers", channels, self.multipliers.len())?;
         expect("requant shifts", channels, self.shifts.len())
     }
@@ -354,26 +375,41 @@ pub fn conv2d_i8(
                     let w = &filter[tap * c_in..(tap + taps) * c_in];
                     acc = acc.wrapping_add(dot_i8(x, w, input_zero_point));
                 });
-                let value = requant.apply(acc, co);
-                *out = match residual {
-                    None => value,
-                    Some((_, add)) => {
-                        let s = match shortcut_row {
-                            None => *out,
-                            Some((row, offset)) => co
-                                .checked_sub(offset)
-                                .and_then(|c| row.get(c))
-                                .copied()
-                                // A padded channel holds real zero: the zero point.
-                                .unwrap_or(add.input2_zero_point as i8),
-                        };
-                        add.add(value, s)
-                    }
-                };
+                *out = finish_i8(acc, co, requant, residual, shortcut_row, *out);
             }
         }
     }
     Ok(())
+}
+
+/// The int8 output of channel `co` from its accumulator: requantized, then added to
+/// the shortcut if there is one (`previous` is the output's old value, the shortcut
+/// of an in-place residual). Every int8 convolution kernel ends with this.
+#[inline]
+pub(crate) fn finish_i8(
+    acc: i32,
+    co: usize,
+    requant: &Requantize<'_>,
+    residual: Option<(Shortcut<'_, i8>, &AddParams)>,
+    shortcut_row: Option<(&[i8], usize)>,
+    previous: i8,
+) -> i8 {
+    let value = requant.apply(acc, co);
+    match residual {
+        None => value,
+        Some((_, add)) => {
+            let s = match shortcut_row {
+                None => previous,
+                Some((row, offset)) => co
+                    .checked_sub(offset)
+                    .and_then(|c| row.get(c))
+                    .copied()
+                    // A padded channel holds real zero: the zero point.
+                    .unwrap_or(add.input2_zero_point as i8),
+            };
+            add.add(value, s)
+        }
+    }
 }
 
 /// f32 global average pooling of an `h×w×c` tensor to `c` values.

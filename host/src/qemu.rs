@@ -15,14 +15,17 @@ use crate::data::Dataset;
 #[serde(rename_all = "snake_case")]
 pub enum Counter {
     /// SysTick on the core clock (Cortex-M) under `-icount shift=N`: every
-    /// instruction advances the virtual clock by 2^N ns; `ns_per_tick` is the clock's
-    /// period (25 MHz on the mps2/mps3 boards: checked by getting the same counts with
-    /// shift 3 and shift 6).
+    /// instruction advances the virtual clock by 2^N ns, and SysTick ticks at the
+    /// board's core clock, which QEMU 7.2 sets per board (`sysclk_frq`): 25 MHz on
+    /// mps2-an385/an386/an500, 20 MHz on mps2-an505, 32 MHz on mps3-an547. The
+    /// `selftest` firmware checks each board's conversion against a loop of known
+    /// length (`tests/tests/qemu.rs`); running with another shift could not catch a
+    /// wrong clock, as the shift cancels out.
     SysTick {
         /// `-icount shift`.
         shift: u32,
-        /// Nanoseconds per tick.
-        ns_per_tick: u64,
+        /// The core clock in Hz.
+        clock_hz: u64,
     },
     /// The PMU's retired-instruction counter (Cortex-A), exact.
     Pmu,
@@ -56,12 +59,13 @@ pub struct Board {
 
 const MODEL_CAPACITY: usize = 0x0010_0000;
 const IMAGES_CAPACITY: usize = 0x0020_0000;
-const MPS_SYSTICK: Counter = Counter::SysTick {
-    shift: 6,
-    ns_per_tick: 40,
-};
+/// SysTick under `-icount shift=6` on a core clocked at `clock_hz`.
+const fn systick(clock_hz: u64) -> Counter {
+    Counter::SysTick { shift: 6, clock_hz }
+}
 
-/// A Cortex-M board of the mps2 family with the common memory map.
+/// A Cortex-M board of the mps2 family with the common memory map and its 25 MHz
+/// core clock.
 const fn mps2(name: &'static str, cpu: &'static str, target: &'static str) -> Board {
     Board {
         name,
@@ -72,7 +76,7 @@ const fn mps2(name: &'static str, cpu: &'static str, target: &'static str) -> Bo
         rustflags: "",
         model_address: 0x0010_0000,
         images_address: 0x0020_0000,
-        counter: MPS_SYSTICK,
+        counter: systick(25_000_000),
     }
 }
 
@@ -84,12 +88,14 @@ pub const BOARDS: [Board; 6] = [
     Board {
         model_address: 0x1010_0000,
         images_address: 0x1020_0000,
+        counter: systick(20_000_000),
         ..mps2("mps2-an505", "cortex-m33", "thumbv8m.main-none-eabihf")
     },
     Board {
         rustflags: "-C target-cpu=cortex-m55",
         model_address: 0x0100_0000,
         images_address: 0x6000_0000,
+        counter: systick(32_000_000),
         ..mps2("mps3-an547", "cortex-m55", "thumbv8m.main-none-eabihf")
     },
     mps2("mps2-an385", "cortex-m3", "thumbv7m-none-eabi"),
@@ -129,9 +135,12 @@ impl Board {
     /// Instructions from a firmware count (`ticks` or `instructions`), rounded.
     pub fn instructions(&self, count: u64) -> u64 {
         match self.counter {
-            Counter::SysTick { shift, ns_per_tick } => {
-                let ns_per_instruction = 1u64 << shift;
-                (count * ns_per_tick + ns_per_instruction / 2) / ns_per_instruction
+            Counter::SysTick { shift, clock_hz } => {
+                // ticks / clock_hz seconds of virtual time, 2^shift ns per instruction.
+                let ticks_per_instruction_scaled = u128::from(clock_hz) << shift;
+                let scaled = u128::from(count) * 1_000_000_000;
+                ((scaled + ticks_per_instruction_scaled / 2) / ticks_per_instruction_scaled)
+                    as u64
             }
             Counter::Pmu => count,
         }

@@ -1,0 +1,70 @@
+//! Picks the architecture kernels for the target being built.
+//!
+//! Rust's `cfg(target_feature = "dsp")` and `"mve"` are unstable on Arm, so the
+//! instruction set is read off the target name and the `-C target-cpu` /
+//! `-C target-feature` flags cargo passes, and published as `cfg`s that
+//! `src/arch/mod.rs` selects on:
+//!
+//! - `tinyres_arm_dsp`: the Cortex-M DSP extension (SMLAD, SXTAB16): every
+//!   `thumbv7em` target (M4, M7); `thumbv8m.main` with `-C target-cpu=cortex-m33`,
+//!   `cortex-m35p`, `cortex-m55`, `cortex-m85` or `-C target-feature=+dsp`.
+//! - `tinyres_arm_mve`: Helium (M-profile vector extension, integer): `thumbv8m.main`
+//!   with `-C target-cpu=cortex-m55` / `cortex-m85` or `-C target-feature=+mve`.
+
+use std::env;
+
+fn main() {
+    println!("cargo::rustc-check-cfg=cfg(tinyres_arm_dsp)");
+    println!("cargo::rustc-check-cfg=cfg(tinyres_arm_mve)");
+    println!("cargo::rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
+    let target = env::var("TARGET").unwrap_or_default();
+    let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    let flags: Vec<&str> = flags.split('\x1f').collect();
+    let mut cpu = None;
+    let mut features = Vec::new();
+    let mut pending: Option<&str> = None;
+    for flag in &flags {
+        // `-C target-cpu=X`, `-Ctarget-cpu=X`, and the same for target-feature.
+        let option = match pending.take() {
+            Some(_) => Some(*flag),
+            None if *flag == "-C" || *flag == "--codegen" => {
+                pending = Some(flag);
+                None
+            }
+            None => flag.strip_prefix("-C"),
+        };
+        if let Some(option) = option {
+            if let Some(value) = option.strip_prefix("target-cpu=") {
+                cpu = Some(value.to_string());
+            } else if let Some(value) = option.strip_prefix("target-feature=") {
+                features.extend(value.split(',').map(str::to_string));
+            }
+        }
+    }
+    let has = |feature: &str| {
+        // The last mention wins, as in rustc.
+        features
+            .iter()
+            .rev()
+            .find(|f| f.get(1..) == Some(feature))
+            .map(|f| f.starts_with('+'))
+    };
+    let cpu = cpu.as_deref().unwrap_or("");
+    let v8m_main = target.starts_with("thumbv8m.main");
+    let mve = v8m_main && has("mve").unwrap_or(matches!(cpu, "cortex-m55" | "cortex-m85"));
+    let dsp = mve
+        || has("dsp").unwrap_or(
+            target.starts_with("thumbv7em")
+                || (v8m_main
+                    && matches!(
+                        cpu,
+                        "cortex-m33" | "cortex-m35p" | "cortex-m55" | "cortex-m85"
+                    )),
+        );
+    if dsp && target.starts_with("thumb") {
+        println!("cargo::rustc-cfg=tinyres_arm_dsp");
+    }
+    if mve {
+        println!("cargo::rustc-cfg=tinyres_arm_mve");
+    }
+}

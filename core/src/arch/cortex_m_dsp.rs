@@ -1,0 +1,341 @@
+//! Cortex-M DSP extension (M4, M7, M33, M55): int8 convolution with dual 16-bit
+//! multiply-accumulates.
+//!
+//! Output pixels go in pairs. The windows of a pair are first widened into a column
+//! buffer on the stack (im2col): `x − zero_point` as 16-bit lanes, four taps at a time
+//! as `[even taps of pixel 0, odd taps of pixel 0, even of pixel 1, odd of pixel 1]`
+//! (`SXTAB16` widens bytes 0 and 2, then 1 and 3, adding `−zero_point` on the way),
+//! padding as zero. Each pair of output channels then runs one assembly loop over the
+//! window: a weight word is widened with `SXTB16` in the same even/odd order and
+//! `SMLAD` multiplies both lanes and accumulates: 21 instructions for 16 MACs, with
+//! every input widened once per pixel pair and every weight twice, all in the 12
+//! registers inline assembly may use. The column buffer costs
+//! [`COLUMN_WORDS`] × 4 bytes of stack; larger windows (and zero points outside
+//! int8) go to the portable kernel.
+//!
+//! Accumulation wraps in 32 bits like the portable kernel's (`SMLAD` writes the
+//! wrapped sum; it only sets the sticky Q flag, which nothing reads), so the results
+//! are bit-identical to [`kernels::conv2d_i8`].
+
+use core::arch::asm;
+
+use crate::error::Error;
+use crate::kernels::{self, finish_i8, ConvShape, Requantize, Shortcut};
+use crate::quant::AddParams;
+
+/// Bytes 0 and 2 of `x`, sign-extended, each added to the 16-bit lanes of `offset`.
+#[inline(always)]
+fn sxtab16_even(offset: u32, x: u32) -> u32 {
+    let result;
+    // SAFETY: SXTAB16 reads and writes registers only; the DSP extension is present
+    // (this module is compiled for `tinyres_arm_dsp` targets only, see build.rs).
+    unsafe {
+        asm!(
+            "sxtab16 {r}, {o}, {x}",
+            r = lateout(reg) result,
+            o = in(reg) offset,
+            x = in(reg) x,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    result
+}
+
+/// Bytes 1 and 3 of `x`, sign-extended, each added to the 16-bit lanes of `offset`.
+#[inline(always)]
+fn sxtab16_odd(offset: u32, x: u32) -> u32 {
+    let result;
+    // SAFETY: register-only DSP instruction, as for `sxtab16_even`.
+    unsafe {
+        asm!(
+            "sxtab16 {r}, {o}, {x}, ror #8",
+            r = lateout(reg) result,
+            o = in(reg) offset,
+            x = in(reg) x,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    result
+}
+
+/// Four int8 values as a little-endian word (one unaligned `LDR`).
+#[inline(always)]
+fn word(bytes: &[i8]) -> u32 {
+    let mut four = [0i8; 4];
+    four.copy_from_slice(bytes);
+    u32::from_le_bytes(four.map(|b| b as u8))
+}
+
+/// The input zero point's negation in both 16-bit lanes, for `SXTAB16`; `None` for a
+/// zero point outside int8 (then `x − zero_point` may not fit 16 bits).
+fn lane_offset(input_zero_point: i32) -> Option<u32> {
+    let zero_point = i8::try_from(input_zero_point).ok()?;
+    let lane = u32::from((-i16::from(zero_point)) as u16);
+    Some(lane | (lane << 16))
+}
+
+/// Taps per pixel the column buffer holds: a 3×3 window over 64 channels.
+pub const WINDOW_CAPACITY: usize = 576;
+/// Words of the column buffer: two pixels, two words per four taps.
+pub const COLUMN_WORDS: usize = WINDOW_CAPACITY;
+/// Taps per pixel of the byte staging used when the channels are not a multiple of
+/// four (the first layer's 3×3×3 window and the like).
+const STAGING_CAPACITY: usize = 160;
+
+/// `acc[c][p] += Σ col_p[k]·w_c[k]` over `groups` groups of four taps, with
+/// `columns` as laid out by [`widen_pair`] and `w1 = w0 + w1_offset`.
+///
+/// # Safety
+///
+/// `columns` must be 4-byte aligned and readable for `4 · groups` words; `w0` and
+/// `w0 + w1_offset` readable for `4 · groups` bytes each (any alignment: Cortex-M
+/// cores with the DSP extension load unaligned words unless configured to trap).
+#[inline(always)]
+unsafe fn mac_2x2(
+    columns: *const u32,
+    w0: *const i8,
+    w1_offset: usize,
+    groups: usize,
+    acc: &mut [[i32; 2]; 2],
+) {
+    if groups == 0 {
+        return;
+    }
+    let [[mut a00, mut a01], [mut a10, mut a11]] = *acc;
+    // SAFETY: the caller guarantees the reads; the loop reads `4 · groups` words from
+    // `columns` and `groups` words from each filter, and writes registers only.
+    unsafe {
+        asm!(
+            "2:",
+            // Pixel 0 against channel 0, then channel 1.
+            "ldrd {xe}, {xo}, [{columns}], #8",
+            "ldr {wo}, [{w0}]",
+            "sxtb16 {we}, {wo}",
+            "sxtb16 {wo}, {wo}, ror #8",
+            "smlad {a00}, {xe}, {we}, {a00}",
+            "smlad {a00}, {xo}, {wo}, {a00}",
+            "ldr {wo}, [{w0}, {w1_offset}]",
+            "sxtb16 {we}, {wo}",
+            "sxtb16 {wo}, {wo}, ror #8",
+            "smlad {a01}, {xe}, {we}, {a01}",
+            "smlad {a01}, {xo}, {wo}, {a01}",
+            // Pixel 1 against channel 1 (still widened), then channel 0 again.
+            "ldrd {xe}, {xo}, [{columns}], #8",
+            "smlad {a11}, {xe}, {we}, {a11}",
+            "smlad {a11}, {xo}, {wo}, {a11}",
+            "ldr {wo}, [{w0}], #4",
+            "sxtb16 {we}, {wo}",
+            "sxtb16 {wo}, {wo}, ror #8",
+            "smlad {a10}, {xe}, {we}, {a10}",
+            "smlad {a10}, {xo}, {wo}, {a10}",
+            "cmp {columns}, {end}",
+            "bne 2b",
+            columns = inout(reg) columns => _,
+            w0 = inout(reg) w0 => _,
+            w1_offset = in(reg) w1_offset,
+            end = in(reg) columns.wrapping_add(4 * groups),
+            a00 = inout(reg) a00,
+            a01 = inout(reg) a01,
+            a10 = inout(reg) a10,
+            a11 = inout(reg) a11,
+            xe = out(reg) _,
+            xo = out(reg) _,
+            we = out(reg) _,
+            wo = out(reg) _,
+            options(pure, readonly, nostack),
+        );
+    }
+    *acc = [[a00, a01], [a10, a11]];
+}
+
+/// Widens the windows of output pixels `(oy, ox[0])` and `(oy, ox[1])` into
+/// `columns` (see the module's doc) and, when the channels are not a multiple of
+/// four, keeps the window bytes in `staging` (padding as the zero point) for the
+/// taps past the last whole group. The caller has checked that the window fits.
+#[allow(clippy::too_many_arguments)]
+fn widen_pair(
+    shape: &ConvShape,
+    input: &[i8],
+    input_zero_point: i32,
+    offset: u32,
+    oy: usize,
+    ox: [usize; 2],
+    columns: &mut [u32; COLUMN_WORDS],
+    staging: &mut [[i8; STAGING_CAPACITY]; 2],
+) {
+    let c_in = shape.in_c;
+    let window = shape.kernel_h * shape.kernel_w * c_in;
+    if c_in % 4 == 0 {
+        // Whole groups per tap: widen straight from the input, padding as zero.
+        for (p, &x) in ox.iter().enumerate() {
+            let mut tap_group = 0;
+            for ky in 0..shape.kernel_h {
+                let iy = (oy * shape.stride + ky).checked_sub(shape.pad_top);
+                for kx in 0..shape.kernel_w {
+                    let ix = (x * shape.stride + kx).checked_sub(shape.pad_left);
+                    let pixel = match (iy, ix) {
+                        (Some(iy), Some(ix)) if iy < shape.in_h && ix < shape.in_w => {
+                            Some(&input[(iy * shape.in_w + ix) * c_in..][..c_in])
+                        }
+                        _ => None,
+                    };
+                    for g in 0..c_in / 4 {
+                        let at = (tap_group + g) * 4 + p * 2;
+                        let (even, odd) = match pixel {
+                            Some(pixel) => {
+                                let x = word(&pixel[g * 4..g * 4 + 4]);
+                                (sxtab16_even(offset, x), sxtab16_odd(offset, x))
+                            }
+                            None => (0, 0),
+                        };
+                        columns[at] = even;
+                        columns[at + 1] = odd;
+                    }
+                    tap_group += c_in / 4;
+                }
+            }
+        }
+    } else {
+        // Stage the window's bytes first (padding as the zero point, which widens
+        // to zero), then widen them four at a time.
+        for (p, &x) in ox.iter().enumerate() {
+            let bytes = &mut staging[p][..window];
+            bytes.fill(input_zero_point as i8);
+            for ky in 0..shape.kernel_h {
+                let Some(iy) = (oy * shape.stride + ky).checked_sub(shape.pad_top) else {
+                    continue;
+                };
+                if iy >= shape.in_h {
+                    continue;
+                }
+                for kx in 0..shape.kernel_w {
+                    let Some(ix) = (x * shape.stride + kx).checked_sub(shape.pad_left) else {
+                        continue;
+                    };
+                    if ix < shape.in_w {
+                        let from = (iy * shape.in_w + ix) * c_in;
+                        let to = (ky * shape.kernel_w + kx) * c_in;
+                        bytes[to..to + c_in].copy_from_slice(&input[from..from + c_in]);
+                    }
+                }
+            }
+            for (g, four) in bytes.chunks_exact(4).enumerate() {
+                let x = word(four);
+                columns[g * 4 + p * 2] = sxtab16_even(offset, x);
+                columns[g * 4 + p * 2 + 1] = sxtab16_odd(offset, x);
+            }
+        }
+    }
+}
+
+/// TFLite int8 convolution, as [`kernels::conv2d_i8`] computes it (same arguments,
+/// same checks, bit-identical results), with `SMLAD`. A window over
+/// [`WINDOW_CAPACITY`] taps (or over the staging capacity when the channels are not a
+/// multiple of four) and a zero point outside int8 go to the portable kernel.
+///
+/// A pixel without a partner (an odd last column) and an odd last channel run
+/// through the same 2×2 block with the pixel or channel doubled, and keep one of the
+/// results.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_i8(
+    shape: &ConvShape,
+    input: &[i8],
+    input_zero_point: i32,
+    weights: &[i8],
+    bias: &[i32],
+    requant: &Requantize<'_>,
+    residual: Option<(Shortcut<'_, i8>, &AddParams)>,
+    output: &mut [i8],
+) -> Result<(), Error> {
+    let window = shape.kernel_h * shape.kernel_w * shape.in_c;
+    let fits = if shape.in_c % 4 == 0 {
+        window <= WINDOW_CAPACITY
+    } else {
+        window <= STAGING_CAPACITY
+    };
+    let offset = lane_offset(input_zero_point);
+    let (true, Some(offset)) = (fits, offset) else {
+        return kernels::conv2d_i8(
+            shape,
+            input,
+            input_zero_point,
+            weights,
+            bias,
+            requant,
+            residual,
+            output,
+        );
+    };
+    shape.check(input.len(), weights.len(), bias.len(), output.len())?;
+    requant.check(shape.out_c)?;
+    if let Some((shortcut, _)) = &residual {
+        shortcut.check(shape.out_h, shape.out_w, shape.out_c)?;
+    }
+    let out_c = shape.out_c;
+    let groups = window / 4;
+    let whole = groups * 4;
+    let mut columns = [0u32; COLUMN_WORDS];
+    let mut staging = [[0i8; STAGING_CAPACITY]; 2];
+    for oy in 0..shape.out_h {
+        for ox in (0..shape.out_w).step_by(2) {
+            let pixels = [ox, (ox + 1).min(shape.out_w - 1)];
+            widen_pair(
+                shape,
+                input,
+                input_zero_point,
+                offset,
+                oy,
+                pixels,
+                &mut columns,
+                &mut staging,
+            );
+            let shortcut_rows = pixels.map(|x| residual.as_ref().and_then(|(s, _)| s.row(oy, x)));
+            for co in (0..out_c).step_by(2) {
+                let channels = [co, (co + 1).min(out_c - 1)];
+                let filters = channels.map(|c| &weights[c * window..(c + 1) * window]);
+                let mut acc = [[bias[channels[0]], bias[channels[1]]]; 2];
+                // SAFETY: `columns` is a u32 array holding `4 · groups` widened words
+                // (`groups · 4 ≤ window ≤ COLUMN_WORDS` taps); both filters are
+                // `window ≥ 4 · groups` bytes long and the second starts
+                // `(channels[1] − channels[0]) · window` bytes after the first.
+                unsafe {
+                    mac_2x2(
+                        columns.as_ptr(),
+                        filters[0].as_ptr(),
+                        (channels[1] - channels[0]) * window,
+                        groups,
+                        &mut acc,
+                    );
+                }
+                // The taps past the last whole group (channels not a multiple of
+                // four: the window bytes are staged).
+                for (p, acc) in acc.iter_mut().enumerate().filter(|_| whole < window) {
+                    let x = &staging[p][whole..window];
+                    for (acc, filter) in acc.iter_mut().zip(filters) {
+                        for (&x, &w) in x.iter().zip(&filter[whole..]) {
+                            *acc =
+                                acc.wrapping_add((i32::from(x) - input_zero_point) * i32::from(w));
+                        }
+                    }
+                }
+                let distinct_pixels = if pixels[0] == pixels[1] { 1 } else { 2 };
+                let distinct_channels = if channels[0] == channels[1] { 1 } else { 2 };
+                for p in 0..distinct_pixels {
+                    let out_start = (oy * shape.out_w + pixels[p]) * out_c;
+                    for c in 0..distinct_channels {
+                        let out = &mut output[out_start + channels[c]];
+                        *out = finish_i8(
+                            acc[p][c],
+                            channels[c],
+                            requant,
+                            residual,
+                            shortcut_rows[p],
+                            *out,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! The architecture seam: the kernels the engine calls, chosen at compile time.
+//!
+//! The portable kernels in [`crate::kernels`] are the definition and are always
+//! compiled. An optimised kernel sits in a submodule here behind a `cfg` that
+//! `build.rs` sets from the target (Rust's Arm target-feature `cfg`s are unstable), is
+//! re-exported under the same name and signature in place of the portable one, and is
+//! checked bit-exactly against it on its own instruction set: the `selftest`
+//! firmware runs every kernel of this module against the portable one under QEMU on
+//! each board (`tests/tests/qemu.rs`). No runtime CPU detection: a microcontroller's
+//! core is known when the firmware is built.
+//!
+//! | `cfg` | cores | int8 convolution |
+//! |---|---|---|
+//! | `tinyres_arm_dsp` | Cortex-M4, M7, M33 (`-C target-cpu=cortex-m33`) | [`cortex_m_dsp`]: SMLAD on pairs of pixels and channels |
+//! | `tinyres_arm_mve` | Cortex-M55 (`-C target-cpu=cortex-m55`) | [`helium`]: VMLADAVA over 16 bytes |
+//! | `target_arch = "aarch64"` | Cortex-A53 and later | [`neon`]: SMULL + SADALP over 16 bytes |
+//! | anything else | M3, x86-64 hosts | the portable kernel |
+
+#[cfg(all(target_arch = "arm", tinyres_arm_dsp))]
+#[allow(unsafe_code)]
+pub mod cortex_m_dsp;
+
+#[cfg(any(all(target_arch = "arm", tinyres_arm_mve), target_arch = "aarch64"))]
+pub mod columns;
+
+#[cfg(all(target_arch = "arm", tinyres_arm_mve))]
+#[allow(unsafe_code)]
+pub mod helium;
+
+#[cfg(target_arch = "aarch64")]
+#[allow(unsafe_code)]
+pub mod neon;
+
+#[cfg(all(target_arch = "arm", tinyres_arm_mve))]
+pub use helium::conv2d_i8;
+
+#[cfg(all(target_arch = "arm", tinyres_arm_dsp, not(tinyres_arm_mve)))]
+pub use cortex_m_dsp::conv2d_i8;
+
+#[cfg(target_arch = "aarch64")]
+pub use neon::conv2d_i8;
+
+#[cfg(not(any(all(target_arch = "arm", tinyres_arm_dsp), target_arch = "aarch64")))]
+pub use crate::kernels::conv2d_i8;
+
+pub use crate::kernels::{
+    conv2d_f32, dense_f32, dense_i8, global_avg_pool_f32, global_avg_pool_i8,
+    global_avg_pool_i8_to_f32,
+};
+
+/// The name of the int8 convolution kernel this build uses, for logs and reports.
+pub const CONV2D_I8_KERNEL: &str = if cfg!(all(target_arch = "arm", tinyres_arm_mve)) {
+    "helium"
+} else if cfg!(all(target_arch = "arm", tinyres_arm_dsp)) {
+    "cortex-m-dsp"
+} else if cfg!(target_arch = "aarch64") {
+    "neon"
+} else {
+    "portable"
+};

@@ -1,0 +1,451 @@
+//! Checks the instruments and the kernels on the board itself.
+//!
+//! 1. The counter: a loop of known length (10^6 × `nop; subs; bne`, 3,000,000
+//!    instructions) between two counter reads; the host converts the reading with the
+//!    board's clock and must find 3,000,000 plus the few instructions of the reads
+//!    (`calibration loop=3000000 ticks=T`, or `instructions=N` on Cortex-A).
+//! 2. The kernels: every kernel of `tinyres_core::arch` against the portable one in
+//!    `tinyres_core::kernels`, bit for bit, on named edge cases (the ResNet-8 layers,
+//!    windows at the column buffer's capacity and past it, extreme zero points, wrapping
+//!    accumulators, every residual form) and on pseudo-random shapes and data, on this
+//!    core's own instruction set. A mismatch logs the case and fails.
+//!
+//! Ends with `selftest kernel=NAME cases=N` and `done`.
+#![no_std]
+#![no_main]
+
+use tinyres_core::arch;
+use tinyres_core::kernels::{self, ConvShape, Requantize, Shortcut};
+use tinyres_core::quant::AddParams;
+use tinyres_firmware::{counter_elapsed, counter_read, counter_start, exit, COUNTER};
+
+/// Iterations of the calibration loop (three instructions each).
+const CALIBRATION_ITERATIONS: u32 = 1_000_000;
+/// Pseudo-random cases after the named ones.
+const RANDOM_CASES: usize = 300;
+
+/// Largest tensors a case may use (the ResNet-8 input layer: 32×32×16 out).
+const MAX_INPUT: usize = 32 * 32 * 16;
+const MAX_OUTPUT: usize = 32 * 32 * 16;
+const MAX_WEIGHTS: usize = 24 * 3 * 3 * 68;
+const MAX_CHANNELS: usize = 68;
+
+#[cfg(target_arch = "arm")]
+#[cortex_m_rt::entry]
+fn main() -> ! {
+    counter_start();
+    exit(selftest())
+}
+
+/// Called by the boot code with a 1 MiB stack.
+#[cfg(target_arch = "aarch64")]
+#[no_mangle]
+extern "C" fn main() -> ! {
+    counter_start();
+    exit(selftest())
+}
+
+fn selftest() -> bool {
+    let start = counter_read();
+    calibration_loop(CALIBRATION_ITERATIONS);
+    let elapsed = counter_elapsed(start, counter_read());
+    defmt::println!(
+        "calibration loop={=u32} {=str}={=u64}",
+        3 * CALIBRATION_ITERATIONS,
+        COUNTER,
+        elapsed
+    );
+    let mut buffers = Buffers {
+        input: [0; MAX_INPUT],
+        weights: [0; MAX_WEIGHTS],
+        bias: [0; MAX_CHANNELS],
+        multipliers: [0; MAX_CHANNELS],
+        shifts: [0; MAX_CHANNELS],
+        shortcut: [0; MAX_OUTPUT],
+        reference: [0; MAX_OUTPUT],
+        optimised: [0; MAX_OUTPUT],
+    };
+    let mut rng = Rng(0x2545_F491);
+    let mut cases = 0;
+    for (i, case) in NAMED_CASES.iter().enumerate() {
+        if !check_conv_i8(case, &mut buffers, &mut rng, i) {
+            return false;
+        }
+        cases += 1;
+    }
+    for i in 0..RANDOM_CASES {
+        let case = Case::random(&mut rng);
+        if !check_conv_i8(&case, &mut buffers, &mut rng, NAMED_CASES.len() + i) {
+            return false;
+        }
+        cases += 1;
+    }
+    defmt::println!(
+        "selftest kernel={=str} cases={=usize}",
+        arch::CONV2D_I8_KERNEL,
+        cases
+    );
+    defmt::println!("done");
+    true
+}
+
+/// `iterations` × (`nop; subs; bne`): exactly three instructions per iteration.
+#[inline(never)]
+fn calibration_loop(iterations: u32) {
+    // SAFETY: a register-only loop that ends when the counter reaches zero.
+    #[cfg(target_arch = "arm")]
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            "nop",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            n = inout(reg) iterations => _,
+            options(nomem, nostack),
+        );
+    }
+    // SAFETY: as above.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            "nop",
+            "subs {n:w}, {n:w}, #1",
+            "b.ne 2b",
+            n = inout(reg) iterations => _,
+            options(nomem, nostack),
+        );
+    }
+}
+
+/// xorshift32: deterministic data for the cases.
+struct Rng(u32);
+
+impl Rng {
+    fn next(&mut self) -> u32 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.0 = x;
+        x
+    }
+
+    /// Uniform in `low..=high`.
+    fn range(&mut self, low: i32, high: i32) -> i32 {
+        let span = (high - low) as u32 + 1;
+        low + (self.next() % span) as i32
+    }
+
+    fn size(&mut self, low: usize, high: usize) -> usize {
+        self.range(low as i32, high as i32) as usize
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Residual {
+    None,
+    InPlace,
+    /// A separate shortcut tensor subsampled by `stride`, its channels placed after
+    /// `channel_offset` zero channels (option A).
+    Mapped { stride: usize, channel_offset: usize },
+}
+
+/// One convolution to check.
+#[derive(Clone, Copy)]
+struct Case {
+    in_h: usize,
+    in_w: usize,
+    in_c: usize,
+    out_c: usize,
+    kernel: usize,
+    stride: usize,
+    /// `[top, left, bottom, right]`.
+    padding: [usize; 4],
+    /// `None`: random.
+    input_zero_point: Option<i32>,
+    /// Bias magnitude: accumulators that wrap need large ones.
+    bias_range: i32,
+    relu: bool,
+    residual: Residual,
+}
+
+const fn named(in_hw: usize, in_c: usize, out_c: usize, kernel: usize, stride: usize) -> Case {
+    let pad = kernel / 2;
+    Case {
+        in_h: in_hw,
+        in_w: in_hw,
+        in_c,
+        out_c,
+        kernel,
+        stride,
+        padding: [pad, pad, pad, pad],
+        input_zero_point: None,
+        bias_range: 1 << 14,
+        relu: true,
+        residual: Residual::None,
+    }
+}
+
+const NAMED_CASES: [Case; 14] = [
+    // ResNet-8 (MLPerf Tiny): the 3-channel first layer, the 16-channel block with its
+    // in-place residual, the strided 3×3 and its 1×1 projection, the 64-channel 3×3 at
+    // the column buffer's capacity (576 taps).
+    named(32, 3, 16, 3, 1),
+    Case {
+        residual: Residual::InPlace,
+        ..named(32, 16, 16, 3, 1)
+    },
+    Case {
+        padding: [0, 0, 1, 1],
+        ..named(32, 16, 32, 3, 2)
+    },
+    Case {
+        relu: false,
+        ..named(32, 16, 32, 1, 2)
+    },
+    named(8, 64, 8, 3, 1),
+    // Past the column buffer: 3×3×68 = 612 taps, and 3×3×18 = 162 staged bytes.
+    named(6, 68, 4, 3, 1),
+    named(6, 18, 5, 3, 1),
+    // Zero points at both ends of int8, and a constant input at the zero point.
+    Case {
+        input_zero_point: Some(-128),
+        ..named(5, 8, 3, 3, 1)
+    },
+    Case {
+        input_zero_point: Some(127),
+        ..named(5, 7, 3, 3, 2)
+    },
+    // Accumulators that wrap around i32.
+    Case {
+        bias_range: i32::MAX,
+        ..named(4, 12, 6, 3, 1)
+    },
+    // One output column and one output channel (partners doubled).
+    Case {
+        in_w: 1,
+        ..named(5, 4, 1, 3, 1)
+    },
+    // Option A: the shortcut subsampled by 2 into the last channels.
+    Case {
+        residual: Residual::Mapped {
+            stride: 2,
+            channel_offset: 4,
+        },
+        ..named(8, 8, 12, 3, 2)
+    },
+    Case {
+        residual: Residual::Mapped {
+            stride: 1,
+            channel_offset: 0,
+        },
+        ..named(7, 5, 5, 3, 1)
+    },
+    // A kernel as large as the input, no padding.
+    Case {
+        padding: [0, 0, 0, 0],
+        ..named(3, 16, 6, 3, 1)
+    },
+];
+
+impl Case {
+    fn random(rng: &mut Rng) -> Case {
+        let kernel = rng.size(1, 3);
+        let residual = match rng.size(0, 2) {
+            0 => Residual::None,
+            1 => Residual::InPlace,
+            _ => Residual::Mapped {
+                stride: rng.size(1, 2),
+                channel_offset: 0,
+            },
+        };
+        Case {
+            in_h: rng.size(1, 9),
+            in_w: rng.size(1, 9),
+            in_c: rng.size(1, 24),
+            out_c: rng.size(1, 9),
+            kernel,
+            stride: rng.size(1, 2),
+            padding: [0; 4].map(|_| rng.size(0, kernel - 1)),
+            input_zero_point: None,
+            bias_range: if rng.size(0, 9) == 0 { i32::MAX } else { 1 << 16 },
+            relu: rng.size(0, 1) == 1,
+            residual,
+        }
+    }
+}
+
+struct Buffers {
+    input: [i8; MAX_INPUT],
+    weights: [i8; MAX_WEIGHTS],
+    bias: [i32; MAX_CHANNELS],
+    multipliers: [i32; MAX_CHANNELS],
+    shifts: [i32; MAX_CHANNELS],
+    shortcut: [i8; MAX_OUTPUT],
+    reference: [i8; MAX_OUTPUT],
+    optimised: [i8; MAX_OUTPUT],
+}
+
+fn fill_i8(values: &mut [i8], rng: &mut Rng) {
+    for v in values {
+        *v = rng.next() as i8;
+    }
+}
+
+/// Runs one case through the arch kernel and the portable one; `false` (logged) if
+/// they differ, in results or in whether they accept the case.
+fn check_conv_i8(case: &Case, b: &mut Buffers, rng: &mut Rng, index: usize) -> bool {
+    let Some((out_h, out_w)) = ConvShape::output_size(
+        case.in_h,
+        case.in_w,
+        (case.kernel, case.kernel),
+        case.stride,
+        case.padding,
+    ) else {
+        // A shape without output: nothing to compare.
+        return true;
+    };
+    let mut residual = case.residual;
+    let shape = ConvShape {
+        in_h: case.in_h,
+        in_w: case.in_w,
+        in_c: case.in_c,
+        out_h,
+        out_w,
+        out_c: case.out_c,
+        kernel_h: case.kernel,
+        kernel_w: case.kernel,
+        stride: case.stride,
+        pad_top: case.padding[0],
+        pad_left: case.padding[1],
+    };
+    let input_len = shape.in_h * shape.in_w * shape.in_c;
+    let window = case.kernel * case.kernel * case.in_c;
+    let weights_len = shape.out_c * window;
+    let output_len = out_h * out_w * shape.out_c;
+    if input_len > MAX_INPUT || weights_len > MAX_WEIGHTS || output_len > MAX_OUTPUT {
+        defmt::error!("selftest case {=usize} exceeds the buffers", index);
+        return false;
+    }
+    let input = &mut b.input[..input_len];
+    fill_i8(input, rng);
+    let zero_point = case
+        .input_zero_point
+        .unwrap_or_else(|| rng.range(-128, 127));
+    if case.input_zero_point.is_some() && index % 2 == 1 {
+        // Half the fixed-zero-point cases see only the zero point (and so only zeros).
+        input.fill(zero_point as i8);
+    }
+    fill_i8(&mut b.weights[..weights_len], rng);
+    for c in 0..shape.out_c {
+        b.bias[c] = rng.range(-case.bias_range, case.bias_range);
+        b.multipliers[c] = rng.range(1 << 30, i32::MAX);
+        b.shifts[c] = rng.range(-12, 1);
+    }
+    let output_zero_point = rng.range(-128, 127);
+    let (activation_min, activation_max) =
+        tinyres_core::quant::activation_range(output_zero_point, case.relu);
+    let requant = Requantize {
+        multipliers: &b.multipliers[..shape.out_c],
+        shifts: &b.shifts[..shape.out_c],
+        output_zero_point,
+        activation_min,
+        activation_max,
+    };
+    let add = AddParams::from_scales(
+        (0.02 + rng.size(0, 100) as f32 * 0.001, output_zero_point),
+        (0.02 + rng.size(0, 100) as f32 * 0.001, rng.range(-128, 127)),
+        (0.03 + rng.size(0, 100) as f32 * 0.001, rng.range(-128, 127)),
+        case.relu,
+    );
+    // The mapped shortcut: as large as the stride needs, its channels after the offset.
+    let (sc_h, sc_w, sc_c) = match residual {
+        Residual::Mapped {
+            stride,
+            channel_offset,
+        } => (
+            (out_h - 1) * stride + 1,
+            (out_w - 1) * stride + 1,
+            shape.out_c.saturating_sub(channel_offset).max(1),
+        ),
+        _ => (0, 0, 0),
+    };
+    if let Residual::Mapped { channel_offset, .. } = &mut residual {
+        *channel_offset = (*channel_offset).min(shape.out_c - sc_c);
+    }
+    let shortcut_len = sc_h * sc_w * sc_c;
+    if shortcut_len > MAX_OUTPUT {
+        defmt::error!("selftest case {=usize} exceeds the buffers", index);
+        return false;
+    }
+    fill_i8(&mut b.shortcut[..shortcut_len], rng);
+    // An in-place residual reads the output's previous contents: the same in both.
+    fill_i8(&mut b.reference[..output_len], rng);
+    let (reference, optimised) = (&mut b.reference, &mut b.optimised);
+    optimised[..output_len].copy_from_slice(&reference[..output_len]);
+    let shortcut = match residual {
+        Residual::None => None,
+        Residual::InPlace => Some((Shortcut::InPlace, &add)),
+        Residual::Mapped {
+            stride,
+            channel_offset,
+        } => Some((
+            Shortcut::Mapped {
+                data: &b.shortcut[..shortcut_len],
+                height: sc_h,
+                width: sc_w,
+                channels: sc_c,
+                stride,
+                channel_offset,
+            },
+            &add,
+        )),
+    };
+    let weights = &b.weights[..weights_len];
+    let bias = &b.bias[..shape.out_c];
+    let input = &b.input[..input_len];
+    let expected = kernels::conv2d_i8(
+        &shape,
+        input,
+        zero_point,
+        weights,
+        bias,
+        &requant,
+        shortcut,
+        &mut reference[..output_len],
+    );
+    let got = arch::conv2d_i8(
+        &shape,
+        input,
+        zero_point,
+        weights,
+        bias,
+        &requant,
+        shortcut,
+        &mut optimised[..output_len],
+    );
+    let first_difference = reference[..output_len]
+        .iter()
+        .zip(&optimised[..output_len])
+        .position(|(a, b)| a != b);
+    if expected != got || first_difference.is_some() {
+        defmt::error!(
+            "selftest case {=usize}: conv2d_i8 differs from the portable kernel at element {} (input {=usize}x{=usize}x{=usize}, {=usize} out channels, kernel {=usize}, stride {=usize}, padding {}, zero point {=i32}; results {} vs {})",
+            index,
+            first_difference,
+            shape.in_h,
+            shape.in_w,
+            shape.in_c,
+            shape.out_c,
+            case.kernel,
+            case.stride,
+            case.padding,
+            zero_point,
+            got,
+            expected
+        );
+        return false;
+    }
+    true
+}
