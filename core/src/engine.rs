@@ -72,14 +72,26 @@ impl<'m, 'a> Interpreter<'m, 'a> {
     /// Runs one image and returns the predicted class. `pixels` are raw `u8` values in
     /// HWC order (`height · width · channels` of them), preprocessed as the blob says.
     pub fn run(&mut self, pixels: &[u8]) -> Result<usize, Error> {
+        self.run_observed(pixels, |_| {})
+    }
+
+    /// As [`Interpreter::run`], calling `after_step(0)` once the input is written and
+    /// `after_step(i + 1)` once layer `i` is done: a profiler reads its counter there.
+    pub fn run_observed(
+        &mut self,
+        pixels: &[u8],
+        mut after_step: impl FnMut(usize),
+    ) -> Result<usize, Error> {
         self.has_run = false;
         self.write_input(pixels)?;
+        after_step(0);
         for i in 0..self.model.num_layers() {
             match self.model.layer(i)? {
                 Layer::Conv(conv) => self.conv(&conv)?,
                 Layer::GlobalAvgPool { input, output } => self.pool(input, output)?,
                 Layer::Dense(dense) => self.dense(&dense)?,
             }
+            after_step(usize::from(i) + 1);
         }
         self.has_run = true;
         self.predicted_class()

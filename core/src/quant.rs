@@ -15,10 +15,14 @@ pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
         return i32::MAX;
     }
     let product = i64::from(a) * i64::from(b);
-    let nudge: i64 = if product >= 0 { 1 << 30 } else { 1 - (1 << 30) };
-    // Division truncates towards zero, as in the C++ reference; the quotient of an
-    // i64 product of two i32 by 2^31 always fits in i32 once the overflow case is gone.
-    ((product + nudge) / (1i64 << 31)) as i32
+    // The reference adds a nudge of 2^30 (product ≥ 0) or 1 − 2^30 (product < 0) and
+    // divides by 2^31 truncating towards zero. For a negative product that is
+    // ⌈(p + 1 − 2^30) / 2^31⌉ = ⌊(p + 2^30) / 2^31⌋, the same floor as for a positive
+    // one: so one add and an arithmetic shift, with no sign-dependent correction (the
+    // test `requantization_is_exact_over_a_dense_sweep` checks it against the
+    // reference's exact rational form). The result fits in i32 once the overflow
+    // case is gone.
+    ((product + (1 << 30)) >> 31) as i32
 }
 
 /// `x / 2^exponent` rounded to nearest with ties away from zero (gemmlowp

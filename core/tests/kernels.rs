@@ -1,11 +1,32 @@
 //! Every kernel against a naive reference written independently here: proptest over
 //! shapes, strides, paddings and channel counts, plus named edge cases. The engine
-//! calls kernels through `arch`, which re-exports these portable ones on every target
-//! today; an arch kernel added later is checked by the same properties.
+//! calls kernels through `arch`: the int8 convolution tests run both the portable
+//! kernel and this host's arch kernel (SSE2 on x86-64, NEON on aarch64). The
+//! microcontroller kernels are checked on their own instruction sets by the
+//! `selftest` firmware in QEMU (`tests/tests/qemu.rs`).
 
 use proptest::prelude::*;
+use tinyres_core::arch;
 use tinyres_core::kernels::{self, ConvShape, Requantize, Shortcut, F32_RELATIVE_TOLERANCE};
 use tinyres_core::quant::{self, AddParams};
+
+/// The int8 convolution's signature.
+type ConvI8 = fn(
+    &ConvShape,
+    &[i8],
+    i32,
+    &[i8],
+    &[i32],
+    &Requantize<'_>,
+    Option<(Shortcut<'_, i8>, &AddParams)>,
+    &mut [i8],
+) -> Result<(), tinyres_core::Error>;
+
+/// The portable int8 convolution and the one the engine uses on this host.
+const CONV_I8_KERNELS: [(&str, ConvI8); 2] = [
+    ("portable", kernels::conv2d_i8),
+    (arch::CONV2D_I8_KERNEL, arch::conv2d_i8),
+];
 
 // ---------------------------------------------------------------- references
 
@@ -307,14 +328,16 @@ proptest! {
         let s = &case.shape;
         let (min, max) = quant::activation_range(out_zp, relu);
         let requant = Requantize { multipliers: &mults, shifts: &shifts, output_zero_point: out_zp, activation_min: min, activation_max: max };
-        let mut out = vec![0i8; s.out_h * s.out_w * s.out_c];
-        kernels::conv2d_i8(s, &input, in_zp, &weights, &bias, &requant, None, &mut out).unwrap();
         let acc = ref_conv_i8_acc(&case, &input, in_zp, &weights, &bias);
         let want: Vec<i8> = acc.iter().enumerate().map(|(i, &a)| {
             let c = i % s.out_c;
             (ref_requant(a, mults[c], shifts[c]) + out_zp).clamp(min, max) as i8
         }).collect();
-        prop_assert_eq!(out, want);
+        for (name, conv) in CONV_I8_KERNELS {
+            let mut out = vec![0i8; s.out_h * s.out_w * s.out_c];
+            conv(s, &input, in_zp, &weights, &bias, &requant, None, &mut out).unwrap();
+            prop_assert_eq!(&out, &want, "{}", name);
+        }
     }
 
     #[test]
@@ -341,13 +364,11 @@ proptest! {
             ((rh, rw, rc, rs, ro), shortcut[..rh * rw * rc].to_vec())
         };
         let (gh, gw, gc, gs, go) = geometry;
-        let mut out = if in_place { data.clone() } else { vec![0i8; n] };
         let sc = if in_place {
             Shortcut::InPlace
         } else {
             Shortcut::Mapped { data: &data, height: gh, width: gw, channels: gc, stride: gs, channel_offset: go }
         };
-        kernels::conv2d_i8(s, &input, in_zp, &weights, &bias, &requant, Some((sc, &add)), &mut out).unwrap();
         let acc = ref_conv_i8_acc(&case, &input, in_zp, &weights, &bias);
         let want: Vec<i8> = acc.iter().enumerate().map(|(i, &a)| {
             let c = i % s.out_c;
@@ -356,7 +377,11 @@ proptest! {
             let short = ref_shortcut(&data, (gh, gw, gc), gs, go, y, x, c).unwrap_or(sc_zp as i8);
             ref_add(&add, pre, short)
         }).collect();
-        prop_assert_eq!(out, want);
+        for (name, conv) in CONV_I8_KERNELS {
+            let mut out = if in_place { data.clone() } else { vec![0i8; n] };
+            conv(s, &input, in_zp, &weights, &bias, &requant, Some((sc, &add)), &mut out).unwrap();
+            prop_assert_eq!(&out, &want, "{}", name);
+        }
     }
 
     #[test]

@@ -423,7 +423,9 @@ fn run_in(
     let arena = model.arena_size();
     let device = Device::build(board, "classify", blob.as_bytes(), arena, timeout)?;
     known.truncate(sizes.device_images);
-    let (predictions, ram) = qemu::classify_all(&device, &known, |_| {})?;
+    let qemu::Classified {
+        predictions, ram, ..
+    } = qemu::classify_all(&device, &known, |_| {})?;
     let host: Vec<usize> = evaluation.predictions[..known.len()].to_vec();
     let identical = predictions
         .iter()

@@ -3,6 +3,7 @@
 //! the firmware in QEMU. The `tinyres` binary is a thin command line over this library.
 
 pub mod arch;
+pub mod bench;
 pub mod compile;
 pub mod data;
 pub mod demo;

@@ -82,6 +82,11 @@ enum Command {
     /// instructions of each inference, and check every prediction against the engine
     /// run on the host.
     Run(RunArgs),
+    /// Benchmark an int8 model on every emulated board (default: the MLPerf Tiny
+    /// ResNet-8, compiled from its ONNX file): instructions per inference beside
+    /// CMSIS-NN's, arena, flash (blob and engine code), identical predictions to the
+    /// host engine, per-layer profile with --json.
+    Bench(BenchArgs),
     /// Compile an ONNX ResNet (ours, PyTorch's, tf2onnx's) into a model blob for the
     /// device: f32, f16, or int8 calibrated on real images; prints the per-layer report.
     Compile(CompileArgs),
@@ -461,9 +466,112 @@ struct RunArgs {
     /// reads it (Cortex-M boards).
     #[arg(long, value_enum, default_value_t = qemu::Transport::Semihosting)]
     transport: qemu::Transport,
+    /// Also report instructions per layer, with MACs and MACs per instruction (the
+    /// device profiles the first image once more, reading its counter after every
+    /// layer).
+    #[arg(long, conflicts_with = "finetune")]
+    profile: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// The float ONNX model to compile to int8 (raw 0..255 pixels, as the MLPerf Tiny
+    /// ResNet-8 takes them). Default: `../shared/data/mlperf-tiny-ic/resnet8_float.onnx`
+    /// beside the repository.
+    #[arg(long, value_name = "FILE.onnx", conflicts_with = "model")]
+    onnx: Option<PathBuf>,
+    /// A compiled blob to benchmark instead of compiling one.
+    #[arg(long, value_name = "FILE.trm")]
+    model: Option<PathBuf>,
+    /// Calibration images for the int8 compile. Default: `../shared/data/cifar10`.
+    #[arg(long, value_name = "DATA")]
+    calib: Option<PathBuf>,
+    /// Test images. Default: the 1,000 lossless CIFAR-10 test images in
+    /// `../shared/data/cifar10/lossless_reference/`.
+    #[arg(long, value_name = "DATA")]
+    data: Option<PathBuf>,
+    /// Images per board.
+    #[arg(long, default_value_t = 5)]
+    images: usize,
+    /// Boards (repeat the flag); default: all six.
+    #[arg(long = "board")]
+    boards: Vec<String>,
+    /// Seconds one QEMU boot may take.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Print JSON (with each board's per-layer profile) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn bench_command(args: &BenchArgs) -> Result<()> {
+    use tinyres_host::bench;
+    let data_spec = args.data.clone().unwrap_or_else(|| {
+        bench::shared_data("cifar10/lossless_reference/test_batch_first1000.bin.gz")
+    });
+    let bytes = match &args.model {
+        Some(path) => load_blob(path)?.as_bytes().to_vec(),
+        None => {
+            let onnx = args
+                .onnx
+                .clone()
+                .unwrap_or_else(|| bench::shared_data("mlperf-tiny-ic/resnet8_float.onnx"));
+            let calib = args
+                .calib
+                .clone()
+                .unwrap_or_else(|| bench::shared_data("cifar10"));
+            eprintln!("bench: compiling {} to int8, calibrated on {}", onnx.display(), calib.display());
+            let flags = compile::PreprocessingFlags {
+                range: Some(tinyres_core::InputRange::Byte),
+                mean: None,
+                std: None,
+            };
+            let imported = compile::import_onnx(&onnx, &flags)?;
+            let mut images = Dataset::load(&calib, Split::Train)?;
+            images.truncate(500);
+            compile::to_blob(
+                &imported.network,
+                Dtype::Int8,
+                Some(Int8Options {
+                    images: &images,
+                    method: Calibration::Mse,
+                    bias_correction: true,
+                }),
+            )?
+        }
+    };
+    let blob = AlignedBlob::new(&bytes);
+    let mut data = Dataset::load(&data_spec, Split::Test)?;
+    data.truncate(args.images);
+    if data.is_empty() {
+        bail!("{}: no images", data_spec.display());
+    }
+    let boards = if args.boards.is_empty() {
+        qemu::BOARDS.to_vec()
+    } else {
+        args.boards
+            .iter()
+            .map(|name| Board::by_name(name))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let results = bench::bench(blob.as_bytes(), &data, &boards, Duration::from_secs(args.timeout))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print!("{}", bench::table(&results));
+        println!(
+            "\n{} images per board from {}; CMSIS-NN: the MLPerf Tiny ResNet-8 under the same QEMU and counter (see host/BENCHMARKS.md)",
+            data.len(),
+            data_spec.display()
+        );
+    }
+    if let Some(r) = results.iter().find(|r| !r.matches_host) {
+        bail!("the predictions on {} differ from the host engine's", r.board.name);
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -658,7 +766,7 @@ fn run_on_device(args: &RunArgs) -> Result<()> {
         args.transport,
     )?;
 
-    let (predictions, ram) = qemu::classify_all(&device, &data, |range| {
+    let classified = qemu::classify_all(&device, &data, |range| {
         eprintln!(
             "booting {} in QEMU: images {}..{} of {}",
             board.name,
@@ -667,6 +775,12 @@ fn run_on_device(args: &RunArgs) -> Result<()> {
             data.len()
         )
     })?;
+    let profile = if args.profile {
+        Some(report::profile(&describe(&model)?, &classified.profile)?)
+    } else {
+        None
+    };
+    let (predictions, ram) = (classified.predictions, classified.ram);
     // The engine on the host: the device must agree with it on every image.
     let mut host_arena = vec![0u8; model.required_arena()];
     let mut host = Interpreter::new(model, &mut host_arena)?;
@@ -700,6 +814,7 @@ fn run_on_device(args: &RunArgs) -> Result<()> {
             "total_instructions": total,
             "matches_host": mismatches.is_empty(),
             "ram": ram,
+            "profile": profile,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
@@ -748,6 +863,10 @@ fn run_on_device(args: &RunArgs) -> Result<()> {
                 format!("{} mismatches", mismatches.len())
             }
         );
+        if let Some(rows) = &profile {
+            println!("\nprofile of image {} on {}:\n", predictions[0].index, board.name);
+            print!("{}", report::profile_table(rows));
+        }
     }
     if let Some(&(index, device, host)) = mismatches.first() {
         bail!("{} predictions differ from the host engine; first: image {index}, device {device}, host {host}", mismatches.len());
@@ -982,6 +1101,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", output.display());
         }
         Command::Run(args) => run_on_device(&args)?,
+        Command::Bench(args) => bench_command(&args)?,
         Command::Flash {
             chip,
             model,

@@ -88,6 +88,9 @@ pub const BOARDS: [Board; 6] = [
     Board {
         model_address: 0x1010_0000,
         images_address: 0x1020_0000,
+        // The M33's DSP extension is optional: the CPU flag enables it (and so the
+        // SMLAD kernels, see core/build.rs).
+        rustflags: "-C target-cpu=cortex-m33",
         counter: systick(20_000_000),
         ..mps2("mps2-an505", "cortex-m33", "thumbv8m.main-none-eabihf")
     },
@@ -391,6 +394,7 @@ impl<'a> Device<'a> {
         Ok(ClassifyBoot {
             predictions: predictions(&self.board, &lines, &indices)?,
             ram: ram_use(&lines)?,
+            profile: profile_steps(&self.board, &lines)?,
         })
     }
 
@@ -497,6 +501,80 @@ pub struct ClassifyBoot {
     pub predictions: Vec<DevicePrediction>,
     /// RAM the firmware used.
     pub ram: RamUse,
+    /// Instructions of each step of the first image's profiled run: the input, then
+    /// one per layer (empty when the boot had no images).
+    pub profile: Vec<u64>,
+}
+
+/// The `step=S ticks=T` (or `instructions=N`) lines of a classify log, in
+/// instructions, checked to be numbered 0, 1, 2, ...
+fn profile_steps(board: &Board, lines: &[String]) -> Result<Vec<u64>> {
+    if let Some(line) = lines.iter().find(|l| l.starts_with("profile truncated")) {
+        bail!("the device could not record every layer: {line}");
+    }
+    let mut steps = Vec::new();
+    for line in lines.iter().filter(|l| l.starts_with("step=")) {
+        let field = |name: &str| log_field(line, name).and_then(|v| v.parse::<u64>().ok());
+        let (Some(step), Some(count)) = (field("step"), field("ticks").or(field("instructions")))
+        else {
+            bail!("bad profile line from the firmware: {line}");
+        };
+        if step != steps.len() as u64 {
+            bail!("profile step {step} out of order in: {line}");
+        }
+        steps.push(board.instructions(count));
+    }
+    Ok(steps)
+}
+
+/// What the `selftest` firmware found on a board.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SelfTest {
+    /// Instructions of the calibration loop as the board's counter measured them
+    /// (converted with the board's clock).
+    pub calibration_instructions: u64,
+    /// Instructions the loop executes.
+    pub calibration_expected: u64,
+    /// The int8 convolution kernel of this build (`cortex-m-dsp`, `helium`, `neon`,
+    /// `portable`).
+    pub kernel: String,
+    /// Kernel cases that matched the portable kernel bit for bit.
+    pub cases: usize,
+}
+
+/// Builds and boots the `selftest` firmware on `board`: the counter against a loop of
+/// known length, every arch kernel against the portable one (an error, with the
+/// device's log, if any case differs).
+pub fn selftest(board: &Board, timeout: Duration) -> Result<SelfTest> {
+    let elf = build_firmware(board, "selftest", DEFAULT_ARENA_BYTES, Transport::Semihosting)?;
+    let work = tempdir()?;
+    let run = run_qemu(board, &elf, &[], &work, timeout, Transport::Semihosting);
+    let _ = std::fs::remove_dir_all(&work);
+    let (log, success) = run?;
+    let lines = decode_defmt(&elf, &log)?;
+    if !success {
+        bail!("the selftest failed on {}:\n{}", board.name, lines.join("\n"));
+    }
+    let find = |prefix: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .with_context(|| format!("no `{prefix}` line in the selftest log:\n{}", lines.join("\n")))
+    };
+    let calibration = find("calibration ")?;
+    let number = |line: &str, name: &str| -> Result<u64> {
+        log_field(line, name)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {name} in selftest line: {line}"))
+    };
+    let count = number(calibration, "ticks").or_else(|_| number(calibration, "instructions"))?;
+    let summary = find("selftest ")?;
+    Ok(SelfTest {
+        calibration_instructions: board.instructions(count),
+        calibration_expected: number(calibration, "loop")?,
+        kernel: log_field(summary, "kernel").unwrap_or_default().to_string(),
+        cases: number(summary, "cases")? as usize,
+    })
 }
 
 /// RAM a boot used, as the firmware measured it.
@@ -813,24 +891,43 @@ pub fn classify_all(
     device: &Device<'_>,
     data: &Dataset,
     mut on_boot: impl FnMut(std::ops::Range<usize>),
-) -> Result<(Vec<DevicePrediction>, RamUse)> {
+) -> Result<Classified> {
     let per_boot = images_per_boot(data.image_len());
     let mut predictions = Vec::with_capacity(data.len());
     let mut ram = RamUse {
         static_bytes: 0,
         stack_bytes: 0,
     };
+    let mut profile = Vec::new();
     let mut start = 0;
     while start < data.len() {
         let end = (start + per_boot).min(data.len());
         on_boot(start..end);
         let boot = device.classify(data, start..end)?;
+        if profile.is_empty() {
+            profile = boot.profile;
+        }
         predictions.extend(boot.predictions);
         ram.static_bytes = ram.static_bytes.max(boot.ram.static_bytes);
         ram.stack_bytes = ram.stack_bytes.max(boot.ram.stack_bytes);
         start = end;
     }
-    Ok((predictions, ram))
+    Ok(Classified {
+        predictions,
+        ram,
+        profile,
+    })
+}
+
+/// Every image of a data set classified on the device, over as many boots as needed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Classified {
+    /// One per image.
+    pub predictions: Vec<DevicePrediction>,
+    /// The most RAM any boot used.
+    pub ram: RamUse,
+    /// The first image's instructions per step (input, then each layer).
+    pub profile: Vec<u64>,
 }
 
 /// What the device learned in [`learning_scenario`], measured.

@@ -210,3 +210,80 @@ impl ModelReport {
         s
     }
 }
+
+/// One step of an inference as the device profiled it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct StepProfile {
+    /// `input` (quantizing the pixels), or the layer's op as in [`LayerReport::op`].
+    pub op: String,
+    /// The layer's index, `None` for the input step.
+    pub layer: Option<usize>,
+    /// Multiply-accumulates of the step.
+    pub macs: u64,
+    /// Instructions the step took (including one counter read, a few instructions).
+    pub instructions: u64,
+    /// `macs / instructions`.
+    pub macs_per_instruction: f64,
+    /// Share of the whole inference's instructions.
+    pub share: f64,
+}
+
+/// The device's per-step counts (`steps[0]` the input, `steps[i + 1]` layer `i`)
+/// joined with the model's layers; an error if the counts do not cover every layer.
+pub fn profile(model: &ModelReport, steps: &[u64]) -> Result<Vec<StepProfile>> {
+    anyhow::ensure!(
+        steps.len() == model.layers.len() + 1,
+        "the device profiled {} steps; the model has {} layers and the input",
+        steps.len(),
+        model.layers.len()
+    );
+    let total: u64 = steps.iter().sum();
+    let row = |op: String, layer: Option<usize>, macs: u64, instructions: u64| StepProfile {
+        op,
+        layer,
+        macs,
+        instructions,
+        macs_per_instruction: macs as f64 / instructions.max(1) as f64,
+        share: instructions as f64 / total.max(1) as f64,
+    };
+    let mut rows = vec![row("input".to_string(), None, 0, steps[0])];
+    for (l, &instructions) in model.layers.iter().zip(&steps[1..]) {
+        rows.push(row(l.op.clone(), Some(l.index), l.macs, instructions));
+    }
+    Ok(rows)
+}
+
+/// A profile as an aligned text table with its total.
+pub fn profile_table(rows: &[StepProfile]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>5}  {:<28} {:>12} {:>14} {:>9} {:>7}",
+        "layer", "op", "MACs", "instructions", "MAC/inst", "share"
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{:>5}  {:<28} {:>12} {:>14} {:>9.2} {:>6.1}%",
+            r.layer.map_or("-".to_string(), |i| i.to_string()),
+            r.op,
+            thousands(r.macs),
+            thousands(r.instructions),
+            r.macs_per_instruction,
+            100.0 * r.share
+        );
+    }
+    let macs: u64 = rows.iter().map(|r| r.macs).sum();
+    let instructions: u64 = rows.iter().map(|r| r.instructions).sum();
+    let _ = writeln!(
+        s,
+        "{:>5}  {:<28} {:>12} {:>14} {:>9.2} {:>6.1}%",
+        "",
+        "total",
+        thousands(macs),
+        thousands(instructions),
+        macs as f64 / instructions.max(1) as f64,
+        100.0
+    );
+    s
+}

@@ -14,13 +14,21 @@
 //! | `tinyres_arm_dsp` | Cortex-M4, M7, M33 (`-C target-cpu=cortex-m33`) | [`cortex_m_dsp`]: SMLAD on pairs of pixels and channels |
 //! | `tinyres_arm_mve` | Cortex-M55 (`-C target-cpu=cortex-m55`) | [`helium`]: VMLADAVA over 16 bytes |
 //! | `target_arch = "aarch64"` | Cortex-A53 and later | [`neon`]: SMULL + SADALP over 16 bytes |
-//! | anything else | M3, x86-64 hosts | the portable kernel |
+//! | `target_arch = "x86_64"` | hosts (`tinyres eval`) | [`x86`]: SSE2 PMADDWD over 16 bytes |
+//! | anything else | M3 | the portable kernel |
+//!
+//! On x86-64 the kernels are tested against the portable ones by the proptest suite
+//! (`core/tests/kernels.rs`), which runs on the host.
 
 #[cfg(all(target_arch = "arm", tinyres_arm_dsp))]
 #[allow(unsafe_code)]
 pub mod cortex_m_dsp;
 
-#[cfg(any(all(target_arch = "arm", tinyres_arm_mve), target_arch = "aarch64"))]
+#[cfg(any(
+    all(target_arch = "arm", tinyres_arm_mve),
+    target_arch = "aarch64",
+    target_arch = "x86_64"
+))]
 pub mod columns;
 
 #[cfg(all(target_arch = "arm", tinyres_arm_mve))]
@@ -37,10 +45,21 @@ pub use helium::conv2d_i8;
 #[cfg(all(target_arch = "arm", tinyres_arm_dsp, not(tinyres_arm_mve)))]
 pub use cortex_m_dsp::conv2d_i8;
 
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub mod x86;
+
 #[cfg(target_arch = "aarch64")]
 pub use neon::conv2d_i8;
 
-#[cfg(not(any(all(target_arch = "arm", tinyres_arm_dsp), target_arch = "aarch64")))]
+#[cfg(target_arch = "x86_64")]
+pub use x86::conv2d_i8;
+
+#[cfg(not(any(
+    all(target_arch = "arm", tinyres_arm_dsp),
+    target_arch = "aarch64",
+    target_arch = "x86_64"
+)))]
 pub use crate::kernels::conv2d_i8;
 
 pub use crate::kernels::{
@@ -55,6 +74,8 @@ pub const CONV2D_I8_KERNEL: &str = if cfg!(all(target_arch = "arm", tinyres_arm_
     "cortex-m-dsp"
 } else if cfg!(target_arch = "aarch64") {
     "neon"
+} else if cfg!(target_arch = "x86_64") {
+    "sse2"
 } else {
     "portable"
 };

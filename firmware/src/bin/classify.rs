@@ -3,6 +3,11 @@
 //! Output (`defmt::println!`, always on): `image=I label=L class=C ticks=T` (Cortex-M:
 //! core-clock ticks) or `... instructions=N` (Cortex-A: retired instructions) per
 //! image, counting the inference alone, then `done count=N`.
+//!
+//! Before that, image 0 runs once more with a counter reading after each step (the
+//! input, then every layer): `step=S ticks=T` lines, which `tinyres run --profile`
+//! turns into a per-layer report. Each step's count includes one counter read (a
+//! few instructions); the per-image counts above are taken without them.
 #![no_std]
 #![no_main]
 
@@ -53,6 +58,9 @@ fn classify_all(arena: &mut [u8]) -> bool {
             return false;
         }
     };
+    if !profile(&mut interpreter, &images) {
+        return false;
+    }
     for i in 0..images.len() {
         let Some((pixels, label)) = images.get(i) else {
             return false;
@@ -81,5 +89,40 @@ fn classify_all(arena: &mut [u8]) -> bool {
         static_ram(),
         stack_used()
     );
+    true
+}
+
+/// Steps recorded per inference: the input and up to 255 layers (the plain and
+/// residual 152-layer networks have fewer).
+const PROFILE_STEPS: usize = 256;
+
+/// Runs image 0 with a counter reading after every step and logs each step's count.
+fn profile(interpreter: &mut Interpreter<'_, '_>, images: &Images<'_>) -> bool {
+    let Some((pixels, _)) = images.get(0) else {
+        return true;
+    };
+    let mut marks: heapless::Vec<u64, PROFILE_STEPS> = heapless::Vec::new();
+    let mut truncated = false;
+    let start = counter_read();
+    let result = interpreter.run_observed(pixels, |_| {
+        truncated |= marks.push(counter_read()).is_err();
+    });
+    if let Err(e) = result {
+        defmt::error!("image 0: {}", e);
+        return false;
+    }
+    let mut last = start;
+    for (step, &mark) in marks.iter().enumerate() {
+        defmt::println!(
+            "step={=usize} {=str}={=u64}",
+            step,
+            COUNTER,
+            counter_elapsed(last, mark)
+        );
+        last = mark;
+    }
+    if truncated {
+        defmt::println!("profile truncated steps={=usize}", PROFILE_STEPS);
+    }
     true
 }

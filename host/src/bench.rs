@@ -1,0 +1,194 @@
+//! `tinyres bench`: one int8 model on every emulated board, side by side with the
+//! CMSIS-NN reference figures: instructions per inference, arena, flash (blob and
+//! engine code), and whether the device's predictions equal the host engine's.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tinyres_core::{Interpreter, Model};
+
+use crate::data::Dataset;
+use crate::qemu::{self, Board};
+use crate::report;
+
+/// CMSIS-NN (commit 99f736a6, arm-none-eabi-gcc 12, best of -O2/-O3) computing the
+/// MLPerf Tiny ResNet-8 int8 graph as TensorFlow Lite Micro calls it, counted in the
+/// same QEMU 7.2 the same way (`-icount shift=6`, SysTick around the inference):
+/// instructions per inference. From `../shared/DESIGN.md`; the reference arena is
+/// 51,456 B.
+pub const CMSIS_NN_RESNET8: [(&str, u64); 4] = [
+    ("mps2-an386", 29_860_000),
+    ("mps2-an500", 29_930_000),
+    ("mps2-an505", 29_930_000),
+    ("mps3-an547", 4_810_000),
+];
+
+/// One board's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct BoardResult {
+    /// The board.
+    pub board: Board,
+    /// The int8 convolution kernel its firmware was built with (from its selftest).
+    pub kernel: String,
+    /// Mean instructions per inference over the images.
+    pub instructions: u64,
+    /// CMSIS-NN's count for the MLPerf ResNet-8 on this core, if measured.
+    pub cmsis_nn_instructions: Option<u64>,
+    /// The model's arena (the plan's peak).
+    pub arena_bytes: usize,
+    /// Static RAM and deepest stack of the classify firmware.
+    pub ram: qemu::RamUse,
+    /// The model blob.
+    pub blob_bytes: usize,
+    /// `.text` of the engine size probe (`firmware/src/bin/engine_size.rs`: parser,
+    /// planner, every kernel, the runtime's start-up code) built for this board.
+    pub engine_text_bytes: u64,
+    /// Whether every prediction equals the host engine's.
+    pub matches_host: bool,
+    /// Images classified.
+    pub images: usize,
+    /// Instructions per layer of the first image (input first).
+    pub profile: Vec<report::StepProfile>,
+}
+
+/// Runs `blob` on each of `boards` with the first `images` of `data`.
+pub fn bench(
+    blob: &[u8],
+    data: &Dataset,
+    boards: &[Board],
+    timeout: Duration,
+) -> Result<Vec<BoardResult>> {
+    let model = Model::parse(blob).map_err(|e| anyhow::anyhow!("the model: {e}"))?;
+    let layers = report::describe(&model)?;
+    let mut arena = vec![0u8; model.required_arena()];
+    let mut host = Interpreter::new(model, &mut arena)?;
+    let host_classes = (0..data.len())
+        .map(|i| host.run(data.image(i)))
+        .collect::<Result<Vec<usize>, _>>()?;
+    let mut results = Vec::new();
+    for board in boards {
+        eprintln!("bench: {} ({})", board.name, board.cpu);
+        let selftest = qemu::selftest(board, timeout)?;
+        let device = qemu::Device::build(*board, "classify", blob, model.arena_size(), timeout)?;
+        let classified = qemu::classify_all(&device, data, |_| {})?;
+        let count = classified.predictions.len();
+        let instructions = classified
+            .predictions
+            .iter()
+            .map(|p| p.instructions)
+            .sum::<u64>()
+            / count.max(1) as u64;
+        results.push(BoardResult {
+            board: *board,
+            kernel: selftest.kernel,
+            instructions,
+            cmsis_nn_instructions: CMSIS_NN_RESNET8
+                .iter()
+                .find(|(name, _)| *name == board.name)
+                .map(|&(_, n)| n),
+            arena_bytes: model.arena_size(),
+            ram: classified.ram,
+            blob_bytes: blob.len(),
+            engine_text_bytes: engine_text_bytes(board)?,
+            matches_host: classified
+                .predictions
+                .iter()
+                .all(|p| host_classes[p.index] == p.class),
+            images: count,
+            profile: report::profile(&layers, &classified.profile)?,
+        });
+    }
+    Ok(results)
+}
+
+/// The results as a text table.
+pub fn table(results: &[BoardResult]) -> String {
+    let mut s = format!(
+        "{:<11} {:<11} {:<13} {:>14} {:>14} {:>7} {:>9} {:>12} {:>12} {:>6}\n",
+        "board",
+        "core",
+        "kernel",
+        "instructions",
+        "CMSIS-NN",
+        "ratio",
+        "arena B",
+        "blob B",
+        "engine .text",
+        "= host"
+    );
+    for r in results {
+        let (cmsis, ratio) = match r.cmsis_nn_instructions {
+            Some(n) => (
+                report::thousands(n),
+                format!("{:.2}", r.instructions as f64 / n as f64),
+            ),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        s += &format!(
+            "{:<11} {:<11} {:<13} {:>14} {:>14} {:>7} {:>9} {:>12} {:>12} {:>6}\n",
+            r.board.name,
+            r.board.cpu,
+            r.kernel,
+            report::thousands(r.instructions),
+            cmsis,
+            ratio,
+            report::thousands(r.arena_bytes as u64),
+            report::thousands(r.blob_bytes as u64),
+            report::thousands(r.engine_text_bytes),
+            if r.matches_host { "yes" } else { "NO" }
+        );
+    }
+    s
+}
+
+/// Builds the engine size probe for `board` (profile `size`, the board's CPU flags)
+/// and returns its `.text` size.
+pub fn engine_text_bytes(board: &Board) -> Result<u64> {
+    let dir = qemu::firmware_dir();
+    let target_dir = dir.join("target").join(board.name);
+    let board_flags = format!(
+        "CARGO_TARGET_{}_RUSTFLAGS",
+        board.target.to_uppercase().replace(['-', '.'], "_")
+    );
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(&dir)
+        .args(["build", "--quiet", "--profile", "size", "--bin", "engine_size"])
+        .args(["--target", board.target])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("TINYRES_BOARD", board.name)
+        .env(board_flags, board.rustflags)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .context("cannot run cargo to build the engine size probe")?;
+    if !status.success() {
+        bail!("building the engine size probe for {} failed", board.name);
+    }
+    section_size(&target_dir.join(board.target).join("size").join("engine_size"), ".text")
+}
+
+/// Size of section `name` of an ELF file.
+fn section_size(elf: &Path, name: &str) -> Result<u64> {
+    use object::{Object, ObjectSection};
+    let bytes = std::fs::read(elf).with_context(|| format!("cannot read {}", elf.display()))?;
+    let file = object::File::parse(&*bytes)
+        .with_context(|| format!("{}: not an ELF file", elf.display()))?;
+    let section = file
+        .section_by_name(name)
+        .with_context(|| format!("{}: no {name} section", elf.display()))?;
+    Ok(section.size())
+}
+
+/// Where the MLPerf Tiny artifacts are in this workplace (`../shared/data`, beside the
+/// repository).
+pub fn shared_data(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .join(relative)
+}
