@@ -14,7 +14,7 @@
 use half::f16;
 
 use crate::error::Error;
-use crate::quant::{multiply_by_quantized_multiplier, AddParams};
+use crate::quant::{AddParams, AddTables, QuantizedMultiplier};
 
 /// Documented bound on the error of an f32 kernel: relative to the sum of absolute
 /// products of a dot product, `|result − exact| ≤ F32_RELATIVE_TOLERANCE · Σ|x·w|`
@@ -169,7 +169,7 @@ pub enum Shortcut<'a, T> {
     },
 }
 
-impl<T: Copy> Shortcut<'_, T> {
+impl<'a, T: Copy> Shortcut<'a, T> {
     pub(crate) fn check(&self, out_h: usize, out_w: usize, out_c: usize) -> Result<(), Error> {
         if let Shortcut::Mapped {
             data,
@@ -199,7 +199,7 @@ impl<T: Copy> Shortcut<'_, T> {
     /// The shortcut row for output pixel `(oy, ox)` and the channel offset to apply,
     /// or `None` for in-place.
     #[inline]
-    pub(crate) fn row(&self, oy: usize, ox: usize) -> Option<(&[T], usize)> {
+    pub(crate) fn row(&self, oy: usize, ox: usize) -> Option<(&'a [T], usize)> {
         match *self {
             Shortcut::InPlace => None,
             Shortcut::Mapped {
@@ -315,15 +315,45 @@ pub struct Requantize<'a> {
 impl Requantize<'_> {
     #[inline]
     pub(crate) fn apply(&self, acc: i32, channel: usize) -> i8 {
-        let v =
-            multiply_by_quantized_multiplier(acc, self.multipliers[channel], self.shifts[channel])
-                .saturating_add(self.output_zero_point);
-        v.clamp(self.activation_min, self.activation_max) as i8
+        self.channel(channel).apply(acc)
+    }
+
+    /// Channel `channel`'s parameters, decoded once for all of its outputs.
+    #[inline]
+    pub(crate) fn channel(&self, channel: usize) -> ChannelRequantize {
+        ChannelRequantize {
+            multiplier: QuantizedMultiplier::new(self.multipliers[channel], self.shifts[channel]),
+            output_zero_point: self.output_zero_point,
+            activation_min: self.activation_min,
+            activation_max: self.activation_max,
+        }
     }
 
     pub(crate) fn check(&self, channels: usize) -> Result<(), Error> {
         expect("requant multipliers", channels, self.multipliers.len())?;
         expect("requant shifts", channels, self.shifts.len())
+    }
+}
+
+/// One output channel's requantization ([`Requantize::channel`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChannelRequantize {
+    multiplier: QuantizedMultiplier,
+    output_zero_point: i32,
+    activation_min: i32,
+    activation_max: i32,
+}
+
+impl ChannelRequantize {
+    /// The accumulator requantized to int8.
+    #[inline(always)]
+    pub(crate) fn apply(&self, acc: i32) -> i8 {
+        let v = self
+            .multiplier
+            .apply(acc)
+            .saturating_add(self.output_zero_point);
+        // max/min rather than clamp: never a panic, whatever a blob holds.
+        v.max(self.activation_min).min(self.activation_max) as i8
     }
 }
 
@@ -362,6 +392,7 @@ pub fn conv2d_i8(
     }
     let window = shape.kernel_h * shape.kernel_w * shape.in_c;
     let c_in = shape.in_c;
+    let add = residual.map(|(_, add)| AddTables::new(add));
     for oy in 0..shape.out_h {
         for ox in 0..shape.out_w {
             let out_start = (oy * shape.out_w + ox) * shape.out_c;
@@ -375,29 +406,37 @@ pub fn conv2d_i8(
                     let w = &filter[tap * c_in..(tap + taps) * c_in];
                     acc = acc.wrapping_add(dot_i8(x, w, input_zero_point));
                 });
-                *out = finish_i8(acc, co, requant, residual, shortcut_row, *out);
+                *out = finish_i8(
+                    acc,
+                    co,
+                    &requant.channel(co),
+                    add.as_ref(),
+                    shortcut_row,
+                    *out,
+                );
             }
         }
     }
     Ok(())
 }
 
-/// The int8 output of channel `co` from its accumulator: requantized, then added to
-/// the shortcut if there is one (`previous` is the output's old value, the shortcut
-/// of an in-place residual). Every int8 convolution kernel ends with this.
-#[inline]
+/// The int8 output of channel `co` from its accumulator: requantized, then, if the
+/// layer has a residual (`add`), added to the shortcut: `shortcut_row`'s channel
+/// `co − offset` (zero point outside it) or, for an in-place residual, `previous`,
+/// the output's old value. Every int8 convolution kernel ends with this.
+#[inline(always)]
 pub(crate) fn finish_i8(
     acc: i32,
     co: usize,
-    requant: &Requantize<'_>,
-    residual: Option<(Shortcut<'_, i8>, &AddParams)>,
+    requant: &ChannelRequantize,
+    add: Option<&AddTables>,
     shortcut_row: Option<(&[i8], usize)>,
     previous: i8,
 ) -> i8 {
-    let value = requant.apply(acc, co);
-    match residual {
+    let value = requant.apply(acc);
+    match add {
         None => value,
-        Some((_, add)) => {
+        Some(add) => {
             let s = match shortcut_row {
                 None => previous,
                 Some((row, offset)) => co

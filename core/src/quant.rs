@@ -30,7 +30,8 @@ pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
 #[inline]
 pub fn rounding_divide_by_pot(x: i32, exponent: u32) -> i32 {
     debug_assert!(exponent <= 31);
-    let mask = ((1i64 << exponent) - 1) as i32;
+    // 2^31 − 1 at most: fits u32 arithmetic (cheaper than i64 on 32-bit cores).
+    let mask = ((1u32 << exponent) - 1) as i32;
     let remainder = x & mask;
     let threshold = (mask >> 1) + i32::from(x < 0);
     (x >> exponent) + i32::from(remainder > threshold)
@@ -43,13 +44,39 @@ pub fn rounding_divide_by_pot(x: i32, exponent: u32) -> i32 {
 /// `shift` is clamped to `-31..=30`; blobs are validated to stay in that range.
 #[inline]
 pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> i32 {
-    let shift = shift.clamp(-31, 30);
-    let left_shift = shift.max(0) as u32;
-    let right_shift = (-shift).max(0) as u32;
-    rounding_divide_by_pot(
-        saturating_rounding_doubling_high_mul(x.wrapping_shl(left_shift), multiplier),
-        right_shift,
-    )
+    QuantizedMultiplier::new(multiplier, shift).apply(x)
+}
+
+/// A quantized multiplier with its shift split once into a left and a right shift,
+/// for kernels that apply it to many values: the same results as
+/// [`multiply_by_quantized_multiplier`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuantizedMultiplier {
+    multiplier: i32,
+    left_shift: u32,
+    right_shift: u32,
+}
+
+impl QuantizedMultiplier {
+    /// `multiplier · 2^(shift − 31)`, `shift` clamped to `-31..=30`.
+    #[inline]
+    pub fn new(multiplier: i32, shift: i32) -> Self {
+        let shift = shift.clamp(-31, 30);
+        QuantizedMultiplier {
+            multiplier,
+            left_shift: shift.max(0) as u32,
+            right_shift: (-shift).max(0) as u32,
+        }
+    }
+
+    /// `x` times the multiplier, with TFLite's roundings.
+    #[inline(always)]
+    pub fn apply(self, x: i32) -> i32 {
+        rounding_divide_by_pot(
+            saturating_rounding_doubling_high_mul(x.wrapping_shl(self.left_shift), self.multiplier),
+            self.right_shift,
+        )
+    }
 }
 
 /// Splits a real multiplier into a Q31 multiplier and a shift, as TFLite's
@@ -158,17 +185,105 @@ impl AddParams {
     /// Adds two int8 values (TFLite reference `AddElementwise` for int8).
     #[inline]
     pub fn add(&self, a: i8, b: i8) -> i8 {
+        self.prepared().add(a, b)
+    }
+
+    /// The parameters with their multipliers decoded, for adding many values.
+    #[inline]
+    pub fn prepared(&self) -> PreparedAdd {
+        PreparedAdd {
+            input1_zero_point: self.input1_zero_point,
+            input2_zero_point: self.input2_zero_point,
+            output_zero_point: self.output_zero_point,
+            input1: QuantizedMultiplier::new(self.input1_multiplier, self.input1_shift),
+            input2: QuantizedMultiplier::new(self.input2_multiplier, self.input2_shift),
+            output: QuantizedMultiplier::new(self.output_multiplier, self.output_shift),
+            activation_min: self.activation_min,
+            activation_max: self.activation_max,
+        }
+    }
+}
+
+/// [`AddParams`] with the multipliers decoded ([`AddParams::prepared`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PreparedAdd {
+    /// Zero point of the first input.
+    pub input1_zero_point: i32,
+    /// Zero point of the second input.
+    pub input2_zero_point: i32,
+    output_zero_point: i32,
+    input1: QuantizedMultiplier,
+    input2: QuantizedMultiplier,
+    output: QuantizedMultiplier,
+    activation_min: i32,
+    activation_max: i32,
+}
+
+impl PreparedAdd {
+    /// Adds two int8 values (TFLite reference `AddElementwise` for int8).
+    #[inline(always)]
+    pub fn add(&self, a: i8, b: i8) -> i8 {
         let a = (i32::from(a) - self.input1_zero_point) << ADD_LEFT_SHIFT;
         let b = (i32::from(b) - self.input2_zero_point) << ADD_LEFT_SHIFT;
-        let a = multiply_by_quantized_multiplier(a, self.input1_multiplier, self.input1_shift);
-        let b = multiply_by_quantized_multiplier(b, self.input2_multiplier, self.input2_shift);
-        let sum = multiply_by_quantized_multiplier(
-            a.saturating_add(b),
-            self.output_multiplier,
-            self.output_shift,
-        )
-        .saturating_add(self.output_zero_point);
-        sum.clamp(self.activation_min, self.activation_max) as i8
+        let sum = self
+            .output
+            .apply(self.input1.apply(a).saturating_add(self.input2.apply(b)))
+            .saturating_add(self.output_zero_point);
+        // max/min rather than clamp: never a panic, whatever a blob holds.
+        sum.max(self.activation_min).min(self.activation_max) as i8
+    }
+}
+
+/// An int8 addition prepared for a whole tensor: the rescaled first and second
+/// inputs for each of the 256 int8 values, looked up instead of computed (two of the
+/// three multiplies per element), then the output multiplier. The same results as
+/// [`AddParams::add`]; 2 KiB, built once per layer.
+#[derive(Clone, Debug)]
+pub struct AddTables {
+    /// The parameters tabulated.
+    pub params: AddParams,
+    input1: [i32; 256],
+    input2: [i32; 256],
+    /// Zero point of the second input (the shortcut).
+    pub input2_zero_point: i32,
+    output: QuantizedMultiplier,
+    output_zero_point: i32,
+    activation_min: i32,
+    activation_max: i32,
+}
+
+impl AddTables {
+    /// Tabulates `params`' input rescales.
+    pub fn new(params: &AddParams) -> Self {
+        let prepared = params.prepared();
+        let rescale = |zero_point: i32, multiplier: QuantizedMultiplier| {
+            core::array::from_fn(|i| {
+                let q = i32::from(i as u8 as i8);
+                multiplier.apply((q - zero_point) << ADD_LEFT_SHIFT)
+            })
+        };
+        AddTables {
+            params: *params,
+            input1: rescale(prepared.input1_zero_point, prepared.input1),
+            input2: rescale(prepared.input2_zero_point, prepared.input2),
+            input2_zero_point: prepared.input2_zero_point,
+            output: prepared.output,
+            output_zero_point: prepared.output_zero_point,
+            activation_min: prepared.activation_min,
+            activation_max: prepared.activation_max,
+        }
+    }
+
+    /// Adds two int8 values (TFLite reference `AddElementwise` for int8).
+    #[inline(always)]
+    pub fn add(&self, a: i8, b: i8) -> i8 {
+        let a = self.input1[usize::from(a as u8)];
+        let b = self.input2[usize::from(b as u8)];
+        let sum = self
+            .output
+            .apply(a.saturating_add(b))
+            .saturating_add(self.output_zero_point);
+        sum.max(self.activation_min).min(self.activation_max) as i8
     }
 }
 

@@ -155,7 +155,14 @@ pub fn engine_text_bytes(board: &Board) -> Result<u64> {
     );
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .current_dir(&dir)
-        .args(["build", "--quiet", "--profile", "size", "--bin", "engine_size"])
+        .args([
+            "build",
+            "--quiet",
+            "--profile",
+            "size",
+            "--bin",
+            "engine_size",
+        ])
         .args(["--target", board.target])
         .arg("--target-dir")
         .arg(&target_dir)
@@ -170,7 +177,13 @@ pub fn engine_text_bytes(board: &Board) -> Result<u64> {
     if !status.success() {
         bail!("building the engine size probe for {} failed", board.name);
     }
-    section_size(&target_dir.join(board.target).join("size").join("engine_size"), ".text")
+    section_size(
+        &target_dir
+            .join(board.target)
+            .join("size")
+            .join("engine_size"),
+        ".text",
+    )
 }
 
 /// Size of section `name` of an ELF file.

@@ -523,8 +523,12 @@ fn bench_command(args: &BenchArgs) -> Result<()> {
                 .calib
                 .clone()
                 .unwrap_or_else(|| bench::shared_data("cifar10"));
-            eprintln!("bench: compiling {} to int8, calibrated on {}", onnx.display(), calib.display());
-            let flags = compile::PreprocessingFlags {
+            eprintln!(
+                "bench: compiling {} to int8, calibrated on {}",
+                onnx.display(),
+                calib.display()
+            );
+            let flags = PreprocessingFlags {
                 range: Some(tinyres_core::InputRange::Byte),
                 mean: None,
                 std: None,
@@ -557,7 +561,12 @@ fn bench_command(args: &BenchArgs) -> Result<()> {
             .map(|name| Board::by_name(name))
             .collect::<Result<Vec<_>>>()?
     };
-    let results = bench::bench(blob.as_bytes(), &data, &boards, Duration::from_secs(args.timeout))?;
+    let results = bench::bench(
+        blob.as_bytes(),
+        &data,
+        &boards,
+        Duration::from_secs(args.timeout),
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
@@ -569,7 +578,10 @@ fn bench_command(args: &BenchArgs) -> Result<()> {
         );
     }
     if let Some(r) = results.iter().find(|r| !r.matches_host) {
-        bail!("the predictions on {} differ from the host engine's", r.board.name);
+        bail!(
+            "the predictions on {} differ from the host engine's",
+            r.board.name
+        );
     }
     Ok(())
 }
@@ -864,7 +876,10 @@ fn run_on_device(args: &RunArgs) -> Result<()> {
             }
         );
         if let Some(rows) = &profile {
-            println!("\nprofile of image {} on {}:\n", predictions[0].index, board.name);
+            println!(
+                "\nprofile of image {} on {}:\n",
+                predictions[0].index, board.name
+            );
             print!("{}", report::profile_table(rows));
         }
     }

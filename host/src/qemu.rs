@@ -142,8 +142,7 @@ impl Board {
                 // ticks / clock_hz seconds of virtual time, 2^shift ns per instruction.
                 let ticks_per_instruction_scaled = u128::from(clock_hz) << shift;
                 let scaled = u128::from(count) * 1_000_000_000;
-                ((scaled + ticks_per_instruction_scaled / 2) / ticks_per_instruction_scaled)
-                    as u64
+                ((scaled + ticks_per_instruction_scaled / 2) / ticks_per_instruction_scaled) as u64
             }
             Counter::Pmu => count,
         }
@@ -546,20 +545,34 @@ pub struct SelfTest {
 /// known length, every arch kernel against the portable one (an error, with the
 /// device's log, if any case differs).
 pub fn selftest(board: &Board, timeout: Duration) -> Result<SelfTest> {
-    let elf = build_firmware(board, "selftest", DEFAULT_ARENA_BYTES, Transport::Semihosting)?;
+    let elf = build_firmware(
+        board,
+        "selftest",
+        DEFAULT_ARENA_BYTES,
+        Transport::Semihosting,
+    )?;
     let work = tempdir()?;
     let run = run_qemu(board, &elf, &[], &work, timeout, Transport::Semihosting);
     let _ = std::fs::remove_dir_all(&work);
     let (log, success) = run?;
     let lines = decode_defmt(&elf, &log)?;
     if !success {
-        bail!("the selftest failed on {}:\n{}", board.name, lines.join("\n"));
+        bail!(
+            "the selftest failed on {}:\n{}",
+            board.name,
+            lines.join("\n")
+        );
     }
     let find = |prefix: &str| {
         lines
             .iter()
             .find(|l| l.starts_with(prefix))
-            .with_context(|| format!("no `{prefix}` line in the selftest log:\n{}", lines.join("\n")))
+            .with_context(|| {
+                format!(
+                    "no `{prefix}` line in the selftest log:\n{}",
+                    lines.join("\n")
+                )
+            })
     };
     let calibration = find("calibration ")?;
     let number = |line: &str, name: &str| -> Result<u64> {

@@ -218,9 +218,11 @@ fn the_profile_covers_every_layer_and_adds_up() {
     .unwrap();
     let boot = device.classify(&data, 0..data.len()).unwrap();
     let model = Model::parse(blob.as_bytes()).unwrap();
-    let rows =
-        tinyres_host::report::profile(&tinyres_host::report::describe(&model).unwrap(), &boot.profile)
-            .unwrap();
+    let rows = tinyres_host::report::profile(
+        &tinyres_host::report::describe(&model).unwrap(),
+        &boot.profile,
+    )
+    .unwrap();
     assert_eq!(rows.len(), usize::from(model.num_layers()) + 1);
     let sum: u64 = rows.iter().map(|r| r.instructions).sum();
     let whole = boot.predictions[0].instructions;

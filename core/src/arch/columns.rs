@@ -10,9 +10,11 @@
 //! `Σ (x − zp)·w = Σ x·w − zp·Σ w` over the whole window, and in wrapping 32-bit
 //! arithmetic (a ring) this equals the portable kernel's accumulator bit for bit.
 
+use core::ops::Range;
+
 use crate::error::Error;
 use crate::kernels::{self, finish_i8, ConvShape, Requantize, Shortcut};
-use crate::quant::AddParams;
+use crate::quant::{AddParams, AddTables};
 
 /// Output pixels per group.
 pub const PIXELS: usize = 4;
@@ -78,10 +80,47 @@ fn gather(
     }
 }
 
+/// Output channels whose accumulators are kept at once (per pixel of a group).
+pub const CHANNEL_BLOCK: usize = 64;
+
+/// The shortcut of one output pixel's residual add, if the layer has one.
+#[derive(Clone, Copy, Debug)]
+pub enum ShortcutRow<'a> {
+    /// No residual add.
+    None,
+    /// The output row itself holds the shortcut (identity, in place).
+    InPlace,
+    /// A separate row: output channel `c` adds `row[c − offset]`, the zero point
+    /// outside it.
+    Mapped(&'a [i8], usize),
+}
+
+/// Finishes output channels `channels` of one pixel: `out[c] = finish(acc[c −
+/// channels.start])`, requantized and added to the shortcut as
+/// [`kernels::finish_i8`] defines. The portable version; an arch module may pass
+/// a vectorised one to [`conv2d_i8_by_columns`].
+pub fn finish_row_scalar(
+    acc: &[i32],
+    channels: Range<usize>,
+    requant: &Requantize<'_>,
+    add: Option<&AddTables>,
+    shortcut: ShortcutRow<'_>,
+    out: &mut [i8],
+) {
+    let row = match shortcut {
+        ShortcutRow::Mapped(row, offset) => Some((row, offset)),
+        ShortcutRow::None | ShortcutRow::InPlace => None,
+    };
+    for (&acc, co) in acc.iter().zip(channels) {
+        out[co] = finish_i8(acc, co, &requant.channel(co), add, row, out[co]);
+    }
+}
+
 /// TFLite int8 convolution, as [`kernels::conv2d_i8`] computes it (same arguments,
 /// same checks, bit-identical results), with `dot` computing `(Σ x_p·w, Σ w)` for
-/// the group's four pixels and one filter of `window` bytes. A window over
-/// [`WINDOW_CAPACITY`] taps goes to the portable kernel.
+/// the group's four pixels and one filter of `window` bytes and `finish` doing what
+/// [`finish_row_scalar`] does. A window over [`WINDOW_CAPACITY`] taps goes to the
+/// portable kernel.
 ///
 /// The last group of a row repeats its last pixel to make four and keeps the
 /// results it needs.
@@ -89,6 +128,14 @@ fn gather(
 #[inline(always)]
 pub fn conv2d_i8_by_columns(
     dot: impl Fn(&Columns, &[i8]) -> ([i32; PIXELS], i32),
+    finish: impl Fn(
+        &[i32],
+        Range<usize>,
+        &Requantize<'_>,
+        Option<&AddTables>,
+        ShortcutRow<'_>,
+        &mut [i8],
+    ),
     shape: &ConvShape,
     input: &[i8],
     input_zero_point: i32,
@@ -117,20 +164,46 @@ pub fn conv2d_i8_by_columns(
         shortcut.check(shape.out_h, shape.out_w, shape.out_c)?;
     }
     let out_c = shape.out_c;
+    let add = residual.map(|(_, add)| AddTables::new(add));
     let mut columns: Columns = [0; COLUMN_BYTES];
+    let mut acc = [[0i32; CHANNEL_BLOCK]; PIXELS];
     for oy in 0..shape.out_h {
         for ox in (0..shape.out_w).step_by(PIXELS) {
             let pixels: [usize; PIXELS] = core::array::from_fn(|p| (ox + p).min(shape.out_w - 1));
             let distinct = (shape.out_w - ox).min(PIXELS);
             gather(shape, input, input_zero_point, oy, pixels, &mut columns);
-            let shortcut_rows = pixels.map(|x| residual.as_ref().and_then(|(s, _)| s.row(oy, x)));
-            for (co, filter) in weights.chunks_exact(window).enumerate() {
-                let (products, weight_sum) = dot(&columns, filter);
-                let correction = input_zero_point.wrapping_mul(weight_sum);
-                for p in 0..distinct {
-                    let acc = bias[co].wrapping_add(products[p]).wrapping_sub(correction);
-                    let out = &mut output[(oy * shape.out_w + pixels[p]) * out_c + co];
-                    *out = finish_i8(acc, co, requant, residual, shortcut_rows[p], *out);
+            for block in (0..out_c).step_by(CHANNEL_BLOCK) {
+                let channels = block..(block + CHANNEL_BLOCK).min(out_c);
+                let filters = weights[channels.start * window..channels.end * window]
+                    .chunks_exact(window)
+                    .zip(&bias[channels.clone()]);
+                for (i, (filter, &bias)) in filters.enumerate() {
+                    let (products, weight_sum) = dot(&columns, filter);
+                    let base = bias.wrapping_sub(input_zero_point.wrapping_mul(weight_sum));
+                    for (acc, product) in acc.iter_mut().zip(products) {
+                        acc[i] = base.wrapping_add(product);
+                    }
+                }
+                for (p, &x) in pixels.iter().enumerate().take(distinct) {
+                    let shortcut = match residual {
+                        None => ShortcutRow::None,
+                        Some((Shortcut::InPlace, _)) => ShortcutRow::InPlace,
+                        Some((shortcut @ Shortcut::Mapped { .. }, _)) => {
+                            match shortcut.row(oy, x) {
+                                Some((row, offset)) => ShortcutRow::Mapped(row, offset),
+                                None => ShortcutRow::InPlace,
+                            }
+                        }
+                    };
+                    let out_start = (oy * shape.out_w + x) * out_c;
+                    finish(
+                        &acc[p][..channels.len()],
+                        channels.clone(),
+                        requant,
+                        add.as_ref(),
+                        shortcut,
+                        &mut output[out_start..out_start + out_c],
+                    );
                 }
             }
         }

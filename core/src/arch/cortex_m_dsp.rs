@@ -21,7 +21,7 @@ use core::arch::asm;
 
 use crate::error::Error;
 use crate::kernels::{self, finish_i8, ConvShape, Requantize, Shortcut};
-use crate::quant::AddParams;
+use crate::quant::{AddParams, AddTables};
 
 /// Bytes 0 and 2 of `x`, sign-extended, each added to the 16-bit lanes of `offset`.
 #[inline(always)]
@@ -272,6 +272,7 @@ pub fn conv2d_i8(
         shortcut.check(shape.out_h, shape.out_w, shape.out_c)?;
     }
     let out_c = shape.out_c;
+    let add = residual.map(|(_, add)| AddTables::new(add));
     let groups = window / 4;
     let whole = groups * 4;
     let mut columns = [0u32; COLUMN_WORDS];
@@ -320,15 +321,16 @@ pub fn conv2d_i8(
                 }
                 let distinct_pixels = if pixels[0] == pixels[1] { 1 } else { 2 };
                 let distinct_channels = if channels[0] == channels[1] { 1 } else { 2 };
-                for p in 0..distinct_pixels {
-                    let out_start = (oy * shape.out_w + pixels[p]) * out_c;
-                    for c in 0..distinct_channels {
+                for c in 0..distinct_channels {
+                    let channel = requant.channel(channels[c]);
+                    for p in 0..distinct_pixels {
+                        let out_start = (oy * shape.out_w + pixels[p]) * out_c;
                         let out = &mut output[out_start + channels[c]];
                         *out = finish_i8(
                             acc[p][c],
                             channels[c],
-                            requant,
-                            residual,
+                            &channel,
+                            add.as_ref(),
                             shortcut_rows[p],
                             *out,
                         );

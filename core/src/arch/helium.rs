@@ -5,13 +5,25 @@
 //! over its window: one `VLDRB` of 16 weights, four of inputs (one per pixel of the
 //! group), four `VMLADAVA.S8` (16 MACs each into a scalar accumulator) and one
 //! `VADDVA.S8` (the weights' sum): 10 instructions for 64 MACs.
+//!
+//! Requantization and the residual add run four channels at a time
+//! ([`finish_row`]): `VQRDMULH` is TFLite's saturating rounding doubling high
+//! multiply, and `VRSHL` by a negative amount after adding −1 to negative lanes
+//! (when the shift is not zero) is its rounding divide by a power of two, ties away
+//! from zero; `VQADD`, `VMAX`, `VMIN` and a narrowing `VSTRB.32` finish. The same
+//! results as the scalar code, bit for bit.
 
 use core::arch::asm;
 
-use super::columns::{conv2d_i8_by_columns, Columns, PIXELS, WINDOW_CAPACITY};
+use core::ops::Range;
+
+use super::columns::{
+    conv2d_i8_by_columns, finish_row_scalar, Columns, ShortcutRow, CHANNEL_BLOCK, PIXELS,
+    WINDOW_CAPACITY,
+};
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
-use crate::quant::AddParams;
+use crate::quant::{AddParams, AddTables};
 
 /// `(Σ x_p·w for p in 0..4, Σ w)` over `filter`, the four pixels' columns as
 /// [`super::columns::column_offset`] lays them out.
@@ -78,6 +90,7 @@ pub fn conv2d_i8(
 ) -> Result<(), Error> {
     conv2d_i8_by_columns(
         dot_4,
+        finish_row,
         shape,
         input,
         input_zero_point,
@@ -87,4 +100,203 @@ pub fn conv2d_i8(
         residual,
         output,
     )
+}
+
+/// `out[i] = clamp(rdpot(srdhm(acc[i] << left_i, multiplier_i), right_i) + zp)` for
+/// four channels at a time, as [`crate::quant::QuantizedMultiplier::apply`] and the
+/// requantization compute it. Every shift must be in `-31..=30`.
+fn requantize_row(
+    acc: &[i32],
+    multipliers: &[i32],
+    shifts: &[i32],
+    requant: &Requantize<'_>,
+    out: &mut [i8],
+) {
+    let n = out
+        .len()
+        .min(acc.len())
+        .min(multipliers.len())
+        .min(shifts.len());
+    if n == 0 {
+        return;
+    }
+    // SAFETY: the loop reads `n` i32s from `acc`, `multipliers` and `shifts` and
+    // writes `n` bytes to `out`, all at least `n` long (DLSTP/LETP predicate the last
+    // iteration to the elements left); q0–q7 (d0–d15) are declared clobbered.
+    unsafe {
+        asm!(
+            "vdup.32 q6, {min}",
+            "vdup.32 q7, {max}",
+            "vmov.i32 q3, #0",
+            "dlstp.32 lr, lr",
+            "2:",
+            "vldrw.u32 q0, [{acc}], #16",
+            "vldrw.u32 q1, [{shifts}], #16",
+            "vldrw.u32 q2, [{multipliers}], #16",
+            // x << max(shift, 0), then the doubling high multiply.
+            "vmax.s32 q4, q1, q3",
+            "vshl.s32 q0, q0, q4",
+            "vqrdmulh.s32 q0, q0, q2",
+            // Rounding right shift by −min(shift, 0), ties away from zero.
+            "vmin.s32 q4, q1, q3",
+            "vand q5, q0, q4",
+            "vshr.s32 q5, q5, #31",
+            "vqadd.s32 q0, q0, q5",
+            "vrshl.s32 q0, q0, q4",
+            "vqadd.s32 q0, q0, {zero_point}",
+            "vmax.s32 q0, q0, q6",
+            "vmin.s32 q0, q0, q7",
+            "vstrb.32 q0, [r0], #4",
+            "letp lr, 2b",
+            acc = inout(reg) acc.as_ptr() => _,
+            shifts = inout(reg) shifts.as_ptr() => _,
+            multipliers = inout(reg) multipliers.as_ptr() => _,
+            // The narrowing store takes a low register only.
+            inout("r0") out.as_mut_ptr() => _,
+            zero_point = in(reg) requant.output_zero_point,
+            min = in(reg) requant.activation_min,
+            max = in(reg) requant.activation_max,
+            inout("lr") n => _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+            out("d12") _, out("d13") _, out("d14") _, out("d15") _,
+            options(nostack),
+        );
+    }
+}
+
+/// `out[i] = values[i] + shortcut[i]` as TFLite's int8 ADD computes it (see
+/// [`AddParams::add`]), four at a time. The input shifts must be `≤ 0` and every
+/// shift in `-31..=30` (true of every validated blob).
+fn add_row(values: &[i8], shortcut: &[i8], add: &AddParams, out: &mut [i8]) {
+    let n = out.len().min(values.len()).min(shortcut.len());
+    if n == 0 {
+        return;
+    }
+    let negated_right = |shift: i32| -(-shift).max(0);
+    // Vector constants, loaded from memory (there are not enough registers to pass
+    // them all): −right shifts of the three multipliers, then the output range.
+    let constants: [[i32; 4]; 5] = [
+        [negated_right(add.input1_shift); 4],
+        [negated_right(add.input2_shift); 4],
+        [negated_right(add.output_shift); 4],
+        [add.activation_min; 4],
+        [add.activation_max; 4],
+    ];
+    // SAFETY: the loop reads `n` bytes of `values` and `shortcut` and writes `n`
+    // bytes to `out`, all at least `n` long (DLSTP/LETP predicate the last
+    // iteration); `constants` is 80 readable bytes; q0–q7 are declared clobbered.
+    unsafe {
+        asm!(
+            "vldrw.u32 q3, [{constants}]",
+            "vldrw.u32 q4, [{constants}, #16]",
+            "vldrw.u32 q5, [{constants}, #32]",
+            "vldrw.u32 q6, [{constants}, #48]",
+            "vldrw.u32 q7, [{constants}, #64]",
+            "dlstp.32 lr, lr",
+            "2:",
+            // The first input: ((v − zp1) << 20) times its multiplier.
+            "vldrb.s32 q0, [r0], #4",
+            "vsub.i32 q0, q0, {zp1}",
+            "vshl.i32 q0, q0, #20",
+            "vqrdmulh.s32 q0, q0, {m1}",
+            "vand q1, q0, q3",
+            "vshr.s32 q1, q1, #31",
+            "vqadd.s32 q0, q0, q1",
+            "vrshl.s32 q0, q0, q3",
+            // The second (the shortcut), likewise.
+            "vldrb.s32 q2, [r1], #4",
+            "vsub.i32 q2, q2, {zp2}",
+            "vshl.i32 q2, q2, #20",
+            "vqrdmulh.s32 q2, q2, {m2}",
+            "vand q1, q2, q4",
+            "vshr.s32 q1, q1, #31",
+            "vqadd.s32 q2, q2, q1",
+            "vrshl.s32 q2, q2, q4",
+            // Their saturating sum times the output multiplier.
+            "vqadd.s32 q0, q0, q2",
+            "vshl.s32 q0, {left3}",
+            "vqrdmulh.s32 q0, q0, {m3}",
+            "vand q1, q0, q5",
+            "vshr.s32 q1, q1, #31",
+            "vqadd.s32 q0, q0, q1",
+            "vrshl.s32 q0, q0, q5",
+            "vqadd.s32 q0, q0, {zp_out}",
+            "vmax.s32 q0, q0, q6",
+            "vmin.s32 q0, q0, q7",
+            "vstrb.32 q0, [r2], #4",
+            "letp lr, 2b",
+            constants = in(reg) constants.as_ptr(),
+            // The widening loads and narrowing store take low registers only.
+            inout("r0") values.as_ptr() => _,
+            inout("r1") shortcut.as_ptr() => _,
+            inout("r2") out.as_mut_ptr() => _,
+            zp1 = in(reg) add.input1_zero_point,
+            zp2 = in(reg) add.input2_zero_point,
+            m1 = in(reg) add.input1_multiplier,
+            m2 = in(reg) add.input2_multiplier,
+            m3 = in(reg) add.output_multiplier,
+            left3 = in(reg) add.output_shift.max(0),
+            zp_out = in(reg) add.output_zero_point,
+            inout("lr") n => _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+            out("d12") _, out("d13") _, out("d14") _, out("d15") _,
+            options(nostack),
+        );
+    }
+}
+
+/// [`finish_row_scalar`] with Helium: requantization, then the residual add (its
+/// shortcut gathered into a contiguous row first), four channels at a time. Shifts
+/// outside what validated blobs hold go to the scalar code.
+fn finish_row(
+    acc: &[i32],
+    channels: Range<usize>,
+    requant: &Requantize<'_>,
+    add: Option<&AddTables>,
+    shortcut: ShortcutRow<'_>,
+    out: &mut [i8],
+) {
+    let multipliers = requant.multipliers.get(channels.clone());
+    let shifts = requant.shifts.get(channels.clone());
+    let (Some(multipliers), Some(shifts), Some(out_block)) =
+        (multipliers, shifts, out.get(channels.clone()))
+    else {
+        return finish_row_scalar(acc, channels, requant, add, shortcut, out);
+    };
+    let vector_add = add.is_none_or(|t| {
+        let p = &t.params;
+        p.input1_shift <= 0
+            && p.input2_shift <= 0
+            && [p.input1_shift, p.input2_shift, p.output_shift]
+                .iter()
+                .all(|s| (-31..=30).contains(s))
+    });
+    let n = out_block.len();
+    if !vector_add || n > CHANNEL_BLOCK || !shifts.iter().all(|s| (-31..=30).contains(s)) {
+        return finish_row_scalar(acc, channels, requant, add, shortcut, out);
+    }
+    let Some(tables) = add else {
+        return requantize_row(acc, multipliers, shifts, requant, &mut out[channels]);
+    };
+    let mut values = [0i8; CHANNEL_BLOCK];
+    requantize_row(acc, multipliers, shifts, requant, &mut values[..n]);
+    let mut row = [0i8; CHANNEL_BLOCK];
+    match shortcut {
+        ShortcutRow::None | ShortcutRow::InPlace => row[..n].copy_from_slice(out_block),
+        ShortcutRow::Mapped(source, offset) => {
+            for (r, c) in row.iter_mut().zip(channels.clone()) {
+                *r = c
+                    .checked_sub(offset)
+                    .and_then(|c| source.get(c))
+                    .copied()
+                    // A padded channel holds real zero: the zero point.
+                    .unwrap_or(tables.input2_zero_point as i8);
+            }
+        }
+    }
+    add_row(&values[..n], &row[..n], &tables.params, &mut out[channels]);
 }

@@ -13,7 +13,7 @@ use core::arch::aarch64::{
     vpadalq_s16, vpaddlq_s8,
 };
 
-use super::columns::{column_offset, conv2d_i8_by_columns, Columns, PIXELS};
+use super::columns::{column_offset, conv2d_i8_by_columns, finish_row_scalar, Columns, PIXELS};
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
 use crate::quant::AddParams;
@@ -80,6 +80,7 @@ pub fn conv2d_i8(
 ) -> Result<(), Error> {
     conv2d_i8_by_columns(
         dot_4,
+        finish_row_scalar,
         shape,
         input,
         input_zero_point,

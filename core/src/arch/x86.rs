@@ -13,7 +13,7 @@ use core::arch::x86_64::{
     _mm_shuffle_epi32, _mm_srai_epi16, _mm_storeu_si128, _mm_unpackhi_epi8, _mm_unpacklo_epi8,
 };
 
-use super::columns::{column_offset, conv2d_i8_by_columns, Columns, PIXELS};
+use super::columns::{column_offset, conv2d_i8_by_columns, finish_row_scalar, Columns, PIXELS};
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
 use crate::quant::AddParams;
@@ -99,6 +99,7 @@ pub fn conv2d_i8(
 ) -> Result<(), Error> {
     conv2d_i8_by_columns(
         dot_4,
+        finish_row_scalar,
         shape,
         input,
         input_zero_point,

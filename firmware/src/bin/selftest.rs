@@ -148,7 +148,10 @@ enum Residual {
     InPlace,
     /// A separate shortcut tensor subsampled by `stride`, its channels placed after
     /// `channel_offset` zero channels (option A).
-    Mapped { stride: usize, channel_offset: usize },
+    Mapped {
+        stride: usize,
+        channel_offset: usize,
+    },
 }
 
 /// One convolution to check.
@@ -269,7 +272,11 @@ impl Case {
             stride: rng.size(1, 2),
             padding: [0; 4].map(|_| rng.size(0, kernel - 1)),
             input_zero_point: None,
-            bias_range: if rng.size(0, 9) == 0 { i32::MAX } else { 1 << 16 },
+            bias_range: if rng.size(0, 9) == 0 {
+                i32::MAX
+            } else {
+                1 << 16
+            },
             relu: rng.size(0, 1) == 1,
             residual,
         }
