@@ -24,8 +24,36 @@ pub const WINDOW_CAPACITY: usize = 576;
 /// Bytes of the column buffer (stack).
 pub const COLUMN_BYTES: usize = PIXELS * WINDOW_CAPACITY;
 
-/// The column buffer.
-pub type Columns = [i8; COLUMN_BYTES];
+/// The column buffer, 16-byte aligned so that every chunk is (strict-alignment
+/// targets such as the A53 with its MMU off load vectors only from aligned
+/// addresses).
+#[repr(C, align(16))]
+#[derive(Clone, Debug)]
+pub struct Columns(pub [i8; COLUMN_BYTES]);
+
+/// Copies 16 bytes; with one aligned 16-byte load and store when `source` is
+/// 16-byte aligned (`destination` always is: a chunk of [`Columns`]), else byte by
+/// byte where the target requires alignment.
+#[inline(always)]
+fn copy_chunk(destination: &mut [i8], source: &[i8]) {
+    let (Ok(destination), Ok(source)) = (
+        <&mut [i8; 16]>::try_from(destination),
+        <&[i8; 16]>::try_from(source),
+    ) else {
+        return;
+    };
+    if source.as_ptr().align_offset(16) == 0 && destination.as_ptr().align_offset(16) == 0 {
+        // SAFETY: both are 16 readable (writable) bytes at 16-byte aligned addresses.
+        unsafe {
+            destination
+                .as_mut_ptr()
+                .cast::<u128>()
+                .write(source.as_ptr().cast::<u128>().read());
+        }
+    } else {
+        *destination = *source;
+    }
+}
 
 /// Where pixel `p`'s 16-byte chunk `chunk` of the window sits in the column buffer:
 /// pixels 1, 2, 3 at offsets 16, 32, 48 of the chunk's 64 bytes, pixel 0 at 0.
@@ -35,8 +63,9 @@ pub fn column_offset(chunk: usize, p: usize) -> usize {
 }
 
 /// Copies the windows of output pixels `(oy, ox[p])` into `columns` as
-/// [`column_offset`] lays them out, padding as the zero point. The caller has checked
-/// that the window fits.
+/// [`column_offset`] lays them out, padding as the zero point, one kernel row at a
+/// time: the padding left of the input, the input's contiguous run, the padding
+/// right of it. The caller has checked that the window fits.
 fn gather(
     shape: &ConvShape,
     input: &[i8],
@@ -46,37 +75,83 @@ fn gather(
     columns: &mut Columns,
 ) {
     let c_in = shape.in_c;
+    let row_bytes = shape.kernel_w * c_in;
     for (p, &x) in ox.iter().enumerate() {
-        let mut at = 0;
+        let (first_kx, end_kx) = shape.kernel_columns(x);
+        let end_kx = end_kx.max(first_kx);
         for ky in 0..shape.kernel_h {
+            let at = ky * row_bytes;
             let iy = (oy * shape.stride + ky)
                 .checked_sub(shape.pad_top)
                 .filter(|&iy| iy < shape.in_h);
-            for kx in 0..shape.kernel_w {
-                let ix = (x * shape.stride + kx)
-                    .checked_sub(shape.pad_left)
-                    .filter(|&ix| ix < shape.in_w);
-                let pixel = match (iy, ix) {
-                    (Some(iy), Some(ix)) => Some(&input[(iy * shape.in_w + ix) * c_in..][..c_in]),
-                    _ => None,
-                };
-                // Copy in runs that stay inside one 16-byte chunk.
-                let mut done = 0;
-                while done < c_in {
-                    let chunk = at / 16;
-                    let within = at % 16;
-                    let run = (16 - within).min(c_in - done);
-                    let to = column_offset(chunk, p) + within;
-                    let dest = &mut columns[to..to + run];
-                    match pixel {
-                        Some(pixel) => dest.copy_from_slice(&pixel[done..done + run]),
-                        None => dest.fill(input_zero_point as i8),
-                    }
-                    done += run;
-                    at += run;
+            let Some(iy) = iy.filter(|_| first_kx < end_kx) else {
+                put(
+                    columns,
+                    p,
+                    at,
+                    Fill::Value(input_zero_point as i8),
+                    row_bytes,
+                );
+                continue;
+            };
+            let ix = x * shape.stride + first_kx - shape.pad_left;
+            let source = (iy * shape.in_w + ix) * c_in;
+            let valid = (end_kx - first_kx) * c_in;
+            let before = first_kx * c_in;
+            put(columns, p, at, Fill::Value(input_zero_point as i8), before);
+            put(
+                columns,
+                p,
+                at + before,
+                Fill::Copy(&input[source..source + valid]),
+                valid,
+            );
+            put(
+                columns,
+                p,
+                at + before + valid,
+                Fill::Value(input_zero_point as i8),
+                row_bytes - before - valid,
+            );
+        }
+    }
+}
+
+/// What [`put`] writes.
+#[derive(Clone, Copy)]
+enum Fill<'a> {
+    /// These bytes.
+    Copy(&'a [i8]),
+    /// This byte, repeated.
+    Value(i8),
+}
+
+/// Writes `len` bytes of pixel `p`'s window from window position `at`, in pieces
+/// that stay inside one 16-byte chunk (whole chunks copied at once).
+#[inline(always)]
+fn put(columns: &mut Columns, p: usize, at: usize, fill: Fill<'_>, len: usize) {
+    let mut done = 0;
+    while done < len {
+        let position = at + done;
+        let within = position % 16;
+        let run = (16 - within).min(len - done);
+        let to = column_offset(position / 16, p) + within;
+        let dest = &mut columns.0[to..to + run];
+        match fill {
+            Fill::Copy(source) if run == 16 => copy_chunk(dest, &source[done..done + 16]),
+            // Short pieces: a plain loop, not a call to memcpy.
+            Fill::Copy(source) => {
+                for (d, &v) in dest.iter_mut().zip(&source[done..done + run]) {
+                    *d = v;
+                }
+            }
+            Fill::Value(v) => {
+                for d in dest.iter_mut() {
+                    *d = v;
                 }
             }
         }
+        done += run;
     }
 }
 
@@ -116,10 +191,46 @@ pub fn finish_row_scalar(
     }
 }
 
+/// Whether a vectorised [`finish_row_scalar`] may run: every requantization shift
+/// in `-31..=30` and, for a residual add, input shifts `≤ 0` (true of every blob
+/// that validates; other parameters take the scalar code).
+pub fn vector_finish_applies(requant: &Requantize<'_>, add: Option<&AddParams>) -> bool {
+    let in_range = |s: &i32| (-31..=30).contains(s);
+    requant.shifts.iter().all(in_range)
+        && add.is_none_or(|p| {
+            p.input1_shift <= 0
+                && p.input2_shift <= 0
+                && [p.input1_shift, p.input2_shift, p.output_shift]
+                    .iter()
+                    .all(in_range)
+        })
+}
+
+/// Accumulators of a pixel group: `[pixel][channel of the block]`.
+pub type Accumulators = [[i32; CHANNEL_BLOCK]; PIXELS];
+
+/// A block kernel from a one-filter kernel `dot` returning `(Σ x_p·w, Σ w)` for the
+/// group's four pixels (see [`conv2d_i8_by_columns`]).
+#[inline(always)]
+pub fn each_filter(
+    dot: impl Fn(&Columns, &[i8]) -> ([i32; PIXELS], i32),
+) -> impl Fn(&Columns, &[i8], usize, &mut Accumulators, &mut [i32; CHANNEL_BLOCK]) {
+    move |columns, weights, window, acc, sums| {
+        for (i, filter) in weights.chunks_exact(window).take(CHANNEL_BLOCK).enumerate() {
+            let (products, sum) = dot(columns, filter);
+            for (row, product) in acc.iter_mut().zip(products) {
+                row[i] = product;
+            }
+            sums[i] = sum;
+        }
+    }
+}
+
 /// TFLite int8 convolution, as [`kernels::conv2d_i8`] computes it (same arguments,
-/// same checks, bit-identical results), with `dot` computing `(Σ x_p·w, Σ w)` for
-/// the group's four pixels and one filter of `window` bytes and `finish` doing what
-/// [`finish_row_scalar`] does. A window over [`WINDOW_CAPACITY`] taps goes to the
+/// same checks, bit-identical results), with `dot_block(columns, weights, window,
+/// acc, sums)` setting `acc[p][i] = Σ x_p·w_i` and `sums[i] = Σ w_i` for the group's
+/// four pixels and the block's filters of `window` bytes (at most
+/// [`CHANNEL_BLOCK`]) and `finish` doing what [`finish_row_scalar`] does. A window over [`WINDOW_CAPACITY`] taps goes to the
 /// portable kernel.
 ///
 /// The last group of a row repeats its last pixel to make four and keeps the
@@ -127,7 +238,7 @@ pub fn finish_row_scalar(
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn conv2d_i8_by_columns(
-    dot: impl Fn(&Columns, &[i8]) -> ([i32; PIXELS], i32),
+    dot_block: impl Fn(&Columns, &[i8], usize, &mut Accumulators, &mut [i32; CHANNEL_BLOCK]),
     finish: impl Fn(
         &[i32],
         Range<usize>,
@@ -165,8 +276,9 @@ pub fn conv2d_i8_by_columns(
     }
     let out_c = shape.out_c;
     let add = residual.map(|(_, add)| AddTables::new(add));
-    let mut columns: Columns = [0; COLUMN_BYTES];
-    let mut acc = [[0i32; CHANNEL_BLOCK]; PIXELS];
+    let mut columns = Columns([0; COLUMN_BYTES]);
+    let mut acc: Accumulators = [[0; CHANNEL_BLOCK]; PIXELS];
+    let mut sums = [0i32; CHANNEL_BLOCK];
     for oy in 0..shape.out_h {
         for ox in (0..shape.out_w).step_by(PIXELS) {
             let pixels: [usize; PIXELS] = core::array::from_fn(|p| (ox + p).min(shape.out_w - 1));
@@ -174,14 +286,17 @@ pub fn conv2d_i8_by_columns(
             gather(shape, input, input_zero_point, oy, pixels, &mut columns);
             for block in (0..out_c).step_by(CHANNEL_BLOCK) {
                 let channels = block..(block + CHANNEL_BLOCK).min(out_c);
-                let filters = weights[channels.start * window..channels.end * window]
-                    .chunks_exact(window)
-                    .zip(&bias[channels.clone()]);
-                for (i, (filter, &bias)) in filters.enumerate() {
-                    let (products, weight_sum) = dot(&columns, filter);
-                    let base = bias.wrapping_sub(input_zero_point.wrapping_mul(weight_sum));
-                    for (acc, product) in acc.iter_mut().zip(products) {
-                        acc[i] = base.wrapping_add(product);
+                dot_block(
+                    &columns,
+                    &weights[channels.start * window..channels.end * window],
+                    window,
+                    &mut acc,
+                    &mut sums,
+                );
+                for (i, co) in channels.clone().enumerate() {
+                    let base = bias[co].wrapping_sub(input_zero_point.wrapping_mul(sums[i]));
+                    for row in acc.iter_mut() {
+                        row[i] = row[i].wrapping_add(base);
                     }
                 }
                 for (p, &x) in pixels.iter().enumerate().take(distinct) {

@@ -7,9 +7,10 @@
 //! (`SXTAB16` widens bytes 0 and 2, then 1 and 3, adding `−zero_point` on the way),
 //! padding as zero. Each pair of output channels then runs one assembly loop over the
 //! window: a weight word is widened with `SXTB16` in the same even/odd order and
-//! `SMLAD` multiplies both lanes and accumulates: 21 instructions for 16 MACs, with
-//! every input widened once per pixel pair and every weight twice, all in the 12
-//! registers inline assembly may use. The column buffer costs
+//! `SMLAD` multiplies both lanes and accumulates: 18 instructions for 16 MACs, with
+//! every input widened once per pixel pair and every weight once per pixel pair, in
+//! the 13 registers inline assembly may use and r7, saved and restored around the
+//! loop. The column buffer costs
 //! [`COLUMN_WORDS`] × 4 bytes of stack; larger windows (and zero points outside
 //! int8) go to the portable kernel.
 //!
@@ -103,33 +104,34 @@ unsafe fn mac_2x2(
     }
     let [[mut a00, mut a01], [mut a10, mut a11]] = *acc;
     // SAFETY: the caller guarantees the reads; the loop reads `4 · groups` words from
-    // `columns` and `groups` words from each filter, and writes registers only.
+    // `columns` and `groups` words from each filter, and writes registers only, r7
+    // included (the frame pointer, which LLVM cannot hand out: it is saved on the
+    // stack and restored before the block ends; interrupts do not depend on it).
     unsafe {
         asm!(
+            "push {{r7}}",
             "2:",
-            // Pixel 0 against channel 0, then channel 1.
-            "ldrd {xe}, {xo}, [{columns}], #8",
-            "ldr {wo}, [{w0}]",
-            "sxtb16 {we}, {wo}",
-            "sxtb16 {wo}, {wo}, ror #8",
-            "smlad {a00}, {xe}, {we}, {a00}",
-            "smlad {a00}, {xo}, {wo}, {a00}",
-            "ldr {wo}, [{w0}, {w1_offset}]",
-            "sxtb16 {we}, {wo}",
-            "sxtb16 {wo}, {wo}, ror #8",
-            "smlad {a01}, {xe}, {we}, {a01}",
-            "smlad {a01}, {xo}, {wo}, {a01}",
-            // Pixel 1 against channel 1 (still widened), then channel 0 again.
-            "ldrd {xe}, {xo}, [{columns}], #8",
-            "smlad {a11}, {xe}, {we}, {a11}",
-            "smlad {a11}, {xo}, {wo}, {a11}",
-            "ldr {wo}, [{w0}], #4",
-            "sxtb16 {we}, {wo}",
-            "sxtb16 {wo}, {wo}, ror #8",
-            "smlad {a10}, {xe}, {we}, {a10}",
-            "smlad {a10}, {xo}, {wo}, {a10}",
+            // Both channels' weights, widened once: even/odd lanes.
+            "ldr {w1_odd}, [{w0}, {w1_offset}]",
+            "ldr {w0_odd}, [{w0}], #4",
+            "sxtb16 {w1_even}, {w1_odd}",
+            "sxtb16 {w1_odd}, {w1_odd}, ror #8",
+            "sxtb16 r7, {w0_odd}",
+            "sxtb16 {w0_odd}, {w0_odd}, ror #8",
+            // Pixel 0 against both channels, then pixel 1.
+            "ldrd {x_even}, {x_odd}, [{columns}], #8",
+            "smlad {a00}, {x_even}, r7, {a00}",
+            "smlad {a00}, {x_odd}, {w0_odd}, {a00}",
+            "smlad {a01}, {x_even}, {w1_even}, {a01}",
+            "smlad {a01}, {x_odd}, {w1_odd}, {a01}",
+            "ldrd {x_even}, {x_odd}, [{columns}], #8",
+            "smlad {a10}, {x_even}, r7, {a10}",
+            "smlad {a10}, {x_odd}, {w0_odd}, {a10}",
+            "smlad {a11}, {x_even}, {w1_even}, {a11}",
+            "smlad {a11}, {x_odd}, {w1_odd}, {a11}",
             "cmp {columns}, {end}",
             "bne 2b",
+            "pop {{r7}}",
             columns = inout(reg) columns => _,
             w0 = inout(reg) w0 => _,
             w1_offset = in(reg) w1_offset,
@@ -138,11 +140,12 @@ unsafe fn mac_2x2(
             a01 = inout(reg) a01,
             a10 = inout(reg) a10,
             a11 = inout(reg) a11,
-            xe = out(reg) _,
-            xo = out(reg) _,
-            we = out(reg) _,
-            wo = out(reg) _,
-            options(pure, readonly, nostack),
+            x_even = out(reg) _,
+            x_odd = out(reg) _,
+            w0_odd = out(reg) _,
+            w1_even = out(reg) _,
+            w1_odd = out(reg) _,
+            options(pure, readonly),
         );
     }
     *acc = [[a00, a01], [a10, a11]];

@@ -4,7 +4,8 @@
 //! Each output channel runs one tail-predicated low-overhead loop (`DLSTP`/`LETP`)
 //! over its window: one `VLDRB` of 16 weights, four of inputs (one per pixel of the
 //! group), four `VMLADAVA.S8` (16 MACs each into a scalar accumulator) and one
-//! `VADDVA.S8` (the weights' sum): 10 instructions for 64 MACs.
+//! `VADDVA.S8` (the weights' sum): 11 instructions for 64 MACs, the loop closing
+//! included; one assembly block runs all the filters of a block.
 //!
 //! Requantization and the residual add run four channels at a time
 //! ([`finish_row`]): `VQRDMULH` is TFLite's saturating rounding doubling high
@@ -18,60 +19,95 @@ use core::arch::asm;
 use core::ops::Range;
 
 use super::columns::{
-    conv2d_i8_by_columns, finish_row_scalar, Columns, ShortcutRow, CHANNEL_BLOCK, PIXELS,
-    WINDOW_CAPACITY,
+    conv2d_i8_by_columns, finish_row_scalar, vector_finish_applies, Accumulators, Columns,
+    ShortcutRow, CHANNEL_BLOCK, PIXELS, WINDOW_CAPACITY,
 };
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
 use crate::quant::{AddParams, AddTables};
 
-/// `(Σ x_p·w for p in 0..4, Σ w)` over `filter`, the four pixels' columns as
-/// [`super::columns::column_offset`] lays them out.
-#[inline(always)]
-fn dot_4(columns: &Columns, filter: &[i8]) -> ([i32; PIXELS], i32) {
-    let len = filter.len().min(WINDOW_CAPACITY);
-    if len == 0 {
-        return ([0; PIXELS], 0);
+/// For the block's filters `i` (`window` bytes each, contiguous in `weights`):
+/// `acc[p][i] = Σ x_p·w_i` over the four pixels' columns as
+/// [`super::columns::column_offset`] lays them out, and `sums[i] = Σ w_i`. One
+/// assembly block runs every filter: the tail-predicated loop over the window, then
+/// four stores to the accumulators.
+fn dot_block(
+    columns: &Columns,
+    weights: &[i8],
+    window: usize,
+    acc: &mut Accumulators,
+    sums: &mut [i32; CHANNEL_BLOCK],
+) {
+    if window == 0 || window > WINDOW_CAPACITY {
+        return;
     }
-    let (mut a0, mut a1, mut a2, mut a3, mut sum) = (0i32, 0i32, 0i32, 0i32, 0i32);
-    // SAFETY: the loop reads `len` weights from `filter` and, per 16 of them, 64
-    // bytes of `columns`: `PIXELS · 16 · ⌈len / 16⌉ ≤ COLUMN_BYTES` since
-    // WINDOW_CAPACITY is a multiple of 16. DLSTP/LETP predicate the last
-    // iteration's lanes to the `len` bytes left (loads of inactive lanes read
-    // nothing and give zero); the loop writes the listed registers only. q0–q4 are
-    // s0–s19, declared clobbered.
+    let filters = (weights.len() / window).min(CHANNEL_BLOCK);
+    if filters == 0 {
+        return;
+    }
+    // The loop's weight pointer moves 16 bytes per iteration, the last partial one
+    // included: this much past the filter's end.
+    let overshoot = window.next_multiple_of(16) - window;
+    // SAFETY: per filter the loop reads `window` weights (`filters · window ≤
+    // weights.len()`) and, per 16 of them, 64 bytes of `columns` (`PIXELS · 16 ·
+    // ⌈window / 16⌉ ≤ COLUMN_BYTES`, WINDOW_CAPACITY being a multiple of 16);
+    // DLSTP/LETP predicate the last iteration to the bytes left (inactive lanes read
+    // nothing). It writes `acc[p][i]` at `acc + 256·p + 4·i` (rows of CHANNEL_BLOCK
+    // = 64 i32) and `sums[i]` for `i < filters ≤ CHANNEL_BLOCK`. r7 (the frame
+    // pointer, which LLVM cannot hand out) is saved on the stack and restored; q0–q4
+    // (d0–d9) are declared clobbered.
     unsafe {
         asm!(
-            "dlstp.8 lr, {len}",
+            "push {{r7}}",
+            "3:",
+            "movs r0, #0",
+            "movs r2, #0",
+            "movs r4, #0",
+            "mov.w r8, #0",
+            "mov.w r10, #0",
+            "mov r7, {columns}",
+            "dlstp.8 lr, {window}",
             "2:",
             "vldrb.u8 q4, [{w}], #16",
-            "vldrb.u8 q1, [{x}, #16]",
-            "vldrb.u8 q2, [{x}, #32]",
-            "vldrb.u8 q3, [{x}, #48]",
-            "vldrb.u8 q0, [{x}], #64",
+            "vldrb.u8 q1, [r7, #16]",
+            "vldrb.u8 q2, [r7, #32]",
+            "vldrb.u8 q3, [r7, #48]",
+            "vldrb.u8 q0, [r7], #64",
             "vmladava.s8 r0, q0, q4",
             "vmladava.s8 r2, q1, q4",
             "vmladava.s8 r4, q2, q4",
             "vmladava.s8 r8, q3, q4",
             "vaddva.s8 r10, q4",
             "letp lr, 2b",
-            len = in(reg) len,
-            w = inout(reg) filter.as_ptr() => _,
-            x = inout(reg) columns.as_ptr() => _,
+            "subs {w}, {w}, {overshoot}",
+            "str r0, [{acc}]",
+            "str r2, [{acc}, #256]",
+            "str r4, [{acc}, #512]",
+            "str r8, [{acc}, #768]",
+            "adds {acc}, #4",
+            "str r10, [{sums}], #4",
+            "subs {filters}, #1",
+            "bne 3b",
+            "pop {{r7}}",
+            columns = in(reg) columns.0.as_ptr(),
+            window = in(reg) window,
+            overshoot = in(reg) overshoot,
+            w = inout(reg) weights.as_ptr() => _,
+            acc = inout(reg) acc.as_mut_ptr() => _,
+            sums = inout(reg) sums.as_mut_ptr() => _,
+            filters = inout(reg) filters => _,
             // VMLADAVA and VADDVA accumulate into even registers only.
-            inout("r0") a0,
-            inout("r2") a1,
-            inout("r4") a2,
-            inout("r8") a3,
-            inout("r10") sum,
+            out("r0") _,
+            out("r2") _,
+            out("r4") _,
+            out("r8") _,
+            out("r10") _,
             out("lr") _,
             out("d0") _, out("d1") _, out("d2") _, out("d3") _,
             out("d4") _, out("d5") _, out("d6") _, out("d7") _,
             out("d8") _, out("d9") _,
-            options(pure, readonly, nostack),
         );
     }
-    ([a0, a1, a2, a3], sum)
 }
 
 /// TFLite int8 convolution, as [`crate::kernels::conv2d_i8`] computes it (same
@@ -88,9 +124,16 @@ pub fn conv2d_i8(
     residual: Option<(Shortcut<'_, i8>, &AddParams)>,
     output: &mut [i8],
 ) -> Result<(), Error> {
+    let vector = vector_finish_applies(requant, residual.map(|(_, add)| add));
     conv2d_i8_by_columns(
-        dot_4,
-        finish_row,
+        dot_block,
+        |acc, channels, requant, add, shortcut, out| {
+            if vector {
+                finish_row(acc, channels, requant, add, shortcut, out)
+            } else {
+                finish_row_scalar(acc, channels, requant, add, shortcut, out)
+            }
+        },
         shape,
         input,
         input_zero_point,
@@ -250,8 +293,8 @@ fn add_row(values: &[i8], shortcut: &[i8], add: &AddParams, out: &mut [i8]) {
 }
 
 /// [`finish_row_scalar`] with Helium: requantization, then the residual add (its
-/// shortcut gathered into a contiguous row first), four channels at a time. Shifts
-/// outside what validated blobs hold go to the scalar code.
+/// shortcut gathered into a contiguous row first), four channels at a time, for
+/// parameters that [`vector_finish_applies`] to.
 fn finish_row(
     acc: &[i32],
     channels: Range<usize>,
@@ -267,16 +310,8 @@ fn finish_row(
     else {
         return finish_row_scalar(acc, channels, requant, add, shortcut, out);
     };
-    let vector_add = add.is_none_or(|t| {
-        let p = &t.params;
-        p.input1_shift <= 0
-            && p.input2_shift <= 0
-            && [p.input1_shift, p.input2_shift, p.output_shift]
-                .iter()
-                .all(|s| (-31..=30).contains(s))
-    });
     let n = out_block.len();
-    if !vector_add || n > CHANNEL_BLOCK || !shifts.iter().all(|s| (-31..=30).contains(s)) {
+    if n > CHANNEL_BLOCK {
         return finish_row_scalar(acc, channels, requant, add, shortcut, out);
     }
     let Some(tables) = add else {

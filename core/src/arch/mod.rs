@@ -29,6 +29,7 @@ pub mod cortex_m_dsp;
     target_arch = "aarch64",
     target_arch = "x86_64"
 ))]
+#[allow(unsafe_code)]
 pub mod columns;
 
 #[cfg(all(target_arch = "arm", tinyres_arm_mve))]

@@ -7,41 +7,45 @@
 //! `SADALP` adds neighbouring products into 32-bit lanes (a sum of two could not fit
 //! 16 bits: that is why the products are not accumulated in 16 bits). `SADDLP` and
 //! `SADALP` sum the weights. ARMv8.0 has no `SDOT` (the A53 is ARMv8.0).
+//!
+//! Requantization and the residual add run eight channels at a time
+//! ([`finish_row`]): `SQRDMULH` is TFLite's saturating rounding doubling high
+//! multiply, and `SRSHL` by a negative amount after adding −1 to negative lanes
+//! (when the shift is not zero) its rounding divide by a power of two, ties away
+//! from zero. The same results as the scalar code, bit for bit.
 
 use core::arch::aarch64::{
-    int32x4_t, vaddvq_s32, vdupq_n_s32, vget_low_s8, vld1q_s8, vmull_high_s8, vmull_s8,
-    vpadalq_s16, vpaddlq_s8,
+    int32x4_t, int8x16_t, int8x8_t, vaddvq_s32, vandq_s32, vcombine_s16, vdupq_n_s32,
+    vget_high_s16, vget_low_s16, vget_low_s8, vld1_s8, vld1q_s32, vmaxq_s32, vminq_s32, vmovl_s16,
+    vmovl_s8, vmovn_s16, vmovn_s32, vmull_high_s8, vmull_s8, vpadalq_s16, vpaddlq_s8, vqaddq_s32,
+    vqrdmulhq_n_s32, vqrdmulhq_s32, vrshlq_s32, vshlq_n_s32, vshlq_s32, vshrq_n_s32, vst1_s8,
+    vsubq_s32,
 };
+use core::ops::Range;
 
-use super::columns::{column_offset, conv2d_i8_by_columns, finish_row_scalar, Columns, PIXELS};
+use super::columns::{
+    column_offset, conv2d_i8_by_columns, each_filter, finish_row_scalar, vector_finish_applies,
+    Columns, ShortcutRow, PIXELS,
+};
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
-use crate::quant::AddParams;
+use crate::quant::{AddParams, AddTables};
 
 /// `acc + Σ` of the 16 products `x·w`, pairwise into four 32-bit lanes.
 #[inline(always)]
-fn multiply_accumulate(acc: int32x4_t, x: [i8; 16], w: [i8; 16]) -> int32x4_t {
-    // SAFETY: NEON is part of the aarch64 targets this module is compiled for; the
-    // loads read the two 16-byte arrays.
+fn multiply_accumulate(acc: int32x4_t, x: int8x16_t, w: int8x16_t) -> int32x4_t {
+    // SAFETY: NEON is part of the aarch64 targets this module is compiled for;
+    // register-only.
     unsafe {
-        let (x, w) = (vld1q_s8(x.as_ptr()), vld1q_s8(w.as_ptr()));
         let low = vmull_s8(vget_low_s8(x), vget_low_s8(w));
         let high = vmull_high_s8(x, w);
         vpadalq_s16(vpadalq_s16(acc, low), high)
     }
 }
 
-/// 16 bytes of `bytes` from `at`, zero past its end.
-#[inline(always)]
-fn sixteen(bytes: &[i8], at: usize) -> [i8; 16] {
-    let mut chunk = [0i8; 16];
-    if let Some(full) = bytes.get(at..at + 16) {
-        chunk.copy_from_slice(full);
-    } else if let Some(part) = bytes.get(at..) {
-        chunk[..part.len()].copy_from_slice(part);
-    }
-    chunk
-}
+/// A 16-byte aligned chunk of weights (copied when the filter's own bytes are not).
+#[repr(C, align(16))]
+struct AlignedChunk([i8; 16]);
 
 /// `(Σ x_p·w for p in 0..4, Σ w)` over `filter`, the four pixels' columns as
 /// [`column_offset`] lays them out. The last chunk's weights past the filter's end
@@ -52,16 +56,196 @@ fn dot_4(columns: &Columns, filter: &[i8]) -> ([i32; PIXELS], i32) {
     let zero = unsafe { vdupq_n_s32(0) };
     let mut acc = [zero; PIXELS];
     let mut weight_sum = zero;
+    let aligned = filter.as_ptr().align_offset(16) == 0;
+    let mut copy = AlignedChunk([0; 16]);
     for chunk in 0..filter.len().div_ceil(16) {
-        let w = sixteen(filter, chunk * 16);
-        for (p, acc) in acc.iter_mut().enumerate() {
-            *acc = multiply_accumulate(*acc, sixteen(columns, column_offset(chunk, p)), w);
+        let w = match filter.get(chunk * 16..chunk * 16 + 16) {
+            Some(w) if aligned => w.as_ptr(),
+            part => {
+                // Misaligned (a window that is not a multiple of 16 bytes) or the
+                // last, partial chunk: through an aligned copy, zero past the end.
+                let part = part.unwrap_or(filter.get(chunk * 16..).unwrap_or(&[]));
+                copy.0 = [0; 16];
+                copy.0[..part.len()].copy_from_slice(part);
+                copy.0.as_ptr()
+            }
+        };
+        let base = column_offset(chunk, 0);
+        let Some(x) = columns.0.get(base..base + 16 * PIXELS) else {
+            break;
+        };
+        // SAFETY: NEON as above. Every load reads 16 bytes at a 16-byte aligned
+        // address (the aligned filter's chunks, the copy, the chunks of the aligned
+        // column buffer), as strict-alignment targets require: `w` points to 16
+        // readable bytes, `x` is 64 bytes long.
+        unsafe {
+            let w = w.cast::<int8x16_t>().read();
+            for (p, acc) in acc.iter_mut().enumerate() {
+                let x = x.as_ptr().add(16 * p).cast::<int8x16_t>().read();
+                *acc = multiply_accumulate(*acc, x, w);
+            }
+            weight_sum = vpadalq_s16(weight_sum, vpaddlq_s8(w));
         }
-        // SAFETY: as above; the load reads the 16-byte array.
-        weight_sum = unsafe { vpadalq_s16(weight_sum, vpaddlq_s8(vld1q_s8(w.as_ptr()))) };
     }
     // SAFETY: as above (register-only reductions).
     unsafe { (acc.map(|a| vaddvq_s32(a)), vaddvq_s32(weight_sum)) }
+}
+
+/// TFLite's rounding divide by `2^−negated_right` (ties away from zero), lane by
+/// lane: `SRSHL` by the negative amount rounds ties up, so negative lanes first
+/// lose 1 when the shift is not zero.
+#[inline(always)]
+fn rounding_divide(x: int32x4_t, negated_right: int32x4_t) -> int32x4_t {
+    // SAFETY: NEON (see `multiply_accumulate`); register-only.
+    unsafe {
+        let fixup = vshrq_n_s32::<31>(vandq_s32(x, negated_right));
+        vrshlq_s32(vqaddq_s32(x, fixup), negated_right)
+    }
+}
+
+/// Four accumulators requantized (per-channel multipliers and shifts as vectors),
+/// before narrowing.
+#[inline(always)]
+fn requantize_4(
+    acc: &[i32],
+    multipliers: &[i32],
+    shifts: &[i32],
+    requant: &Requantize<'_>,
+) -> int32x4_t {
+    debug_assert!(acc.len() >= 4 && multipliers.len() >= 4 && shifts.len() >= 4);
+    // SAFETY: NEON (see `multiply_accumulate`); each load reads 4 i32s of a slice
+    // the caller passes with at least 4.
+    unsafe {
+        let zero = vdupq_n_s32(0);
+        let shifts = vld1q_s32(shifts.as_ptr());
+        let x = vshlq_s32(vld1q_s32(acc.as_ptr()), vmaxq_s32(shifts, zero));
+        let x = vqrdmulhq_s32(x, vld1q_s32(multipliers.as_ptr()));
+        let x = rounding_divide(x, vminq_s32(shifts, zero));
+        let x = vqaddq_s32(x, vdupq_n_s32(requant.output_zero_point));
+        vminq_s32(
+            vmaxq_s32(x, vdupq_n_s32(requant.activation_min)),
+            vdupq_n_s32(requant.activation_max),
+        )
+    }
+}
+
+/// Eight int8 lanes from two vectors of values already within int8.
+#[inline(always)]
+fn narrow(low: int32x4_t, high: int32x4_t) -> int8x8_t {
+    // SAFETY: NEON (see `multiply_accumulate`); register-only.
+    unsafe { vmovn_s16(vcombine_s16(vmovn_s32(low), vmovn_s32(high))) }
+}
+
+/// TFLite's int8 ADD of eight value and shortcut lanes (see [`AddParams::add`]);
+/// the input shifts are `≤ 0`.
+#[inline(always)]
+fn add_8(values: int8x8_t, shortcut: int8x8_t, add: &AddParams) -> int8x8_t {
+    let negated_right = |shift: i32| -(-shift).max(0);
+    // SAFETY: NEON (see `multiply_accumulate`); register-only.
+    unsafe {
+        let rescale = |v: int32x4_t, zero_point: i32, multiplier: i32, shift: i32| {
+            let v = vshlq_n_s32::<20>(vsubq_s32(v, vdupq_n_s32(zero_point)));
+            rounding_divide(
+                vqrdmulhq_n_s32(v, multiplier),
+                vdupq_n_s32(negated_right(shift)),
+            )
+        };
+        let halves = |v: int8x8_t| {
+            let wide = vmovl_s8(v);
+            [
+                vmovl_s16(vget_low_s16(wide)),
+                vmovl_s16(vget_high_s16(wide)),
+            ]
+        };
+        let (a, b) = (halves(values), halves(shortcut));
+        let sum = |i: usize| {
+            let a = rescale(
+                a[i],
+                add.input1_zero_point,
+                add.input1_multiplier,
+                add.input1_shift,
+            );
+            let b = rescale(
+                b[i],
+                add.input2_zero_point,
+                add.input2_multiplier,
+                add.input2_shift,
+            );
+            let x = vshlq_s32(vqaddq_s32(a, b), vdupq_n_s32(add.output_shift.max(0)));
+            let x = rounding_divide(
+                vqrdmulhq_n_s32(x, add.output_multiplier),
+                vdupq_n_s32(negated_right(add.output_shift)),
+            );
+            let x = vqaddq_s32(x, vdupq_n_s32(add.output_zero_point));
+            vminq_s32(
+                vmaxq_s32(x, vdupq_n_s32(add.activation_min)),
+                vdupq_n_s32(add.activation_max),
+            )
+        };
+        narrow(sum(0), sum(1))
+    }
+}
+
+/// [`finish_row_scalar`] with NEON, eight channels a step (the rest scalar), for
+/// parameters that [`vector_finish_applies`] to.
+fn finish_row(
+    acc: &[i32],
+    channels: Range<usize>,
+    requant: &Requantize<'_>,
+    add: Option<&AddTables>,
+    shortcut: ShortcutRow<'_>,
+    out: &mut [i8],
+) {
+    let (Some(multipliers), Some(shifts)) = (
+        requant.multipliers.get(channels.clone()),
+        requant.shifts.get(channels.clone()),
+    ) else {
+        return finish_row_scalar(acc, channels, requant, add, shortcut, out);
+    };
+    let vectors = acc.len().min(channels.len()) / 8 * 8;
+    if out.len() < channels.end {
+        return finish_row_scalar(acc, channels, requant, add, shortcut, out);
+    }
+    for i in (0..vectors).step_by(8) {
+        let c = channels.start + i;
+        let low = requantize_4(&acc[i..], &multipliers[i..], &shifts[i..], requant);
+        let high = requantize_4(
+            &acc[i + 4..],
+            &multipliers[i + 4..],
+            &shifts[i + 4..],
+            requant,
+        );
+        let mut values = narrow(low, high);
+        if let Some(tables) = add {
+            let mut row = [0i8; 8];
+            match shortcut {
+                ShortcutRow::None | ShortcutRow::InPlace => row.copy_from_slice(&out[c..c + 8]),
+                ShortcutRow::Mapped(source, offset) => {
+                    for (k, r) in row.iter_mut().enumerate() {
+                        *r = (c + k)
+                            .checked_sub(offset)
+                            .and_then(|s| source.get(s))
+                            .copied()
+                            // A padded channel holds real zero: the zero point.
+                            .unwrap_or(tables.input2_zero_point as i8);
+                    }
+                }
+            }
+            // SAFETY: NEON; the load reads the 8-byte array.
+            values = add_8(values, unsafe { vld1_s8(row.as_ptr()) }, &tables.params);
+        }
+        // SAFETY: NEON; `out[c..c + 8]` is in bounds (`c + 8 ≤ channels.end ≤
+        // out.len()`); ST1 of bytes needs no alignment.
+        unsafe { vst1_s8(out[c..c + 8].as_mut_ptr(), values) };
+    }
+    finish_row_scalar(
+        &acc[vectors..],
+        channels.start + vectors..channels.end,
+        requant,
+        add,
+        shortcut,
+        out,
+    );
 }
 
 /// TFLite int8 convolution, as [`crate::kernels::conv2d_i8`] computes it (same
@@ -78,9 +262,16 @@ pub fn conv2d_i8(
     residual: Option<(Shortcut<'_, i8>, &AddParams)>,
     output: &mut [i8],
 ) -> Result<(), Error> {
+    let vector = vector_finish_applies(requant, residual.map(|(_, add)| add));
     conv2d_i8_by_columns(
-        dot_4,
-        finish_row_scalar,
+        each_filter(dot_4),
+        |acc, channels, requant, add, shortcut, out| {
+            if vector {
+                finish_row(acc, channels, requant, add, shortcut, out)
+            } else {
+                finish_row_scalar(acc, channels, requant, add, shortcut, out)
+            }
+        },
         shape,
         input,
         input_zero_point,

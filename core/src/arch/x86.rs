@@ -13,7 +13,9 @@ use core::arch::x86_64::{
     _mm_shuffle_epi32, _mm_srai_epi16, _mm_storeu_si128, _mm_unpackhi_epi8, _mm_unpacklo_epi8,
 };
 
-use super::columns::{column_offset, conv2d_i8_by_columns, finish_row_scalar, Columns, PIXELS};
+use super::columns::{
+    column_offset, conv2d_i8_by_columns, each_filter, finish_row_scalar, Columns, PIXELS,
+};
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
 use crate::quant::AddParams;
@@ -63,7 +65,7 @@ fn dot_4(columns: &Columns, filter: &[i8]) -> ([i32; PIXELS], i32) {
     for chunk in 0..filter.len().div_ceil(16) {
         let (w_low, w_high) = widen(filter, chunk * 16);
         for (p, acc) in acc.iter_mut().enumerate() {
-            let (x_low, x_high) = widen(columns, column_offset(chunk, p));
+            let (x_low, x_high) = widen(&columns.0, column_offset(chunk, p));
             // SAFETY: SSE2 (see `widen`); register-only.
             *acc = unsafe {
                 _mm_add_epi32(
@@ -98,7 +100,7 @@ pub fn conv2d_i8(
     output: &mut [i8],
 ) -> Result<(), Error> {
     conv2d_i8_by_columns(
-        dot_4,
+        each_filter(dot_4),
         finish_row_scalar,
         shape,
         input,
