@@ -75,7 +75,19 @@ fn gather(
     columns: &mut Columns,
 ) {
     let c_in = shape.in_c;
+    if c_in % 16 == 0 {
+        // Whole 16-byte chunks (the input is 16-byte aligned in the arena).
+        if let (Ok(source), Ok(chunks)) = (
+            bytemuck::try_cast_slice::<i8, u128>(input),
+            bytemuck::try_cast_slice_mut::<i8, u128>(&mut columns.0),
+        ) {
+            return gather_chunks(shape, source, input_zero_point, oy, ox, chunks);
+        }
+    }
     let row_bytes = shape.kernel_w * c_in;
+    if shape.kernel_h * row_bytes <= SMALL_WINDOW {
+        return gather_small(shape, input, input_zero_point, oy, ox, columns);
+    }
     for (p, &x) in ox.iter().enumerate() {
         let (first_kx, end_kx) = shape.kernel_columns(x);
         let end_kx = end_kx.max(first_kx);
@@ -112,6 +124,113 @@ fn gather(
                 at + before + valid,
                 Fill::Value(input_zero_point as i8),
                 row_bytes - before - valid,
+            );
+        }
+    }
+}
+
+/// [`gather`] for channels in multiples of 16, a chunk (`u128`) at a time: chunk
+/// `k` of pixel `p` is `chunks[k · PIXELS + p]`.
+fn gather_chunks(
+    shape: &ConvShape,
+    input: &[u128],
+    input_zero_point: i32,
+    oy: usize,
+    ox: [usize; PIXELS],
+    chunks: &mut [u128],
+) {
+    let per_tap = shape.in_c / 16;
+    let per_row = shape.kernel_w * per_tap;
+    let padding = u128::from_ne_bytes([input_zero_point as i8 as u8; 16]);
+    // Per pixel: the chunks of padding before the input, the input's chunks, and
+    // where they start in the input row.
+    let spans = ox.map(|x| {
+        let (first_kx, end_kx) = shape.kernel_columns(x);
+        let end_kx = end_kx.max(first_kx);
+        let ix = (x * shape.stride + first_kx).saturating_sub(shape.pad_left);
+        (
+            first_kx * per_tap,
+            (end_kx - first_kx) * per_tap,
+            ix * per_tap,
+        )
+    });
+    for ky in 0..shape.kernel_h {
+        let iy = (oy * shape.stride + ky)
+            .checked_sub(shape.pad_top)
+            .filter(|&iy| iy < shape.in_h);
+        let row_start = ky * per_row * PIXELS;
+        for (p, &(before, valid, column)) in spans.iter().enumerate() {
+            let mut at = row_start + p;
+            let mut written = 0;
+            if let Some(iy) = iy.filter(|_| valid > 0) {
+                for _ in 0..before {
+                    chunks[at] = padding;
+                    at += PIXELS;
+                }
+                let start = iy * shape.in_w * per_tap + column;
+                for &chunk in &input[start..start + valid] {
+                    chunks[at] = chunk;
+                    at += PIXELS;
+                }
+                written = before + valid;
+            }
+            for _ in written..per_row {
+                chunks[at] = padding;
+                at += PIXELS;
+            }
+        }
+    }
+}
+
+/// Windows up to this many bytes (first layers: 3×3×3, 5×5×1, 7×7×1) are built
+/// whole on the stack, then copied in chunks.
+const SMALL_WINDOW: usize = 64;
+
+/// A small window, 16-byte aligned.
+#[repr(C, align(16))]
+struct SmallWindow([i8; SMALL_WINDOW]);
+
+/// [`gather`] for windows of at most [`SMALL_WINDOW`] bytes: each pixel's window
+/// is assembled contiguously (padding as the zero point), then copied as chunks.
+fn gather_small(
+    shape: &ConvShape,
+    input: &[i8],
+    input_zero_point: i32,
+    oy: usize,
+    ox: [usize; PIXELS],
+    columns: &mut Columns,
+) {
+    let c_in = shape.in_c;
+    let row_bytes = shape.kernel_w * c_in;
+    let window = shape.kernel_h * row_bytes;
+    for (p, &x) in ox.iter().enumerate() {
+        let mut bytes = SmallWindow([input_zero_point as i8; SMALL_WINDOW]);
+        let (first_kx, end_kx) = shape.kernel_columns(x);
+        if first_kx < end_kx {
+            let ix = x * shape.stride + first_kx - shape.pad_left;
+            let valid = (end_kx - first_kx) * c_in;
+            for ky in 0..shape.kernel_h {
+                let Some(iy) = (oy * shape.stride + ky)
+                    .checked_sub(shape.pad_top)
+                    .filter(|&iy| iy < shape.in_h)
+                else {
+                    continue;
+                };
+                let from = (iy * shape.in_w + ix) * c_in;
+                let to = ky * row_bytes + first_kx * c_in;
+                for (d, &v) in bytes.0[to..to + valid]
+                    .iter_mut()
+                    .zip(&input[from..from + valid])
+                {
+                    *d = v;
+                }
+            }
+        }
+        for chunk in 0..window.div_ceil(16) {
+            let to = column_offset(chunk, p);
+            copy_chunk(
+                &mut columns.0[to..to + 16],
+                &bytes.0[chunk * 16..chunk * 16 + 16],
             );
         }
     }
@@ -170,12 +289,13 @@ pub enum ShortcutRow<'a> {
     Mapped(&'a [i8], usize),
 }
 
-/// Finishes output channels `channels` of one pixel: `out[c] = finish(acc[c −
-/// channels.start])`, requantized and added to the shortcut as
+/// Finishes output channels `channels` of one pixel: with `i = c − channels.start`,
+/// `out[c] = finish(acc[i] + bases[i])`, requantized and added to the shortcut as
 /// [`kernels::finish_i8`] defines. The portable version; an arch module may pass
 /// a vectorised one to [`conv2d_i8_by_columns`].
 pub fn finish_row_scalar(
     acc: &[i32],
+    bases: &[i32],
     channels: Range<usize>,
     requant: &Requantize<'_>,
     add: Option<&AddTables>,
@@ -186,7 +306,8 @@ pub fn finish_row_scalar(
         ShortcutRow::Mapped(row, offset) => Some((row, offset)),
         ShortcutRow::None | ShortcutRow::InPlace => None,
     };
-    for (&acc, co) in acc.iter().zip(channels) {
+    for ((&acc, &base), co) in acc.iter().zip(bases).zip(channels) {
+        let acc = acc.wrapping_add(base);
         out[co] = finish_i8(acc, co, &requant.channel(co), add, row, out[co]);
     }
 }
@@ -210,27 +331,36 @@ pub fn vector_finish_applies(requant: &Requantize<'_>, add: Option<&AddParams>) 
 pub type Accumulators = [[i32; CHANNEL_BLOCK]; PIXELS];
 
 /// A block kernel from a one-filter kernel `dot` returning `(Σ x_p·w, Σ w)` for the
-/// group's four pixels (see [`conv2d_i8_by_columns`]).
+/// group's four pixels (see [`conv2d_i8_by_columns`]); the weights' sums come from
+/// [`weight_sums_scalar`] instead.
 #[inline(always)]
 pub fn each_filter(
     dot: impl Fn(&Columns, &[i8]) -> ([i32; PIXELS], i32),
-) -> impl Fn(&Columns, &[i8], usize, &mut Accumulators, &mut [i32; CHANNEL_BLOCK]) {
-    move |columns, weights, window, acc, sums| {
+) -> impl Fn(&Columns, &[i8], usize, &mut Accumulators) {
+    move |columns, weights, window, acc| {
         for (i, filter) in weights.chunks_exact(window).take(CHANNEL_BLOCK).enumerate() {
-            let (products, sum) = dot(columns, filter);
+            let (products, _) = dot(columns, filter);
             for (row, product) in acc.iter_mut().zip(products) {
                 row[i] = product;
             }
-            sums[i] = sum;
         }
+    }
+}
+
+/// `sums[i] = Σ w_i` over the block's filters of `window` bytes.
+pub fn weight_sums_scalar(weights: &[i8], window: usize, sums: &mut [i32; CHANNEL_BLOCK]) {
+    for (sum, filter) in sums.iter_mut().zip(weights.chunks_exact(window.max(1))) {
+        *sum = filter.iter().map(|&w| i32::from(w)).sum();
     }
 }
 
 /// TFLite int8 convolution, as [`kernels::conv2d_i8`] computes it (same arguments,
 /// same checks, bit-identical results), with `dot_block(columns, weights, window,
-/// acc, sums)` setting `acc[p][i] = Σ x_p·w_i` and `sums[i] = Σ w_i` for the group's
-/// four pixels and the block's filters of `window` bytes (at most
-/// [`CHANNEL_BLOCK`]) and `finish` doing what [`finish_row_scalar`] does. A window over [`WINDOW_CAPACITY`] taps goes to the
+/// acc)` setting `acc[p][i] = Σ x_p·w_i` for the group's four pixels and the block's
+/// filters of `window` bytes (at most [`CHANNEL_BLOCK`]), `weight_sums` doing what
+/// [`weight_sums_scalar`] does and `finish` what [`finish_row_scalar`] does. Each
+/// channel's `bias − zero_point · Σ w` is computed once per layer (once per block
+/// and pixel group past [`CHANNEL_BLOCK`] channels). A window over [`WINDOW_CAPACITY`] taps goes to the
 /// portable kernel.
 ///
 /// The last group of a row repeats its last pixel to make four and keeps the
@@ -238,8 +368,10 @@ pub fn each_filter(
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn conv2d_i8_by_columns(
-    dot_block: impl Fn(&Columns, &[i8], usize, &mut Accumulators, &mut [i32; CHANNEL_BLOCK]),
+    dot_block: impl Fn(&Columns, &[i8], usize, &mut Accumulators),
+    weight_sums: impl Fn(&[i8], usize, &mut [i32; CHANNEL_BLOCK]),
     finish: impl Fn(
+        &[i32],
         &[i32],
         Range<usize>,
         &Requantize<'_>,
@@ -278,7 +410,22 @@ pub fn conv2d_i8_by_columns(
     let add = residual.map(|(_, add)| AddTables::new(add));
     let mut columns = Columns([0; COLUMN_BYTES]);
     let mut acc: Accumulators = [[0; CHANNEL_BLOCK]; PIXELS];
-    let mut sums = [0i32; CHANNEL_BLOCK];
+    let mut bases = [0i32; CHANNEL_BLOCK];
+    let block_bases = |channels: Range<usize>, bases: &mut [i32; CHANNEL_BLOCK]| {
+        let mut sums = [0i32; CHANNEL_BLOCK];
+        weight_sums(
+            &weights[channels.start * window..channels.end * window],
+            window,
+            &mut sums,
+        );
+        for ((base, sum), &bias) in bases.iter_mut().zip(sums).zip(&bias[channels]) {
+            *base = bias.wrapping_sub(input_zero_point.wrapping_mul(sum));
+        }
+    };
+    let single_block = out_c <= CHANNEL_BLOCK;
+    if single_block {
+        block_bases(0..out_c, &mut bases);
+    }
     for oy in 0..shape.out_h {
         for ox in (0..shape.out_w).step_by(PIXELS) {
             let pixels: [usize; PIXELS] = core::array::from_fn(|p| (ox + p).min(shape.out_w - 1));
@@ -286,19 +433,15 @@ pub fn conv2d_i8_by_columns(
             gather(shape, input, input_zero_point, oy, pixels, &mut columns);
             for block in (0..out_c).step_by(CHANNEL_BLOCK) {
                 let channels = block..(block + CHANNEL_BLOCK).min(out_c);
+                if !single_block {
+                    block_bases(channels.clone(), &mut bases);
+                }
                 dot_block(
                     &columns,
                     &weights[channels.start * window..channels.end * window],
                     window,
                     &mut acc,
-                    &mut sums,
                 );
-                for (i, co) in channels.clone().enumerate() {
-                    let base = bias[co].wrapping_sub(input_zero_point.wrapping_mul(sums[i]));
-                    for row in acc.iter_mut() {
-                        row[i] = row[i].wrapping_add(base);
-                    }
-                }
                 for (p, &x) in pixels.iter().enumerate().take(distinct) {
                     let shortcut = match residual {
                         None => ShortcutRow::None,
@@ -313,6 +456,7 @@ pub fn conv2d_i8_by_columns(
                     let out_start = (oy * shape.out_w + x) * out_c;
                     finish(
                         &acc[p][..channels.len()],
+                        &bases[..channels.len()],
                         channels.clone(),
                         requant,
                         add.as_ref(),

@@ -20,7 +20,7 @@ use core::ops::Range;
 
 use super::columns::{
     conv2d_i8_by_columns, finish_row_scalar, vector_finish_applies, Accumulators, Columns,
-    ShortcutRow, CHANNEL_BLOCK, PIXELS, WINDOW_CAPACITY,
+    ShortcutRow, CHANNEL_BLOCK, WINDOW_CAPACITY,
 };
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
@@ -28,16 +28,10 @@ use crate::quant::{AddParams, AddTables};
 
 /// For the block's filters `i` (`window` bytes each, contiguous in `weights`):
 /// `acc[p][i] = Σ x_p·w_i` over the four pixels' columns as
-/// [`super::columns::column_offset`] lays them out, and `sums[i] = Σ w_i`. One
-/// assembly block runs every filter: the tail-predicated loop over the window, then
-/// four stores to the accumulators.
-fn dot_block(
-    columns: &Columns,
-    weights: &[i8],
-    window: usize,
-    acc: &mut Accumulators,
-    sums: &mut [i32; CHANNEL_BLOCK],
-) {
+/// [`super::columns::column_offset`] lays them out. One assembly block runs every
+/// filter: the tail-predicated loop over the window, then four stores to the
+/// accumulators.
+fn dot_block(columns: &Columns, weights: &[i8], window: usize, acc: &mut Accumulators) {
     if window == 0 || window > WINDOW_CAPACITY {
         return;
     }
@@ -53,7 +47,7 @@ fn dot_block(
     // ⌈window / 16⌉ ≤ COLUMN_BYTES`, WINDOW_CAPACITY being a multiple of 16);
     // DLSTP/LETP predicate the last iteration to the bytes left (inactive lanes read
     // nothing). It writes `acc[p][i]` at `acc + 256·p + 4·i` (rows of CHANNEL_BLOCK
-    // = 64 i32) and `sums[i]` for `i < filters ≤ CHANNEL_BLOCK`. r7 (the frame
+    // = 64 i32) for `i < filters ≤ CHANNEL_BLOCK`. r7 (the frame
     // pointer, which LLVM cannot hand out) is saved on the stack and restored; q0–q4
     // (d0–d9) are declared clobbered.
     unsafe {
@@ -64,7 +58,6 @@ fn dot_block(
             "movs r2, #0",
             "movs r4, #0",
             "mov.w r8, #0",
-            "mov.w r10, #0",
             "mov r7, {columns}",
             "dlstp.8 lr, {window}",
             "2:",
@@ -77,7 +70,6 @@ fn dot_block(
             "vmladava.s8 r2, q1, q4",
             "vmladava.s8 r4, q2, q4",
             "vmladava.s8 r8, q3, q4",
-            "vaddva.s8 r10, q4",
             "letp lr, 2b",
             "subs {w}, {w}, {overshoot}",
             "str r0, [{acc}]",
@@ -85,7 +77,6 @@ fn dot_block(
             "str r4, [{acc}, #512]",
             "str r8, [{acc}, #768]",
             "adds {acc}, #4",
-            "str r10, [{sums}], #4",
             "subs {filters}, #1",
             "bne 3b",
             "pop {{r7}}",
@@ -94,19 +85,46 @@ fn dot_block(
             overshoot = in(reg) overshoot,
             w = inout(reg) weights.as_ptr() => _,
             acc = inout(reg) acc.as_mut_ptr() => _,
-            sums = inout(reg) sums.as_mut_ptr() => _,
             filters = inout(reg) filters => _,
-            // VMLADAVA and VADDVA accumulate into even registers only.
+            // VMLADAVA accumulates into even registers only.
             out("r0") _,
             out("r2") _,
             out("r4") _,
             out("r8") _,
-            out("r10") _,
             out("lr") _,
             out("d0") _, out("d1") _, out("d2") _, out("d3") _,
             out("d4") _, out("d5") _, out("d6") _, out("d7") _,
             out("d8") _, out("d9") _,
         );
+    }
+}
+
+/// `sums[i] = Σ w_i` over the block's filters of `window` bytes: one
+/// tail-predicated `VADDVA.S8` loop per filter.
+fn weight_sums(weights: &[i8], window: usize, sums: &mut [i32; CHANNEL_BLOCK]) {
+    for (sum, filter) in sums.iter_mut().zip(weights.chunks_exact(window.max(1))) {
+        let mut total = 0i32;
+        // SAFETY: the loop reads the filter's `window` bytes (DLSTP/LETP predicate
+        // the last iteration) and writes the listed registers; q0 (d0–d1) is
+        // declared clobbered.
+        unsafe {
+            asm!(
+                "dlstp.8 lr, {len}",
+                "2:",
+                "vldrb.u8 q0, [{w}], #16",
+                "vaddva.s8 r0, q0",
+                "letp lr, 2b",
+                len = in(reg) filter.len(),
+                w = inout(reg) filter.as_ptr() => _,
+                // VADDVA accumulates into an even register only.
+                inout("r0") total,
+                out("lr") _,
+                out("d0") _,
+                out("d1") _,
+                options(pure, readonly, nostack),
+            );
+        }
+        *sum = total;
     }
 }
 
@@ -127,11 +145,12 @@ pub fn conv2d_i8(
     let vector = vector_finish_applies(requant, residual.map(|(_, add)| add));
     conv2d_i8_by_columns(
         dot_block,
-        |acc, channels, requant, add, shortcut, out| {
+        weight_sums,
+        |acc, bases, channels, requant, add, shortcut, out| {
             if vector {
-                finish_row(acc, channels, requant, add, shortcut, out)
+                finish_row(acc, bases, channels, requant, add, shortcut, out)
             } else {
-                finish_row_scalar(acc, channels, requant, add, shortcut, out)
+                finish_row_scalar(acc, bases, channels, requant, add, shortcut, out)
             }
         },
         shape,
@@ -145,11 +164,12 @@ pub fn conv2d_i8(
     )
 }
 
-/// `out[i] = clamp(rdpot(srdhm(acc[i] << left_i, multiplier_i), right_i) + zp)` for
+/// `out[i] = clamp(rdpot(srdhm((acc[i] + bases[i]) << left_i, multiplier_i), right_i) + zp)` for
 /// four channels at a time, as [`crate::quant::QuantizedMultiplier::apply`] and the
 /// requantization compute it. Every shift must be in `-31..=30`.
 fn requantize_row(
     acc: &[i32],
+    bases: &[i32],
     multipliers: &[i32],
     shifts: &[i32],
     requant: &Requantize<'_>,
@@ -163,7 +183,7 @@ fn requantize_row(
     if n == 0 {
         return;
     }
-    // SAFETY: the loop reads `n` i32s from `acc`, `multipliers` and `shifts` and
+    // SAFETY: the loop reads `n` i32s from `acc`, `bases`, `multipliers` and `shifts` and
     // writes `n` bytes to `out`, all at least `n` long (DLSTP/LETP predicate the last
     // iteration to the elements left); q0–q7 (d0–d15) are declared clobbered.
     unsafe {
@@ -174,6 +194,8 @@ fn requantize_row(
             "dlstp.32 lr, lr",
             "2:",
             "vldrw.u32 q0, [{acc}], #16",
+            "vldrw.u32 q1, [{bases}], #16",
+            "vadd.i32 q0, q0, q1",
             "vldrw.u32 q1, [{shifts}], #16",
             "vldrw.u32 q2, [{multipliers}], #16",
             // x << max(shift, 0), then the doubling high multiply.
@@ -192,6 +214,7 @@ fn requantize_row(
             "vstrb.32 q0, [r0], #4",
             "letp lr, 2b",
             acc = inout(reg) acc.as_ptr() => _,
+            bases = inout(reg) bases.as_ptr() => _,
             shifts = inout(reg) shifts.as_ptr() => _,
             multipliers = inout(reg) multipliers.as_ptr() => _,
             // The narrowing store takes a low register only.
@@ -297,6 +320,7 @@ fn add_row(values: &[i8], shortcut: &[i8], add: &AddParams, out: &mut [i8]) {
 /// parameters that [`vector_finish_applies`] to.
 fn finish_row(
     acc: &[i32],
+    bases: &[i32],
     channels: Range<usize>,
     requant: &Requantize<'_>,
     add: Option<&AddTables>,
@@ -308,17 +332,17 @@ fn finish_row(
     let (Some(multipliers), Some(shifts), Some(out_block)) =
         (multipliers, shifts, out.get(channels.clone()))
     else {
-        return finish_row_scalar(acc, channels, requant, add, shortcut, out);
+        return finish_row_scalar(acc, bases, channels, requant, add, shortcut, out);
     };
     let n = out_block.len();
     if n > CHANNEL_BLOCK {
-        return finish_row_scalar(acc, channels, requant, add, shortcut, out);
+        return finish_row_scalar(acc, bases, channels, requant, add, shortcut, out);
     }
     let Some(tables) = add else {
-        return requantize_row(acc, multipliers, shifts, requant, &mut out[channels]);
+        return requantize_row(acc, bases, multipliers, shifts, requant, &mut out[channels]);
     };
     let mut values = [0i8; CHANNEL_BLOCK];
-    requantize_row(acc, multipliers, shifts, requant, &mut values[..n]);
+    requantize_row(acc, bases, multipliers, shifts, requant, &mut values[..n]);
     let mut row = [0i8; CHANNEL_BLOCK];
     match shortcut {
         ShortcutRow::None | ShortcutRow::InPlace => row[..n].copy_from_slice(out_block),

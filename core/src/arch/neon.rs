@@ -15,7 +15,7 @@
 //! from zero. The same results as the scalar code, bit for bit.
 
 use core::arch::aarch64::{
-    int32x4_t, int8x16_t, int8x8_t, vaddvq_s32, vandq_s32, vcombine_s16, vdupq_n_s32,
+    int32x4_t, int8x16_t, int8x8_t, vaddq_s32, vaddvq_s32, vandq_s32, vcombine_s16, vdupq_n_s32,
     vget_high_s16, vget_low_s16, vget_low_s8, vld1_s8, vld1q_s32, vmaxq_s32, vminq_s32, vmovl_s16,
     vmovl_s8, vmovn_s16, vmovn_s32, vmull_high_s8, vmull_s8, vpadalq_s16, vpaddlq_s8, vqaddq_s32,
     vqrdmulhq_n_s32, vqrdmulhq_s32, vrshlq_s32, vshlq_n_s32, vshlq_s32, vshrq_n_s32, vst1_s8,
@@ -25,7 +25,7 @@ use core::ops::Range;
 
 use super::columns::{
     column_offset, conv2d_i8_by_columns, each_filter, finish_row_scalar, vector_finish_applies,
-    Columns, ShortcutRow, PIXELS,
+    weight_sums_scalar, Columns, ShortcutRow, PIXELS,
 };
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
@@ -108,17 +108,20 @@ fn rounding_divide(x: int32x4_t, negated_right: int32x4_t) -> int32x4_t {
 #[inline(always)]
 fn requantize_4(
     acc: &[i32],
+    bases: &[i32],
     multipliers: &[i32],
     shifts: &[i32],
     requant: &Requantize<'_>,
 ) -> int32x4_t {
-    debug_assert!(acc.len() >= 4 && multipliers.len() >= 4 && shifts.len() >= 4);
+    debug_assert!(acc.len() >= 4 && bases.len() >= 4 && multipliers.len() >= 4);
+    debug_assert!(shifts.len() >= 4);
     // SAFETY: NEON (see `multiply_accumulate`); each load reads 4 i32s of a slice
     // the caller passes with at least 4.
     unsafe {
         let zero = vdupq_n_s32(0);
         let shifts = vld1q_s32(shifts.as_ptr());
-        let x = vshlq_s32(vld1q_s32(acc.as_ptr()), vmaxq_s32(shifts, zero));
+        let x = vaddq_s32(vld1q_s32(acc.as_ptr()), vld1q_s32(bases.as_ptr()));
+        let x = vshlq_s32(x, vmaxq_s32(shifts, zero));
         let x = vqrdmulhq_s32(x, vld1q_s32(multipliers.as_ptr()));
         let x = rounding_divide(x, vminq_s32(shifts, zero));
         let x = vqaddq_s32(x, vdupq_n_s32(requant.output_zero_point));
@@ -190,6 +193,7 @@ fn add_8(values: int8x8_t, shortcut: int8x8_t, add: &AddParams) -> int8x8_t {
 /// parameters that [`vector_finish_applies`] to.
 fn finish_row(
     acc: &[i32],
+    bases: &[i32],
     channels: Range<usize>,
     requant: &Requantize<'_>,
     add: Option<&AddTables>,
@@ -200,17 +204,24 @@ fn finish_row(
         requant.multipliers.get(channels.clone()),
         requant.shifts.get(channels.clone()),
     ) else {
-        return finish_row_scalar(acc, channels, requant, add, shortcut, out);
+        return finish_row_scalar(acc, bases, channels, requant, add, shortcut, out);
     };
-    let vectors = acc.len().min(channels.len()) / 8 * 8;
+    let vectors = acc.len().min(bases.len()).min(channels.len()) / 8 * 8;
     if out.len() < channels.end {
-        return finish_row_scalar(acc, channels, requant, add, shortcut, out);
+        return finish_row_scalar(acc, bases, channels, requant, add, shortcut, out);
     }
     for i in (0..vectors).step_by(8) {
         let c = channels.start + i;
-        let low = requantize_4(&acc[i..], &multipliers[i..], &shifts[i..], requant);
+        let low = requantize_4(
+            &acc[i..],
+            &bases[i..],
+            &multipliers[i..],
+            &shifts[i..],
+            requant,
+        );
         let high = requantize_4(
             &acc[i + 4..],
+            &bases[i + 4..],
             &multipliers[i + 4..],
             &shifts[i + 4..],
             requant,
@@ -240,6 +251,7 @@ fn finish_row(
     }
     finish_row_scalar(
         &acc[vectors..],
+        &bases[vectors..],
         channels.start + vectors..channels.end,
         requant,
         add,
@@ -265,11 +277,12 @@ pub fn conv2d_i8(
     let vector = vector_finish_applies(requant, residual.map(|(_, add)| add));
     conv2d_i8_by_columns(
         each_filter(dot_4),
-        |acc, channels, requant, add, shortcut, out| {
+        weight_sums_scalar,
+        |acc, bases, channels, requant, add, shortcut, out| {
             if vector {
-                finish_row(acc, channels, requant, add, shortcut, out)
+                finish_row(acc, bases, channels, requant, add, shortcut, out)
             } else {
-                finish_row_scalar(acc, channels, requant, add, shortcut, out)
+                finish_row_scalar(acc, bases, channels, requant, add, shortcut, out)
             }
         },
         shape,

@@ -14,7 +14,8 @@ use core::arch::x86_64::{
 };
 
 use super::columns::{
-    column_offset, conv2d_i8_by_columns, each_filter, finish_row_scalar, Columns, PIXELS,
+    column_offset, conv2d_i8_by_columns, each_filter, finish_row_scalar, weight_sums_scalar,
+    Columns, PIXELS,
 };
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
@@ -101,6 +102,7 @@ pub fn conv2d_i8(
 ) -> Result<(), Error> {
     conv2d_i8_by_columns(
         each_filter(dot_4),
+        weight_sums_scalar,
         finish_row_scalar,
         shape,
         input,
