@@ -56,8 +56,8 @@ fn selftest() -> bool {
         elapsed
     );
     let mut buffers = Buffers {
-        input: [0; MAX_INPUT],
-        weights: [0; MAX_WEIGHTS],
+        input: [0; MAX_INPUT + 16],
+        weights: [0; MAX_WEIGHTS + 16],
         bias: [0; MAX_CHANNELS],
         multipliers: [0; MAX_CHANNELS],
         shifts: [0; MAX_CHANNELS],
@@ -67,15 +67,18 @@ fn selftest() -> bool {
     };
     let mut rng = Rng(0x2545_F491);
     let mut cases = 0;
-    for (i, case) in NAMED_CASES.iter().enumerate() {
-        if !check_conv_i8(case, &mut buffers, &mut rng, i) {
-            return false;
+    // Every named case with aligned buffers, then one byte off.
+    for skew in [0, 1] {
+        for (i, case) in NAMED_CASES.iter().enumerate() {
+            if !check_conv_i8(case, &mut buffers, &mut rng, i, skew) {
+                return false;
+            }
+            cases += 1;
         }
-        cases += 1;
     }
     for i in 0..RANDOM_CASES {
         let case = Case::random(&mut rng);
-        if !check_conv_i8(&case, &mut buffers, &mut rng, NAMED_CASES.len() + i) {
+        if !check_conv_i8(&case, &mut buffers, &mut rng, NAMED_CASES.len() + i, i % 2) {
             return false;
         }
         cases += 1;
@@ -283,9 +286,12 @@ impl Case {
     }
 }
 
+/// 16-byte aligned, as the engine's arena and blob are; a case with `skew` 1 uses
+/// the input and weights one byte further, to check the misaligned paths too.
+#[repr(C, align(16))]
 struct Buffers {
-    input: [i8; MAX_INPUT],
-    weights: [i8; MAX_WEIGHTS],
+    input: [i8; MAX_INPUT + 16],
+    weights: [i8; MAX_WEIGHTS + 16],
     bias: [i32; MAX_CHANNELS],
     multipliers: [i32; MAX_CHANNELS],
     shifts: [i32; MAX_CHANNELS],
@@ -300,9 +306,10 @@ fn fill_i8(values: &mut [i8], rng: &mut Rng) {
     }
 }
 
-/// Runs one case through the arch kernel and the portable one; `false` (logged) if
-/// they differ, in results or in whether they accept the case.
-fn check_conv_i8(case: &Case, b: &mut Buffers, rng: &mut Rng, index: usize) -> bool {
+/// Runs one case through the arch kernel and the portable one, the input and
+/// weights `skew` bytes past an aligned address; `false` (logged) if they differ, in
+/// results or in whether they accept the case.
+fn check_conv_i8(case: &Case, b: &mut Buffers, rng: &mut Rng, index: usize, skew: usize) -> bool {
     let Some((out_h, out_w)) = ConvShape::output_size(
         case.in_h,
         case.in_w,
@@ -335,7 +342,7 @@ fn check_conv_i8(case: &Case, b: &mut Buffers, rng: &mut Rng, index: usize) -> b
         defmt::error!("selftest case {=usize} exceeds the buffers", index);
         return false;
     }
-    let input = &mut b.input[..input_len];
+    let input = &mut b.input[skew..skew + input_len];
     fill_i8(input, rng);
     let zero_point = case
         .input_zero_point
@@ -344,7 +351,7 @@ fn check_conv_i8(case: &Case, b: &mut Buffers, rng: &mut Rng, index: usize) -> b
         // Half the fixed-zero-point cases see only the zero point (and so only zeros).
         input.fill(zero_point as i8);
     }
-    fill_i8(&mut b.weights[..weights_len], rng);
+    fill_i8(&mut b.weights[skew..skew + weights_len], rng);
     for c in 0..shape.out_c {
         b.bias[c] = rng.range(-case.bias_range, case.bias_range);
         b.multipliers[c] = rng.range(1 << 30, i32::MAX);
@@ -409,9 +416,9 @@ fn check_conv_i8(case: &Case, b: &mut Buffers, rng: &mut Rng, index: usize) -> b
             &add,
         )),
     };
-    let weights = &b.weights[..weights_len];
+    let weights = &b.weights[skew..skew + weights_len];
     let bias = &b.bias[..shape.out_c];
-    let input = &b.input[..input_len];
+    let input = &b.input[skew..skew + input_len];
     let expected = kernels::conv2d_i8(
         &shape,
         input,
