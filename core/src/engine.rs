@@ -209,6 +209,23 @@ impl<'m, 'a> Interpreter<'m, 'a> {
         let dtype = self.model.dtype();
         for c in 0..t.channels {
             let (mean, std) = self.model.preprocessing(c)?;
+            let range = self.model.input_range();
+            let quantize = |px: u8| {
+                let scaled = match range {
+                    InputRange::Byte => f32::from(px),
+                    InputRange::Unit => f32::from(px) / 255.0,
+                };
+                quantize_i8((scaled - mean) / std, t.scale, t.zero_point) as u8
+            };
+            if dtype == DType::Int8 && pixels.len() / t.channels.max(1) > 256 {
+                // More pixels than byte values: quantize each value once.
+                let table: [u8; 256] = core::array::from_fn(|v| quantize(v as u8));
+                let channel = pixels.iter().skip(c).step_by(t.channels);
+                for (b, &px) in bytes.iter_mut().skip(c).step_by(t.channels).zip(channel) {
+                    *b = table[usize::from(px)];
+                }
+                continue;
+            }
             for (p, &px) in pixels.iter().enumerate().skip(c).step_by(t.channels) {
                 let scaled = match self.model.input_range() {
                     InputRange::Byte => f32::from(px),
@@ -223,7 +240,7 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                     }
                     DType::Int8 => {
                         if let Some(b) = bytes.get_mut(p) {
-                            *b = quantize_i8(x, t.scale, t.zero_point) as u8;
+                            *b = quantize(px);
                         }
                     }
                 }

@@ -20,7 +20,7 @@ use core::ops::Range;
 
 use super::columns::{
     conv2d_i8_by_columns, finish_row_scalar, vector_finish_applies, Accumulators, Columns,
-    ShortcutRow, CHANNEL_BLOCK, WINDOW_CAPACITY,
+    ShortcutRow, CHANNEL_BLOCK, PIXELS, WINDOW_CAPACITY,
 };
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
@@ -28,15 +28,114 @@ use crate::quant::{AddParams, AddTables};
 
 /// For the block's filters `i` (`window` bytes each, contiguous in `weights`):
 /// `acc[p][i] = Σ x_p·w_i` over the four pixels' columns as
-/// [`super::columns::column_offset`] lays them out. One assembly block runs every
-/// filter: the tail-predicated loop over the window, then four stores to the
-/// accumulators.
+/// [`super::columns::column_offset`] lays them out. Windows of whole 16-byte chunks
+/// go two filters at a time ([`dot_pair`]); the rest (and an odd last filter) one at
+/// a time in a tail-predicated loop ([`dot_each`]).
 fn dot_block(columns: &Columns, weights: &[i8], window: usize, acc: &mut Accumulators) {
     if window == 0 || window > WINDOW_CAPACITY {
         return;
     }
     let filters = (weights.len() / window).min(CHANNEL_BLOCK);
-    if filters == 0 {
+    let mut done = 0;
+    if window % 16 == 0 {
+        while done + 2 <= filters {
+            let pair = &weights[done * window..(done + 2) * window];
+            let sums = dot_pair(columns, pair, window);
+            for (row, sums) in acc.iter_mut().zip(sums) {
+                row[done] = sums[0];
+                row[done + 1] = sums[1];
+            }
+            done += 2;
+        }
+    }
+    if done < filters {
+        dot_each(
+            columns,
+            &weights[done * window..filters * window],
+            window,
+            acc,
+            done,
+        );
+    }
+}
+
+/// `[Σ x_p·w_0, Σ x_p·w_1]` for the four pixels and the two filters of `pair`
+/// (`window` bytes each, a multiple of 16): per 16 bytes, two weight and four input
+/// loads and eight `VMLADAVA.S8`, 128 MACs in 16 instructions with the loop.
+fn dot_pair(columns: &Columns, pair: &[i8], window: usize) -> [[i32; 2]; PIXELS] {
+    let chunks = window / 16;
+    if chunks == 0 || pair.len() < 2 * window || window > WINDOW_CAPACITY {
+        return [[0; 2]; PIXELS];
+    }
+    let (mut a00, mut a10, mut a20) = (0i32, 0i32, 0i32);
+    let (mut a01, mut a11, mut a21) = (0i32, 0i32, 0i32);
+    let (a30, a31): (i32, i32);
+    // SAFETY: the loop runs `chunks = window / 16` times, reading 16 bytes of each
+    // filter (`pair` holds both, `2 · window` bytes) and 64 bytes of `columns` per
+    // iteration (`64 · chunks ≤ COLUMN_BYTES`). VMLADAVA accumulates into even
+    // registers only: all eight are used, r6 (which LLVM reserves) saved and
+    // restored around the loop, as is r7 (the frame pointer), which holds the column
+    // pointer; lr and q0–q5 (d0–d11) are declared clobbered.
+    unsafe {
+        asm!(
+            "push {{r6, r7}}",
+            "movs r6, #0",
+            "mov.w lr, #0",
+            "mov r7, r1",
+            "2:",
+            "vldrb.u8 q4, [r3], #16",
+            "vldrb.u8 q5, [r5], #16",
+            "vldrb.u8 q1, [r7, #16]",
+            "vldrb.u8 q2, [r7, #32]",
+            "vldrb.u8 q3, [r7, #48]",
+            "vldrb.u8 q0, [r7], #64",
+            "vmladava.s8 r0, q0, q4",
+            "vmladava.s8 r2, q1, q4",
+            "vmladava.s8 r4, q2, q4",
+            "vmladava.s8 r6, q3, q4",
+            "vmladava.s8 r8, q0, q5",
+            "vmladava.s8 r10, q1, q5",
+            "vmladava.s8 r12, q2, q5",
+            "vmladava.s8 lr, q3, q5",
+            "subs r9, #1",
+            "bne 2b",
+            "mov r11, r6",
+            "mov r1, lr",
+            "pop {{r6, r7}}",
+            // Every operand in a named register: none can be in r6, which the
+            // block uses (saved and restored) but cannot name as an operand.
+            inout("r1") columns.0.as_ptr() => a31,
+            inout("r3") pair.as_ptr() => _,
+            inout("r5") pair[window..].as_ptr() => _,
+            inout("r9") chunks => _,
+            lateout("r11") a30,
+            inout("r0") a00,
+            inout("r2") a10,
+            inout("r4") a20,
+            inout("r8") a01,
+            inout("r10") a11,
+            inout("r12") a21,
+            out("lr") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+        );
+    }
+    [[a00, a01], [a10, a11], [a20, a21], [a30, a31]]
+}
+
+/// For the filters `i` of `weights` (`window` bytes each): `acc[p][first + i] =
+/// Σ x_p·w_i`. One assembly block runs every filter: the tail-predicated loop over
+/// the window, then four stores to the accumulators.
+fn dot_each(
+    columns: &Columns,
+    weights: &[i8],
+    window: usize,
+    acc: &mut Accumulators,
+    first: usize,
+) {
+    let filters = (weights.len() / window.max(1)).min(CHANNEL_BLOCK.saturating_sub(first));
+    if filters == 0 || window > WINDOW_CAPACITY {
         return;
     }
     // The loop's weight pointer moves 16 bytes per iteration, the last partial one
@@ -46,8 +145,9 @@ fn dot_block(columns: &Columns, weights: &[i8], window: usize, acc: &mut Accumul
     // weights.len()`) and, per 16 of them, 64 bytes of `columns` (`PIXELS · 16 ·
     // ⌈window / 16⌉ ≤ COLUMN_BYTES`, WINDOW_CAPACITY being a multiple of 16);
     // DLSTP/LETP predicate the last iteration to the bytes left (inactive lanes read
-    // nothing). It writes `acc[p][i]` at `acc + 256·p + 4·i` (rows of CHANNEL_BLOCK
-    // = 64 i32) for `i < filters ≤ CHANNEL_BLOCK`. r7 (the frame
+    // nothing). It writes `acc[p][first + i]` at `acc + 256·p + 4·(first + i)` (rows
+    // of CHANNEL_BLOCK = 64 i32) for `first + i < first + filters ≤ CHANNEL_BLOCK`.
+    // r7 (the frame
     // pointer, which LLVM cannot hand out) is saved on the stack and restored; q0–q4
     // (d0–d9) are declared clobbered.
     unsafe {
@@ -84,7 +184,7 @@ fn dot_block(columns: &Columns, weights: &[i8], window: usize, acc: &mut Accumul
             window = in(reg) window,
             overshoot = in(reg) overshoot,
             w = inout(reg) weights.as_ptr() => _,
-            acc = inout(reg) acc.as_mut_ptr() => _,
+            acc = inout(reg) acc.as_mut_ptr().cast::<i32>().wrapping_add(first) => _,
             filters = inout(reg) filters => _,
             // VMLADAVA accumulates into even registers only.
             out("r0") _,
@@ -233,10 +333,14 @@ fn requantize_row(
 }
 
 /// `out[i] = values[i] + shortcut[i]` as TFLite's int8 ADD computes it (see
-/// [`AddParams::add`]), four at a time. The input shifts must be `≤ 0` and every
+/// [`AddParams::add`]), four at a time; `shortcut` `None` reads it from `out`
+/// itself (an in-place residual). The input shifts must be `≤ 0` and every
 /// shift in `-31..=30` (true of every validated blob).
-fn add_row(values: &[i8], shortcut: &[i8], add: &AddParams, out: &mut [i8]) {
-    let n = out.len().min(values.len()).min(shortcut.len());
+fn add_row(values: &[i8], shortcut: Option<&[i8]>, add: &AddParams, out: &mut [i8]) {
+    let n = out
+        .len()
+        .min(values.len())
+        .min(shortcut.map_or(usize::MAX, <[i8]>::len));
     if n == 0 {
         return;
     }
@@ -250,9 +354,11 @@ fn add_row(values: &[i8], shortcut: &[i8], add: &AddParams, out: &mut [i8]) {
         [add.activation_min; 4],
         [add.activation_max; 4],
     ];
-    // SAFETY: the loop reads `n` bytes of `values` and `shortcut` and writes `n`
-    // bytes to `out`, all at least `n` long (DLSTP/LETP predicate the last
-    // iteration); `constants` is 80 readable bytes; q0–q7 are declared clobbered.
+    // SAFETY: the loop reads `n` bytes of `values` and of the shortcut (`shortcut`,
+    // or `out` itself, each element read before the same iteration writes it) and
+    // writes `n` bytes to `out`, all at least `n` long (DLSTP/LETP predicate the
+    // last iteration); `constants` is 80 readable bytes; q0–q7 are declared
+    // clobbered.
     unsafe {
         asm!(
             "vldrw.u32 q3, [{constants}]",
@@ -296,7 +402,7 @@ fn add_row(values: &[i8], shortcut: &[i8], add: &AddParams, out: &mut [i8]) {
             constants = in(reg) constants.as_ptr(),
             // The widening loads and narrowing store take low registers only.
             inout("r0") values.as_ptr() => _,
-            inout("r1") shortcut.as_ptr() => _,
+            inout("r1") shortcut.map_or(out.as_ptr(), <[i8]>::as_ptr) => _,
             inout("r2") out.as_mut_ptr() => _,
             zp1 = in(reg) add.input1_zero_point,
             zp2 = in(reg) add.input2_zero_point,
@@ -343,19 +449,22 @@ fn finish_row(
     };
     let mut values = [0i8; CHANNEL_BLOCK];
     requantize_row(acc, bases, multipliers, shifts, requant, &mut values[..n]);
+    let ShortcutRow::Mapped(source, offset) = shortcut else {
+        return add_row(&values[..n], None, &tables.params, &mut out[channels]);
+    };
     let mut row = [0i8; CHANNEL_BLOCK];
-    match shortcut {
-        ShortcutRow::None | ShortcutRow::InPlace => row[..n].copy_from_slice(out_block),
-        ShortcutRow::Mapped(source, offset) => {
-            for (r, c) in row.iter_mut().zip(channels.clone()) {
-                *r = c
-                    .checked_sub(offset)
-                    .and_then(|c| source.get(c))
-                    .copied()
-                    // A padded channel holds real zero: the zero point.
-                    .unwrap_or(tables.input2_zero_point as i8);
-            }
-        }
+    for (r, c) in row.iter_mut().zip(channels.clone()) {
+        *r = c
+            .checked_sub(offset)
+            .and_then(|c| source.get(c))
+            .copied()
+            // A padded channel holds real zero: the zero point.
+            .unwrap_or(tables.input2_zero_point as i8);
     }
-    add_row(&values[..n], &row[..n], &tables.params, &mut out[channels]);
+    add_row(
+        &values[..n],
+        Some(&row[..n]),
+        &tables.params,
+        &mut out[channels],
+    );
 }
