@@ -22,10 +22,18 @@ type ConvI8 = fn(
     &mut [i8],
 ) -> Result<(), tinyres_core::Error>;
 
-/// The portable int8 convolution and the one the engine uses on this host.
+/// The portable int8 convolution, the one the engine uses on this host and, on
+/// x86-64, the SSE2 path of processors without AVX2.
+#[cfg(not(target_arch = "x86_64"))]
 const CONV_I8_KERNELS: [(&str, ConvI8); 2] = [
     ("portable", kernels::conv2d_i8),
     (arch::CONV2D_I8_KERNEL, arch::conv2d_i8),
+];
+#[cfg(target_arch = "x86_64")]
+const CONV_I8_KERNELS: [(&str, ConvI8); 3] = [
+    ("portable", kernels::conv2d_i8),
+    (arch::CONV2D_I8_KERNEL, arch::conv2d_i8),
+    ("sse2", arch::x86::conv2d_i8_sse2),
 ];
 
 // ---------------------------------------------------------------- references

@@ -201,7 +201,9 @@ fn section_size(elf: &Path, name: &str) -> Result<u64> {
 /// Where the MLPerf Tiny artifacts are in this workplace (`../shared/data`, beside the
 /// repository).
 pub fn shared_data(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/data")
-        .join(relative)
+        .join(relative);
+    // Shown in messages: without the `host/..` detour when the file exists.
+    std::fs::canonicalize(&path).unwrap_or(path)
 }

@@ -14,7 +14,7 @@
 //! | `tinyres_arm_dsp` | Cortex-M4, M7, M33 (`-C target-cpu=cortex-m33`) | [`cortex_m_dsp`]: SMLAD on pairs of pixels and channels |
 //! | `tinyres_arm_mve` | Cortex-M55 (`-C target-cpu=cortex-m55`) | [`helium`]: VMLADAVA over 16 bytes |
 //! | `target_arch = "aarch64"` | Cortex-A53 and later | [`neon`]: SMULL + SADALP over 16 bytes |
-//! | `target_arch = "x86_64"` | hosts (`tinyres eval`) | [`x86`]: SSE2 PMADDWD over 16 bytes |
+//! | `target_arch = "x86_64"` | hosts (`tinyres eval`) | [`x86`]: AVX2 (detected at run time) or SSE2, `PMADDWD` |
 //! | anything else | M3 | the portable kernel |
 //!
 //! On x86-64 the kernels are tested against the portable ones by the proptest suite
@@ -76,7 +76,7 @@ pub const CONV2D_I8_KERNEL: &str = if cfg!(all(target_arch = "arm", tinyres_arm_
 } else if cfg!(target_arch = "aarch64") {
     "neon"
 } else if cfg!(target_arch = "x86_64") {
-    "sse2"
+    "x86-avx2-or-sse2"
 } else {
     "portable"
 };
