@@ -345,6 +345,18 @@ pub(crate) struct ChannelRequantize {
 }
 
 impl ChannelRequantize {
+    /// A channel's requantization from its multiplier and shift and the layer's
+    /// output parameters.
+    #[inline(always)]
+    pub(crate) fn new(multiplier: i32, shift: i32, requant: &Requantize<'_>) -> Self {
+        ChannelRequantize {
+            multiplier: QuantizedMultiplier::new(multiplier, shift),
+            output_zero_point: requant.output_zero_point,
+            activation_min: requant.activation_min,
+            activation_max: requant.activation_max,
+        }
+    }
+
     /// The accumulator requantized to int8.
     #[inline(always)]
     pub(crate) fn apply(&self, acc: i32) -> i8 {

@@ -830,3 +830,122 @@ fn argmax_and_softmax() {
     kernels::softmax_in_place(&mut q);
     assert!((q[0] - 1.0 / 3.0).abs() < 1e-6 && (q[1] - 2.0 / 3.0).abs() < 1e-6);
 }
+
+/// Wide layers (up to 40 channels in and out: the arch kernels' vector paths, their
+/// channel blocks and tails), every residual form, aligned and one byte off: each
+/// kernel of this host equals the portable one bit for bit.
+#[derive(Clone, Debug)]
+struct WideCase {
+    shape: ConvShape,
+    input: Vec<i8>,
+    weights: Vec<i8>,
+    bias: Vec<i32>,
+    multipliers: Vec<i32>,
+    shifts: Vec<i32>,
+    zero_points: (i32, i32, i32, i32),
+    relu: bool,
+    /// 0: none, 1: in place, 2: mapped with stride 2 and a channel offset.
+    residual: u8,
+    skew: usize,
+}
+
+fn wide_case() -> impl Strategy<Value = WideCase> {
+    (
+        (
+            1usize..=6,
+            1usize..=6,
+            1usize..=40,
+            1usize..=40,
+            1usize..=3,
+            1usize..=2,
+        ),
+        any::<bool>(),
+        0u8..3,
+        0usize..2,
+    )
+        .prop_filter_map(
+            "kernel larger than the padded input",
+            |((h, w, in_c, out_c, k, stride), relu, residual, skew)| {
+                let pad = k / 2;
+                let (out_h, out_w) = ConvShape::output_size(h, w, (k, k), stride, [pad; 4])?;
+                let shape = ConvShape {
+                    in_h: h,
+                    in_w: w,
+                    in_c,
+                    out_h,
+                    out_w,
+                    out_c,
+                    kernel_h: k,
+                    kernel_w: k,
+                    stride,
+                    pad_top: pad,
+                    pad_left: pad,
+                };
+                Some((shape, relu, residual, skew))
+            },
+        )
+        .prop_flat_map(|(shape, relu, residual, skew)| {
+            let (ni, nw, _) = sizes(&shape);
+            let oc = shape.out_c;
+            (
+                i8_vec(ni + skew),
+                i8_vec(nw + skew),
+                proptest::collection::vec(-100_000i32..100_000, oc),
+                requant_params(oc),
+                (-128i32..=127, -128i32..=127, -128i32..=127, -128i32..=127),
+            )
+                .prop_map(
+                    move |(input, weights, bias, (multipliers, shifts), zero_points)| WideCase {
+                        shape,
+                        input,
+                        weights,
+                        bias,
+                        multipliers,
+                        shifts,
+                        zero_points,
+                        relu,
+                        residual,
+                        skew,
+                    },
+                )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn arch_conv_i8_equals_portable_on_wide_layers(case in wide_case(), shortcut in i8_vec(12 * 12 * 40)) {
+        let s = &case.shape;
+        let (in_zp, pre_zp, sc_zp, out_zp) = case.zero_points;
+        let (min, max) = quant::activation_range(pre_zp, case.relu);
+        let requant = Requantize { multipliers: &case.multipliers, shifts: &case.shifts, output_zero_point: pre_zp, activation_min: min, activation_max: max };
+        let add = AddParams::from_scales((0.05, pre_zp), (0.07, sc_zp), (0.09, out_zp), case.relu);
+        let n = s.out_h * s.out_w * s.out_c;
+        // Mapped: the output subsampled from a shortcut twice its size, its channels
+        // after an offset (option A).
+        let mapped_c = s.out_c.div_ceil(2);
+        let mapped = Shortcut::Mapped {
+            data: &shortcut[..(2 * s.out_h - 1) * (2 * s.out_w - 1) * mapped_c],
+            height: 2 * s.out_h - 1,
+            width: 2 * s.out_w - 1,
+            channels: mapped_c,
+            stride: 2,
+            channel_offset: s.out_c - mapped_c,
+        };
+        let residual = match case.residual {
+            0 => None,
+            1 => Some((Shortcut::InPlace, &add)),
+            _ => Some((mapped, &add)),
+        };
+        let input = &case.input[case.skew..];
+        let weights = &case.weights[case.skew..];
+        let mut want = shortcut[..n].to_vec();
+        kernels::conv2d_i8(s, input, in_zp, weights, &case.bias, &requant, residual, &mut want).unwrap();
+        for (name, conv) in &CONV_I8_KERNELS[1..] {
+            let mut got = shortcut[..n].to_vec();
+            conv(s, input, in_zp, weights, &case.bias, &requant, residual, &mut got).unwrap();
+            prop_assert_eq!(&got, &want, "{}", name);
+        }
+    }
+}

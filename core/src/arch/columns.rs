@@ -13,7 +13,7 @@
 use core::ops::Range;
 
 use crate::error::Error;
-use crate::kernels::{self, finish_i8, ConvShape, Requantize, Shortcut};
+use crate::kernels::{self, ChannelRequantize, ConvShape, Requantize, Shortcut};
 use crate::quant::{AddParams, AddTables};
 
 /// Output pixels per group.
@@ -302,13 +302,40 @@ pub fn finish_row_scalar(
     shortcut: ShortcutRow<'_>,
     out: &mut [i8],
 ) {
-    let row = match shortcut {
-        ShortcutRow::Mapped(row, offset) => Some((row, offset)),
-        ShortcutRow::None | ShortcutRow::InPlace => None,
+    let (Some(out), Some(multipliers), Some(shifts)) = (
+        out.get_mut(channels.clone()),
+        requant.multipliers.get(channels.clone()),
+        requant.shifts.get(channels.clone()),
+    ) else {
+        return;
     };
-    for ((&acc, &base), co) in acc.iter().zip(bases).zip(channels) {
-        let acc = acc.wrapping_add(base);
-        out[co] = finish_i8(acc, co, &requant.channel(co), add, row, out[co]);
+    // One loop per case, each over plain slices: the parameters stay in registers.
+    let values = acc.iter().zip(bases).zip(multipliers.iter().zip(shifts));
+    let requantize = |((&acc, &base), (&multiplier, &shift)): ((&i32, &i32), (&i32, &i32))| {
+        ChannelRequantize::new(multiplier, shift, requant).apply(acc.wrapping_add(base))
+    };
+    match (add, shortcut) {
+        (None, _) => {
+            for (out, value) in out.iter_mut().zip(values) {
+                *out = requantize(value);
+            }
+        }
+        (Some(add), ShortcutRow::None | ShortcutRow::InPlace) => {
+            for (out, value) in out.iter_mut().zip(values) {
+                *out = add.add(requantize(value), *out);
+            }
+        }
+        (Some(add), ShortcutRow::Mapped(row, offset)) => {
+            for ((out, value), co) in out.iter_mut().zip(values).zip(channels) {
+                // A padded channel holds real zero: the zero point.
+                let shortcut = co
+                    .checked_sub(offset)
+                    .and_then(|c| row.get(c))
+                    .copied()
+                    .unwrap_or(add.input2_zero_point as i8);
+                *out = add.add(requantize(value), shortcut);
+            }
+        }
     }
 }
 

@@ -14,22 +14,28 @@
 //! The weights' sum is a `PMADDWD` against ones.
 
 use core::arch::x86_64::{
-    __cpuid, __cpuid_count, __m128i, __m256i, _mm256_add_epi32, _mm256_castsi256_si128,
-    _mm256_cvtepi8_epi16, _mm256_extracti128_si256, _mm256_madd_epi16, _mm256_setzero_si256,
-    _mm_add_epi32, _mm_loadu_si128, _mm_madd_epi16, _mm_set1_epi16, _mm_setzero_si128,
-    _mm_shuffle_epi32, _mm_srai_epi16, _mm_storeu_si128, _mm_unpackhi_epi8, _mm_unpacklo_epi8,
-    _xgetbv,
+    __cpuid, __cpuid_count, __m128i, __m256i, _mm256_add_epi32, _mm256_add_epi64, _mm256_and_si256,
+    _mm256_blend_epi32, _mm256_castsi256_si128, _mm256_cmpgt_epi32, _mm256_cvtepi8_epi16,
+    _mm256_extracti128_si256, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_max_epi32,
+    _mm256_min_epi32, _mm256_mul_epi32, _mm256_set1_epi32, _mm256_set1_epi64x,
+    _mm256_setzero_si256, _mm256_slli_epi64, _mm256_sllv_epi32, _mm256_srav_epi32,
+    _mm256_srli_epi32, _mm256_srli_epi64, _mm256_sub_epi32, _mm_add_epi32, _mm_loadu_si128,
+    _mm_madd_epi16, _mm_packs_epi16, _mm_packs_epi32, _mm_set1_epi16, _mm_setzero_si128,
+    _mm_shuffle_epi32, _mm_srai_epi16, _mm_storel_epi64, _mm_storeu_si128, _mm_unpackhi_epi8,
+    _mm_unpacklo_epi8, _xgetbv,
 };
 
+use core::ops::Range;
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use super::columns::{
-    column_offset, conv2d_i8_by_columns, each_filter, finish_row_scalar, weight_sums_scalar,
-    Accumulators, Columns, CHANNEL_BLOCK, PIXELS,
+    column_offset, conv2d_i8_by_columns, each_filter, finish_row_scalar, vector_finish_applies,
+    weight_sums_scalar, Accumulators, Columns, ShortcutRow, CHANNEL_BLOCK, PIXELS,
 };
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
 use crate::quant::AddParams;
+use crate::quant::AddTables;
 
 /// The 16 int8 values of `bytes` from `at` (zero past its end), sign-extended to
 /// two vectors of eight i16.
@@ -137,6 +143,7 @@ unsafe fn xcr0() -> u64 {
 }
 
 /// The sum of the eight i32 lanes.
+#[inline]
 #[target_feature(enable = "avx2")]
 fn horizontal_sum_256(v: __m256i) -> i32 {
     horizontal_sum(_mm_add_epi32(
@@ -146,12 +153,15 @@ fn horizontal_sum_256(v: __m256i) -> i32 {
 }
 
 /// 16 weights from `filter` at `at` (zero past its end), widened to i16 lanes.
+#[inline]
 #[target_feature(enable = "avx2")]
 fn widen_weights(filter: &[i8], at: usize) -> __m256i {
-    let mut chunk = [0i8; 16];
     if let Some(full) = filter.get(at..at + 16) {
-        chunk.copy_from_slice(full);
-    } else if let Some(part) = filter.get(at..) {
+        // SAFETY: the load reads the 16 bytes of `full` (unaligned load).
+        return _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(full.as_ptr().cast()) });
+    }
+    let mut chunk = [0i8; 16];
+    if let Some(part) = filter.get(at..) {
         chunk[..part.len()].copy_from_slice(part);
     }
     // SAFETY: the load reads the 16-byte array (unaligned load).
@@ -169,10 +179,12 @@ fn dot_block_avx2(columns: &Columns, weights: &[i8], window: usize, acc: &mut Ac
         let pair = (filters - i).min(2);
         let mut sums = [[_mm256_setzero_si256(); 2]; PIXELS];
         for chunk in 0..chunks {
-            let w: [__m256i; 2] = core::array::from_fn(|f| {
-                let filter = &weights[(i + f.min(pair - 1)) * window..][..window];
-                widen_weights(filter, chunk * 16)
-            });
+            let first = &weights[i * window..][..window];
+            let second = &weights[(i + pair - 1) * window..][..window];
+            let w = [
+                widen_weights(first, chunk * 16),
+                widen_weights(second, chunk * 16),
+            ];
             for (p, sums) in sums.iter_mut().enumerate() {
                 let at = column_offset(chunk, p);
                 let Some(x) = columns.0.get(at..at + 16) else {
@@ -204,6 +216,119 @@ fn dot_block(columns: &Columns, weights: &[i8], window: usize, acc: &mut Accumul
     }
 }
 
+/// Eight accumulators (plus their bases) requantized as
+/// [`crate::quant::QuantizedMultiplier::apply`] and the requantization compute
+/// them, exactly: the doubling high multiply from 64-bit products of the even and
+/// odd lanes (`VPMULDQ`), TFLite's rounding divide with per-lane shifts, and the
+/// saturating add of the zero point done as a clamp to `[min − zp, max − zp]` before
+/// adding it (the same result without a saturating 32-bit add). Multipliers must not
+/// be `i32::MIN` and shifts must be in `-31..=30`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn requantize_8(
+    x: __m256i,
+    multipliers: __m256i,
+    shifts: __m256i,
+    requant: &Requantize<'_>,
+) -> __m256i {
+    let zero = _mm256_setzero_si256();
+    let one = _mm256_set1_epi32(1);
+    let x = _mm256_sllv_epi32(x, _mm256_max_epi32(shifts, zero));
+    let right = _mm256_sub_epi32(zero, _mm256_min_epi32(shifts, zero));
+    let nudge = _mm256_set1_epi64x(1 << 30);
+    let even = _mm256_srli_epi64::<31>(_mm256_add_epi64(_mm256_mul_epi32(x, multipliers), nudge));
+    let odd = _mm256_srli_epi64::<31>(_mm256_add_epi64(
+        _mm256_mul_epi32(
+            _mm256_srli_epi64::<32>(x),
+            _mm256_srli_epi64::<32>(multipliers),
+        ),
+        nudge,
+    ));
+    let high = _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd));
+    let mask = _mm256_sub_epi32(_mm256_sllv_epi32(one, right), one);
+    let threshold = _mm256_add_epi32(_mm256_srli_epi32::<1>(mask), _mm256_srli_epi32::<31>(high));
+    let round = _mm256_cmpgt_epi32(_mm256_and_si256(high, mask), threshold);
+    let divided = _mm256_sub_epi32(_mm256_srav_epi32(high, right), round);
+    let zero_point = i64::from(requant.output_zero_point);
+    let bound =
+        |b: i32| (i64::from(b) - zero_point).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
+    let clamped = _mm256_min_epi32(
+        _mm256_max_epi32(divided, _mm256_set1_epi32(bound(requant.activation_min))),
+        _mm256_set1_epi32(bound(requant.activation_max)),
+    );
+    _mm256_add_epi32(clamped, _mm256_set1_epi32(requant.output_zero_point))
+}
+
+/// [`finish_row_scalar`] with AVX2 requantization, eight channels a step (the
+/// residual add through its lookup tables; the rest scalar), for parameters that
+/// [`vector_finish_applies`] to and multipliers other than `i32::MIN`.
+#[target_feature(enable = "avx2")]
+fn finish_row_avx2(
+    acc: &[i32],
+    bases: &[i32],
+    channels: Range<usize>,
+    requant: &Requantize<'_>,
+    add: Option<&AddTables>,
+    shortcut: ShortcutRow<'_>,
+    out: &mut [i8],
+) {
+    let (Some(multipliers), Some(shifts)) = (
+        requant.multipliers.get(channels.clone()),
+        requant.shifts.get(channels.clone()),
+    ) else {
+        return finish_row_scalar(acc, bases, channels, requant, add, shortcut, out);
+    };
+    let vectors = acc.len().min(bases.len()).min(channels.len()) / 8 * 8;
+    if out.len() < channels.end {
+        return finish_row_scalar(acc, bases, channels, requant, add, shortcut, out);
+    }
+    for i in (0..vectors).step_by(8) {
+        let c = channels.start + i;
+        // SAFETY: every load reads 8 i32s at `i..i + 8` of a slice at least
+        // `vectors ≥ i + 8` long (unaligned loads); the store writes the 8 bytes
+        // `out[c..c + 8]` (`c + 8 ≤ channels.end ≤ out.len()`).
+        let values: [i8; 8] = unsafe {
+            let load = |s: &[i32]| _mm256_loadu_si256(s[i..i + 8].as_ptr().cast());
+            let x = _mm256_add_epi32(load(acc), load(bases));
+            let v = requantize_8(x, load(multipliers), load(shifts), requant);
+            let words =
+                _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let mut bytes = [0i8; 8];
+            _mm_storel_epi64(bytes.as_mut_ptr().cast(), _mm_packs_epi16(words, words));
+            bytes
+        };
+        let out = &mut out[c..c + 8];
+        match (add, shortcut) {
+            (None, _) => out.copy_from_slice(&values),
+            (Some(add), ShortcutRow::None | ShortcutRow::InPlace) => {
+                for (o, v) in out.iter_mut().zip(values) {
+                    *o = add.add(v, *o);
+                }
+            }
+            (Some(add), ShortcutRow::Mapped(row, offset)) => {
+                for (k, (o, v)) in out.iter_mut().zip(values).enumerate() {
+                    // A padded channel holds real zero: the zero point.
+                    let s = (c + k)
+                        .checked_sub(offset)
+                        .and_then(|s| row.get(s))
+                        .copied()
+                        .unwrap_or(add.input2_zero_point as i8);
+                    *o = add.add(v, s);
+                }
+            }
+        }
+    }
+    finish_row_scalar(
+        &acc[vectors..],
+        &bases[vectors..],
+        channels.start + vectors..channels.end,
+        requant,
+        add,
+        shortcut,
+        out,
+    );
+}
+
 /// TFLite int8 convolution, as [`crate::kernels::conv2d_i8`] computes it (same
 /// arguments, same checks, bit-identical results), with AVX2 or SSE2; see
 /// [`conv2d_i8_by_columns`].
@@ -218,10 +343,20 @@ pub fn conv2d_i8(
     residual: Option<(Shortcut<'_, i8>, &AddParams)>,
     output: &mut [i8],
 ) -> Result<(), Error> {
+    let vector = has_avx2()
+        && vector_finish_applies(requant, residual.map(|(_, add)| add))
+        && !requant.multipliers.contains(&i32::MIN);
     conv2d_i8_by_columns(
         dot_block,
         weight_sums_scalar,
-        finish_row_scalar,
+        |acc, bases, channels, requant, add, shortcut, out| {
+            if vector {
+                // SAFETY: the processor supports AVX2 (`has_avx2` above).
+                unsafe { finish_row_avx2(acc, bases, channels, requant, add, shortcut, out) }
+            } else {
+                finish_row_scalar(acc, bases, channels, requant, add, shortcut, out)
+            }
+        },
         shape,
         input,
         input_zero_point,
