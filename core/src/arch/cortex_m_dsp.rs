@@ -20,8 +20,9 @@
 
 use core::arch::asm;
 
+use super::columns::{finish_row_scalar, ShortcutRow, CHANNEL_BLOCK};
 use crate::error::Error;
-use crate::kernels::{self, finish_i8, ConvShape, Requantize, Shortcut};
+use crate::kernels::{self, ConvShape, Requantize, Shortcut};
 use crate::quant::{AddParams, AddTables};
 
 /// Bytes 0 and 2 of `x`, sign-extended, each added to the 16-bit lanes of `offset`.
@@ -280,9 +281,12 @@ pub fn conv2d_i8(
     let whole = groups * 4;
     let mut columns = [0u32; COLUMN_WORDS];
     let mut staging = [[0i8; STAGING_CAPACITY]; 2];
+    // A block of channels' accumulators for the two pixels, finished a row at a time.
+    let mut acc = [[0i32; CHANNEL_BLOCK]; 2];
     for oy in 0..shape.out_h {
         for ox in (0..shape.out_w).step_by(2) {
             let pixels = [ox, (ox + 1).min(shape.out_w - 1)];
+            let distinct_pixels = if pixels[0] == pixels[1] { 1 } else { 2 };
             widen_pair(
                 shape,
                 input,
@@ -293,51 +297,62 @@ pub fn conv2d_i8(
                 &mut columns,
                 &mut staging,
             );
-            let shortcut_rows = pixels.map(|x| residual.as_ref().and_then(|(s, _)| s.row(oy, x)));
-            for co in (0..out_c).step_by(2) {
-                let channels = [co, (co + 1).min(out_c - 1)];
-                let filters = channels.map(|c| &weights[c * window..(c + 1) * window]);
-                let mut acc = [[bias[channels[0]], bias[channels[1]]]; 2];
-                // SAFETY: `columns` is a u32 array holding `4 · groups` widened words
-                // (`groups · 4 ≤ window ≤ COLUMN_WORDS` taps); both filters are
-                // `window ≥ 4 · groups` bytes long and the second starts
-                // `(channels[1] − channels[0]) · window` bytes after the first.
-                unsafe {
-                    mac_2x2(
-                        columns.as_ptr(),
-                        filters[0].as_ptr(),
-                        (channels[1] - channels[0]) * window,
-                        groups,
-                        &mut acc,
-                    );
-                }
-                // The taps past the last whole group (channels not a multiple of
-                // four: the window bytes are staged).
-                for (p, acc) in acc.iter_mut().enumerate().filter(|_| whole < window) {
-                    let x = &staging[p][whole..window];
-                    for (acc, filter) in acc.iter_mut().zip(filters) {
-                        for (&x, &w) in x.iter().zip(&filter[whole..]) {
-                            *acc =
-                                acc.wrapping_add((i32::from(x) - input_zero_point) * i32::from(w));
-                        }
-                    }
-                }
-                let distinct_pixels = if pixels[0] == pixels[1] { 1 } else { 2 };
-                let distinct_channels = if channels[0] == channels[1] { 1 } else { 2 };
-                for c in 0..distinct_channels {
-                    let channel = requant.channel(channels[c]);
-                    for p in 0..distinct_pixels {
-                        let out_start = (oy * shape.out_w + pixels[p]) * out_c;
-                        let out = &mut output[out_start + channels[c]];
-                        *out = finish_i8(
-                            acc[p][c],
-                            channels[c],
-                            &channel,
-                            add.as_ref(),
-                            shortcut_rows[p],
-                            *out,
+            for block in (0..out_c).step_by(CHANNEL_BLOCK) {
+                let channels = block..(block + CHANNEL_BLOCK).min(out_c);
+                for co in channels.clone().step_by(2) {
+                    let pair = [co, (co + 1).min(channels.end - 1)];
+                    let filters = pair.map(|c| &weights[c * window..(c + 1) * window]);
+                    let mut sums = [[0i32; 2]; 2];
+                    // SAFETY: `columns` is a u32 array holding `4 · groups` widened
+                    // words (`groups · 4 ≤ window ≤ COLUMN_WORDS` taps); both filters
+                    // are `window ≥ 4 · groups` bytes long and the second starts
+                    // `(pair[1] − pair[0]) · window` bytes after the first.
+                    unsafe {
+                        mac_2x2(
+                            columns.as_ptr(),
+                            filters[0].as_ptr(),
+                            (pair[1] - pair[0]) * window,
+                            groups,
+                            &mut sums,
                         );
                     }
+                    // The taps past the last whole group (channels not a multiple of
+                    // four: the window bytes are staged).
+                    for (p, sums) in sums.iter_mut().enumerate().filter(|_| whole < window) {
+                        let x = &staging[p][whole..window];
+                        for (sum, filter) in sums.iter_mut().zip(filters) {
+                            for (&x, &w) in x.iter().zip(&filter[whole..]) {
+                                *sum = sum
+                                    .wrapping_add((i32::from(x) - input_zero_point) * i32::from(w));
+                            }
+                        }
+                    }
+                    for (row, sums) in acc.iter_mut().zip(sums) {
+                        row[co - block] = sums[0];
+                        row[pair[1] - block] = sums[1];
+                    }
+                }
+                for (p, &x) in pixels.iter().enumerate().take(distinct_pixels) {
+                    let shortcut = match residual {
+                        None => ShortcutRow::None,
+                        Some((Shortcut::InPlace, _)) => ShortcutRow::InPlace,
+                        Some((shortcut @ Shortcut::Mapped { .. }, _)) => {
+                            match shortcut.row(oy, x) {
+                                Some((row, offset)) => ShortcutRow::Mapped(row, offset),
+                                None => ShortcutRow::InPlace,
+                            }
+                        }
+                    };
+                    let out_start = (oy * shape.out_w + x) * out_c;
+                    finish_row_scalar(
+                        &acc[p][..channels.len()],
+                        &bias[channels.clone()],
+                        channels.clone(),
+                        requant,
+                        add.as_ref(),
+                        shortcut,
+                        &mut output[out_start..out_start + out_c],
+                    );
                 }
             }
         }

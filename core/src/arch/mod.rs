@@ -25,7 +25,7 @@
 pub mod cortex_m_dsp;
 
 #[cfg(any(
-    all(target_arch = "arm", tinyres_arm_mve),
+    all(target_arch = "arm", tinyres_arm_dsp),
     target_arch = "aarch64",
     target_arch = "x86_64"
 ))]
