@@ -321,12 +321,7 @@ impl Requantize<'_> {
     /// Channel `channel`'s parameters, decoded once for all of its outputs.
     #[inline]
     pub(crate) fn channel(&self, channel: usize) -> ChannelRequantize {
-        ChannelRequantize {
-            multiplier: QuantizedMultiplier::new(self.multipliers[channel], self.shifts[channel]),
-            output_zero_point: self.output_zero_point,
-            activation_min: self.activation_min,
-            activation_max: self.activation_max,
-        }
+        ChannelRequantize::new(self.multipliers[channel], self.shifts[channel], self)
     }
 
     pub(crate) fn check(&self, channels: usize) -> Result<(), Error> {

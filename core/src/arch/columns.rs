@@ -1,14 +1,18 @@
-//! The column buffer (im2col) shared by the 16-byte-vector kernels (Helium, NEON):
-//! output pixels go in groups of [`PIXELS`] along a row; their windows are copied
+//! The column buffer (im2col) shared by the 16-byte-vector kernels (Helium, NEON,
+//! x86), and the row finish every arch kernel shares.
+//!
+//! Output pixels go in groups of [`PIXELS`] along a row; their windows are copied
 //! into a buffer on the stack, padding written as the input zero point, interleaved
 //! 16 bytes at a time: `[pixel 1, pixel 2, pixel 3, pixel 0]` for bytes 0..16 of the
 //! window, then for bytes 16..32, and so on (the order Helium's post-incrementing
-//! loads want). A kernel then computes, per output channel, the four dot products
-//! `Σ x_p·w` and the weights' sum `Σ w` over the window.
+//! loads want). A block kernel then computes the four dot products `Σ x_p·w` of each
+//! filter of a block of up to [`CHANNEL_BLOCK`] channels into [`Accumulators`], and
+//! a row finish requantizes each pixel's block and adds its shortcut.
 //!
-//! The zero point is taken out afterwards: with padding at the zero point,
-//! `Σ (x − zp)·w = Σ x·w − zp·Σ w` over the whole window, and in wrapping 32-bit
-//! arithmetic (a ring) this equals the portable kernel's accumulator bit for bit.
+//! The zero point is taken out once per layer: with padding at the zero point,
+//! `Σ (x − zp)·w = Σ x·w − zp·Σ w` over the whole window, so each channel's `bias −
+//! zp·Σ w` is a constant added before requantizing; in wrapping 32-bit arithmetic (a
+//! ring) this equals the portable kernel's accumulator bit for bit.
 
 use core::ops::Range;
 

@@ -17,12 +17,8 @@
 //! | `target_arch = "x86_64"` | hosts (`tinyres eval`) | [`x86`]: AVX2 (detected at run time) or SSE2, `PMADDWD` |
 //! | anything else | M3 | the portable kernel |
 //!
-//! On x86-64 the kernels are tested against the portable ones by the proptest suite
-//! (`core/tests/kernels.rs`), which runs on the host.
-
-#[cfg(all(target_arch = "arm", tinyres_arm_dsp))]
-#[allow(unsafe_code)]
-pub mod cortex_m_dsp;
+//! On x86-64 the kernels (AVX2 and SSE2) are tested against the portable ones by the
+//! proptest suite (`core/tests/kernels.rs`), which runs on the host.
 
 #[cfg(any(
     all(target_arch = "arm", tinyres_arm_dsp),
@@ -32,6 +28,10 @@ pub mod cortex_m_dsp;
 #[allow(unsafe_code)]
 pub mod columns;
 
+#[cfg(all(target_arch = "arm", tinyres_arm_dsp))]
+#[allow(unsafe_code)]
+pub mod cortex_m_dsp;
+
 #[cfg(all(target_arch = "arm", tinyres_arm_mve))]
 #[allow(unsafe_code)]
 pub mod helium;
@@ -40,15 +40,16 @@ pub mod helium;
 #[allow(unsafe_code)]
 pub mod neon;
 
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub mod x86;
+
+// The M55 has the DSP extension too: Helium takes precedence.
 #[cfg(all(target_arch = "arm", tinyres_arm_mve))]
 pub use helium::conv2d_i8;
 
 #[cfg(all(target_arch = "arm", tinyres_arm_dsp, not(tinyres_arm_mve)))]
 pub use cortex_m_dsp::conv2d_i8;
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-pub mod x86;
 
 #[cfg(target_arch = "aarch64")]
 pub use neon::conv2d_i8;
