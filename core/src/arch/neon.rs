@@ -16,11 +16,11 @@
 
 use core::arch::aarch64::{
     int32x4_t, int8x16_t, int8x8_t, vaddq_s32, vaddvq_s32, vandq_s32, vcombine_s16, vdupq_n_s32,
-    vget_high_s16, vget_low_s16, vget_low_s8, vld1_s8, vld1q_s32, vmaxq_s32, vminq_s32, vmovl_s16,
-    vmovl_s8, vmovn_s16, vmovn_s32, vmull_high_s8, vmull_s8, vpadalq_s16, vpaddlq_s8, vqaddq_s32,
-    vqrdmulhq_n_s32, vqrdmulhq_s32, vrshlq_s32, vshlq_n_s32, vshlq_s32, vshrq_n_s32, vst1_s8,
-    vsubq_s32,
+    vget_high_s16, vget_low_s16, vget_low_s8, vmaxq_s32, vminq_s32, vmovl_s16, vmovl_s8, vmovn_s16,
+    vmovn_s32, vmull_high_s8, vmull_s8, vpadalq_s16, vpaddlq_s8, vqaddq_s32, vqrdmulhq_n_s32,
+    vqrdmulhq_s32, vrshlq_s32, vshlq_n_s32, vshlq_s32, vshrq_n_s32, vsubq_s32,
 };
+use core::arch::asm;
 use core::ops::Range;
 
 use super::columns::{
@@ -176,20 +176,77 @@ fn requantize_4(
 ) -> int32x4_t {
     debug_assert!(acc.len() >= 4 && bases.len() >= 4 && multipliers.len() >= 4);
     debug_assert!(shifts.len() >= 4);
-    // SAFETY: NEON (see `multiply_accumulate`); each load reads 4 i32s of a slice
-    // the caller passes with at least 4.
+    let (acc, bases, multipliers, shifts) = (
+        load_4(acc),
+        load_4(bases),
+        load_4(multipliers),
+        load_4(shifts),
+    );
+    // SAFETY: NEON (see `multiply_accumulate`); register-only.
     unsafe {
         let zero = vdupq_n_s32(0);
-        let shifts = vld1q_s32(shifts.as_ptr());
-        let x = vaddq_s32(vld1q_s32(acc.as_ptr()), vld1q_s32(bases.as_ptr()));
+        let x = vaddq_s32(acc, bases);
         let x = vshlq_s32(x, vmaxq_s32(shifts, zero));
-        let x = vqrdmulhq_s32(x, vld1q_s32(multipliers.as_ptr()));
+        let x = vqrdmulhq_s32(x, multipliers);
         let x = rounding_divide(x, vminq_s32(shifts, zero));
         let x = vqaddq_s32(x, vdupq_n_s32(requant.output_zero_point));
         vminq_s32(
             vmaxq_s32(x, vdupq_n_s32(requant.activation_min)),
             vdupq_n_s32(requant.activation_max),
         )
+    }
+}
+
+/// Four i32 from the start of `values` (at least four), with `LD1 {v.4s}`, which
+/// needs 4-byte alignment only: the intrinsic's generic load is split into scalar
+/// loads on strict-alignment targets when 16-byte alignment cannot be proved.
+#[inline(always)]
+fn load_4(values: &[i32]) -> int32x4_t {
+    assert!(values.len() >= 4);
+    let v;
+    // SAFETY: reads 16 bytes of `values` (checked above), 4-byte aligned as an i32
+    // slice; writes the output register only.
+    unsafe {
+        asm!(
+            "ld1 {{{v:v}.4s}}, [{p}]",
+            v = out(vreg) v,
+            p = in(reg) values.as_ptr(),
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+    v
+}
+
+/// Eight int8 from the start of `bytes` (at least eight), with `LD1 {v.8b}` (byte
+/// alignment).
+#[inline(always)]
+fn load_8(bytes: &[i8]) -> int8x8_t {
+    assert!(bytes.len() >= 8);
+    let v;
+    // SAFETY: reads 8 bytes of `bytes` (checked above); writes the output register.
+    unsafe {
+        asm!(
+            "ld1 {{{v:v}.8b}}, [{p}]",
+            v = out(vreg) v,
+            p = in(reg) bytes.as_ptr(),
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+    v
+}
+
+/// Stores eight int8 at the start of `bytes` (at least eight), with `ST1 {v.8b}`.
+#[inline(always)]
+fn store_8(bytes: &mut [i8], v: int8x8_t) {
+    assert!(bytes.len() >= 8);
+    // SAFETY: writes 8 bytes of `bytes` (checked above); byte alignment suffices.
+    unsafe {
+        asm!(
+            "st1 {{{v:v}.8b}}, [{p}]",
+            v = in(vreg) v,
+            p = in(reg) bytes.as_mut_ptr(),
+            options(nostack, preserves_flags),
+        );
     }
 }
 
@@ -289,10 +346,10 @@ fn finish_row(
         );
         let mut values = narrow(low, high);
         if let Some(tables) = add {
-            let mut row = [0i8; 8];
-            match shortcut {
-                ShortcutRow::None | ShortcutRow::InPlace => row.copy_from_slice(&out[c..c + 8]),
+            let shortcut = match shortcut {
+                ShortcutRow::None | ShortcutRow::InPlace => load_8(&out[c..c + 8]),
                 ShortcutRow::Mapped(source, offset) => {
+                    let mut row = [0i8; 8];
                     for (k, r) in row.iter_mut().enumerate() {
                         *r = (c + k)
                             .checked_sub(offset)
@@ -301,14 +358,12 @@ fn finish_row(
                             // A padded channel holds real zero: the zero point.
                             .unwrap_or(tables.input2_zero_point as i8);
                     }
+                    load_8(&row)
                 }
-            }
-            // SAFETY: NEON; the load reads the 8-byte array.
-            values = add_8(values, unsafe { vld1_s8(row.as_ptr()) }, &tables.params);
+            };
+            values = add_8(values, shortcut, &tables.params);
         }
-        // SAFETY: NEON; `out[c..c + 8]` is in bounds (`c + 8 ≤ channels.end ≤
-        // out.len()`); ST1 of bytes needs no alignment.
-        unsafe { vst1_s8(out[c..c + 8].as_mut_ptr(), values) };
+        store_8(&mut out[c..c + 8], values);
     }
     finish_row_scalar(
         &acc[vectors..],
