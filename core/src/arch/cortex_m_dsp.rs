@@ -104,50 +104,112 @@ unsafe fn mac_2x2(
         return;
     }
     let [[mut a00, mut a01], [mut a10, mut a11]] = *acc;
-    // SAFETY: the caller guarantees the reads; the loop reads `4 · groups` words from
-    // `columns` and `groups` words from each filter, and writes registers only, r7
-    // included (the frame pointer, which LLVM cannot hand out: it is saved on the
-    // stack and restored before the block ends; interrupts do not depend on it).
-    unsafe {
-        asm!(
-            "push {{r7}}",
-            "2:",
+    let pairs = groups / 2;
+    let (mut columns, mut w0) = (columns, w0);
+    if pairs > 0 {
+        // SAFETY: the caller guarantees the reads; the loop reads `8 · pairs ≤ 4 · groups`
+        // words from `columns` and `2 · pairs` words from each filter (two groups per
+        // iteration), and writes registers only, r7
+        // included (the frame pointer, which LLVM cannot hand out: it is saved on the
+        // stack and restored before the block ends; interrupts do not depend on it).
+        unsafe {
+            asm!(
+                "push {{r7}}",
+                "2:",
+                // Both channels' weights, widened once: even/odd lanes.
+                "ldr {w1_odd}, [{w0}, {w1_offset}]",
+                "ldr {w0_odd}, [{w0}], #4",
+                "sxtb16 {w1_even}, {w1_odd}",
+                "sxtb16 {w1_odd}, {w1_odd}, ror #8",
+                "sxtb16 r7, {w0_odd}",
+                "sxtb16 {w0_odd}, {w0_odd}, ror #8",
+                // Pixel 0 against both channels, then pixel 1.
+                "ldrd {x_even}, {x_odd}, [{columns}], #8",
+                "smlad {a00}, {x_even}, r7, {a00}",
+                "smlad {a00}, {x_odd}, {w0_odd}, {a00}",
+                "smlad {a01}, {x_even}, {w1_even}, {a01}",
+                "smlad {a01}, {x_odd}, {w1_odd}, {a01}",
+                "ldrd {x_even}, {x_odd}, [{columns}], #8",
+                "smlad {a10}, {x_even}, r7, {a10}",
+                "smlad {a10}, {x_odd}, {w0_odd}, {a10}",
+                "smlad {a11}, {x_even}, {w1_even}, {a11}",
+                "smlad {a11}, {x_odd}, {w1_odd}, {a11}",
+                // The next group (the loop runs two per iteration).
+                "ldr {w1_odd}, [{w0}, {w1_offset}]",
+                "ldr {w0_odd}, [{w0}], #4",
+                "sxtb16 {w1_even}, {w1_odd}",
+                "sxtb16 {w1_odd}, {w1_odd}, ror #8",
+                "sxtb16 r7, {w0_odd}",
+                "sxtb16 {w0_odd}, {w0_odd}, ror #8",
+                "ldrd {x_even}, {x_odd}, [{columns}], #8",
+                "smlad {a00}, {x_even}, r7, {a00}",
+                "smlad {a00}, {x_odd}, {w0_odd}, {a00}",
+                "smlad {a01}, {x_even}, {w1_even}, {a01}",
+                "smlad {a01}, {x_odd}, {w1_odd}, {a01}",
+                "ldrd {x_even}, {x_odd}, [{columns}], #8",
+                "smlad {a10}, {x_even}, r7, {a10}",
+                "smlad {a10}, {x_odd}, {w0_odd}, {a10}",
+                "smlad {a11}, {x_even}, {w1_even}, {a11}",
+                "smlad {a11}, {x_odd}, {w1_odd}, {a11}",
+                "cmp {columns}, {end}",
+                "bne 2b",
+                "pop {{r7}}",
+                columns = inout(reg) columns => columns,
+                w0 = inout(reg) w0 => w0,
+                end = in(reg) columns.wrapping_add(8 * pairs),
+                w1_offset = in(reg) w1_offset,
+                a00 = inout(reg) a00,
+                a01 = inout(reg) a01,
+                a10 = inout(reg) a10,
+                a11 = inout(reg) a11,
+                x_even = out(reg) _,
+                x_odd = out(reg) _,
+                w0_odd = out(reg) _,
+                w1_even = out(reg) _,
+                w1_odd = out(reg) _,
+                options(pure, readonly),
+            );
+        }
+    }
+    if groups % 2 == 1 {
+        // SAFETY: as above: the last group, whose words follow the pairs'.
+        unsafe {
+            asm!(
+                "push {{r7}}",
             // Both channels' weights, widened once: even/odd lanes.
-            "ldr {w1_odd}, [{w0}, {w1_offset}]",
-            "ldr {w0_odd}, [{w0}], #4",
-            "sxtb16 {w1_even}, {w1_odd}",
-            "sxtb16 {w1_odd}, {w1_odd}, ror #8",
-            "sxtb16 r7, {w0_odd}",
-            "sxtb16 {w0_odd}, {w0_odd}, ror #8",
+                "ldr {w1_odd}, [{w0}, {w1_offset}]",
+                "ldr {w0_odd}, [{w0}], #4",
+                "sxtb16 {w1_even}, {w1_odd}",
+                "sxtb16 {w1_odd}, {w1_odd}, ror #8",
+                "sxtb16 r7, {w0_odd}",
+                "sxtb16 {w0_odd}, {w0_odd}, ror #8",
             // Pixel 0 against both channels, then pixel 1.
-            "ldrd {x_even}, {x_odd}, [{columns}], #8",
-            "smlad {a00}, {x_even}, r7, {a00}",
-            "smlad {a00}, {x_odd}, {w0_odd}, {a00}",
-            "smlad {a01}, {x_even}, {w1_even}, {a01}",
-            "smlad {a01}, {x_odd}, {w1_odd}, {a01}",
-            "ldrd {x_even}, {x_odd}, [{columns}], #8",
-            "smlad {a10}, {x_even}, r7, {a10}",
-            "smlad {a10}, {x_odd}, {w0_odd}, {a10}",
-            "smlad {a11}, {x_even}, {w1_even}, {a11}",
-            "smlad {a11}, {x_odd}, {w1_odd}, {a11}",
-            "cmp {columns}, {end}",
-            "bne 2b",
-            "pop {{r7}}",
-            columns = inout(reg) columns => _,
-            w0 = inout(reg) w0 => _,
+                "ldrd {x_even}, {x_odd}, [{columns}], #8",
+                "smlad {a00}, {x_even}, r7, {a00}",
+                "smlad {a00}, {x_odd}, {w0_odd}, {a00}",
+                "smlad {a01}, {x_even}, {w1_even}, {a01}",
+                "smlad {a01}, {x_odd}, {w1_odd}, {a01}",
+                "ldrd {x_even}, {x_odd}, [{columns}], #8",
+                "smlad {a10}, {x_even}, r7, {a10}",
+                "smlad {a10}, {x_odd}, {w0_odd}, {a10}",
+                "smlad {a11}, {x_even}, {w1_even}, {a11}",
+                "smlad {a11}, {x_odd}, {w1_odd}, {a11}",
+                "pop {{r7}}",
+                columns = inout(reg) columns => _,
+                w0 = inout(reg) w0 => _,
             w1_offset = in(reg) w1_offset,
-            end = in(reg) columns.wrapping_add(4 * groups),
-            a00 = inout(reg) a00,
-            a01 = inout(reg) a01,
-            a10 = inout(reg) a10,
-            a11 = inout(reg) a11,
-            x_even = out(reg) _,
-            x_odd = out(reg) _,
-            w0_odd = out(reg) _,
-            w1_even = out(reg) _,
-            w1_odd = out(reg) _,
-            options(pure, readonly),
-        );
+                a00 = inout(reg) a00,
+                a01 = inout(reg) a01,
+                a10 = inout(reg) a10,
+                a11 = inout(reg) a11,
+                x_even = out(reg) _,
+                x_odd = out(reg) _,
+                w0_odd = out(reg) _,
+                w1_even = out(reg) _,
+                w1_odd = out(reg) _,
+                options(pure, readonly),
+            );
+        }
     }
     *acc = [[a00, a01], [a10, a11]];
 }
