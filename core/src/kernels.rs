@@ -352,6 +352,29 @@ impl ChannelRequantize {
         }
     }
 
+    /// As [`Self::new`] for a layer whose shifts are all in `-31..=30` and
+    /// multipliers all other than `i32::MIN` (checked once by the caller); apply it
+    /// with [`Self::apply_checked_layer`].
+    #[inline(always)]
+    pub(crate) fn new_checked_layer(multiplier: i32, shift: i32, requant: &Requantize<'_>) -> Self {
+        ChannelRequantize {
+            multiplier: QuantizedMultiplier::new_checked_layer(multiplier, shift),
+            output_zero_point: requant.output_zero_point,
+            activation_min: requant.activation_min,
+            activation_max: requant.activation_max,
+        }
+    }
+
+    /// [`Self::apply`] for a requantization made by [`Self::new_checked_layer`].
+    #[inline(always)]
+    pub(crate) fn apply_checked_layer(&self, acc: i32) -> i8 {
+        let v = self
+            .multiplier
+            .apply_checked_layer(acc)
+            .saturating_add(self.output_zero_point);
+        v.max(self.activation_min).min(self.activation_max) as i8
+    }
+
     /// The accumulator requantized to int8.
     #[inline(always)]
     pub(crate) fn apply(&self, acc: i32) -> i8 {

@@ -306,6 +306,40 @@ pub fn finish_row_scalar(
     shortcut: ShortcutRow<'_>,
     out: &mut [i8],
 ) {
+    finish_row::<false>(acc, bases, channels, requant, add, shortcut, out)
+}
+
+/// [`finish_row_scalar`] for a layer that [`layer_is_checked`] approves: the same
+/// results, without the per-output shift clamp and overflow test.
+pub fn finish_row_checked_layer(
+    acc: &[i32],
+    bases: &[i32],
+    channels: Range<usize>,
+    requant: &Requantize<'_>,
+    add: Option<&AddTables>,
+    shortcut: ShortcutRow<'_>,
+    out: &mut [i8],
+) {
+    finish_row::<true>(acc, bases, channels, requant, add, shortcut, out)
+}
+
+/// Every requantization shift in `-31..=30` and no multiplier `i32::MIN` (true of
+/// every blob that validates): [`finish_row_checked_layer`] applies.
+pub fn layer_is_checked(requant: &Requantize<'_>) -> bool {
+    requant.shifts.iter().all(|s| (-31..=30).contains(s))
+        && !requant.multipliers.contains(&i32::MIN)
+}
+
+#[inline(always)]
+fn finish_row<const CHECKED_LAYER: bool>(
+    acc: &[i32],
+    bases: &[i32],
+    channels: Range<usize>,
+    requant: &Requantize<'_>,
+    add: Option<&AddTables>,
+    shortcut: ShortcutRow<'_>,
+    out: &mut [i8],
+) {
     let (Some(out), Some(multipliers), Some(shifts)) = (
         out.get_mut(channels.clone()),
         requant.multipliers.get(channels.clone()),
@@ -316,7 +350,12 @@ pub fn finish_row_scalar(
     // One loop per case, each over plain slices: the parameters stay in registers.
     let values = acc.iter().zip(bases).zip(multipliers.iter().zip(shifts));
     let requantize = |((&acc, &base), (&multiplier, &shift)): ((&i32, &i32), (&i32, &i32))| {
-        ChannelRequantize::new(multiplier, shift, requant).apply(acc.wrapping_add(base))
+        if CHECKED_LAYER {
+            ChannelRequantize::new_checked_layer(multiplier, shift, requant)
+                .apply_checked_layer(acc.wrapping_add(base))
+        } else {
+            ChannelRequantize::new(multiplier, shift, requant).apply(acc.wrapping_add(base))
+        }
     };
     match (add, shortcut) {
         (None, _) => {

@@ -20,7 +20,9 @@
 
 use core::arch::asm;
 
-use super::columns::{finish_row_scalar, ShortcutRow, CHANNEL_BLOCK};
+use super::columns::{
+    finish_row_checked_layer, finish_row_scalar, layer_is_checked, ShortcutRow, CHANNEL_BLOCK,
+};
 use crate::error::Error;
 use crate::kernels::{self, ConvShape, Requantize, Shortcut};
 use crate::quant::{AddParams, AddTables};
@@ -345,6 +347,11 @@ pub fn conv2d_i8(
     let mut staging = [[0i8; STAGING_CAPACITY]; 2];
     // A block of channels' accumulators for the two pixels, finished a row at a time.
     let mut acc = [[0i32; CHANNEL_BLOCK]; 2];
+    let finish_row = if layer_is_checked(requant) {
+        finish_row_checked_layer
+    } else {
+        finish_row_scalar
+    };
     for oy in 0..shape.out_h {
         for ox in (0..shape.out_w).step_by(2) {
             let pixels = [ox, (ox + 1).min(shape.out_w - 1)];
@@ -406,7 +413,7 @@ pub fn conv2d_i8(
                         }
                     };
                     let out_start = (oy * shape.out_w + x) * out_c;
-                    finish_row_scalar(
+                    finish_row(
                         &acc[p][..channels.len()],
                         &bias[channels.clone()],
                         channels.clone(),
