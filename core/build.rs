@@ -10,12 +10,15 @@
 //!   `cortex-m35p`, `cortex-m55`, `cortex-m85` or `-C target-feature=+dsp`.
 //! - `tinyres_arm_mve`: Helium (M-profile vector extension, integer): `thumbv8m.main`
 //!   with `-C target-cpu=cortex-m55` / `cortex-m85` or `-C target-feature=+mve`.
+//! - `tinyres_columns`: any of the above, AArch64 or x86-64: the targets with arch
+//!   kernels, which share `arch::columns`.
 
 use std::env;
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(tinyres_arm_dsp)");
     println!("cargo::rustc-check-cfg=cfg(tinyres_arm_mve)");
+    println!("cargo::rustc-check-cfg=cfg(tinyres_columns)");
     println!("cargo::rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
     let target = env::var("TARGET").unwrap_or_default();
     let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
@@ -63,6 +66,12 @@ fn main() {
         );
     if dsp && target.starts_with("thumb") {
         println!("cargo::rustc-cfg=tinyres_arm_dsp");
+    }
+    // The arch kernels that share `arch::columns` (and its row finish): all but the
+    // portable-only targets.
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    if (dsp && target.starts_with("thumb")) || arch == "aarch64" || arch == "x86_64" {
+        println!("cargo::rustc-cfg=tinyres_columns");
     }
     if mve {
         println!("cargo::rustc-cfg=tinyres_arm_mve");

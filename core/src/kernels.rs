@@ -355,6 +355,7 @@ impl ChannelRequantize {
     /// As [`Self::new`] for a layer whose shifts are all in `-31..=30` and
     /// multipliers all other than `i32::MIN` (checked once by the caller); apply it
     /// with [`Self::apply_checked_layer`].
+    #[cfg(tinyres_columns)]
     #[inline(always)]
     pub(crate) fn new_checked_layer(multiplier: i32, shift: i32, requant: &Requantize<'_>) -> Self {
         ChannelRequantize {
@@ -366,6 +367,7 @@ impl ChannelRequantize {
     }
 
     /// [`Self::apply`] for a requantization made by [`Self::new_checked_layer`].
+    #[cfg(tinyres_columns)]
     #[inline(always)]
     pub(crate) fn apply_checked_layer(&self, acc: i32) -> i8 {
         let v = self

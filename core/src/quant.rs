@@ -73,6 +73,7 @@ impl QuantizedMultiplier {
     /// `i32::MIN` (true of every blob that validates): [`Self::apply_checked_layer`]
     /// then skips the clamp and the one overflowing case, and gives the same results
     /// as [`Self::apply`].
+    #[cfg(tinyres_columns)]
     #[inline(always)]
     pub(crate) fn new_checked_layer(multiplier: i32, shift: i32) -> Self {
         debug_assert!((-31..=30).contains(&shift) && multiplier != i32::MIN);
@@ -85,6 +86,7 @@ impl QuantizedMultiplier {
 
     /// [`Self::apply`] for a multiplier made by [`Self::new_checked_layer`]: with the
     /// multiplier not `i32::MIN`, the doubling high multiply cannot overflow.
+    #[cfg(tinyres_columns)]
     #[inline(always)]
     pub(crate) fn apply_checked_layer(self, x: i32) -> i32 {
         let product = i64::from(x.wrapping_shl(self.left_shift)) * i64::from(self.multiplier);

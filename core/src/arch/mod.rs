@@ -20,11 +20,7 @@
 //! On x86-64 the kernels (AVX2 and SSE2) are tested against the portable ones by the
 //! proptest suite (`core/tests/kernels.rs`), which runs on the host.
 
-#[cfg(any(
-    all(target_arch = "arm", tinyres_arm_dsp),
-    target_arch = "aarch64",
-    target_arch = "x86_64"
-))]
+#[cfg(tinyres_columns)]
 #[allow(unsafe_code)]
 pub mod columns;
 
