@@ -220,6 +220,18 @@ impl<'a, T: Copy> Shortcut<'a, T> {
     }
 }
 
+/// Channel `channel` of a mapped shortcut row whose channels start at `offset`, or
+/// `padding` outside them (option A's added channels hold real zero: 0.0, or the
+/// zero point in int8).
+#[inline(always)]
+pub(crate) fn mapped_channel<T: Copy>(row: &[T], offset: usize, channel: usize, padding: T) -> T {
+    channel
+        .checked_sub(offset)
+        .and_then(|c| row.get(c))
+        .copied()
+        .unwrap_or(padding)
+}
+
 /// A weight type computed in f32: f32 itself or f16-stored weights.
 pub trait FloatWeight: Copy {
     /// The weight as f32.
@@ -279,11 +291,7 @@ pub fn conv2d_f32<W: FloatWeight>(
                 if let Some((_, residual_relu)) = residual {
                     let s = match shortcut_row {
                         None => *out,
-                        Some((row, offset)) => co
-                            .checked_sub(offset)
-                            .and_then(|c| row.get(c))
-                            .copied()
-                            .unwrap_or(0.0),
+                        Some((row, offset)) => mapped_channel(row, offset, co, 0.0),
                     };
                     acc += s;
                     if residual_relu {
@@ -471,12 +479,7 @@ pub(crate) fn finish_i8(
         Some(add) => {
             let s = match shortcut_row {
                 None => previous,
-                Some((row, offset)) => co
-                    .checked_sub(offset)
-                    .and_then(|c| row.get(c))
-                    .copied()
-                    // A padded channel holds real zero: the zero point.
-                    .unwrap_or(add.input2_zero_point as i8),
+                Some((row, offset)) => mapped_channel(row, offset, co, add.input2_zero_point as i8),
             };
             add.add(value, s)
         }

@@ -17,7 +17,7 @@
 use core::ops::Range;
 
 use crate::error::Error;
-use crate::kernels::{self, ChannelRequantize, ConvShape, Requantize, Shortcut};
+use crate::kernels::{self, mapped_channel, ChannelRequantize, ConvShape, Requantize, Shortcut};
 use crate::quant::{AddParams, AddTables};
 
 /// Output pixels per group.
@@ -293,6 +293,28 @@ pub enum ShortcutRow<'a> {
     Mapped(&'a [i8], usize),
 }
 
+impl<'a> ShortcutRow<'a> {
+    /// The shortcut of output pixel `(oy, ox)` for a layer's `residual`.
+    #[inline]
+    pub fn at(residual: Option<(Shortcut<'a, i8>, &AddParams)>, oy: usize, ox: usize) -> Self {
+        match residual {
+            None => ShortcutRow::None,
+            Some((Shortcut::InPlace, _)) => ShortcutRow::InPlace,
+            Some((shortcut @ Shortcut::Mapped { .. }, _)) => match shortcut.row(oy, ox) {
+                Some((row, offset)) => ShortcutRow::Mapped(row, offset),
+                None => ShortcutRow::InPlace,
+            },
+        }
+    }
+
+    /// Channel `channel` of a [`ShortcutRow::Mapped`] row (the add's zero point
+    /// outside its channels).
+    #[inline(always)]
+    pub fn mapped(row: &[i8], offset: usize, channel: usize, add: &AddTables) -> i8 {
+        mapped_channel(row, offset, channel, add.input2_zero_point as i8)
+    }
+}
+
 /// Finishes output channels `channels` of one pixel: with `i = c − channels.start`,
 /// `out[c] = finish(acc[i] + bases[i])`, requantized and added to the shortcut as
 /// [`kernels::finish_i8`] defines. The portable version; an arch module may pass
@@ -370,13 +392,7 @@ fn finish_row<const CHECKED_LAYER: bool>(
         }
         (Some(add), ShortcutRow::Mapped(row, offset)) => {
             for ((out, value), co) in out.iter_mut().zip(values).zip(channels) {
-                // A padded channel holds real zero: the zero point.
-                let shortcut = co
-                    .checked_sub(offset)
-                    .and_then(|c| row.get(c))
-                    .copied()
-                    .unwrap_or(add.input2_zero_point as i8);
-                *out = add.add(requantize(value), shortcut);
+                *out = add.add(requantize(value), ShortcutRow::mapped(row, offset, co, add));
             }
         }
     }
@@ -513,16 +529,7 @@ pub fn conv2d_i8_by_columns(
                     &mut acc,
                 );
                 for (p, &x) in pixels.iter().enumerate().take(distinct) {
-                    let shortcut = match residual {
-                        None => ShortcutRow::None,
-                        Some((Shortcut::InPlace, _)) => ShortcutRow::InPlace,
-                        Some((shortcut @ Shortcut::Mapped { .. }, _)) => {
-                            match shortcut.row(oy, x) {
-                                Some((row, offset)) => ShortcutRow::Mapped(row, offset),
-                                None => ShortcutRow::InPlace,
-                            }
-                        }
-                    };
+                    let shortcut = ShortcutRow::at(residual, oy, x);
                     let out_start = (oy * shape.out_w + x) * out_c;
                     finish(
                         &acc[p][..channels.len()],

@@ -402,16 +402,7 @@ pub fn conv2d_i8(
                     }
                 }
                 for (p, &x) in pixels.iter().enumerate().take(distinct_pixels) {
-                    let shortcut = match residual {
-                        None => ShortcutRow::None,
-                        Some((Shortcut::InPlace, _)) => ShortcutRow::InPlace,
-                        Some((shortcut @ Shortcut::Mapped { .. }, _)) => {
-                            match shortcut.row(oy, x) {
-                                Some((row, offset)) => ShortcutRow::Mapped(row, offset),
-                                None => ShortcutRow::InPlace,
-                            }
-                        }
-                    };
+                    let shortcut = ShortcutRow::at(residual, oy, x);
                     let out_start = (oy * shape.out_w + x) * out_c;
                     finish_row(
                         &acc[p][..channels.len()],

@@ -454,12 +454,7 @@ fn finish_row(
     };
     let mut row = [0i8; CHANNEL_BLOCK];
     for (r, c) in row.iter_mut().zip(channels.clone()) {
-        *r = c
-            .checked_sub(offset)
-            .and_then(|c| source.get(c))
-            .copied()
-            // A padded channel holds real zero: the zero point.
-            .unwrap_or(tables.input2_zero_point as i8);
+        *r = ShortcutRow::mapped(source, offset, c, tables);
     }
     add_row(
         &values[..n],

@@ -351,12 +351,7 @@ fn finish_row(
                 ShortcutRow::Mapped(source, offset) => {
                     let mut row = [0i8; 8];
                     for (k, r) in row.iter_mut().enumerate() {
-                        *r = (c + k)
-                            .checked_sub(offset)
-                            .and_then(|s| source.get(s))
-                            .copied()
-                            // A padded channel holds real zero: the zero point.
-                            .unwrap_or(tables.input2_zero_point as i8);
+                        *r = ShortcutRow::mapped(source, offset, c + k, tables);
                     }
                     load_8(&row)
                 }

@@ -307,13 +307,7 @@ fn finish_row_avx2(
             }
             (Some(add), ShortcutRow::Mapped(row, offset)) => {
                 for (k, (o, v)) in out.iter_mut().zip(values).enumerate() {
-                    // A padded channel holds real zero: the zero point.
-                    let s = (c + k)
-                        .checked_sub(offset)
-                        .and_then(|s| row.get(s))
-                        .copied()
-                        .unwrap_or(add.input2_zero_point as i8);
-                    *o = add.add(v, s);
+                    *o = add.add(v, ShortcutRow::mapped(row, offset, c + k, add));
                 }
             }
         }
