@@ -207,16 +207,17 @@ impl<'m, 'a> Interpreter<'m, 'a> {
             index: 0,
         })?;
         let dtype = self.model.dtype();
+        let input_range = self.model.input_range();
         for c in 0..t.channels {
             let (mean, std) = self.model.preprocessing(c)?;
-            let range = self.model.input_range();
-            let quantize = |px: u8| {
-                let scaled = match range {
+            let normalize = |px: u8| {
+                let scaled = match input_range {
                     InputRange::Byte => f32::from(px),
                     InputRange::Unit => f32::from(px) / 255.0,
                 };
-                quantize_i8((scaled - mean) / std, t.scale, t.zero_point) as u8
+                (scaled - mean) / std
             };
+            let quantize = |px: u8| quantize_i8(normalize(px), t.scale, t.zero_point) as u8;
             if dtype == DType::Int8 && pixels.len() / t.channels.max(1) > 256 {
                 // More pixels than byte values: quantize each value once.
                 let table: [u8; 256] = core::array::from_fn(|v| quantize(v as u8));
@@ -227,15 +228,10 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                 continue;
             }
             for (p, &px) in pixels.iter().enumerate().skip(c).step_by(t.channels) {
-                let scaled = match self.model.input_range() {
-                    InputRange::Byte => f32::from(px),
-                    InputRange::Unit => f32::from(px) / 255.0,
-                };
-                let x = (scaled - mean) / std;
                 match dtype {
                     DType::F32 | DType::F16 => {
                         if let Some(b) = bytes.get_mut(4 * p..4 * p + 4) {
-                            b.copy_from_slice(&x.to_le_bytes());
+                            b.copy_from_slice(&normalize(px).to_le_bytes());
                         }
                     }
                     DType::Int8 => {

@@ -425,11 +425,7 @@ pub fn conv2d_i8(
     residual: Option<(Shortcut<'_, i8>, &AddParams)>,
     output: &mut [i8],
 ) -> Result<(), Error> {
-    shape.check(input.len(), weights.len(), bias.len(), output.len())?;
-    requant.check(shape.out_c)?;
-    if let Some((shortcut, _)) = &residual {
-        shortcut.check(shape.out_h, shape.out_w, shape.out_c)?;
-    }
+    check_conv_i8(shape, input, weights, bias, requant, residual, output)?;
     let window = shape.kernel_h * shape.kernel_w * shape.in_c;
     let c_in = shape.in_c;
     let add = residual.map(|(_, add)| AddTables::new(add));
@@ -460,6 +456,26 @@ pub fn conv2d_i8(
     Ok(())
 }
 
+/// The checks every int8 convolution kernel makes before touching its slices: their
+/// lengths against the shape, the requantization's per-channel arrays, and the
+/// shortcut's geometry.
+pub(crate) fn check_conv_i8(
+    shape: &ConvShape,
+    input: &[i8],
+    weights: &[i8],
+    bias: &[i32],
+    requant: &Requantize<'_>,
+    residual: Option<(Shortcut<'_, i8>, &AddParams)>,
+    output: &[i8],
+) -> Result<(), Error> {
+    shape.check(input.len(), weights.len(), bias.len(), output.len())?;
+    requant.check(shape.out_c)?;
+    if let Some((shortcut, _)) = &residual {
+        shortcut.check(shape.out_h, shape.out_w, shape.out_c)?;
+    }
+    Ok(())
+}
+
 /// The int8 output of channel `co` from its accumulator: requantized, then, if the
 /// layer has a residual (`add`), added to the shortcut: `shortcut_row`'s channel
 /// `co − offset` (zero point outside it) or, for an in-place residual, `previous`,
@@ -479,7 +495,9 @@ pub(crate) fn finish_i8(
         Some(add) => {
             let s = match shortcut_row {
                 None => previous,
-                Some((row, offset)) => mapped_channel(row, offset, co, add.input2_zero_point as i8),
+                Some((row, offset)) => {
+                    mapped_channel(row, offset, co, add.params.input2_zero_point as i8)
+                }
             };
             add.add(value, s)
         }

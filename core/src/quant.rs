@@ -231,10 +231,8 @@ impl AddParams {
 /// [`AddParams`] with the multipliers decoded ([`AddParams::prepared`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PreparedAdd {
-    /// Zero point of the first input.
-    pub input1_zero_point: i32,
-    /// Zero point of the second input.
-    pub input2_zero_point: i32,
+    input1_zero_point: i32,
+    input2_zero_point: i32,
     output_zero_point: i32,
     input1: QuantizedMultiplier,
     input2: QuantizedMultiplier,
@@ -268,12 +266,7 @@ pub struct AddTables {
     pub params: AddParams,
     input1: [i32; 256],
     input2: [i32; 256],
-    /// Zero point of the second input (the shortcut).
-    pub input2_zero_point: i32,
     output: QuantizedMultiplier,
-    output_zero_point: i32,
-    activation_min: i32,
-    activation_max: i32,
 }
 
 impl AddTables {
@@ -290,11 +283,7 @@ impl AddTables {
             params: *params,
             input1: rescale(prepared.input1_zero_point, prepared.input1),
             input2: rescale(prepared.input2_zero_point, prepared.input2),
-            input2_zero_point: prepared.input2_zero_point,
             output: prepared.output,
-            output_zero_point: prepared.output_zero_point,
-            activation_min: prepared.activation_min,
-            activation_max: prepared.activation_max,
         }
     }
 
@@ -306,8 +295,9 @@ impl AddTables {
         let sum = self
             .output
             .apply(a.saturating_add(b))
-            .saturating_add(self.output_zero_point);
-        sum.max(self.activation_min).min(self.activation_max) as i8
+            .saturating_add(self.params.output_zero_point);
+        sum.max(self.params.activation_min)
+            .min(self.params.activation_max) as i8
     }
 }
 

@@ -3,7 +3,6 @@
 //! engine code), and whether the device's predictions equal the host engine's.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -147,33 +146,21 @@ pub fn table(results: &[BoardResult]) -> String {
 /// Builds the engine size probe for `board` (profile `size`, the board's CPU flags)
 /// and returns its `.text` size.
 pub fn engine_text_bytes(board: &Board) -> Result<u64> {
-    let dir = qemu::firmware_dir();
-    let target_dir = dir.join("target").join(board.name);
-    let board_flags = format!(
-        "CARGO_TARGET_{}_RUSTFLAGS",
-        board.target.to_uppercase().replace(['-', '.'], "_")
-    );
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(&dir)
-        .args([
+    let target_dir = qemu::firmware_dir().join("target").join(board.name);
+    let status = qemu::firmware_cargo(
+        board,
+        &target_dir,
+        &[
             "build",
             "--quiet",
             "--profile",
             "size",
             "--bin",
             "engine_size",
-        ])
-        .args(["--target", board.target])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env("TINYRES_BOARD", board.name)
-        .env(board_flags, board.rustflags)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("CARGO_TARGET_DIR")
-        .status()
-        .context("cannot run cargo to build the engine size probe")?;
+        ],
+    )
+    .status()
+    .context("cannot run cargo to build the engine size probe")?;
     if !status.success() {
         bail!("building the engine size probe for {} failed", board.name);
     }

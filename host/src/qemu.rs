@@ -172,6 +172,32 @@ pub fn firmware_dir() -> PathBuf {
 /// Arena of the QEMU firmware builds unless a model needs more.
 pub const DEFAULT_ARENA_BYTES: usize = 256 * 1024;
 
+/// `cargo SUBCOMMAND` in the firmware package for `board`: its Rust target, the target
+/// directory, the board's name for build.rs and its CPU flags (joined with the
+/// firmware config's own flags: `RUSTFLAGS` would replace them, so it and the other
+/// variables that would redirect the build are removed).
+pub fn firmware_cargo(board: &Board, target_dir: &Path, subcommand: &[&str]) -> Command {
+    let board_flags = format!(
+        "CARGO_TARGET_{}_RUSTFLAGS",
+        board.target.to_uppercase().replace(['-', '.'], "_")
+    );
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo
+        .current_dir(firmware_dir())
+        .args(subcommand)
+        .args(["--target", board.target])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env("TINYRES_BOARD", board.name)
+        .env(board_flags, board.rustflags)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_TARGET_DIR");
+    cargo
+}
+
 /// Builds (if needed: cargo decides) firmware binary `bin` (`classify` or `finetune`)
 /// for `board` with a static arena of `arena_bytes`, logging over `transport`;
 /// returns the path of a copy of the ELF named after the arena size. Cargo's progress
@@ -212,31 +238,18 @@ pub fn build_firmware(
         .with_context(|| format!("cannot create {}", lock_path.display()))?;
     lock.lock()
         .with_context(|| format!("cannot lock {}", lock_path.display()))?;
-    let board_flags = format!(
-        "CARGO_TARGET_{}_RUSTFLAGS",
-        board.target.to_uppercase().replace(['-', '.'], "_")
-    );
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(&dir)
-        .args(["build", "--quiet", "--release", "--bin", bin])
-        .args(["--target", board.target])
-        .args(match transport {
-            Transport::Semihosting => &[][..],
-            Transport::Rtt => &["--features", "rtt"][..],
-        })
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env("TINYRES_BOARD", board.name)
-        .env("TINYRES_ARENA_BYTES", arena_bytes.to_string())
-        // Joined with the firmware config's own flags; RUSTFLAGS would replace them.
-        .env(board_flags, board.rustflags)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("CARGO_TARGET_DIR")
-        .status()
-        .context("cannot run cargo to build the firmware")?;
+    let status = firmware_cargo(
+        board,
+        &target_dir,
+        &["build", "--quiet", "--release", "--bin", bin],
+    )
+    .args(match transport {
+        Transport::Semihosting => &[][..],
+        Transport::Rtt => &["--features", "rtt"][..],
+    })
+    .env("TINYRES_ARENA_BYTES", arena_bytes.to_string())
+    .status()
+    .context("cannot run cargo to build the firmware")?;
     if !status.success() {
         bail!(
             "building the firmware for {} ({}) failed",

@@ -299,11 +299,12 @@ impl<'a> ShortcutRow<'a> {
     pub fn at(residual: Option<(Shortcut<'a, i8>, &AddParams)>, oy: usize, ox: usize) -> Self {
         match residual {
             None => ShortcutRow::None,
-            Some((Shortcut::InPlace, _)) => ShortcutRow::InPlace,
-            Some((shortcut @ Shortcut::Mapped { .. }, _)) => match shortcut.row(oy, ox) {
-                Some((row, offset)) => ShortcutRow::Mapped(row, offset),
-                None => ShortcutRow::InPlace,
-            },
+            // `row` is `None` for an in-place shortcut.
+            Some((shortcut, _)) => shortcut
+                .row(oy, ox)
+                .map_or(ShortcutRow::InPlace, |(row, offset)| {
+                    ShortcutRow::Mapped(row, offset)
+                }),
         }
     }
 
@@ -311,7 +312,7 @@ impl<'a> ShortcutRow<'a> {
     /// outside its channels).
     #[inline(always)]
     pub fn mapped(row: &[i8], offset: usize, channel: usize, add: &AddTables) -> i8 {
-        mapped_channel(row, offset, channel, add.input2_zero_point as i8)
+        mapped_channel(row, offset, channel, add.params.input2_zero_point as i8)
     }
 }
 
@@ -398,34 +399,33 @@ fn finish_row<const CHECKED_LAYER: bool>(
     }
 }
 
-/// Whether a vectorised [`finish_row_scalar`] may run: every requantization shift
-/// in `-31..=30` and, for a residual add, input shifts `≤ 0` (true of every blob
-/// that validates; other parameters take the scalar code).
+/// Whether a vectorised [`finish_row_scalar`] may run: the layer is checked
+/// ([`layer_is_checked`]) and, for a residual add, the input shifts are `≤ 0` and
+/// every shift in `-31..=30` (true of every blob that validates; other parameters
+/// take the scalar code).
 pub fn vector_finish_applies(requant: &Requantize<'_>, add: Option<&AddParams>) -> bool {
-    let in_range = |s: &i32| (-31..=30).contains(s);
-    requant.shifts.iter().all(in_range)
+    layer_is_checked(requant)
         && add.is_none_or(|p| {
             p.input1_shift <= 0
                 && p.input2_shift <= 0
                 && [p.input1_shift, p.input2_shift, p.output_shift]
                     .iter()
-                    .all(in_range)
+                    .all(|s| (-31..=30).contains(s))
         })
 }
 
 /// Accumulators of a pixel group: `[pixel][channel of the block]`.
 pub type Accumulators = [[i32; CHANNEL_BLOCK]; PIXELS];
 
-/// A block kernel from a one-filter kernel `dot` returning `(Σ x_p·w, Σ w)` for the
-/// group's four pixels (see [`conv2d_i8_by_columns`]); the weights' sums come from
-/// [`weight_sums_scalar`] instead.
+/// A block kernel from a one-filter kernel `dot` returning `Σ x_p·w` for the group's
+/// four pixels (see [`conv2d_i8_by_columns`]).
 #[inline(always)]
 pub fn each_filter(
-    dot: impl Fn(&Columns, &[i8]) -> ([i32; PIXELS], i32),
+    dot: impl Fn(&Columns, &[i8]) -> [i32; PIXELS],
 ) -> impl Fn(&Columns, &[i8], usize, &mut Accumulators) {
     move |columns, weights, window, acc| {
         for (i, filter) in weights.chunks_exact(window).take(CHANNEL_BLOCK).enumerate() {
-            let (products, _) = dot(columns, filter);
+            let products = dot(columns, filter);
             for (row, product) in acc.iter_mut().zip(products) {
                 row[i] = product;
             }
@@ -444,10 +444,11 @@ pub fn weight_sums_scalar(weights: &[i8], window: usize, sums: &mut [i32; CHANNE
 /// same checks, bit-identical results), with `dot_block(columns, weights, window,
 /// acc)` setting `acc[p][i] = Σ x_p·w_i` for the group's four pixels and the block's
 /// filters of `window` bytes (at most [`CHANNEL_BLOCK`]), `weight_sums` doing what
-/// [`weight_sums_scalar`] does and `finish` what [`finish_row_scalar`] does. Each
-/// channel's `bias − zero_point · Σ w` is computed once per layer (once per block
-/// and pixel group past [`CHANNEL_BLOCK`] channels). A window over [`WINDOW_CAPACITY`] taps goes to the
-/// portable kernel.
+/// [`weight_sums_scalar`] does and `vector_finish` what [`finish_row_scalar`] does,
+/// for the layers [`vector_finish_applies`] to (the others take
+/// [`finish_row_scalar`]). Each channel's `bias − zero_point · Σ w` is computed once
+/// per layer (once per block and pixel group past [`CHANNEL_BLOCK`] channels). A
+/// window over [`WINDOW_CAPACITY`] taps goes to the portable kernel.
 ///
 /// The last group of a row repeats its last pixel to make four and keeps the
 /// results it needs.
@@ -456,7 +457,7 @@ pub fn weight_sums_scalar(weights: &[i8], window: usize, sums: &mut [i32; CHANNE
 pub fn conv2d_i8_by_columns(
     dot_block: impl Fn(&Columns, &[i8], usize, &mut Accumulators),
     weight_sums: impl Fn(&[i8], usize, &mut [i32; CHANNEL_BLOCK]),
-    finish: impl Fn(
+    vector_finish: impl Fn(
         &[i32],
         &[i32],
         Range<usize>,
@@ -487,13 +488,10 @@ pub fn conv2d_i8_by_columns(
             output,
         );
     }
-    shape.check(input.len(), weights.len(), bias.len(), output.len())?;
-    requant.check(shape.out_c)?;
-    if let Some((shortcut, _)) = &residual {
-        shortcut.check(shape.out_h, shape.out_w, shape.out_c)?;
-    }
+    kernels::check_conv_i8(shape, input, weights, bias, requant, residual, output)?;
     let out_c = shape.out_c;
     let add = residual.map(|(_, add)| AddTables::new(add));
+    let vector = vector_finish_applies(requant, residual.map(|(_, add)| add));
     let mut columns = Columns([0; COLUMN_BYTES]);
     let mut acc: Accumulators = [[0; CHANNEL_BLOCK]; PIXELS];
     let mut bases = [0i32; CHANNEL_BLOCK];
@@ -531,15 +529,23 @@ pub fn conv2d_i8_by_columns(
                 for (p, &x) in pixels.iter().enumerate().take(distinct) {
                     let shortcut = ShortcutRow::at(residual, oy, x);
                     let out_start = (oy * shape.out_w + x) * out_c;
-                    finish(
-                        &acc[p][..channels.len()],
-                        &bases[..channels.len()],
-                        channels.clone(),
-                        requant,
-                        add.as_ref(),
-                        shortcut,
-                        &mut output[out_start..out_start + out_c],
-                    );
+                    let acc = &acc[p][..channels.len()];
+                    let bases = &bases[..channels.len()];
+                    let out = &mut output[out_start..out_start + out_c];
+                    let add = add.as_ref();
+                    if vector {
+                        vector_finish(acc, bases, channels.clone(), requant, add, shortcut, out);
+                    } else {
+                        finish_row_scalar(
+                            acc,
+                            bases,
+                            channels.clone(),
+                            requant,
+                            add,
+                            shortcut,
+                            out,
+                        );
+                    }
                 }
             }
         }

@@ -19,8 +19,8 @@ use core::arch::asm;
 use core::ops::Range;
 
 use super::columns::{
-    conv2d_i8_by_columns, finish_row_scalar, vector_finish_applies, Accumulators, Columns,
-    ShortcutRow, CHANNEL_BLOCK, PIXELS, WINDOW_CAPACITY,
+    conv2d_i8_by_columns, finish_row_scalar, Accumulators, Columns, ShortcutRow, CHANNEL_BLOCK,
+    PIXELS, WINDOW_CAPACITY,
 };
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
@@ -242,17 +242,10 @@ pub fn conv2d_i8(
     residual: Option<(Shortcut<'_, i8>, &AddParams)>,
     output: &mut [i8],
 ) -> Result<(), Error> {
-    let vector = vector_finish_applies(requant, residual.map(|(_, add)| add));
     conv2d_i8_by_columns(
         dot_block,
         weight_sums,
-        |acc, bases, channels, requant, add, shortcut, out| {
-            if vector {
-                finish_row(acc, bases, channels, requant, add, shortcut, out)
-            } else {
-                finish_row_scalar(acc, bases, channels, requant, add, shortcut, out)
-            }
-        },
+        finish_row,
         shape,
         input,
         input_zero_point,
@@ -423,7 +416,7 @@ fn add_row(values: &[i8], shortcut: Option<&[i8]>, add: &AddParams, out: &mut [i
 
 /// [`finish_row_scalar`] with Helium: requantization, then the residual add (its
 /// shortcut gathered into a contiguous row first), four channels at a time, for
-/// parameters that [`vector_finish_applies`] to.
+/// parameters that [`super::columns::vector_finish_applies`] to.
 fn finish_row(
     acc: &[i32],
     bases: &[i32],

@@ -5,8 +5,9 @@
 //! Per 16 bytes of a filter and each of the group's four pixels: `SMULL`/`SMULL2`
 //! multiply the 16 int8 pairs into 16-bit products (an int8 product always fits) and
 //! `SADALP` adds neighbouring products into 32-bit lanes (a sum of two could not fit
-//! 16 bits: that is why the products are not accumulated in 16 bits). `SADDLP` and
-//! `SADALP` sum the weights. ARMv8.0 has no `SDOT` (the A53 is ARMv8.0).
+//! 16 bits: that is why the products are not accumulated in 16 bits). Two filters
+//! share each input load. ARMv8.0 has no `SDOT` (the A53 is ARMv8.0); the weights'
+//! sums come once per layer from the column driver.
 //!
 //! Requantization and the residual add run eight channels at a time
 //! ([`finish_row`]): `SQRDMULH` is TFLite's saturating rounding doubling high
@@ -17,15 +18,15 @@
 use core::arch::aarch64::{
     int32x4_t, int8x16_t, int8x8_t, vaddq_s32, vaddvq_s32, vandq_s32, vcombine_s16, vdupq_n_s32,
     vget_high_s16, vget_low_s16, vget_low_s8, vmaxq_s32, vminq_s32, vmovl_s16, vmovl_s8, vmovn_s16,
-    vmovn_s32, vmull_high_s8, vmull_s8, vpadalq_s16, vpaddlq_s8, vqaddq_s32, vqrdmulhq_n_s32,
-    vqrdmulhq_s32, vrshlq_s32, vshlq_n_s32, vshlq_s32, vshrq_n_s32, vsubq_s32,
+    vmovn_s32, vmull_high_s8, vmull_s8, vpadalq_s16, vqaddq_s32, vqrdmulhq_n_s32, vqrdmulhq_s32,
+    vrshlq_s32, vshlq_n_s32, vshlq_s32, vshrq_n_s32, vsubq_s32,
 };
 use core::arch::asm;
 use core::ops::Range;
 
 use super::columns::{
-    column_offset, conv2d_i8_by_columns, each_filter, finish_row_scalar, vector_finish_applies,
-    weight_sums_scalar, Accumulators, Columns, ShortcutRow, CHANNEL_BLOCK, PIXELS,
+    column_offset, conv2d_i8_by_columns, each_filter, finish_row_scalar, weight_sums_scalar,
+    Accumulators, Columns, ShortcutRow, CHANNEL_BLOCK, PIXELS,
 };
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
@@ -47,15 +48,14 @@ fn multiply_accumulate(acc: int32x4_t, x: int8x16_t, w: int8x16_t) -> int32x4_t 
 #[repr(C, align(16))]
 struct AlignedChunk([i8; 16]);
 
-/// `(Σ x_p·w for p in 0..4, Σ w)` over `filter`, the four pixels' columns as
+/// `Σ x_p·w` for `p` in `0..4` over `filter`, the four pixels' columns as
 /// [`column_offset`] lays them out. The last chunk's weights past the filter's end
 /// count as zero, so the columns' bytes there do not matter.
 #[inline(always)]
-fn dot_4(columns: &Columns, filter: &[i8]) -> ([i32; PIXELS], i32) {
+fn dot_4(columns: &Columns, filter: &[i8]) -> [i32; PIXELS] {
     // SAFETY: NEON is part of the aarch64 targets this module is compiled for.
     let zero = unsafe { vdupq_n_s32(0) };
     let mut acc = [zero; PIXELS];
-    let mut weight_sum = zero;
     let aligned = filter.as_ptr().align_offset(16) == 0;
     let mut copy = AlignedChunk([0; 16]);
     for chunk in 0..filter.len().div_ceil(16) {
@@ -84,11 +84,10 @@ fn dot_4(columns: &Columns, filter: &[i8]) -> ([i32; PIXELS], i32) {
                 let x = x.as_ptr().add(16 * p).cast::<int8x16_t>().read();
                 *acc = multiply_accumulate(*acc, x, w);
             }
-            weight_sum = vpadalq_s16(weight_sum, vpaddlq_s8(w));
         }
     }
     // SAFETY: as above (register-only reductions).
-    unsafe { (acc.map(|a| vaddvq_s32(a)), vaddvq_s32(weight_sum)) }
+    acc.map(|a| unsafe { vaddvq_s32(a) })
 }
 
 /// For the block's filters `i` (`window` bytes each, contiguous in `weights`):
@@ -145,7 +144,7 @@ fn dot_block(columns: &Columns, weights: &[i8], window: usize, acc: &mut Accumul
     }
     if filters % 2 == 1 {
         let last = filters - 1;
-        let (products, _) = dot_4(columns, &weights[last * window..(last + 1) * window]);
+        let products = dot_4(columns, &weights[last * window..(last + 1) * window]);
         for (row, product) in acc.iter_mut().zip(products) {
             row[last] = product;
         }
@@ -308,7 +307,7 @@ fn add_8(values: int8x8_t, shortcut: int8x8_t, add: &AddParams) -> int8x8_t {
 }
 
 /// [`finish_row_scalar`] with NEON, eight channels a step (the rest scalar), for
-/// parameters that [`vector_finish_applies`] to.
+/// parameters that [`super::columns::vector_finish_applies`] to.
 fn finish_row(
     acc: &[i32],
     bases: &[i32],
@@ -385,17 +384,10 @@ pub fn conv2d_i8(
     residual: Option<(Shortcut<'_, i8>, &AddParams)>,
     output: &mut [i8],
 ) -> Result<(), Error> {
-    let vector = vector_finish_applies(requant, residual.map(|(_, add)| add));
     conv2d_i8_by_columns(
         dot_block,
         weight_sums_scalar,
-        |acc, bases, channels, requant, add, shortcut, out| {
-            if vector {
-                finish_row(acc, bases, channels, requant, add, shortcut, out)
-            } else {
-                finish_row_scalar(acc, bases, channels, requant, add, shortcut, out)
-            }
-        },
+        finish_row,
         shape,
         input,
         input_zero_point,

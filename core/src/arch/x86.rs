@@ -7,11 +7,10 @@
 //! `VPMADDWD` multiplies and adds neighbouring products into eight i32 lanes: per 16
 //! bytes, six widenings, eight multiply-adds and eight adds for 128 MACs.
 //!
-//! Per 16 bytes of a filter: the weights are widened to two vectors of eight 16-bit
+//! SSE2, one filter at a time: per 16 bytes of a filter, the weights are widened to two vectors of eight 16-bit
 //! lanes once (`PUNPCKLBW`/`PUNPCKHBW` with themselves, then an arithmetic shift right
 //! by 8 sign-extends); each of the group's four pixels is widened the same way and
 //! `PMADDWD` multiplies the lanes and adds neighbouring products into 32-bit lanes.
-//! The weights' sum is a `PMADDWD` against ones.
 
 use core::arch::x86_64::{
     __cpuid, __cpuid_count, __m128i, __m256i, _mm256_add_epi32, _mm256_add_epi64, _mm256_and_si256,
@@ -20,17 +19,17 @@ use core::arch::x86_64::{
     _mm256_min_epi32, _mm256_mul_epi32, _mm256_set1_epi32, _mm256_set1_epi64x,
     _mm256_setzero_si256, _mm256_slli_epi64, _mm256_sllv_epi32, _mm256_srav_epi32,
     _mm256_srli_epi32, _mm256_srli_epi64, _mm256_sub_epi32, _mm_add_epi32, _mm_loadu_si128,
-    _mm_madd_epi16, _mm_packs_epi16, _mm_packs_epi32, _mm_set1_epi16, _mm_setzero_si128,
-    _mm_shuffle_epi32, _mm_srai_epi16, _mm_storel_epi64, _mm_storeu_si128, _mm_unpackhi_epi8,
-    _mm_unpacklo_epi8, _xgetbv,
+    _mm_madd_epi16, _mm_packs_epi16, _mm_packs_epi32, _mm_setzero_si128, _mm_shuffle_epi32,
+    _mm_srai_epi16, _mm_storel_epi64, _mm_storeu_si128, _mm_unpackhi_epi8, _mm_unpacklo_epi8,
+    _xgetbv,
 };
 
 use core::ops::Range;
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use super::columns::{
-    column_offset, conv2d_i8_by_columns, each_filter, finish_row_scalar, vector_finish_applies,
-    weight_sums_scalar, Accumulators, Columns, ShortcutRow, CHANNEL_BLOCK, PIXELS,
+    column_offset, conv2d_i8_by_columns, each_filter, finish_row_scalar, weight_sums_scalar,
+    Accumulators, Columns, ShortcutRow, CHANNEL_BLOCK, PIXELS,
 };
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
@@ -71,14 +70,12 @@ fn horizontal_sum(v: __m128i) -> i32 {
     }
 }
 
-/// `(Σ x_p·w for p in 0..4, Σ w)` over `filter`, the four pixels' columns as
+/// `Σ x_p·w` for `p` in `0..4` over `filter`, the four pixels' columns as
 /// [`column_offset`] lays them out. Weights past the filter's end count as zero.
 #[inline(always)]
-fn dot_4(columns: &Columns, filter: &[i8]) -> ([i32; PIXELS], i32) {
+fn dot_4(columns: &Columns, filter: &[i8]) -> [i32; PIXELS] {
     // SAFETY: SSE2 (see `widen`); register-only.
-    let (zero, ones) = unsafe { (_mm_setzero_si128(), _mm_set1_epi16(1)) };
-    let mut acc = [zero; PIXELS];
-    let mut weight_sum = zero;
+    let mut acc = [unsafe { _mm_setzero_si128() }; PIXELS];
     for chunk in 0..filter.len().div_ceil(16) {
         let (w_low, w_high) = widen(filter, chunk * 16);
         for (p, acc) in acc.iter_mut().enumerate() {
@@ -91,15 +88,8 @@ fn dot_4(columns: &Columns, filter: &[i8]) -> ([i32; PIXELS], i32) {
                 )
             };
         }
-        // SAFETY: SSE2 (see `widen`); register-only.
-        weight_sum = unsafe {
-            _mm_add_epi32(
-                _mm_add_epi32(weight_sum, _mm_madd_epi16(w_low, ones)),
-                _mm_madd_epi16(w_high, ones),
-            )
-        };
     }
-    (acc.map(horizontal_sum), horizontal_sum(weight_sum))
+    acc.map(horizontal_sum)
 }
 
 /// Whether the processor and the operating system support AVX2 (CPUID leaf 7
@@ -261,7 +251,7 @@ fn requantize_8(
 
 /// [`finish_row_scalar`] with AVX2 requantization, eight channels a step (the
 /// residual add through its lookup tables; the rest scalar), for parameters that
-/// [`vector_finish_applies`] to and multipliers other than `i32::MIN`.
+/// [`super::columns::vector_finish_applies`] to.
 #[target_feature(enable = "avx2")]
 fn finish_row_avx2(
     acc: &[i32],
@@ -337,14 +327,12 @@ pub fn conv2d_i8(
     residual: Option<(Shortcut<'_, i8>, &AddParams)>,
     output: &mut [i8],
 ) -> Result<(), Error> {
-    let vector = has_avx2()
-        && vector_finish_applies(requant, residual.map(|(_, add)| add))
-        && !requant.multipliers.contains(&i32::MIN);
+    let avx2 = has_avx2();
     conv2d_i8_by_columns(
         dot_block,
         weight_sums_scalar,
         |acc, bases, channels, requant, add, shortcut, out| {
-            if vector {
+            if avx2 {
                 // SAFETY: the processor supports AVX2 (`has_avx2` above).
                 unsafe { finish_row_avx2(acc, bases, channels, requant, add, shortcut, out) }
             } else {
