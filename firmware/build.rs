@@ -2,8 +2,8 @@
 //! `mps2-an386`, `virt-a53` for an aarch64 target, `nrf52840` with that feature):
 //! writes the linker script (cortex-m-rt's `memory.x`, or the whole script for
 //! Cortex-A) and `board.rs`, the addresses where QEMU (or `tinyres flash`, on a board)
-//! puts the model and the images. Keep the table in step with `host/src/qemu.rs` and,
-//! for boards with flash, `host/src/flash.rs`.
+//! puts the model and the images. Keep the table in step with `host/device/src/qemu.rs` and,
+//! for boards with flash, `host/device/src/flash.rs`.
 
 use std::env;
 use std::fs;

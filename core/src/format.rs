@@ -1,5 +1,6 @@
-//! Byte layout of the `.trm` model blob, shared by the parser and the writer.
-//! `FORMAT.md` is the prose version of this file; keep them in step.
+//! Byte layout of the `.trm` model blob: the definition the engine parses and the
+//! compiler (`tinyres-compile`) writes. `FORMAT.md` is the prose version of this file;
+//! keep them in step.
 
 /// First four bytes of every blob.
 pub const MAGIC: [u8; 4] = *b"TRM\0";
@@ -21,6 +22,8 @@ pub const SECTION_ALIGN: usize = 16;
 pub const NO_TENSOR: u16 = 0xFFFF;
 
 /// Header field offsets.
+// Each constant is named after the field FORMAT.md documents.
+#[allow(missing_docs)]
 pub mod header {
     pub const MAGIC: usize = 0;
     pub const VERSION: usize = 4;
@@ -43,6 +46,8 @@ pub mod header {
 }
 
 /// Tensor record field offsets.
+// Each constant is named after the field FORMAT.md documents.
+#[allow(missing_docs)]
 pub mod tensor {
     pub const HEIGHT: usize = 0;
     pub const WIDTH: usize = 2;
@@ -53,6 +58,8 @@ pub mod tensor {
 }
 
 /// Layer record field offsets.
+// Each constant is named after the field FORMAT.md documents.
+#[allow(missing_docs)]
 pub mod layer {
     pub const KIND: usize = 0;
     pub const FLAGS: usize = 1;
@@ -82,6 +89,8 @@ pub mod layer {
 }
 
 /// Layer kind codes.
+// Each constant is named after the field FORMAT.md documents.
+#[allow(missing_docs)]
 pub mod kind {
     pub const CONV2D: u8 = 1;
     pub const GLOBAL_AVG_POOL: u8 = 2;

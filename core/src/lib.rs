@@ -3,24 +3,16 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
-#[cfg(feature = "alloc")]
-extern crate alloc;
-
 pub mod arch;
 mod crc;
 mod engine;
 mod error;
-mod format;
+pub mod format;
 pub mod kernels;
 pub mod learn;
 mod model;
 pub mod persist;
 pub mod quant;
-
-#[cfg(feature = "alloc")]
-pub mod plan;
-#[cfg(feature = "alloc")]
-pub mod writer;
 
 pub use crc::{crc32, crc32_update};
 pub use engine::{Arena, Interpreter};

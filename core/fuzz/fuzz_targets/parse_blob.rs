@@ -6,17 +6,18 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tinyres_core::writer::AlignedBlob;
 use tinyres_core::{crc32, Interpreter, Model};
 
 fuzz_target!(|data: &[u8]| {
-    let mut blob = AlignedBlob::new(data);
-    let bytes = blob.as_bytes_mut();
+    // The engine reads blobs from 16-byte aligned memory.
+    let mut words = vec![0u128; data.len().div_ceil(16)];
+    let bytes = &mut bytemuck::cast_slice_mut::<u128, u8>(&mut words)[..data.len()];
+    bytes.copy_from_slice(data);
     if bytes.len() >= 16 {
         let crc = crc32(&bytes[16..]);
         bytes[12..16].copy_from_slice(&crc.to_le_bytes());
     }
-    let Ok(model) = Model::parse(blob.as_bytes()) else {
+    let Ok(model) = Model::parse(bytes) else {
         return;
     };
     let (h, w, c) = model.input_shape();

@@ -1,0 +1,1004 @@
+//! The blob writer: a float network description in, a validated
+//! `.trm` blob out, as f32, f16-weight or calibrated int8.
+//!
+//! The host compiler lowers ONNX graphs to a [`Network`]; tests build networks by
+//! hand. Tensor `0` is the input image; layer `k` writes tensor `k + 1`; layers run in
+//! order. Weights are given in f32, convolutions in OHWI order (`[out][ky][kx][in]`),
+//! dense layers as `[out][in]` over the NHWC-flattened input.
+
+use std::fmt;
+
+use half::f16;
+
+use crate::plan::{align_up, plan_buffers, BufferRequest};
+use tinyres_core::format::{
+    self, flags, header, kind, layer as lf, tensor as tf, DType, InputRange,
+};
+use tinyres_core::kernels::ConvShape;
+use tinyres_core::quant::{quantize_multiplier, AddParams};
+
+/// The input image and how raw pixels are normalised.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputSpec {
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+    /// Channels.
+    pub channels: usize,
+    /// Scaling of raw pixels before normalisation.
+    pub range: InputRange,
+    /// Per-channel mean subtracted after scaling.
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation divided by after the mean.
+    pub std: Vec<f32>,
+}
+
+/// A residual input added after a convolution (see [`tinyres_core::Residual`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResidualSpec {
+    /// Tensor added.
+    pub tensor: usize,
+    /// Spatial subsampling of the shortcut (2 for option A across a stage).
+    pub stride: usize,
+    /// Zero channels padded before the shortcut's channels (option A).
+    pub channel_offset: usize,
+    /// ReLU after the add.
+    pub relu: bool,
+}
+
+/// A convolution with batch norm folded into its weights and bias.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvSpec {
+    /// Input tensor.
+    pub input: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// `(rows, columns)` of the kernel.
+    pub kernel: (usize, usize),
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding `[top, left, bottom, right]`.
+    pub padding: [usize; 4],
+    /// OHWI weights.
+    pub weights: Vec<f32>,
+    /// One bias per output channel.
+    pub bias: Vec<f32>,
+    /// ReLU on the convolution (before any residual add).
+    pub relu: bool,
+    /// Residual add after the convolution.
+    pub residual: Option<ResidualSpec>,
+}
+
+impl ConvSpec {
+    /// The kernel's view of this convolution from `(height, width, channels)` of its
+    /// input and output tensors.
+    pub fn shape(
+        &self,
+        (in_h, in_w, in_c): (usize, usize, usize),
+        (out_h, out_w, out_c): (usize, usize, usize),
+    ) -> ConvShape {
+        ConvShape {
+            in_h,
+            in_w,
+            in_c,
+            out_h,
+            out_w,
+            out_c,
+            kernel_h: self.kernel.0,
+            kernel_w: self.kernel.1,
+            stride: self.stride,
+            pad_top: self.padding[0],
+            pad_left: self.padding[1],
+        }
+    }
+}
+
+/// A fully connected layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DenseSpec {
+    /// Input tensor (flattened NHWC).
+    pub input: usize,
+    /// Outputs.
+    pub out_features: usize,
+    /// `[out][in]` weights.
+    pub weights: Vec<f32>,
+    /// One bias per output.
+    pub bias: Vec<f32>,
+    /// ReLU on the output.
+    pub relu: bool,
+}
+
+/// One layer of a [`Network`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum LayerSpec {
+    /// Convolution.
+    Conv(ConvSpec),
+    /// Global average pooling of a tensor.
+    GlobalAvgPool {
+        /// Input tensor.
+        input: usize,
+    },
+    /// Fully connected layer.
+    Dense(DenseSpec),
+}
+
+impl LayerSpec {
+    fn inputs(&self) -> (usize, Option<usize>) {
+        match self {
+            LayerSpec::Conv(c) => (c.input, c.residual.map(|r| r.tensor)),
+            LayerSpec::GlobalAvgPool { input } => (*input, None),
+            LayerSpec::Dense(d) => (d.input, None),
+        }
+    }
+}
+
+/// A float network in the engine's layer set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Network {
+    /// The input image.
+    pub input: InputSpec,
+    /// Layers in execution order; layer `k` writes tensor `k + 1`.
+    pub layers: Vec<LayerSpec>,
+    /// The pooled-feature tensor the on-device trainer reads (usually the global
+    /// average pool's output).
+    pub features: Option<usize>,
+    /// Class names (empty, or one per logit).
+    pub class_names: Vec<String>,
+}
+
+/// Why a network could not be written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteError(pub String);
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WriteError {}
+
+fn fail<T>(msg: impl Into<String>) -> Result<T, WriteError> {
+    Err(WriteError(msg.into()))
+}
+
+/// Observed real-valued range of every activation, for int8 quantization.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActivationRanges {
+    /// `(min, max)` of each tensor (index = tensor id). The input's range is that of
+    /// the preprocessed image. A global average pool's output is given its input's
+    /// quantization regardless (the int8 pool keeps it).
+    pub tensors: Vec<(f32, f32)>,
+    /// For each layer, the `(min, max)` of the convolution's output before its
+    /// residual add (`None` for layers without one).
+    pub pre_add: Vec<Option<(f32, f32)>>,
+}
+
+/// Every activation of one float run: see [`Network::forward_f32`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForwardTrace {
+    /// Each tensor's values (index = tensor id), NHWC.
+    pub tensors: Vec<Vec<f32>>,
+    /// For each layer with a residual add, the convolution's value before the add.
+    pub pre_add: Vec<Option<Vec<f32>>>,
+}
+
+/// How to encode the network's numbers.
+#[derive(Clone, Copy, Debug)]
+pub enum Encoding<'a> {
+    /// f32 weights and activations.
+    F32,
+    /// f16 weights, f32 activations.
+    F16,
+    /// TFLite int8 with the given activation ranges.
+    Int8(&'a ActivationRanges),
+}
+
+/// int8 scale and zero point covering `[min, max]` (widened to include 0, as
+/// TFLite's converter does).
+pub fn quantization_for_range(min: f32, max: f32) -> (f32, i32) {
+    let min = min.min(0.0);
+    let max = max.max(0.0);
+    let scale = if max > min && (max - min).is_finite() {
+        (max - min) / 255.0
+    } else {
+        1.0
+    };
+    let zero_point = libm::roundf(-128.0 - min / scale) as i32;
+    (scale, zero_point.clamp(-128, 127))
+}
+
+impl Network {
+    /// `(height, width, channels)` of every tensor, checking every layer's sizes.
+    pub fn tensor_shapes(&self) -> Result<Vec<(usize, usize, usize)>, WriteError> {
+        let i = &self.input;
+        if i.height == 0 || i.width == 0 || i.channels == 0 {
+            return fail("input: every dimension must be at least 1");
+        }
+        if i.mean.len() != i.channels || i.std.len() != i.channels {
+            return fail(format!(
+                "input: {} mean and {} std values for {} channels",
+                i.mean.len(),
+                i.std.len(),
+                i.channels
+            ));
+        }
+        if i.std.iter().any(|&s| !(s.is_finite() && s > 0.0))
+            || i.mean.iter().any(|m| !m.is_finite())
+        {
+            return fail("input: mean must be finite and std finite and positive");
+        }
+        if self.layers.is_empty() {
+            return fail("network has no layers");
+        }
+        let mut shapes = vec![(i.height, i.width, i.channels)];
+        for (k, layer) in self.layers.iter().enumerate() {
+            let (input, residual) = layer.inputs();
+            let at = |what: &str| format!("layer {k}: {what}");
+            if input > k {
+                return fail(at(&format!("input tensor {input} is not computed yet")));
+            }
+            let (h, w, c) = shapes[input];
+            let shape = match layer {
+                LayerSpec::Conv(conv) => {
+                    let (kh, kw) = conv.kernel;
+                    if kh == 0
+                        || kw == 0
+                        || kh > 255
+                        || kw > 255
+                        || conv.stride == 0
+                        || conv.stride > 255
+                    {
+                        return fail(at("kernel and stride must be in 1..=255"));
+                    }
+                    if conv.padding[0].max(conv.padding[2]) >= kh
+                        || conv.padding[1].max(conv.padding[3]) >= kw
+                    {
+                        return fail(at("padding must be smaller than the kernel"));
+                    }
+                    let Some((oh, ow)) =
+                        ConvShape::output_size(h, w, conv.kernel, conv.stride, conv.padding)
+                    else {
+                        return fail(at("kernel larger than the padded input"));
+                    };
+                    let n = conv.out_channels * kh * kw * c;
+                    if conv.weights.len() != n {
+                        return fail(at(&format!(
+                            "{} weights, expected {n} (OHWI {}x{kh}x{kw}x{c})",
+                            conv.weights.len(),
+                            conv.out_channels
+                        )));
+                    }
+                    if conv.bias.len() != conv.out_channels {
+                        return fail(at(&format!(
+                            "{} biases, expected {}",
+                            conv.bias.len(),
+                            conv.out_channels
+                        )));
+                    }
+                    if let (Some(r), Some(t)) = (conv.residual, residual) {
+                        if t > k {
+                            return fail(at(&format!("residual tensor {t} is not computed yet")));
+                        }
+                        let (rh, rw, rc) = shapes[t];
+                        if r.stride == 0
+                            || r.stride > 255
+                            || (oh - 1) * r.stride >= rh
+                            || (ow - 1) * r.stride >= rw
+                            || r.channel_offset + rc > conv.out_channels
+                        {
+                            return fail(at(&format!(
+                                "residual {rh}x{rw}x{rc} (stride {}, channel offset {}) does not map onto output {oh}x{ow}x{}",
+                                r.stride, r.channel_offset, conv.out_channels
+                            )));
+                        }
+                    }
+                    (oh, ow, conv.out_channels)
+                }
+                LayerSpec::GlobalAvgPool { .. } => (1, 1, c),
+                LayerSpec::Dense(d) => {
+                    let n = d.out_features * h * w * c;
+                    if d.weights.len() != n || d.bias.len() != d.out_features {
+                        return fail(at(&format!(
+                            "{} weights and {} biases, expected {n} and {}",
+                            d.weights.len(),
+                            d.bias.len(),
+                            d.out_features
+                        )));
+                    }
+                    (1, 1, d.out_features)
+                }
+            };
+            if shape.0 == 0
+                || shape.2 == 0
+                || shape.0 > 0xFFFF
+                || shape.1 > 0xFFFF
+                || shape.2 > 0xFFFF
+            {
+                return fail(at("output dimensions must be in 1..=65535"));
+            }
+            shapes.push(shape);
+        }
+        let last = shapes[shapes.len() - 1];
+        if (last.0, last.1) != (1, 1) {
+            return fail("the last layer must produce 1x1xC logits (add a pool or dense layer)");
+        }
+        if let Some(f) = self.features {
+            if f >= shapes.len() {
+                return fail(format!("features tensor {f} does not exist"));
+            }
+        }
+        if !self.class_names.is_empty() && self.class_names.len() != last.2 {
+            return fail(format!(
+                "{} class names for {} classes",
+                self.class_names.len(),
+                last.2
+            ));
+        }
+        if let Some(bad) = self
+            .class_names
+            .iter()
+            .find(|n| n.is_empty() || n.len() > 255)
+        {
+            return fail(format!("class name {bad:?} must be 1..=255 bytes"));
+        }
+        Ok(shapes)
+    }
+
+    /// Multiply-accumulates of one inference, per layer.
+    pub fn macs(&self) -> Result<Vec<u64>, WriteError> {
+        let shapes = self.tensor_shapes()?;
+        Ok(self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(k, layer)| {
+                let (_, _, c_in) = shapes[layer.inputs().0];
+                let (oh, ow, oc) = shapes[k + 1];
+                match layer {
+                    LayerSpec::Conv(conv) => {
+                        (oh * ow * oc * conv.kernel.0 * conv.kernel.1 * c_in) as u64
+                    }
+                    LayerSpec::GlobalAvgPool { .. } => {
+                        let (h, w, c) = shapes[layer.inputs().0];
+                        (h * w * c) as u64
+                    }
+                    LayerSpec::Dense(d) => d.weights.len() as u64,
+                }
+            })
+            .collect())
+    }
+
+    /// The first layer of the classifier head that an int8 blob computes in f32: the
+    /// global average pool when only dense layers follow it (`layers.len()` when the
+    /// network does not end that way). Rounding the pooled features and the logits to
+    /// int8 costs top-1 agreement with the float model (on the MLPerf Tiny ResNet-8:
+    /// 981 of 1,000 images with an int8 head, 990 with the f32 head) and saves almost
+    /// nothing: the head is ~1 % of the weights and ~0.04 % of the MACs.
+    pub fn f32_head(&self) -> usize {
+        let dense_tail = self
+            .layers
+            .iter()
+            .rev()
+            .take_while(|l| matches!(l, LayerSpec::Dense(_)))
+            .count();
+        let pool = self.layers.len() - dense_tail;
+        match pool.checked_sub(1).map(|k| &self.layers[k]) {
+            Some(LayerSpec::GlobalAvgPool { .. }) if dense_tail > 0 => pool - 1,
+            _ => self.layers.len(),
+        }
+    }
+
+    /// Bytes of one element of every tensor in a blob of `dtype`: 4 for f32 and f16
+    /// models; for int8, 1 except in the f32 head ([`Network::f32_head`]).
+    fn element_bytes(&self, dtype: DType) -> Vec<usize> {
+        let head = self.f32_head();
+        (0..=self.layers.len())
+            .map(|t| match dtype {
+                DType::Int8 if t <= head => 1,
+                _ => 4,
+            })
+            .collect()
+    }
+
+    /// Arena offset of every tensor and the arena's peak in a blob of `dtype`. See
+    /// [`crate::plan`].
+    pub fn plan_memory(&self, dtype: DType) -> Result<(Vec<usize>, usize), WriteError> {
+        let shapes = self.tensor_shapes()?;
+        let element_bytes = self.element_bytes(dtype);
+        let n_layers = self.layers.len();
+        let end = n_layers + 1;
+        let mut last_step: Vec<usize> = (0..shapes.len()).collect();
+        for (k, layer) in self.layers.iter().enumerate() {
+            let (a, b) = layer.inputs();
+            last_step[a] = k + 1;
+            if let Some(b) = b {
+                last_step[b] = k + 1;
+            }
+        }
+        last_step[n_layers] = end;
+        if let Some(f) = self.features {
+            last_step[f] = end;
+        }
+        // buffer_of[t]: which buffer tensor t lives in; in-place residual outputs
+        // share their residual's buffer.
+        let mut buffer_of: Vec<usize> = (0..shapes.len()).collect();
+        let mut requests: Vec<BufferRequest> = shapes
+            .iter()
+            .enumerate()
+            .map(|(t, &(h, w, c))| BufferRequest {
+                size: align_up(h * w * c * element_bytes[t], format::SECTION_ALIGN),
+                first_step: t,
+                last_step: last_step[t],
+            })
+            .collect();
+        for (k, layer) in self.layers.iter().enumerate() {
+            if let LayerSpec::Conv(ConvSpec {
+                input,
+                residual: Some(r),
+                ..
+            }) = layer
+            {
+                let out = k + 1;
+                if r.stride == 1
+                    && r.channel_offset == 0
+                    && shapes[r.tensor] == shapes[out]
+                    && *input != r.tensor
+                    && last_step[r.tensor] == k + 1
+                {
+                    let shared = buffer_of[r.tensor];
+                    buffer_of[out] = shared;
+                    requests[shared].last_step = last_step[out];
+                    requests[out].size = 0;
+                }
+            }
+        }
+        let plan = plan_buffers(&requests, format::SECTION_ALIGN);
+        let offsets = buffer_of.iter().map(|&b| plan.offsets[b]).collect();
+        Ok((offsets, plan.peak.max(format::SECTION_ALIGN)))
+    }
+
+    /// Runs the network in f32 on one raw image (HWC `u8`, preprocessed as the blob
+    /// will be): every tensor, and for each layer with a residual the convolution's
+    /// value before the add. The float reference for calibration and tests; it uses the
+    /// portable kernels.
+    pub fn forward_f32(&self, pixels: &[u8]) -> Result<ForwardTrace, WriteError> {
+        let shapes = self.tensor_shapes()?;
+        let (h, w, c) = shapes[0];
+        if pixels.len() != h * w * c {
+            return fail(format!(
+                "image has {} bytes, the input is {h}x{w}x{c}",
+                pixels.len()
+            ));
+        }
+        let input = pixels
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                let scaled = match self.input.range {
+                    InputRange::Byte => f32::from(p),
+                    InputRange::Unit => f32::from(p) / 255.0,
+                };
+                (scaled - self.input.mean[i % c]) / self.input.std[i % c]
+            })
+            .collect();
+        let mut tensors: Vec<Vec<f32>> = vec![input];
+        let mut pre_add = Vec::with_capacity(self.layers.len());
+        let kernel_error = |k: usize, e: tinyres_core::Error| WriteError(format!("layer {k}: {e}"));
+        for (k, layer) in self.layers.iter().enumerate() {
+            let (oh, ow, oc) = shapes[k + 1];
+            let mut out = vec![0.0f32; oh * ow * oc];
+            let (input, _) = layer.inputs();
+            let (ih, iw, _) = shapes[input];
+            let x = &tensors[input];
+            match layer {
+                LayerSpec::Conv(conv) => {
+                    let shape = conv.shape(shapes[input], shapes[k + 1]);
+                    tinyres_core::kernels::conv2d_f32(
+                        &shape,
+                        x,
+                        &conv.weights,
+                        &conv.bias,
+                        conv.relu,
+                        None,
+                        &mut out,
+                    )
+                    .map_err(|e| kernel_error(k, e))?;
+                    match conv.residual {
+                        None => pre_add.push(None),
+                        Some(r) => {
+                            pre_add.push(Some(out.clone()));
+                            let (_, rw, rc) = shapes[r.tensor];
+                            let shortcut = &tensors[r.tensor];
+                            for (i, v) in out.iter_mut().enumerate() {
+                                let (y, xx, ch) = (i / oc / ow, i / oc % ow, i % oc);
+                                if let Some(sc) =
+                                    ch.checked_sub(r.channel_offset).filter(|&sc| sc < rc)
+                                {
+                                    *v += shortcut[((y * r.stride) * rw + xx * r.stride) * rc + sc];
+                                }
+                                if r.relu {
+                                    *v = v.max(0.0);
+                                }
+                            }
+                        }
+                    }
+                }
+                LayerSpec::GlobalAvgPool { .. } => {
+                    pre_add.push(None);
+                    tinyres_core::kernels::global_avg_pool_f32(x, ih * iw, &mut out)
+                        .map_err(|e| kernel_error(k, e))?;
+                }
+                LayerSpec::Dense(d) => {
+                    pre_add.push(None);
+                    tinyres_core::kernels::dense_f32(x, &d.weights, &d.bias, d.relu, &mut out)
+                        .map_err(|e| kernel_error(k, e))?;
+                }
+            }
+            tensors.push(out);
+        }
+        Ok(ForwardTrace { tensors, pre_add })
+    }
+
+    /// A copy whose biases cancel the mean error that rounding the weights to int8
+    /// puts in each output channel ("bias correction", Nagel et al., *Data-Free
+    /// Quantization*, ICCV 2019): a layer's output moves by `(Ŵ − W) · x`, whose mean
+    /// over the calibration images is `(Ŵ − W) · E[x]`, computed here by running the
+    /// layer on its mean input tensor and averaging each channel over the output
+    /// positions (so zero padding at the borders is counted exactly). `mean_tensors`
+    /// holds the mean of every tensor (index = tensor id, as [`Network::forward_f32`]
+    /// numbers them) over the calibration images. Only the int8 blob should be written
+    /// from the copy: in f32 the correction would be an error of its own.
+    pub fn with_weight_rounding_compensated(
+        &self,
+        mean_tensors: &[Vec<f32>],
+    ) -> Result<Network, WriteError> {
+        let shapes = self.tensor_shapes()?;
+        let sizes_match = mean_tensors.len() == shapes.len()
+            && mean_tensors
+                .iter()
+                .zip(&shapes)
+                .all(|(t, &(h, w, c))| t.len() == h * w * c);
+        if !sizes_match {
+            return fail("mean tensors do not match the network's tensors");
+        }
+        let kernel_error = |k: usize, e: tinyres_core::Error| WriteError(format!("layer {k}: {e}"));
+        let mut corrected = self.clone();
+        let head = self.f32_head();
+        for (k, layer) in corrected.layers.iter_mut().enumerate().take(head) {
+            let (oh, ow, oc) = shapes[k + 1];
+            let mut error = vec![0.0f32; oh * ow * oc];
+            let zero_bias = vec![0.0f32; oc];
+            let bias = match layer {
+                LayerSpec::Conv(conv) => {
+                    let shape = conv.shape(shapes[conv.input], shapes[k + 1]);
+                    let rounding = weight_rounding_error(&conv.weights, oc);
+                    tinyres_core::kernels::conv2d_f32(
+                        &shape,
+                        &mean_tensors[conv.input],
+                        &rounding,
+                        &zero_bias,
+                        false,
+                        None,
+                        &mut error,
+                    )
+                    .map_err(|e| kernel_error(k, e))?;
+                    &mut conv.bias
+                }
+                LayerSpec::Dense(d) => {
+                    let rounding = weight_rounding_error(&d.weights, oc);
+                    tinyres_core::kernels::dense_f32(
+                        &mean_tensors[d.input],
+                        &rounding,
+                        &zero_bias,
+                        false,
+                        &mut error,
+                    )
+                    .map_err(|e| kernel_error(k, e))?;
+                    &mut d.bias
+                }
+                LayerSpec::GlobalAvgPool { .. } => continue,
+            };
+            let positions = (oh * ow) as f32;
+            for (c, b) in bias.iter_mut().enumerate() {
+                *b -= error.iter().skip(c).step_by(oc).sum::<f32>() / positions;
+            }
+        }
+        Ok(corrected)
+    }
+
+    /// Min/max activation ranges over `images` (raw HWC `u8` each), for int8.
+    pub fn calibrate<'i>(
+        &self,
+        images: impl IntoIterator<Item = &'i [u8]>,
+    ) -> Result<ActivationRanges, WriteError> {
+        let mut ranges = ActivationRanges {
+            tensors: vec![(f32::INFINITY, f32::NEG_INFINITY); self.layers.len() + 1],
+            pre_add: vec![None; self.layers.len()],
+        };
+        let widen = |r: &mut (f32, f32), values: &[f32]| {
+            for &v in values {
+                r.0 = r.0.min(v);
+                r.1 = r.1.max(v);
+            }
+        };
+        let mut count = 0;
+        for image in images {
+            let trace = self.forward_f32(image)?;
+            for (r, t) in ranges.tensors.iter_mut().zip(&trace.tensors) {
+                widen(r, t);
+            }
+            for (r, p) in ranges.pre_add.iter_mut().zip(&trace.pre_add) {
+                if let Some(p) = p {
+                    widen(r.get_or_insert((f32::INFINITY, f32::NEG_INFINITY)), p);
+                }
+            }
+            count += 1;
+        }
+        if count == 0 {
+            return fail("calibration needs at least one image");
+        }
+        Ok(ranges)
+    }
+
+    /// Writes the network as a blob.
+    pub fn to_blob(&self, encoding: Encoding<'_>) -> Result<Vec<u8>, WriteError> {
+        let shapes = self.tensor_shapes()?;
+        let dtype = match encoding {
+            Encoding::F32 => DType::F32,
+            Encoding::F16 => DType::F16,
+            Encoding::Int8(_) => DType::Int8,
+        };
+        let quant = match encoding {
+            Encoding::Int8(ranges) => Some(self.tensor_quantization(ranges, shapes.len())?),
+            _ => None,
+        };
+        let (offsets, peak) = self.plan_memory(dtype)?;
+        let f32_head = match dtype {
+            DType::Int8 => self.f32_head(),
+            _ => self.layers.len(),
+        };
+        let n_tensors = shapes.len();
+        let n_layers = self.layers.len();
+        if n_tensors > 0xFFFE {
+            return fail("too many layers (at most 65533)");
+        }
+
+        let mut w = BlobBuilder::default();
+        w.bytes.resize(format::HEADER_SIZE, 0);
+        let tensor_table = w.reserve(n_tensors * format::TENSOR_RECORD_SIZE);
+        let layer_table = w.reserve(n_layers * format::LAYER_RECORD_SIZE);
+
+        for (t, &(h, wd, c)) in shapes.iter().enumerate() {
+            let (scale, zero_point) = match &quant {
+                Some(q) if t <= f32_head => q[t],
+                _ => (1.0, 0),
+            };
+            let at = tensor_table + t * format::TENSOR_RECORD_SIZE;
+            w.put(at + tf::HEIGHT, &(h as u16).to_le_bytes());
+            w.put(at + tf::WIDTH, &(wd as u16).to_le_bytes());
+            w.put(at + tf::CHANNELS, &(c as u16).to_le_bytes());
+            w.put(at + tf::ARENA_OFFSET, &(offsets[t] as u32).to_le_bytes());
+            w.put(at + tf::SCALE, &scale.to_le_bytes());
+            w.put(at + tf::ZERO_POINT, &zero_point.to_le_bytes());
+        }
+
+        let preprocess: Vec<u8> = self
+            .input
+            .mean
+            .iter()
+            .chain(&self.input.std)
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let preprocess_offset = w.push(&preprocess);
+        let class_names_offset = if self.class_names.is_empty() {
+            0
+        } else {
+            let mut names = Vec::new();
+            names.extend_from_slice(&(self.class_names.len() as u16).to_le_bytes());
+            names.extend_from_slice(&[0, 0]);
+            for n in &self.class_names {
+                names.push(n.len() as u8);
+                names.extend_from_slice(n.as_bytes());
+            }
+            w.push(&names)
+        };
+
+        for (k, layer) in self.layers.iter().enumerate() {
+            let at = layer_table + k * format::LAYER_RECORD_SIZE;
+            let (input, _) = layer.inputs();
+            w.put(at + lf::INPUT, &(input as u16).to_le_bytes());
+            w.put(at + lf::OUTPUT, &((k + 1) as u16).to_le_bytes());
+            let scale_of = |t: usize| quant.as_ref().map_or(1.0, |q| q[t].0);
+            let layer_dtype = if k >= f32_head { DType::F32 } else { dtype };
+            match layer {
+                LayerSpec::Conv(conv) => {
+                    let mut bits = if conv.relu { flags::RELU } else { 0 };
+                    w.put(at + lf::KIND, &[kind::CONV2D]);
+                    w.put(at + lf::KERNEL_H, &[conv.kernel.0 as u8]);
+                    w.put(at + lf::KERNEL_W, &[conv.kernel.1 as u8]);
+                    w.put(at + lf::STRIDE, &[conv.stride as u8]);
+                    w.put(at + lf::PAD_TOP, &[conv.padding[0] as u8]);
+                    w.put(at + lf::PAD_LEFT, &[conv.padding[1] as u8]);
+                    w.put(at + lf::PAD_BOTTOM, &[conv.padding[2] as u8]);
+                    w.put(at + lf::PAD_RIGHT, &[conv.padding[3] as u8]);
+                    let mut produced = quant.as_ref().map_or((1.0, 0), |q| q[k + 1]);
+                    if let Some(r) = conv.residual {
+                        bits |= flags::RESIDUAL;
+                        if r.relu {
+                            bits |= flags::RESIDUAL_RELU;
+                        }
+                        w.put(at + lf::RESIDUAL_INPUT, &(r.tensor as u16).to_le_bytes());
+                        w.put(at + lf::RESIDUAL_STRIDE, &[r.stride as u8]);
+                        w.put(
+                            at + lf::RESIDUAL_CHANNEL_OFFSET,
+                            &(r.channel_offset as u16).to_le_bytes(),
+                        );
+                        if let (Some(q), Encoding::Int8(ranges)) = (&quant, encoding) {
+                            let Some(Some((lo, hi))) = ranges.pre_add.get(k).copied() else {
+                                return fail(format!("layer {k}: int8 needs the range of the convolution before its residual add"));
+                            };
+                            produced = quantization_for_range(lo, hi);
+                            let add =
+                                AddParams::from_scales(produced, q[r.tensor], q[k + 1], r.relu);
+                            for (field, v) in [
+                                (lf::PRE_ADD_ZERO_POINT, produced.1),
+                                (lf::ADD_INPUT1_MULTIPLIER, add.input1_multiplier),
+                                (lf::ADD_INPUT1_SHIFT, add.input1_shift),
+                                (lf::ADD_INPUT2_MULTIPLIER, add.input2_multiplier),
+                                (lf::ADD_INPUT2_SHIFT, add.input2_shift),
+                                (lf::ADD_OUTPUT_MULTIPLIER, add.output_multiplier),
+                                (lf::ADD_OUTPUT_SHIFT, add.output_shift),
+                            ] {
+                                w.put(at + field, &v.to_le_bytes());
+                            }
+                        }
+                    }
+                    w.put(at + lf::FLAGS, &[bits]);
+                    w.parameters(
+                        at,
+                        dtype,
+                        &conv.weights,
+                        &conv.bias,
+                        conv.out_channels,
+                        scale_of(input),
+                        produced.0,
+                    );
+                }
+                LayerSpec::GlobalAvgPool { .. } => {
+                    w.put(at + lf::KIND, &[kind::GLOBAL_AVG_POOL]);
+                }
+                LayerSpec::Dense(d) => {
+                    w.put(at + lf::KIND, &[kind::DENSE]);
+                    w.put(at + lf::FLAGS, &[if d.relu { flags::RELU } else { 0 }]);
+                    w.parameters(
+                        at,
+                        layer_dtype,
+                        &d.weights,
+                        &d.bias,
+                        d.out_features,
+                        scale_of(input),
+                        scale_of(k + 1),
+                    );
+                }
+            }
+        }
+
+        let total = w.bytes.len();
+        let head = [
+            (header::VERSION, format::VERSION.to_le_bytes().to_vec()),
+            (
+                header::HEADER_SIZE,
+                (format::HEADER_SIZE as u16).to_le_bytes().to_vec(),
+            ),
+            (header::TOTAL_SIZE, (total as u32).to_le_bytes().to_vec()),
+            (header::DTYPE, vec![dtype as u8]),
+            (header::INPUT_RANGE, vec![self.input.range as u8]),
+            (
+                header::NUM_TENSORS,
+                (n_tensors as u16).to_le_bytes().to_vec(),
+            ),
+            (header::NUM_LAYERS, (n_layers as u16).to_le_bytes().to_vec()),
+            (
+                header::FEATURES_TENSOR,
+                self.features
+                    .map_or(format::NO_TENSOR, |f| f as u16)
+                    .to_le_bytes()
+                    .to_vec(),
+            ),
+            (
+                header::TENSOR_TABLE,
+                (tensor_table as u32).to_le_bytes().to_vec(),
+            ),
+            (
+                header::LAYER_TABLE,
+                (layer_table as u32).to_le_bytes().to_vec(),
+            ),
+            (
+                header::PREPROCESS,
+                (preprocess_offset as u32).to_le_bytes().to_vec(),
+            ),
+            (
+                header::CLASS_NAMES,
+                (class_names_offset as u32).to_le_bytes().to_vec(),
+            ),
+            (header::ARENA_SIZE, (peak as u32).to_le_bytes().to_vec()),
+            (header::F32_HEAD, (f32_head as u16).to_le_bytes().to_vec()),
+        ];
+        w.put(header::MAGIC, &format::MAGIC);
+        for (at, bytes) in head {
+            w.put(at, &bytes);
+        }
+        let crc = tinyres_core::crc32(&w.bytes[format::CRC_START..]);
+        w.put(header::CRC32, &crc.to_le_bytes());
+        Ok(w.bytes)
+    }
+
+    /// `(scale, zero_point)` of every tensor from the observed ranges.
+    fn tensor_quantization(
+        &self,
+        ranges: &ActivationRanges,
+        n_tensors: usize,
+    ) -> Result<Vec<(f32, i32)>, WriteError> {
+        if ranges.tensors.len() != n_tensors || ranges.pre_add.len() != self.layers.len() {
+            return fail(format!(
+                "activation ranges for {} tensors and {} layers, the network has {} and {}",
+                ranges.tensors.len(),
+                ranges.pre_add.len(),
+                n_tensors,
+                self.layers.len()
+            ));
+        }
+        let mut q: Vec<(f32, i32)> = ranges
+            .tensors
+            .iter()
+            .map(|&(lo, hi)| quantization_for_range(lo, hi))
+            .collect();
+        for (k, layer) in self.layers.iter().enumerate() {
+            if let LayerSpec::GlobalAvgPool { input } = layer {
+                q[k + 1] = q[*input];
+            }
+        }
+        Ok(q)
+    }
+}
+
+#[derive(Default)]
+struct BlobBuilder {
+    bytes: Vec<u8>,
+}
+
+impl BlobBuilder {
+    /// Appends zeroed space at the next aligned offset; returns its offset.
+    fn reserve(&mut self, len: usize) -> usize {
+        let at = align_up(self.bytes.len(), format::SECTION_ALIGN);
+        self.bytes.resize(at + len, 0);
+        at
+    }
+
+    fn push(&mut self, data: &[u8]) -> usize {
+        let at = self.reserve(data.len());
+        self.bytes[at..].copy_from_slice(data);
+        at
+    }
+
+    fn put(&mut self, at: usize, data: &[u8]) {
+        self.bytes[at..at + data.len()].copy_from_slice(data);
+    }
+
+    /// Writes a layer's weights, biases and (int8) requantization and records their
+    /// offsets in the layer record at `at`.
+    #[allow(clippy::too_many_arguments)]
+    fn parameters(
+        &mut self,
+        at: usize,
+        dtype: DType,
+        weights: &[f32],
+        bias: &[f32],
+        out_channels: usize,
+        input_scale: f32,
+        output_scale: f32,
+    ) {
+        let (weights_off, bias_off) = match dtype {
+            DType::F32 => (
+                self.push(&le_bytes(weights.iter().map(|w| w.to_le_bytes()))),
+                self.push(&le_bytes(bias.iter().map(|b| b.to_le_bytes()))),
+            ),
+            DType::F16 => (
+                self.push(&le_bytes(
+                    weights.iter().map(|&w| f16::from_f32(w).to_le_bytes()),
+                )),
+                self.push(&le_bytes(bias.iter().map(|b| b.to_le_bytes()))),
+            ),
+            DType::Int8 => {
+                let per_channel = weights.len() / out_channels.max(1);
+                let mut q_weights = Vec::with_capacity(weights.len());
+                let mut q_bias = Vec::with_capacity(out_channels);
+                let mut multipliers = Vec::with_capacity(out_channels);
+                let mut shifts = Vec::with_capacity(out_channels);
+                for (row, &b) in weights.chunks(per_channel.max(1)).zip(bias) {
+                    let w_scale = weight_scale(row);
+                    q_weights.extend(row.iter().map(|&w| quantize_weight(w, w_scale) as u8));
+                    let bias_scale = f64::from(input_scale) * f64::from(w_scale);
+                    q_bias.push(libm::round(f64::from(b) / bias_scale) as i32);
+                    let (m, s) = quantize_multiplier(bias_scale / f64::from(output_scale));
+                    multipliers.push(m);
+                    shifts.push(s);
+                }
+                let weights_off = self.push(&q_weights);
+                let bias_off = self.push(&le_bytes(q_bias.iter().map(|b| b.to_le_bytes())));
+                let m_off = self.push(&le_bytes(multipliers.iter().map(|m| m.to_le_bytes())));
+                let s_off = self.push(&le_bytes(shifts.iter().map(|s| s.to_le_bytes())));
+                self.put(at + lf::MULTIPLIERS, &(m_off as u32).to_le_bytes());
+                self.put(at + lf::SHIFTS, &(s_off as u32).to_le_bytes());
+                (weights_off, bias_off)
+            }
+        };
+        self.put(at + lf::WEIGHTS, &(weights_off as u32).to_le_bytes());
+        self.put(at + lf::BIAS, &(bias_off as u32).to_le_bytes());
+    }
+}
+
+/// The int8 scale of one output channel's weights (TFLite: symmetric, per channel,
+/// the largest magnitude on ±127).
+fn weight_scale(row: &[f32]) -> f32 {
+    let max_abs = row.iter().fold(0.0f32, |m, w| m.max(w.abs()));
+    if max_abs > 0.0 {
+        max_abs / 127.0
+    } else {
+        1.0
+    }
+}
+
+fn quantize_weight(w: f32, scale: f32) -> i8 {
+    libm::roundf(w / scale).clamp(-127.0, 127.0) as i8
+}
+
+/// `dequantize(quantize(w)) − w` for OHWI or `[out][in]` weights of `out_channels`
+/// rows: the error the int8 encoding puts in each weight.
+fn weight_rounding_error(weights: &[f32], out_channels: usize) -> Vec<f32> {
+    let per_channel = (weights.len() / out_channels.max(1)).max(1);
+    weights
+        .chunks(per_channel)
+        .flat_map(|row| {
+            let scale = weight_scale(row);
+            row.iter()
+                .map(move |&w| f32::from(quantize_weight(w, scale)) * scale - w)
+        })
+        .collect()
+}
+
+fn le_bytes<const N: usize>(items: impl Iterator<Item = [u8; N]>) -> Vec<u8> {
+    items.flatten().collect()
+}
+
+/// A copy of a blob in 16-byte aligned memory, for [`tinyres_core::Model::parse`] when the
+/// bytes come from a file or a `Vec<u8>` of unknown alignment.
+#[derive(Clone, Debug)]
+pub struct AlignedBlob {
+    words: Vec<u128>,
+    len: usize,
+}
+
+impl AlignedBlob {
+    /// Copies `bytes`.
+    pub fn new(bytes: &[u8]) -> Self {
+        let mut words = vec![0u128; bytes.len().div_ceil(16)];
+        bytemuck::cast_slice_mut::<u128, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+        AlignedBlob {
+            words,
+            len: bytes.len(),
+        }
+    }
+
+    /// The blob's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice::<u128, u8>(&self.words)[..self.len]
+    }
+
+    /// The blob's bytes, mutably (tests corrupt blobs through this).
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        &mut bytemuck::cast_slice_mut::<u128, u8>(&mut self.words)[..self.len]
+    }
+}

@@ -1,0 +1,510 @@
+//! Image data sets: CIFAR-10 binary batches (plain or gzip-compressed), image folders
+//! (`DIR/{train,test}/<class>/*.png|jpg`) and the built-in synthetic set; and the
+//! atomic file writes every tinyres output goes through.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use flate2::read::GzDecoder;
+
+/// Bytes of one CIFAR-10 record: a label, then 1024 R, 1024 G and 1024 B values.
+pub const CIFAR_RECORD: usize = 1 + 3 * 32 * 32;
+
+/// CIFAR-10's classes, label order.
+pub const CIFAR_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
+/// Labeled images, HWC `u8`, all of one shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dataset {
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+    /// Channels.
+    pub channels: usize,
+    /// Images back to back, HWC each.
+    pub pixels: Vec<u8>,
+    /// One label per image.
+    pub labels: Vec<u8>,
+    /// Class names, label order.
+    pub class_names: Vec<String>,
+}
+
+/// Which part of a data set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// `data_batch_*`.
+    Train,
+    /// `test_batch`.
+    Test,
+}
+
+impl Dataset {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Bytes of one image.
+    pub fn image_len(&self) -> usize {
+        self.height * self.width * self.channels
+    }
+
+    /// Image `i`, HWC.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.image_len();
+        &self.pixels[i * n..(i + 1) * n]
+    }
+
+    /// The first `n` images (all if fewer).
+    pub fn truncate(&mut self, n: usize) {
+        let n = n.min(self.len());
+        self.labels.truncate(n);
+        self.pixels.truncate(n * self.image_len());
+    }
+
+    /// Keeps the images of the first `classes` classes only (and their names).
+    pub fn keep_classes_below(&mut self, classes: usize) {
+        let n = self.image_len();
+        let mut pixels = Vec::with_capacity(self.pixels.len());
+        let mut labels = Vec::with_capacity(self.labels.len());
+        for (i, &label) in self.labels.iter().enumerate() {
+            if usize::from(label) < classes {
+                pixels.extend_from_slice(&self.pixels[i * n..(i + 1) * n]);
+                labels.push(label);
+            }
+        }
+        (self.pixels, self.labels) = (pixels, labels);
+        self.class_names.truncate(classes);
+    }
+
+    /// The data named on the command line: `synthetic`, an image folder (a directory
+    /// with `train/` and `test/` of class subdirectories), or a CIFAR-10 batch file or
+    /// directory.
+    pub fn load(spec: &Path, split: Split) -> Result<Self> {
+        if spec == Path::new("synthetic") {
+            let (count, seed) = match split {
+                Split::Train => (SYNTHETIC_TRAIN, 1),
+                Split::Test => (SYNTHETIC_TEST, 2),
+            };
+            return Ok(synthetic(count, seed));
+        }
+        if spec.join("train").is_dir() || spec.join("test").is_dir() {
+            return Self::load_folder(spec, split);
+        }
+        Self::load_cifar(spec, split)
+    }
+
+    /// Reads `dir/train` or `dir/test`: one subdirectory per class (sorted by name:
+    /// label 0 is the first), PNG or JPEG images in each, all of one size, as RGB.
+    pub fn load_folder(dir: &Path, split: Split) -> Result<Self> {
+        let root = dir.join(match split {
+            Split::Train => "train",
+            Split::Test => "test",
+        });
+        let mut classes: Vec<PathBuf> = std::fs::read_dir(&root)
+            .with_context(|| format!("cannot read {}", root.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        classes.sort();
+        if classes.is_empty() || classes.len() > 256 {
+            bail!(
+                "{}: expected 1 to 256 class subdirectories, found {}",
+                root.display(),
+                classes.len()
+            );
+        }
+        let mut data = Dataset {
+            height: 0,
+            width: 0,
+            channels: 3,
+            pixels: Vec::new(),
+            labels: Vec::new(),
+            class_names: classes
+                .iter()
+                .map(|c| {
+                    c.file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+                })
+                .collect(),
+        };
+        for (label, class) in classes.iter().enumerate() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(class)
+                .with_context(|| format!("cannot read {}", class.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                        matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
+                    })
+                })
+                .collect();
+            files.sort();
+            for file in files {
+                let image = image::open(&file)
+                    .with_context(|| {
+                        format!("{}: not a readable PNG or JPEG image", file.display())
+                    })?
+                    .to_rgb8();
+                let (w, h) = (image.width() as usize, image.height() as usize);
+                if data.labels.is_empty() {
+                    (data.height, data.width) = (h, w);
+                } else if (h, w) != (data.height, data.width) {
+                    bail!(
+                        "{}: {w}x{h} pixels, but the data set's images are {}x{} (all must be one size)",
+                        file.display(),
+                        data.width,
+                        data.height
+                    );
+                }
+                data.pixels.extend_from_slice(image.as_raw());
+                data.labels.push(label as u8);
+            }
+        }
+        if data.is_empty() {
+            bail!(
+                "{}: no .png or .jpg images in the class subdirectories",
+                root.display()
+            );
+        }
+        Ok(data)
+    }
+
+    /// Reads a CIFAR-10 binary batch file (`.bin` or `.bin.gz`), or from a directory
+    /// the batches of `split` (`data_batch_*.bin[.gz]` or `test_batch.bin[.gz]`).
+    pub fn load_cifar(path: &Path, split: Split) -> Result<Self> {
+        let files = if path.is_dir() {
+            cifar_files(path, split)?
+        } else if path.exists() {
+            vec![path.to_path_buf()]
+        } else {
+            bail!("{}: no such file or directory", path.display());
+        };
+        let mut data = Dataset {
+            height: 32,
+            width: 32,
+            channels: 3,
+            pixels: Vec::new(),
+            labels: Vec::new(),
+            class_names: CIFAR_CLASSES.iter().map(|s| s.to_string()).collect(),
+        };
+        for file in files {
+            let bytes = read_maybe_gz(&file)?;
+            if bytes.is_empty() || bytes.len() % CIFAR_RECORD != 0 {
+                bail!(
+                    "{}: {} bytes is not a whole number of {CIFAR_RECORD}-byte CIFAR-10 records",
+                    file.display(),
+                    bytes.len()
+                );
+            }
+            for (r, record) in bytes.chunks_exact(CIFAR_RECORD).enumerate() {
+                if record[0] > 9 {
+                    bail!(
+                        "{}: record {r} has label {}, expected 0..=9",
+                        file.display(),
+                        record[0]
+                    );
+                }
+                data.labels.push(record[0]);
+                let planes = &record[1..];
+                for p in 0..32 * 32 {
+                    data.pixels
+                        .extend([planes[p], planes[1024 + p], planes[2048 + p]]);
+                }
+            }
+        }
+        Ok(data)
+    }
+}
+
+/// Images in the synthetic training split.
+pub const SYNTHETIC_TRAIN: usize = 5000;
+/// Images in the synthetic test split.
+pub const SYNTHETIC_TEST: usize = 1000;
+
+/// Names of the synthetic classes: one pattern each.
+pub const SYNTHETIC_CLASSES: [&str; 10] = [
+    "hstripes",
+    "vstripes",
+    "diagonal",
+    "checker",
+    "disc",
+    "square",
+    "cross",
+    "ring",
+    "hgradient",
+    "vgradient",
+];
+
+/// A deterministic 10-class set of 32×32 RGB images: each class is a pattern (stripes,
+/// checkerboard, disc, ring, gradients, ...) drawn with random phase, size, position
+/// and colours plus pixel noise, so a small ResNet learns it to high accuracy in
+/// minutes. Labels cycle 0..9; the same `(count, seed)` always gives the same images.
+pub fn synthetic(count: usize, seed: u64) -> Dataset {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move |n: u32| -> u32 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 32) as u32) % n
+    };
+    let mut pixels = Vec::with_capacity(count * 32 * 32 * 3);
+    let mut labels = Vec::with_capacity(count);
+    for i in 0..count {
+        let class = (i % 10) as u8;
+        let half_period = 2 + next(3) as i32; // stripes 4..8 pixels wide
+        let (dx, dy) = (next(8) as i32, next(8) as i32);
+        let (cx, cy) = (10 + next(12) as i32, 10 + next(12) as i32);
+        let r = 5 + next(5) as i32;
+        let bg: [i32; 3] = [next(100) as i32, next(100) as i32, next(100) as i32];
+        let fg: [i32; 3] = [
+            155 + next(100) as i32,
+            155 + next(100) as i32,
+            155 + next(100) as i32,
+        ];
+        for y in 0..32i32 {
+            for x in 0..32i32 {
+                let d2 = (x - cx) * (x - cx) + (y - cy) * (y - cy);
+                // How much foreground, in 0..=256.
+                let t = match class {
+                    0 => ((y + dy) / half_period % 2) * 256,
+                    1 => ((x + dx) / half_period % 2) * 256,
+                    2 => ((x + y + dx) / half_period % 2) * 256,
+                    3 => (((x + dx) / half_period + (y + dy) / half_period) % 2) * 256,
+                    4 => i32::from(d2 < r * r) * 256,
+                    5 => i32::from((x - cx).abs() < r && (y - cy).abs() < r) * 256,
+                    6 => i32::from((x - cx).abs() < 2 || (y - cy).abs() < 2) * 256,
+                    7 => i32::from(d2 < (r + 1) * (r + 1) && d2 >= (r - 2) * (r - 2)) * 256,
+                    8 => x * 256 / 31,
+                    _ => y * 256 / 31,
+                };
+                for c in 0..3 {
+                    let noise = next(33) as i32 - 16;
+                    let v = bg[c] + (fg[c] - bg[c]) * t / 256 + noise;
+                    pixels.push(v.clamp(0, 255) as u8);
+                }
+            }
+        }
+        labels.push(class);
+    }
+    Dataset {
+        height: 32,
+        width: 32,
+        channels: 3,
+        pixels,
+        labels,
+        class_names: SYNTHETIC_CLASSES.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn cifar_files(dir: &Path, split: Split) -> Result<Vec<PathBuf>> {
+    let stems: Vec<String> = match split {
+        Split::Train => (1..=5).map(|i| format!("data_batch_{i}")).collect(),
+        Split::Test => vec!["test_batch".to_string()],
+    };
+    let mut files = Vec::new();
+    for stem in stems {
+        let plain = dir.join(format!("{stem}.bin"));
+        let gz = dir.join(format!("{stem}.bin.gz"));
+        if plain.exists() {
+            files.push(plain);
+        } else if gz.exists() {
+            files.push(gz);
+        }
+    }
+    if files.is_empty() {
+        bail!(
+            "{}: no CIFAR-10 {} batches ({}.bin or .bin.gz)",
+            dir.display(),
+            if split == Split::Train {
+                "training"
+            } else {
+                "test"
+            },
+            if split == Split::Train {
+                "data_batch_N"
+            } else {
+                "test_batch"
+            }
+        );
+    }
+    Ok(files)
+}
+
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut bytes = Vec::new();
+    if path.extension().is_some_and(|e| e == "gz") {
+        GzDecoder::new(file)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("{}: not a valid gzip file", path.display()))?;
+    } else {
+        file.read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+    }
+    Ok(bytes)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`, so
+/// an interrupted write never leaves a truncated file under the final name.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `.NAME.tmp` beside `path`: where a file is staged before it replaces `path`.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_image_folders_with_sorted_class_names() {
+        let dir = std::env::temp_dir().join(format!("tinyres-folder-{}", std::process::id()));
+        for (class, value) in [("cat", 10u8), ("ant", 200u8)] {
+            let class_dir = dir.join("test").join(class);
+            std::fs::create_dir_all(&class_dir).unwrap();
+            for i in 0..2u8 {
+                let img =
+                    image::RgbImage::from_fn(4, 3, |x, _| image::Rgb([value, value + i, x as u8]));
+                img.save(class_dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+        let data = Dataset::load(&dir, Split::Test).unwrap();
+        assert_eq!(data.class_names, ["ant", "cat"]);
+        assert_eq!(
+            (data.height, data.width, data.channels, data.len()),
+            (3, 4, 3, 4)
+        );
+        assert_eq!(data.labels, [0, 0, 1, 1]);
+        assert_eq!(&data.image(1)[..6], &[200, 201, 0, 200, 201, 1]);
+
+        let odd = dir.join("test").join("cat").join("odd.png");
+        image::RgbImage::new(5, 5).save(&odd).unwrap();
+        let err = Dataset::load(&dir, Split::Test).unwrap_err().to_string();
+        assert!(
+            err.contains("odd.png: 5x5 pixels") && err.contains("4x3"),
+            "{err}"
+        );
+        std::fs::write(&odd, b"not an image").unwrap();
+        let err = Dataset::load(&dir, Split::Test).unwrap_err().to_string();
+        assert!(err.contains("odd.png: not a readable PNG or JPEG"), "{err}");
+        let err = Dataset::load(&dir, Split::Train).unwrap_err().to_string();
+        assert!(err.contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn keeping_the_first_classes_keeps_their_images_in_order() {
+        let all = synthetic(30, 3);
+        let mut kept = all.clone();
+        kept.keep_classes_below(9);
+        assert_eq!(kept.len(), 27);
+        assert_eq!(kept.class_names.len(), 9);
+        let originals: Vec<usize> = (0..all.len()).filter(|&i| all.labels[i] < 9).collect();
+        for (k, &i) in originals.iter().enumerate() {
+            assert_eq!(
+                (kept.labels[k], kept.image(k)),
+                (all.labels[i], all.image(i))
+            );
+        }
+    }
+
+    #[test]
+    fn synthetic_set_is_deterministic_and_balanced() {
+        let a = synthetic(50, 7);
+        assert_eq!(a, synthetic(50, 7));
+        assert_ne!(a.pixels, synthetic(50, 8).pixels);
+        assert_eq!(a.len(), 50);
+        for c in 0..10 {
+            assert_eq!(a.labels.iter().filter(|&&l| l == c).count(), 5);
+        }
+        let test = Dataset::load(Path::new("synthetic"), Split::Test).unwrap();
+        assert_eq!(
+            (test.len(), test.class_names[4].as_str()),
+            (SYNTHETIC_TEST, "disc")
+        );
+        // Different patterns differ: the mean image of two classes is far apart.
+        let mean = |class: u8| -> Vec<f64> {
+            let images: Vec<&[u8]> = (0..a.len())
+                .filter(|&i| a.labels[i] == class)
+                .map(|i| a.image(i))
+                .collect();
+            (0..3072)
+                .map(|p| {
+                    images.iter().map(|im| f64::from(im[p])).sum::<f64>() / images.len() as f64
+                })
+                .collect()
+        };
+        let (h, v) = (mean(8), mean(9));
+        let distance: f64 = h.iter().zip(&v).map(|(a, b)| (a - b).abs()).sum::<f64>() / 3072.0;
+        assert!(distance > 20.0, "{distance}");
+    }
+
+    fn write_records(path: &Path, records: &[(u8, u8)]) {
+        let mut bytes = Vec::new();
+        for &(label, fill) in records {
+            bytes.push(label);
+            for plane in 0..3u8 {
+                bytes.extend(std::iter::repeat_n(fill.wrapping_add(plane), 1024));
+            }
+        }
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn reads_plain_and_gz_batches_as_hwc() {
+        let dir = std::env::temp_dir().join(format!("tinyres-data-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_records(&dir.join("test_batch.bin"), &[(3, 10), (9, 20)]);
+        let data = Dataset::load_cifar(&dir, Split::Test).unwrap();
+        assert_eq!(data.labels, [3, 9]);
+        assert_eq!(&data.image(1)[..6], &[20, 21, 22, 20, 21, 22]);
+
+        let raw = std::fs::read(dir.join("test_batch.bin")).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &raw).unwrap();
+        std::fs::write(dir.join("data_batch_1.bin.gz"), gz.finish().unwrap()).unwrap();
+        assert_eq!(Dataset::load_cifar(&dir, Split::Train).unwrap(), data);
+
+        std::fs::write(dir.join("bad.bin"), [0u8; 3074]).unwrap();
+        let err = Dataset::load_cifar(&dir.join("bad.bin"), Split::Test)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("3074 bytes is not a whole number"), "{err}");
+        write_records(&dir.join("label.bin"), &[(12, 0)]);
+        let err = Dataset::load_cifar(&dir.join("label.bin"), Split::Test)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("record 0 has label 12"), "{err}");
+        let err = Dataset::load_cifar(&dir.join("missing"), Split::Test)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no such file"), "{err}");
+    }
+}

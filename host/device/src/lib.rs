@@ -1,0 +1,8 @@
+//! The firmware on devices: built per board and run in QEMU with its defmt log read
+//! over semihosting or RTT ([`qemu`], [`rtt`]), and boards flashed through a debug
+//! probe ([`flash`], feature `flash`: probe-rs).
+
+#[cfg(feature = "flash")]
+pub mod flash;
+pub mod qemu;
+pub mod rtt;

@@ -1,0 +1,1135 @@
+//! Runs the firmware in QEMU: builds it for a board, loads a model and images into
+//! the emulated memory, decodes the defmt log and converts counts to instructions.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use tinyres_data::Dataset;
+
+/// How a board's firmware counts the work of an inference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Counter {
+    /// SysTick on the core clock (Cortex-M) under `-icount shift=N`: every
+    /// instruction advances the virtual clock by 2^N ns, and SysTick ticks at the
+    /// board's core clock, which QEMU 7.2 sets per board (`sysclk_frq`): 25 MHz on
+    /// mps2-an385/an386/an500, 20 MHz on mps2-an505, 32 MHz on mps3-an547. The
+    /// `selftest` firmware checks each board's conversion against a loop of known
+    /// length (`tests/tests/qemu.rs`); running with another shift could not catch a
+    /// wrong clock, as the shift cancels out.
+    SysTick {
+        /// `-icount shift`.
+        shift: u32,
+        /// The core clock in Hz.
+        clock_hz: u64,
+    },
+    /// The PMU's retired-instruction counter (Cortex-A), exact.
+    Pmu,
+}
+
+/// An emulated board.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Board {
+    /// Name on the command line.
+    pub name: &'static str,
+    /// QEMU program.
+    pub qemu: &'static str,
+    /// QEMU `-machine`.
+    pub machine: &'static str,
+    /// QEMU `-cpu`.
+    pub cpu: &'static str,
+    /// Rust target the firmware is built for.
+    pub target: &'static str,
+    /// Extra `-C` flags for this board's CPU.
+    #[serde(skip)]
+    pub rustflags: &'static str,
+    /// Where QEMU loads the model (firmware/build.rs has the same table).
+    #[serde(skip)]
+    pub model_address: u32,
+    /// Where QEMU loads the images.
+    #[serde(skip)]
+    pub images_address: u32,
+    /// How instructions are counted.
+    pub counter: Counter,
+}
+
+const MODEL_CAPACITY: usize = 0x0010_0000;
+const IMAGES_CAPACITY: usize = 0x0020_0000;
+/// SysTick under `-icount shift=6` on a core clocked at `clock_hz`.
+const fn systick(clock_hz: u64) -> Counter {
+    Counter::SysTick { shift: 6, clock_hz }
+}
+
+/// A Cortex-M board of the mps2 family with the common memory map and its 25 MHz
+/// core clock.
+const fn mps2(name: &'static str, cpu: &'static str, target: &'static str) -> Board {
+    Board {
+        name,
+        qemu: "qemu-system-arm",
+        machine: name,
+        cpu,
+        target,
+        rustflags: "",
+        model_address: 0x0010_0000,
+        images_address: 0x0020_0000,
+        counter: systick(25_000_000),
+    }
+}
+
+/// Boards `tinyres run` supports; the first is the default.
+pub const BOARDS: [Board; 6] = [
+    mps2("mps2-an386", "cortex-m4", "thumbv7em-none-eabihf"),
+    mps2("mps2-an500", "cortex-m7", "thumbv7em-none-eabihf"),
+    // Secure aliases: the 0x0 map locks up on this board.
+    Board {
+        model_address: 0x1010_0000,
+        images_address: 0x1020_0000,
+        // The M33's DSP extension is optional: the CPU flag enables it (and so the
+        // SMLAD kernels, see core/build.rs).
+        rustflags: "-C target-cpu=cortex-m33",
+        counter: systick(20_000_000),
+        ..mps2("mps2-an505", "cortex-m33", "thumbv8m.main-none-eabihf")
+    },
+    Board {
+        rustflags: "-C target-cpu=cortex-m55",
+        model_address: 0x0100_0000,
+        images_address: 0x6000_0000,
+        counter: systick(32_000_000),
+        ..mps2("mps3-an547", "cortex-m55", "thumbv8m.main-none-eabihf")
+    },
+    mps2("mps2-an385", "cortex-m3", "thumbv7m-none-eabi"),
+    Board {
+        name: "virt-a53",
+        qemu: "qemu-system-aarch64",
+        machine: "virt",
+        cpu: "cortex-a53",
+        target: "aarch64-unknown-none",
+        rustflags: "",
+        model_address: 0x4100_0000,
+        images_address: 0x4200_0000,
+        counter: Counter::Pmu,
+    },
+];
+
+impl Board {
+    /// The board called `name`.
+    pub fn by_name(name: &str) -> Result<Board> {
+        match BOARDS.iter().find(|b| b.name == name) {
+            Some(b) => Ok(*b),
+            None => {
+                let known: Vec<&str> = BOARDS.iter().map(|b| b.name).collect();
+                bail!("unknown board {name:?}; supported: {}", known.join(", "))
+            }
+        }
+    }
+
+    /// `-icount` shift QEMU runs this board with.
+    pub fn icount_shift(&self) -> u32 {
+        match self.counter {
+            Counter::SysTick { shift, .. } => shift,
+            Counter::Pmu => 0,
+        }
+    }
+
+    /// Instructions from a firmware count (`ticks` or `instructions`), rounded.
+    pub fn instructions(&self, count: u64) -> u64 {
+        match self.counter {
+            Counter::SysTick { shift, clock_hz } => {
+                // ticks / clock_hz seconds of virtual time, 2^shift ns per instruction.
+                let ticks_per_instruction_scaled = u128::from(clock_hz) << shift;
+                let scaled = u128::from(count) * 1_000_000_000;
+                ((scaled + ticks_per_instruction_scaled / 2) / ticks_per_instruction_scaled) as u64
+            }
+            Counter::Pmu => count,
+        }
+    }
+}
+
+/// How the firmware's defmt frames reach the host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// Semihosting writes to QEMU's console (the QEMU default).
+    #[default]
+    Semihosting,
+    /// `defmt-rtt`, the hardware transport, read through QEMU's gdbstub as a probe
+    /// reads it on a board (Cortex-M boards).
+    Rtt,
+}
+
+/// The firmware package: `TINYRES_FIRMWARE_DIR`, else the checkout this binary was
+/// built from.
+pub fn firmware_dir() -> PathBuf {
+    std::env::var_os("TINYRES_FIRMWARE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../firmware"))
+}
+
+/// Arena of the QEMU firmware builds unless a model needs more.
+pub const DEFAULT_ARENA_BYTES: usize = 256 * 1024;
+
+/// `cargo SUBCOMMAND` in the firmware package for `board`: its Rust target, the target
+/// directory, the board's name for build.rs and its CPU flags (joined with the
+/// firmware config's own flags: `RUSTFLAGS` would replace them, so it and the other
+/// variables that would redirect the build are removed).
+pub fn firmware_cargo(board: &Board, target_dir: &Path, subcommand: &[&str]) -> Command {
+    let board_flags = format!(
+        "CARGO_TARGET_{}_RUSTFLAGS",
+        board.target.to_uppercase().replace(['-', '.'], "_")
+    );
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo
+        .current_dir(firmware_dir())
+        .args(subcommand)
+        .args(["--target", board.target])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env("TINYRES_BOARD", board.name)
+        .env(board_flags, board.rustflags)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_TARGET_DIR");
+    cargo
+}
+
+/// Builds (if needed: cargo decides) firmware binary `bin` (`classify` or `finetune`)
+/// for `board` with a static arena of `arena_bytes`, logging over `transport`;
+/// returns the path of a copy of the ELF named after the arena size. Cargo's progress
+/// goes to stderr.
+///
+/// Builds with different arenas share one target directory and so one output path:
+/// the build and the copy happen under a lock on that directory, and the caller boots
+/// the copy, which a concurrent build for another arena cannot overwrite.
+pub fn build_firmware(
+    board: &Board,
+    bin: &str,
+    arena_bytes: usize,
+    transport: Transport,
+) -> Result<PathBuf> {
+    if transport == Transport::Rtt && board.counter == Counter::Pmu {
+        bail!(
+            "the RTT transport is for the Cortex-M boards; {} logs over semihosting",
+            board.name
+        );
+    }
+    let dir = firmware_dir();
+    if !dir.join("Cargo.toml").exists() {
+        bail!(
+            "firmware sources not found at {} (set TINYRES_FIRMWARE_DIR to the repository's firmware/)",
+            dir.display()
+        );
+    }
+    // One target directory per board (boards sharing a Rust target differ in layout)
+    // and transport (so switching features does not rebuild the other's).
+    let target_dir = dir.join("target").join(match transport {
+        Transport::Semihosting => board.name.to_string(),
+        Transport::Rtt => format!("{}-rtt", board.name),
+    });
+    std::fs::create_dir_all(&target_dir)
+        .with_context(|| format!("cannot create {}", target_dir.display()))?;
+    let lock_path = target_dir.join(".tinyres-build.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    let status = firmware_cargo(
+        board,
+        &target_dir,
+        &["build", "--quiet", "--release", "--bin", bin],
+    )
+    .args(match transport {
+        Transport::Semihosting => &[][..],
+        Transport::Rtt => &["--features", "rtt"][..],
+    })
+    .env("TINYRES_ARENA_BYTES", arena_bytes.to_string())
+    // stdout carries only results.
+    .stdout(std::io::stderr())
+    .status()
+    .context("cannot run cargo to build the firmware")?;
+    if !status.success() {
+        bail!(
+            "building the firmware for {} ({}) failed",
+            board.name,
+            board.target
+        );
+    }
+    let built = target_dir.join(board.target).join("release").join(bin);
+    let kept = target_dir
+        .join("by-arena")
+        .join(format!("{bin}-arena{arena_bytes}"));
+    std::fs::create_dir_all(kept.parent().unwrap_or(&target_dir))
+        .with_context(|| format!("cannot create the directory of {}", kept.display()))?;
+    let elf = std::fs::read(&built).with_context(|| format!("cannot read {}", built.display()))?;
+    tinyres_data::write_atomically(&kept, &elf)?;
+    drop(lock);
+    Ok(kept)
+}
+
+/// One image as classified on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct DevicePrediction {
+    /// Position in the data set.
+    pub index: usize,
+    /// True label.
+    pub label: u8,
+    /// Predicted class index.
+    pub class: usize,
+    /// Instructions the inference took.
+    pub instructions: u64,
+}
+
+/// The image region the firmware reads (see `Images` in firmware/src/lib.rs): the
+/// images `train` (examples to learn from, first) then `test`, with their labels.
+pub fn image_region(data: &Dataset, train: &[usize], test: &[usize]) -> Vec<u8> {
+    let count = train.len() + test.len();
+    let mut bytes = Vec::with_capacity(16 + count.next_multiple_of(16) + count * data.image_len());
+    bytes.extend_from_slice(b"TRIM");
+    bytes.extend_from_slice(&(count as u32).to_le_bytes());
+    for field in [data.height, data.width, data.channels, train.len()] {
+        bytes.extend_from_slice(&(field as u16).to_le_bytes());
+    }
+    bytes.extend(train.iter().chain(test).map(|&i| data.labels[i]));
+    bytes.resize(16 + count.next_multiple_of(16), 0);
+    for &i in train.iter().chain(test) {
+        bytes.extend_from_slice(data.image(i));
+    }
+    bytes
+}
+
+/// Images that fit in one boot.
+pub fn images_per_boot(image_len: usize) -> usize {
+    ((IMAGES_CAPACITY - 16) / (image_len + 1))
+        .saturating_sub(16)
+        .max(1)
+}
+
+/// The per-image lines of a log, checked to cover all `expected` images.
+fn predictions(
+    board: &Board,
+    lines: &[String],
+    indices: &[usize],
+) -> Result<Vec<DevicePrediction>> {
+    let mut predictions = Vec::new();
+    for line in lines {
+        if let Some(mut p) = parse_prediction(board, line, 0)? {
+            p.index = *indices
+                .get(p.index)
+                .context("the firmware reported an image it was not given")?;
+            predictions.push(p);
+        }
+    }
+    if predictions.len() != indices.len() || !lines.iter().any(|l| l.starts_with("done ")) {
+        bail!(
+            "the firmware reported {} of {} images:\n{}",
+            predictions.len(),
+            indices.len(),
+            lines.join("\n")
+        );
+    }
+    Ok(predictions)
+}
+
+/// A board with its built firmware and a model, ready to boot.
+#[derive(Clone, Debug)]
+pub struct Device<'a> {
+    /// The emulated board.
+    pub board: Board,
+    /// The firmware ELF ([`build_firmware`]).
+    pub elf: PathBuf,
+    /// The model blob loaded into the model partition.
+    pub model: &'a [u8],
+    /// How long one boot may take before it counts as hung.
+    pub timeout: Duration,
+    /// How the firmware's log reaches the host.
+    pub transport: Transport,
+}
+
+impl<'a> Device<'a> {
+    /// Builds firmware binary `bin` for `board` (announcing it on stderr) with an arena
+    /// of `arena_bytes`, logging over semihosting, ready to boot `model`.
+    pub fn build(
+        board: Board,
+        bin: &str,
+        model: &'a [u8],
+        arena_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Self> {
+        Self::build_for(
+            board,
+            bin,
+            model,
+            arena_bytes,
+            timeout,
+            Transport::Semihosting,
+        )
+    }
+
+    /// As [`Device::build`], logging over `transport`.
+    pub fn build_for(
+        board: Board,
+        bin: &str,
+        model: &'a [u8],
+        arena_bytes: usize,
+        timeout: Duration,
+        transport: Transport,
+    ) -> Result<Self> {
+        eprintln!(
+            "building the {bin} firmware for {} ({}, defmt over {})",
+            board.name,
+            board.target,
+            match transport {
+                Transport::Semihosting => "semihosting",
+                Transport::Rtt => "RTT",
+            }
+        );
+        Ok(Device {
+            board,
+            elf: build_firmware(&board, bin, arena_bytes, transport)?,
+            model,
+            timeout,
+            transport,
+        })
+    }
+
+    /// Boots the `classify` firmware with the images `range` of `data`; returns the
+    /// device's predictions for them.
+    pub fn classify(&self, data: &Dataset, range: std::ops::Range<usize>) -> Result<ClassifyBoot> {
+        let indices: Vec<usize> = range.collect();
+        let work = tempdir()?;
+        let lines = self.boot(&image_region(data, &[], &indices), &work);
+        let _ = std::fs::remove_dir_all(&work);
+        let lines = lines?;
+        Ok(ClassifyBoot {
+            predictions: predictions(&self.board, &lines, &indices)?,
+            ram: ram_use(&lines)?,
+            profile: profile_steps(&self.board, &lines)?,
+        })
+    }
+
+    /// Boots the `finetune` (or `teach`) firmware in `flash_dir` (which holds the flash
+    /// image [`FLASH_IMAGE`]; created erased if missing): it restores its head, learns
+    /// from the images `train` if there are any, saves, and classifies the images
+    /// `test`.
+    pub fn finetune(
+        &self,
+        data: &Dataset,
+        train: &[usize],
+        test: &[usize],
+        flash_dir: &Path,
+    ) -> Result<FinetuneBoot> {
+        let flash = flash_dir.join(FLASH_IMAGE);
+        if !flash.exists() {
+            std::fs::write(&flash, vec![0xFF; FLASH_IMAGE_BYTES])
+                .with_context(|| format!("cannot write {}", flash.display()))?;
+        }
+        let lines = self.boot(&image_region(data, train, test), flash_dir)?;
+        let numbers = |line: &str, keys: &[&str]| -> Option<Vec<u32>> {
+            keys.iter()
+                .map(|k| log_field(line, k).and_then(|v| v.parse().ok()))
+                .collect()
+        };
+        let restored = lines
+            .iter()
+            .find(|l| l.starts_with("restored slot="))
+            .and_then(|l| numbers(l, &["slot", "seq"]))
+            .map(|v| (v[0], v[1]));
+        // The last save: the `teach` firmware saves after every burst of labels.
+        let saved = lines
+            .iter()
+            .rfind(|l| l.starts_with("saved "))
+            .and_then(|l| numbers(l, &["slot", "seq", "class"]))
+            .map(|v| (v[0], v[1], v[2] as usize));
+        if !train.is_empty() && saved.is_none() {
+            bail!(
+                "the firmware did not save what it learned:\n{}",
+                lines.join("\n")
+            );
+        }
+        Ok(FinetuneBoot {
+            restored,
+            saved,
+            predictions: predictions(&self.board, &lines, test)?,
+            ram: ram_use(&lines)?,
+        })
+    }
+
+    /// Boots with an image region, QEMU running in `workdir` (where semihosting finds
+    /// the flash image); returns the decoded log, or the log in an error if the
+    /// firmware failed.
+    fn boot(&self, region: &[u8], workdir: &Path) -> Result<Vec<String>> {
+        if self.model.len() > MODEL_CAPACITY {
+            bail!(
+                "the model is {} bytes; the QEMU model partition holds {MODEL_CAPACITY}",
+                self.model.len()
+            );
+        }
+        if region.len() > IMAGES_CAPACITY {
+            bail!(
+                "{} bytes of images do not fit in the {IMAGES_CAPACITY}-byte image region",
+                region.len()
+            );
+        }
+        // QEMU runs in `workdir`: paths handed to it must not be relative to ours.
+        let workdir = &std::path::absolute(workdir)
+            .with_context(|| format!("{}: cannot make the path absolute", workdir.display()))?;
+        let model_path = workdir.join("model.trm");
+        let images_path = workdir.join("images.bin");
+        std::fs::write(&model_path, self.model)
+            .with_context(|| format!("cannot write {}", model_path.display()))?;
+        std::fs::write(&images_path, region)
+            .with_context(|| format!("cannot write {}", images_path.display()))?;
+        let board = &self.board;
+        let (log, success) = run_qemu(
+            board,
+            &self.elf,
+            &[
+                (&model_path, board.model_address),
+                (&images_path, board.images_address),
+            ],
+            workdir,
+            self.timeout,
+            self.transport,
+        )?;
+        let lines = decode_defmt(&self.elf, &log)?;
+        if !success {
+            bail!(
+                "the firmware on {} failed:\n{}",
+                board.name,
+                lines.join("\n")
+            );
+        }
+        Ok(lines)
+    }
+}
+
+/// What one boot of the `classify` firmware did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClassifyBoot {
+    /// One per image.
+    pub predictions: Vec<DevicePrediction>,
+    /// RAM the firmware used.
+    pub ram: RamUse,
+    /// Instructions of each step of the first image's profiled run: the input, then
+    /// one per layer (empty when the boot had no images).
+    pub profile: Vec<u64>,
+}
+
+/// The `step=S ticks=T` (or `instructions=N`) lines of a classify log, in
+/// instructions, checked to be numbered 0, 1, 2, ...
+fn profile_steps(board: &Board, lines: &[String]) -> Result<Vec<u64>> {
+    if let Some(line) = lines.iter().find(|l| l.starts_with("profile truncated")) {
+        bail!("the device could not record every layer: {line}");
+    }
+    let mut steps = Vec::new();
+    for line in lines.iter().filter(|l| l.starts_with("step=")) {
+        let field = |name: &str| log_field(line, name).and_then(|v| v.parse::<u64>().ok());
+        let (Some(step), Some(count)) = (field("step"), field("ticks").or(field("instructions")))
+        else {
+            bail!("bad profile line from the firmware: {line}");
+        };
+        if step != steps.len() as u64 {
+            bail!("profile step {step} out of order in: {line}");
+        }
+        steps.push(board.instructions(count));
+    }
+    Ok(steps)
+}
+
+/// What the `selftest` firmware found on a board.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SelfTest {
+    /// Instructions of the calibration loop as the board's counter measured them
+    /// (converted with the board's clock).
+    pub calibration_instructions: u64,
+    /// Instructions the loop executes.
+    pub calibration_expected: u64,
+    /// The int8 convolution kernel of this build (`cortex-m-dsp`, `helium`, `neon`,
+    /// `portable`).
+    pub kernel: String,
+    /// Kernel cases that matched the portable kernel bit for bit.
+    pub cases: usize,
+}
+
+/// Builds and boots the `selftest` firmware on `board`: the counter against a loop of
+/// known length, every arch kernel against the portable one (an error, with the
+/// device's log, if any case differs).
+pub fn selftest(board: &Board, timeout: Duration) -> Result<SelfTest> {
+    let elf = build_firmware(
+        board,
+        "selftest",
+        DEFAULT_ARENA_BYTES,
+        Transport::Semihosting,
+    )?;
+    let work = tempdir()?;
+    let run = run_qemu(board, &elf, &[], &work, timeout, Transport::Semihosting);
+    let _ = std::fs::remove_dir_all(&work);
+    let (log, success) = run?;
+    let lines = decode_defmt(&elf, &log)?;
+    if !success {
+        bail!(
+            "the selftest failed on {}:\n{}",
+            board.name,
+            lines.join("\n")
+        );
+    }
+    let find = |prefix: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .with_context(|| {
+                format!(
+                    "no `{prefix}` line in the selftest log:\n{}",
+                    lines.join("\n")
+                )
+            })
+    };
+    let calibration = find("calibration ")?;
+    let number = |line: &str, name: &str| -> Result<u64> {
+        log_field(line, name)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {name} in selftest line: {line}"))
+    };
+    let count = number(calibration, "ticks").or_else(|_| number(calibration, "instructions"))?;
+    let summary = find("selftest ")?;
+    Ok(SelfTest {
+        calibration_instructions: board.instructions(count),
+        calibration_expected: number(calibration, "loop")?,
+        kernel: log_field(summary, "kernel").unwrap_or_default().to_string(),
+        cases: number(summary, "cases")? as usize,
+    })
+}
+
+/// RAM a boot used, as the firmware measured it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RamUse {
+    /// Static data: .data and .bss, the arena included.
+    pub static_bytes: usize,
+    /// Deepest stack (from the painted stack's high-water mark).
+    pub stack_bytes: usize,
+}
+
+/// The `done ... static_ram=S stack=T` line of a log.
+fn ram_use(lines: &[String]) -> Result<RamUse> {
+    let done = lines
+        .iter()
+        .find(|l| l.starts_with("done "))
+        .context("the firmware log has no `done` line")?;
+    let field = |name: &str| -> Result<usize> {
+        log_field(done, name)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {name} in firmware line: {done}"))
+    };
+    Ok(RamUse {
+        static_bytes: field("static_ram")?,
+        stack_bytes: field("stack")?,
+    })
+}
+
+/// What one boot of the `finetune` firmware did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FinetuneBoot {
+    /// `(slot, sequence)` of the head restored from flash, if any.
+    pub restored: Option<(u32, u32)>,
+    /// `(slot, sequence, new class)` of the head learned and saved, if any.
+    pub saved: Option<(u32, u32, usize)>,
+    /// Predictions on the test images with the (restored or learned) head.
+    pub predictions: Vec<DevicePrediction>,
+    /// RAM the firmware used.
+    pub ram: RamUse,
+}
+
+/// Bytes of the flash image the `finetune` firmware keeps its head in (two 4 KiB
+/// slots; firmware/src/app.rs).
+pub const FLASH_IMAGE_BYTES: usize = 8192;
+/// Its file name, in the directory QEMU runs in.
+pub const FLASH_IMAGE: &str = "tinyres-flash.bin";
+
+/// Runs QEMU; returns the firmware's defmt frames (the semihosting console, or what
+/// RTT carried) and whether the firmware exited with success.
+fn run_qemu(
+    board: &Board,
+    elf: &Path,
+    loads: &[(&Path, u32)],
+    workdir: &Path,
+    timeout: Duration,
+    transport: Transport,
+) -> Result<(Vec<u8>, bool)> {
+    let mut cmd = Command::new(board.qemu);
+    // RTT: QEMU starts halted and waits on a gdbstub socket, which a reader thread
+    // polls (crate::rtt). Unix socket paths are short: this one lives in the temp dir.
+    let gdb_socket = std::env::temp_dir().join(format!(
+        "tinyres-gdb-{}-{}.sock",
+        std::process::id(),
+        SOCKET_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let rtt_control_block = match transport {
+        Transport::Semihosting => None,
+        Transport::Rtt => {
+            let _ = std::fs::remove_file(&gdb_socket);
+            cmd.arg("-chardev")
+                .arg(format!(
+                    "socket,id=gdb,path={},server=on,wait=off",
+                    gdb_socket.display()
+                ))
+                .args(["-gdb", "chardev:gdb", "-S"]);
+            Some(crate::rtt::control_block_address(elf)?)
+        }
+    };
+    cmd.args(["-machine", board.machine, "-cpu", board.cpu])
+        .args([
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            "none",
+            "-nodefaults",
+        ])
+        .args(["-semihosting-config", "enable=on,target=native"])
+        .args([
+            "-icount",
+            &format!("shift={},sleep=off", board.icount_shift()),
+        ])
+        .arg("-kernel")
+        .arg(elf);
+    for (file, address) in loads {
+        cmd.arg("-device").arg(format!(
+            "loader,file={},addr={address:#x},force-raw=on",
+            file.display()
+        ));
+    }
+    let mut child = cmd
+        .current_dir(workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => anyhow::anyhow!(
+                "{} is not installed (Debian/Ubuntu: sudo apt-get install qemu-system-arm, which also provides qemu-system-aarch64)",
+                board.qemu
+            ),
+            _ => anyhow::anyhow!("cannot start {}: {e}", board.qemu),
+        })?;
+    let mut stdout = child.stdout.take().context("qemu stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut bytes).map(|_| bytes)
+    });
+    let mut rtt_reader = rtt_control_block.map(|control_block| {
+        let socket = gdb_socket.clone();
+        std::thread::spawn(move || crate::rtt::read_up_channel(&socket, control_block, 4, timeout))
+    });
+    let stop = |child: &mut std::process::Child| {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&gdb_socket);
+    };
+    let mut rtt_log = None;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        // The RTT reader ends when the guest exits, or on an error that leaves the
+        // guest halted: then stop QEMU and say why.
+        if let Some(finished) = rtt_reader.take_if(|r| r.is_finished()) {
+            match finished.join() {
+                Ok(Ok(bytes)) => rtt_log = Some(bytes),
+                Ok(Err(e)) => {
+                    stop(&mut child);
+                    return Err(e.context(format!("reading RTT from QEMU ({})", board.name)));
+                }
+                Err(_) => {
+                    stop(&mut child);
+                    bail!("the RTT reader panicked");
+                }
+            }
+        }
+        if start.elapsed() > timeout {
+            stop(&mut child);
+            bail!(
+                "QEMU ({}) did not finish within {} s: the firmware hung",
+                board.name,
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("qemu stdout reader panicked"))??;
+    let log = match (rtt_log, rtt_reader) {
+        (Some(bytes), _) => bytes,
+        (None, Some(rtt)) => rtt
+            .join()
+            .map_err(|_| anyhow::anyhow!("the RTT reader panicked"))?
+            .with_context(|| format!("reading RTT from QEMU ({})", board.name))?,
+        (None, None) => stdout,
+    };
+    let _ = std::fs::remove_file(&gdb_socket);
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    if !status.success() && log.is_empty() {
+        bail!(
+            "QEMU ({}) failed: {}{}",
+            board.name,
+            status,
+            if stderr.is_empty() {
+                String::new()
+            } else {
+                format!("\n{stderr}")
+            }
+        );
+    }
+    Ok((log, status.success()))
+}
+
+/// Numbers the gdbstub sockets of one process's concurrent boots.
+static SOCKET_COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Decodes defmt frames with the table in `elf`; one line per frame.
+pub fn decode_defmt(elf: &Path, bytes: &[u8]) -> Result<Vec<String>> {
+    let elf_bytes = std::fs::read(elf).with_context(|| format!("cannot read {}", elf.display()))?;
+    let table = defmt_decoder::Table::parse(&elf_bytes)
+        .map_err(|e| anyhow::anyhow!("{}: bad defmt table: {e}", elf.display()))?
+        .with_context(|| format!("{} has no defmt table", elf.display()))?;
+    let mut decoder = table.new_stream_decoder();
+    decoder.received(bytes);
+    let mut lines = Vec::new();
+    loop {
+        match decoder.decode() {
+            Ok(frame) => lines.push(format!(
+                "{}{}",
+                level_prefix(&frame),
+                frame.display_message()
+            )),
+            Err(defmt_decoder::DecodeError::UnexpectedEof) => break,
+            Err(defmt_decoder::DecodeError::Malformed) => {
+                bail!("malformed defmt frame in the firmware output")
+            }
+        }
+    }
+    Ok(lines)
+}
+
+/// `ERROR ` or `WARN ` before such frames; nothing before `println!` and info lines,
+/// which carry the results.
+fn level_prefix(frame: &defmt_decoder::Frame<'_>) -> &'static str {
+    match frame.level().map(|l| l.as_str()) {
+        Some("error") => "ERROR ",
+        Some("warn") => "WARN ",
+        _ => "",
+    }
+}
+
+/// The value of `name=value` in a firmware log line.
+fn log_field<'l>(line: &'l str, name: &str) -> Option<&'l str> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+}
+
+/// Parses `image=I label=L class=C ticks=T` (or `instructions=N`); `offset` is the
+/// batch's first index.
+fn parse_prediction(board: &Board, line: &str, offset: usize) -> Result<Option<DevicePrediction>> {
+    if !line.starts_with("image=") {
+        return Ok(None);
+    }
+    let field = |name: &str| -> Option<Result<u64>> {
+        log_field(line, name).map(|v| {
+            v.parse()
+                .with_context(|| format!("bad {name} in firmware line: {line}"))
+        })
+    };
+    let required = |name: &str| {
+        field(name).with_context(|| format!("firmware line without {name}: {line}"))?
+    };
+    let count = match (field("ticks"), field("instructions")) {
+        (Some(ticks), _) => ticks?,
+        (None, Some(instructions)) => instructions?,
+        (None, None) => bail!("firmware line without a count: {line}"),
+    };
+    Ok(Some(DevicePrediction {
+        index: offset + required("image")? as usize,
+        label: required("label")? as u8,
+        class: required("class")? as usize,
+        instructions: board.instructions(count),
+    }))
+}
+
+fn tempdir() -> Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("tinyres-qemu-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prediction_lines() {
+        let m4 = Board::by_name("mps2-an386").unwrap();
+        let p = parse_prediction(&m4, "image=3 label=7 class=2 ticks=1600", 100)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            p,
+            DevicePrediction {
+                index: 103,
+                label: 7,
+                class: 2,
+                instructions: 1000
+            }
+        );
+        let a53 = Board::by_name("virt-a53").unwrap();
+        let p = parse_prediction(&a53, "image=0 label=1 class=1 instructions=1234", 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.instructions, 1234);
+        assert_eq!(parse_prediction(&m4, "done count=4", 0).unwrap(), None);
+        assert!(parse_prediction(&m4, "image=x label=1 class=1 ticks=1", 0).is_err());
+    }
+
+    #[test]
+    fn unknown_boards_are_named() {
+        assert_eq!(Board::by_name("mps2-an386").unwrap().cpu, "cortex-m4");
+        assert_eq!(Board::by_name("virt-a53").unwrap().icount_shift(), 0);
+        let err = Board::by_name("esp32").unwrap_err().to_string();
+        assert!(err.contains("esp32") && err.contains("mps2-an386"), "{err}");
+    }
+}
+
+/// Classifies every image of `data` on `device` (the `classify` firmware), in as many
+/// boots as the image region needs; `on_boot` hears each boot's range before it
+/// starts. Returns the predictions and the most RAM any boot used.
+pub fn classify_all(
+    device: &Device<'_>,
+    data: &Dataset,
+    mut on_boot: impl FnMut(std::ops::Range<usize>),
+) -> Result<Classified> {
+    let per_boot = images_per_boot(data.image_len());
+    let mut predictions = Vec::with_capacity(data.len());
+    let mut ram = RamUse {
+        static_bytes: 0,
+        stack_bytes: 0,
+    };
+    let mut profile = Vec::new();
+    let mut start = 0;
+    while start < data.len() {
+        let end = (start + per_boot).min(data.len());
+        on_boot(start..end);
+        let boot = device.classify(data, start..end)?;
+        if profile.is_empty() {
+            profile = boot.profile;
+        }
+        predictions.extend(boot.predictions);
+        ram.static_bytes = ram.static_bytes.max(boot.ram.static_bytes);
+        ram.stack_bytes = ram.stack_bytes.max(boot.ram.stack_bytes);
+        start = end;
+    }
+    Ok(Classified {
+        predictions,
+        ram,
+        profile,
+    })
+}
+
+/// Every image of a data set classified on the device, over as many boots as needed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Classified {
+    /// One per image.
+    pub predictions: Vec<DevicePrediction>,
+    /// The most RAM any boot used.
+    pub ram: RamUse,
+    /// The first image's instructions per step (input, then each layer).
+    pub profile: Vec<u64>,
+}
+
+/// What the device learned in [`learning_scenario`], measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct LearningReport {
+    /// Index of the class learned (the model's class count before).
+    pub new_class: usize,
+    /// Shots of the new class learned from.
+    pub shots: usize,
+    /// Images of known classes learned from alongside (rehearsal).
+    pub rehearsal: usize,
+    /// Test images classified before and after.
+    pub test_images: usize,
+    /// Accuracy on the new class's test images before and after learning.
+    pub new_class_accuracy: BeforeAfter,
+    /// Accuracy on the known classes' test images before and after learning.
+    pub old_classes_accuracy: BeforeAfter,
+    /// `(slot, sequence, class)` the learned head was saved under.
+    pub saved: Option<(u32, u32, usize)>,
+    /// RAM of the learning boot.
+    pub ram: RamUse,
+    /// `(slot, sequence)` the reboot restored.
+    pub restored_on_reboot: Option<(u32, u32)>,
+    /// The reboot restored the saved head and predicts exactly as after learning.
+    pub persisted: bool,
+    /// Predictions after learning.
+    pub images: Vec<DevicePrediction>,
+}
+
+/// Accuracy before and after learning (`None`: no such test image).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct BeforeAfter {
+    /// With the model as shipped.
+    pub before: Option<f64>,
+    /// With the head learned on the device.
+    pub after: Option<f64>,
+}
+
+impl std::fmt::Display for BeforeAfter {
+    /// `before -> after` as percentages (`n/a` where there was no such image).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let percent =
+            |a: Option<f64>| a.map_or("n/a".to_string(), |a| format!("{:.1} %", 100.0 * a));
+        write!(f, "{} -> {}", percent(self.before), percent(self.after))
+    }
+}
+
+/// The images of the learning scenario, as one data set.
+#[derive(Clone, Debug)]
+pub struct LearningSet {
+    /// The test images (indices `0..test.len()`), then the examples to learn from.
+    pub data: Dataset,
+    /// Indices of the examples in `data`: shots of the new class and rehearsal images
+    /// of known classes, alternating.
+    pub learn: Vec<usize>,
+    /// Shots of the new class among them.
+    pub shots: usize,
+    /// Rehearsal images among them.
+    pub rehearsal: usize,
+}
+
+/// `test`, followed by the first `shots` images of `pool` labeled `new_class` (the
+/// model's next free class index), each followed by a rehearsal image of a known class.
+pub fn learning_set(
+    new_class: usize,
+    test: &Dataset,
+    pool: &Dataset,
+    shots: usize,
+) -> Result<LearningSet> {
+    let shot_indices: Vec<usize> = (0..pool.len())
+        .filter(|&i| usize::from(pool.labels[i]) == new_class)
+        .take(shots)
+        .collect();
+    if shot_indices.is_empty() {
+        bail!(
+            "no image to learn from is labeled {new_class} (the model has classes 0..{}, so the new class must be labeled {new_class})",
+            new_class.saturating_sub(1)
+        );
+    }
+    let rehearsal: Vec<usize> = (0..pool.len())
+        .filter(|&i| usize::from(pool.labels[i]) < new_class)
+        .take(shot_indices.len())
+        .collect();
+    let mut data = test.clone();
+    let mut learn = Vec::new();
+    for (k, shot) in shot_indices.iter().enumerate() {
+        for &i in std::iter::once(shot).chain(rehearsal.get(k)) {
+            data.pixels.extend_from_slice(pool.image(i));
+            data.labels.push(pool.labels[i]);
+            learn.push(data.len() - 1);
+        }
+    }
+    Ok(LearningSet {
+        data,
+        learn,
+        shots: shot_indices.len(),
+        rehearsal: rehearsal.len(),
+    })
+}
+
+/// The on-device learning scenario, three boots of the `finetune` firmware on
+/// `device`: the model as shipped on `test`; learning the next free class from
+/// `shots` images of it in `pool` (plus as many images of known classes, for
+/// rehearsal), then `test` again; a reboot with the same flash image, which must
+/// restore what was learned. The flash image lives in `flash_dir`.
+pub fn learning_scenario(
+    device: &Device<'_>,
+    test: &Dataset,
+    pool: &Dataset,
+    shots: usize,
+    flash_dir: &Path,
+    mut on_boot: impl FnMut(&str),
+) -> Result<LearningReport> {
+    let model =
+        tinyres_core::Model::parse(device.model).map_err(|e| anyhow::anyhow!("the model: {e}"))?;
+    let new_class = model.num_classes();
+    let LearningSet {
+        data,
+        learn,
+        shots,
+        rehearsal,
+    } = learning_set(new_class, test, pool, shots)?;
+    let test_indices: Vec<usize> = (0..test.len()).collect();
+    let fresh = tempdir()?;
+    std::fs::create_dir_all(flash_dir)
+        .with_context(|| format!("cannot create {}", flash_dir.display()))?;
+    on_boot(&format!(
+        "boot 1/3: the model as shipped, on {} test images",
+        test.len()
+    ));
+    let before = device.finetune(&data, &[], &test_indices, &fresh);
+    let _ = std::fs::remove_dir_all(&fresh);
+    let before = before?;
+    on_boot(&format!(
+        "boot 2/3: learning from {shots} shots and {rehearsal} rehearsal images"
+    ));
+    let after = device.finetune(&data, &learn, &test_indices, flash_dir)?;
+    on_boot("boot 3/3: reboot with the same flash image");
+    let reboot = device.finetune(&data, &[], &test_indices, flash_dir)?;
+    let classes = |b: &FinetuneBoot| b.predictions.iter().map(|p| p.class).collect::<Vec<_>>();
+    let persisted = reboot.restored.is_some()
+        && reboot.restored.map(|r| r.1) == after.saved.map(|s| s.1)
+        && classes(&reboot) == classes(&after);
+    let accuracy = |b: &FinetuneBoot, new: bool| -> Option<f64> {
+        let chosen: Vec<_> = b
+            .predictions
+            .iter()
+            .filter(|p| (usize::from(p.label) == new_class) == new)
+            .collect();
+        (!chosen.is_empty()).then(|| {
+            chosen
+                .iter()
+                .filter(|p| p.class == usize::from(p.label))
+                .count() as f64
+                / chosen.len() as f64
+        })
+    };
+    Ok(LearningReport {
+        new_class,
+        shots,
+        rehearsal,
+        test_images: test.len(),
+        new_class_accuracy: BeforeAfter {
+            before: accuracy(&before, true),
+            after: accuracy(&after, true),
+        },
+        old_classes_accuracy: BeforeAfter {
+            before: accuracy(&before, false),
+            after: accuracy(&after, false),
+        },
+        saved: after.saved,
+        ram: after.ram,
+        restored_on_reboot: reboot.restored,
+        persisted,
+        images: after.predictions,
+    })
+}

@@ -1,0 +1,7 @@
+//! Training the ResNet family with burn (CPU, the `flex` backend): the model
+//! ([`net`]), the paper's recipe with checkpoints and exact resume ([`train`]), and
+//! ONNX export checked through tract ([`export`]).
+
+pub mod export;
+pub mod net;
+pub mod train;

@@ -1,0 +1,176 @@
+//! The ResNet family as a burn module, built from the same [`Architecture`] that
+//! writes the engine's network: what `tinyres train` trains and `tinyres export` writes.
+//!
+//! Input: NCHW `f32`, already normalised (`(pixel / 255 - mean) / std` per channel).
+//! Output: logits. Batch norm follows every convolution, as in the paper.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::module::avg_pool2d;
+use burn::tensor::ops::{AvgPoolOptions, PadMode};
+use burn::tensor::{Device, Tensor};
+
+use tinyres_compile::arch::{Architecture, Block, ShortcutPlan};
+
+/// He et al. 2015 ("Delving deep into rectifiers"), which the ResNet paper uses:
+/// normal with standard deviation `sqrt(2 / fan_in)`.
+const HE_NORMAL: Initializer = Initializer::KaimingNormal {
+    gain: std::f64::consts::SQRT_2,
+    fan_out_only: false,
+};
+
+/// A convolution without bias followed by batch norm.
+#[derive(Module, Debug)]
+pub struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl ConvBn {
+    fn new(
+        arch: &Architecture,
+        (channels_in, channels_out): (usize, usize),
+        kernel: usize,
+        stride: usize,
+        input_size: (usize, usize),
+        device: &Device,
+    ) -> Self {
+        let [top, left, bottom, right] = arch.conv_padding(input_size, kernel, stride);
+        ConvBn {
+            conv: Conv2dConfig::new([channels_in, channels_out], [kernel, kernel])
+                .with_stride([stride, stride])
+                .with_padding(PaddingConfig2d::Explicit(top, left, bottom, right))
+                .with_bias(false)
+                .with_initializer(HE_NORMAL)
+                .init(device),
+            bn: BatchNormConfig::new(channels_out).init(device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.bn.forward(self.conv.forward(x))
+    }
+}
+
+/// One block: the residual branch, and the shortcut as the architecture plans it.
+#[derive(Module, Debug)]
+pub struct ResidualBlock {
+    branch: Vec<ConvBn>,
+    projection: Option<ConvBn>,
+    #[module(skip)]
+    shortcut: ShortcutPlan,
+}
+
+impl ResidualBlock {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut y = x.clone();
+        let last = self.branch.len() - 1;
+        for (i, layer) in self.branch.iter().enumerate() {
+            y = layer.forward(y);
+            if i < last {
+                y = relu(y);
+            }
+        }
+        let shortcut = match (self.shortcut, &self.projection) {
+            (ShortcutPlan::None, _) => return relu(y),
+            (ShortcutPlan::Projection, Some(projection)) => projection.forward(x),
+            (
+                ShortcutPlan::ZeroPad {
+                    stride,
+                    channel_offset,
+                },
+                _,
+            ) => {
+                let [_, channels_in, _, _] = x.dims();
+                let [_, channels_out, _, _] = y.dims();
+                let (before, after) = (channel_offset, channels_out - channels_in - channel_offset);
+                // A 1×1 average pool with this stride is the paper's subsampling; unlike
+                // a strided slice it exports with a dynamic batch axis.
+                let subsampled = if stride > 1 {
+                    avg_pool2d(x, AvgPoolOptions::new([1, 1]).with_stride([stride, stride]))
+                } else {
+                    x
+                };
+                subsampled.pad(
+                    [(0, 0), (before, after), (0, 0), (0, 0)],
+                    PadMode::Constant(0.0),
+                )
+            }
+            _ => x,
+        };
+        relu(y + shortcut)
+    }
+}
+
+/// A network of the family.
+#[derive(Module, Debug)]
+pub struct ResNet {
+    stem: ConvBn,
+    blocks: Vec<ResidualBlock>,
+    classifier: Linear,
+}
+
+impl ResNet {
+    /// The network with He-normal convolutions, batch norm at scale 1 and shift 0, and
+    /// burn's default classifier initialisation; random draws come from `device`'s seed.
+    pub fn new(arch: &Architecture, device: &Device) -> Self {
+        let (h, w, c) = arch.input;
+        let stem = ConvBn::new(arch, (c, arch.stem_width), 3, 1, (h, w), device);
+        let mut size = (h, w);
+        let mut blocks = Vec::new();
+        for plan in arch.blocks() {
+            let mut branch = Vec::new();
+            let output_size = (size.0.div_ceil(plan.stride), size.1.div_ceil(plan.stride));
+            match arch.block {
+                Block::Basic => {
+                    let channels = (plan.in_channels, plan.width);
+                    branch.push(ConvBn::new(arch, channels, 3, plan.stride, size, device));
+                    let channels = (plan.width, plan.out_channels);
+                    branch.push(ConvBn::new(arch, channels, 3, 1, output_size, device));
+                }
+                Block::Bottleneck => {
+                    let channels = (plan.in_channels, plan.width);
+                    branch.push(ConvBn::new(arch, channels, 1, 1, size, device));
+                    let channels = (plan.width, plan.width);
+                    branch.push(ConvBn::new(arch, channels, 3, plan.stride, size, device));
+                    let channels = (plan.width, plan.out_channels);
+                    branch.push(ConvBn::new(arch, channels, 1, 1, output_size, device));
+                }
+            }
+            let projection = (plan.shortcut == ShortcutPlan::Projection).then(|| {
+                let channels = (plan.in_channels, plan.out_channels);
+                ConvBn::new(arch, channels, 1, plan.stride, size, device)
+            });
+            blocks.push(ResidualBlock {
+                branch,
+                projection,
+                shortcut: plan.shortcut,
+            });
+            size = output_size;
+        }
+        let features = arch
+            .blocks()
+            .last()
+            .map_or(arch.stem_width, |plan| plan.out_channels);
+        ResNet {
+            stem,
+            blocks,
+            classifier: LinearConfig::new(features, arch.classes).init(device),
+        }
+    }
+
+    /// Logits `[batch, classes]` of a normalised NCHW batch.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = relu(self.stem.forward(x));
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        let [_, _, h, w] = x.dims();
+        // Global average pooling as a pool over the whole map: exports as one
+        // GlobalAveragePool / AveragePool node.
+        let pooled = avg_pool2d(x, AvgPoolOptions::new([h, w]));
+        self.classifier.forward(pooled.flatten::<2>(1, 3))
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests across the crates, in one test binary: the architecture family on
+//! the engine, the firmware's application logic on the host with mock pins and flash,
+//! and the real firmware in QEMU on every board (classification, kernels, learning).
+
+mod app;
+mod common;
+mod family_on_engine;
+mod finetune;
+mod qemu;
