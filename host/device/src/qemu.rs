@@ -380,7 +380,7 @@ impl<'a> Device<'a> {
         transport: Transport,
     ) -> Result<Self> {
         eprintln!(
-            "building the {bin} firmware for {} ({}, defmt over {})",
+            "building the {bin} firmware for {} ({}, defmt over {}; a board's first build takes about a minute)",
             board.name,
             board.target,
             match transport {

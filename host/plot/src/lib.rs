@@ -120,10 +120,11 @@ pub fn training_curves(runs: &[Run]) -> Result<Vec<u8>> {
                 .y_desc("error (%)")
                 .axis_desc_style((FONT, 18))
                 .label_style((FONT, 15))
-                .light_line_style(GRID)
+                .light_line_style(WHITE)
                 .bold_line_style(GRID)
                 .x_labels(epochs.min(12) + 1)
                 .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| format!("{y:.0}"))
                 .draw(),
         )?;
         for (i, run) in runs.iter().enumerate() {
@@ -179,11 +180,12 @@ pub fn confusion_matrix(
             .get(k)
             .map_or(k.to_string(), |s| s.chars().take(14).collect())
     };
-    let (left, top) = (130, 110);
+    // Room for the row names on the left, the rotated column names above.
+    let (left, top) = (150, 160);
     let grid = cell * n as i32;
     let (scale_x, scale_w) = (left + grid + 30, 18);
     let width = (scale_x + scale_w + 60) as u32;
-    let height = (top + grid + 70) as u32;
+    let height = (top + grid + 30) as u32;
     png(width, height, |root| {
         drawing(root.fill(&WHITE))?;
         let text = |size: u32| TextStyle::from((FONT, size).into_font()).color(&BLACK);
@@ -202,7 +204,7 @@ pub fn confusion_matrix(
         drawing(root.draw(&Text::new(title.to_string(), (16, 14), text(20))))?;
         drawing(root.draw(&Text::new(
             "predicted class",
-            (left + grid / 2, top - 70),
+            (left + grid / 2, 48),
             centered(17),
         )))?;
         for (row, counts) in confusion.iter().enumerate() {
@@ -249,9 +251,9 @@ pub fn confusion_matrix(
             BLACK.stroke_width(1),
         )))?;
         drawing(root.draw(&Text::new(
-            "true class (rows)",
-            (left + grid / 2, top + grid + 24),
-            centered(17),
+            "true class",
+            (20, top + grid / 2),
+            centered(17).transform(FontTransform::Rotate270),
         )))?;
         // The colour scale: share of the row, 0 % at the bottom, 100 % at the top.
         for step in 0..grid {
@@ -313,36 +315,40 @@ pub fn profile_chart(bars: &[ProfileBar], title: &str) -> Result<Vec<u8>> {
     let height = (120 + 30 * n) as u32;
     png(960, height, |root| {
         drawing(root.fill(&WHITE))?;
-        let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
         let mut chart = drawing(
             ChartBuilder::on(root)
                 .caption(title, (FONT, 20))
                 .margin(16)
                 .x_label_area_size(44)
-                .y_label_area_size(190)
+                .y_label_area_size(230)
                 .build_cartesian_2d(0.0..x_max, 0.0..n as f64),
         )?;
         drawing(
             chart
                 .configure_mesh()
                 .disable_y_mesh()
-                .light_line_style(GRID)
+                .light_line_style(WHITE)
                 .bold_line_style(GRID)
                 .x_desc("million instructions")
                 .axis_desc_style((FONT, 16))
                 .label_style((FONT, 14))
-                .y_labels(n)
-                .y_label_formatter(&|y| {
-                    // Bar k sits at n - k - 0.5: the first step on top.
-                    let k = n as f64 - y.floor() - 1.0;
-                    labels
-                        .get(k.max(0.0) as usize)
-                        .filter(|_| (y.fract() - 0.5).abs() < 1e-6)
-                        .cloned()
-                        .unwrap_or_default()
-                })
+                .y_labels(0)
                 .draw(),
         )?;
+        // The steps' names, left of their bars (a numeric axis has no category labels).
+        for (k, bar) in bars.iter().enumerate() {
+            let (x, y) = chart.backend_coord(&(0.0, (n - k - 1) as f64 + 0.5));
+            drawing(root.draw(&Text::new(
+                bar.label.clone(),
+                (x - 8, y),
+                TextStyle::from((FONT, 14).into_font()).pos(
+                    plotters::style::text_anchor::Pos::new(
+                        plotters::style::text_anchor::HPos::Right,
+                        plotters::style::text_anchor::VPos::Center,
+                    ),
+                ),
+            )))?;
+        }
         let colour = PALETTE[0];
         drawing(chart.draw_series(bars.iter().enumerate().map(|(k, b)| {
             let y = (n - k - 1) as f64;

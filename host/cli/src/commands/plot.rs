@@ -24,9 +24,16 @@ pub fn command(args: &Args) -> Result<()> {
         } else {
             run.clone()
         };
-        let name = match TrainConfig::load(csv.parent().unwrap_or(Path::new("."))) {
-            Ok(config) => config.arch.name,
-            Err(_) => run.display().to_string(),
+        // The run directory's name, and the architecture where it says more.
+        let dir = csv.parent().unwrap_or(Path::new("."));
+        let dir_name = dir.file_name().map_or(run.display().to_string(), |n| {
+            n.to_string_lossy().into_owned()
+        });
+        let name = match TrainConfig::load(dir) {
+            Ok(config) if config.arch.name != dir_name => {
+                format!("{dir_name} ({})", config.arch.name)
+            }
+            _ => dir_name,
         };
         runs.push(plot_run(&name, &read_metrics_csv(&csv)?));
     }
