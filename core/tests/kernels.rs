@@ -3,7 +3,7 @@
 //! calls kernels through `arch`: the int8 convolution tests run both the portable
 //! kernel and this host's arch kernel (SSE2 on x86-64, NEON on aarch64). The
 //! microcontroller kernels are checked on their own instruction sets by the
-//! `selftest` firmware in QEMU (`tests/tests/qemu.rs`).
+//! `selftest` firmware in QEMU (`tests/tests/end_to_end/qemu.rs`).
 
 use proptest::prelude::*;
 use tinyres_core::arch;

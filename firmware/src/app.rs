@@ -4,7 +4,7 @@
 //! Generic over embedded-hal 1.0 (a button whose press marks the current frame as an
 //! example of the class being taught, an LED lit while that class is recognised) and
 //! embedded-storage (the flash holding the learned head), so it runs on any board with
-//! a HAL and is tested on the host with mocks (`tests/tests/app.rs`).
+//! a HAL and is tested on the host with mocks (`tests/tests/end_to_end/app.rs`).
 
 use embedded_hal::digital::{InputPin, OutputPin};
 use embedded_storage::nor_flash::NorFlash;

@@ -6,7 +6,7 @@
 //! re-exported under the same name and signature in place of the portable one, and is
 //! checked bit-exactly against it on its own instruction set: the `selftest`
 //! firmware runs every kernel of this module against the portable one under QEMU on
-//! each board (`tests/tests/qemu.rs`). No runtime CPU detection: a microcontroller's
+//! each board (`tests/tests/end_to_end/qemu.rs`). No runtime CPU detection: a microcontroller's
 //! core is known when the firmware is built.
 //!
 //! | `cfg` | cores | int8 convolution |

@@ -19,7 +19,7 @@ pub enum Counter {
     /// board's core clock, which QEMU 7.2 sets per board (`sysclk_frq`): 25 MHz on
     /// mps2-an385/an386/an500, 20 MHz on mps2-an505, 32 MHz on mps3-an547. The
     /// `selftest` firmware checks each board's conversion against a loop of known
-    /// length (`tests/tests/qemu.rs`); running with another shift could not catch a
+    /// length (`tests/tests/end_to_end/qemu.rs`); running with another shift could not catch a
     /// wrong clock, as the shift cancels out.
     SysTick {
         /// `-icount shift`.

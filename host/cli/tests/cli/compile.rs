@@ -2,11 +2,10 @@
 //! and foreign ones (PyTorch NCHW with option A and B shortcuts, a tf2onnx-style NHWC
 //! network), checked against tract and onnxruntime; and the errors for bad input.
 
-use super::common::{err, ok, tinyres};
+use super::common::{err, ok, tinyres, trained_resnet20, trained_resnet8};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use tinyres_compile::eval;
 use tinyres_compile::onnx::{read_onnx, PreprocessingFlags};
@@ -195,42 +194,9 @@ fn keras_nhwc_raw_pixels_matches_tract_and_onnxruntime() {
     foreign("keras_nhwc.onnx", &["--input-range", "0..255"], flags, true);
 }
 
-/// A resnet8 trained on the synthetic set until it is right most of the time (once
-/// per test process), exported.
-fn trained_resnet8() -> &'static Path {
-    static RUN: OnceLock<PathBuf> = OnceLock::new();
-    RUN.get_or_init(|| {
-        let run = temp("resnet8-run");
-        let _ = std::fs::remove_dir_all(&run);
-        ok(tinyres(&[
-            "train",
-            "--arch",
-            "resnet8",
-            "--data",
-            "synthetic",
-            "--limit",
-            "2000",
-            "--epochs",
-            "3",
-            "--schedule",
-            "onecycle",
-            "--quiet",
-            "--out",
-            s(&run),
-        ]));
-        ok(tinyres(&[
-            "export",
-            s(&run),
-            "-o",
-            s(&run.join("model.onnx")),
-        ]));
-        run
-    })
-}
-
 #[test]
 fn our_resnet8_compiles_to_f32_f16_and_int8_within_budget() {
-    let onnx = trained_resnet8().join("model.onnx");
+    let onnx = trained_resnet8().onnx();
     let mut data = Dataset::load(Path::new("synthetic"), Split::Test).unwrap();
     let reference = read_onnx(&onnx, &PreprocessingFlags::default())
         .unwrap()
@@ -290,28 +256,7 @@ fn our_resnet8_compiles_to_f32_f16_and_int8_within_budget() {
 
 #[test]
 fn our_resnet20_option_a_compiles_with_parity() {
-    let run = temp("resnet20-run");
-    let _ = std::fs::remove_dir_all(&run);
-    ok(tinyres(&[
-        "train",
-        "--arch",
-        "resnet20",
-        "--data",
-        "synthetic",
-        "--limit",
-        "1000",
-        "--batch",
-        "50",
-        "--epochs",
-        "2",
-        "--schedule",
-        "onecycle",
-        "--quiet",
-        "--out",
-        s(&run),
-    ]));
-    let onnx = run.join("model.onnx");
-    ok(tinyres(&["export", s(&run), "-o", s(&onnx)]));
+    let onnx = trained_resnet20().onnx();
     let data = synthetic(64, 5);
     let reference = read_onnx(&onnx, &PreprocessingFlags::default())
         .unwrap()

@@ -1,7 +1,7 @@
 //! `tinyres train` and `tinyres export` as a user runs them: the synthetic data, resume
 //! after `kill -9`, and an ONNX file that tract, onnxruntime and burn agree on.
 
-use super::common::{err, ok, tinyres};
+use super::common::{err, ok, tinyres, trained_resnet20, trained_resnet8, TrainedRun};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -143,34 +143,20 @@ fn resume_after_kill_continues_exactly() {
 
 #[test]
 fn synthetic_training_learns_and_reports_json() {
-    let run = temp("learns");
-    let out = ok(tinyres(&[
-        "train",
-        "--arch",
-        "resnet8",
-        "--data",
-        "synthetic",
-        "--limit",
-        "1000",
-        "--epochs",
-        "2",
-        "--json",
-        "--out",
-        run.to_str().unwrap(),
-    ]));
-    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(summary["epochs"], 2);
+    let run = trained_resnet8();
+    let summary = &run.summary;
+    assert_eq!(summary["epochs"], 3);
     // 77,370 convolution and classifier weights, 4 batch-norm values on each of 336 channels.
     assert_eq!(summary["parameters"], 77_370 + 4 * 336);
     let accuracy = summary["test_accuracy"].as_f64().unwrap();
     assert!(
         accuracy > 0.5,
-        "2 epochs on 1000 synthetic images: {accuracy}"
+        "3 epochs on 2000 synthetic images: {accuracy}"
     );
-    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let metrics = std::fs::read_to_string(run.dir.join("metrics.csv")).unwrap();
     assert!(metrics
         .starts_with("epoch,train_loss,train_error,test_error,lr,seconds,images_per_second\n"));
-    assert_eq!(metrics.lines().count(), 3);
+    assert_eq!(metrics.lines().count(), 4);
 }
 
 #[test]
@@ -209,13 +195,9 @@ fn bad_input_is_a_one_line_error() {
 
 /// Exports a run and checks the file with onnxruntime and `onnx.checker` from Python:
 /// the inputs and burn's logits go to files, the script compares.
-fn export_and_check_with_onnxruntime(arch: &str) {
-    let run = temp(&format!("export-{arch}"));
-    let args = small_run(&run, arch, 1);
-    ok(tinyres(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    ));
-    let onnx = run.join("model.onnx");
+fn export_and_check_with_onnxruntime(trained: &TrainedRun) {
+    let run = &trained.dir;
+    let onnx = run.join("export-check.onnx");
     let out = ok(tinyres(&[
         "export",
         run.to_str().unwrap(),
@@ -230,8 +212,8 @@ fn export_and_check_with_onnxruntime(arch: &str) {
     );
     assert_eq!(report["images_checked"], 64);
 
-    let config = TrainConfig::load(&run).unwrap();
-    let model = train::load_model(&run, &config).unwrap();
+    let config = TrainConfig::load(run).unwrap();
+    let model = train::load_model(run, &config).unwrap();
     let mut data = Dataset::load(Path::new("synthetic"), Split::Test).unwrap();
     data.truncate(32);
     let logits: Vec<f32> = train::predict(&model, &data, &config).unwrap().concat();
@@ -271,10 +253,10 @@ fn export_and_check_with_onnxruntime(arch: &str) {
 
 #[test]
 fn resnet8_exports_onnx_that_tract_and_onnxruntime_agree_on() {
-    export_and_check_with_onnxruntime("resnet8");
+    export_and_check_with_onnxruntime(trained_resnet8());
 }
 
 #[test]
 fn resnet20_option_a_exports_onnx_that_tract_and_onnxruntime_agree_on() {
-    export_and_check_with_onnxruntime("resnet20");
+    export_and_check_with_onnxruntime(trained_resnet20());
 }
