@@ -13,6 +13,7 @@ use anyhow::{anyhow, Result};
 use image::{ImageFormat, RgbImage};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{register_font, FontStyle};
 
 /// The family every text of these plots uses; [`embedded_font`] registers it.
@@ -60,6 +61,14 @@ fn png(
     let mut out = Cursor::new(Vec::new());
     image.write_to(&mut out, ImageFormat::Png)?;
     Ok(out.into_inner())
+}
+
+/// Black text of `size` pixels, vertically centred on its point and placed at it by
+/// `h` (the point is its left edge, centre or right edge).
+fn label(size: u32, h: HPos) -> TextStyle<'static> {
+    TextStyle::from((FONT, size).into_font())
+        .color(&BLACK)
+        .pos(Pos::new(h, VPos::Center))
 }
 
 /// A plotters error as an `anyhow` one (its errors borrow the backend, so `?` cannot
@@ -188,24 +197,12 @@ pub fn confusion_matrix(
     let height = (top + grid + 30) as u32;
     png(width, height, |root| {
         drawing(root.fill(&WHITE))?;
-        let text = |size: u32| TextStyle::from((FONT, size).into_font()).color(&BLACK);
-        let centered = |size: u32| {
-            text(size).pos(plotters::style::text_anchor::Pos::new(
-                plotters::style::text_anchor::HPos::Center,
-                plotters::style::text_anchor::VPos::Center,
-            ))
-        };
-        let right = |size: u32| {
-            text(size).pos(plotters::style::text_anchor::Pos::new(
-                plotters::style::text_anchor::HPos::Right,
-                plotters::style::text_anchor::VPos::Center,
-            ))
-        };
-        drawing(root.draw(&Text::new(title.to_string(), (16, 14), text(20))))?;
+        let top_left = |size: u32| TextStyle::from((FONT, size).into_font()).color(&BLACK);
+        drawing(root.draw(&Text::new(title.to_string(), (16, 14), top_left(20))))?;
         drawing(root.draw(&Text::new(
             "predicted class",
             (left + grid / 2, 48),
-            centered(17),
+            label(17, HPos::Center),
         )))?;
         for (row, counts) in confusion.iter().enumerate() {
             let total = counts.iter().sum::<u32>().max(1);
@@ -213,7 +210,7 @@ pub fn confusion_matrix(
             drawing(root.draw(&Text::new(
                 name_of(row),
                 (left - 8, y + cell / 2),
-                right(15),
+                label(15, HPos::Right),
             )))?;
             for (col, &count) in counts.iter().enumerate() {
                 let x = left + col as i32 * cell;
@@ -227,7 +224,7 @@ pub fn confusion_matrix(
                     drawing(root.draw(&Text::new(
                         count.to_string(),
                         (x + cell / 2, y + cell / 2),
-                        centered(13).color(&ink),
+                        label(13, HPos::Center).color(&ink),
                     )))?;
                 }
             }
@@ -238,12 +235,7 @@ pub fn confusion_matrix(
             drawing(root.draw(&Text::new(
                 name_of(col),
                 (x, top - 8),
-                text(15).transform(FontTransform::Rotate270).pos(
-                    plotters::style::text_anchor::Pos::new(
-                        plotters::style::text_anchor::HPos::Left,
-                        plotters::style::text_anchor::VPos::Center,
-                    ),
-                ),
+                label(15, HPos::Left).transform(FontTransform::Rotate270),
             )))?;
         }
         drawing(root.draw(&Rectangle::new(
@@ -253,7 +245,7 @@ pub fn confusion_matrix(
         drawing(root.draw(&Text::new(
             "true class",
             (20, top + grid / 2),
-            centered(17).transform(FontTransform::Rotate270),
+            label(17, HPos::Center).transform(FontTransform::Rotate270),
         )))?;
         // The colour scale: share of the row, 0 % at the bottom, 100 % at the top.
         for step in 0..grid {
@@ -272,13 +264,10 @@ pub fn confusion_matrix(
             drawing(root.draw(&Text::new(
                 format!("{} %", tick * 25),
                 (scale_x + scale_w + 6, y),
-                text(13).pos(plotters::style::text_anchor::Pos::new(
-                    plotters::style::text_anchor::HPos::Left,
-                    plotters::style::text_anchor::VPos::Center,
-                )),
+                label(13, HPos::Left),
             )))?;
         }
-        drawing(root.draw(&Text::new("of row", (scale_x - 4, top - 14), text(13))))
+        drawing(root.draw(&Text::new("of row", (scale_x - 4, top - 14), top_left(13))))
     })
 }
 
@@ -341,12 +330,7 @@ pub fn profile_chart(bars: &[ProfileBar], title: &str) -> Result<Vec<u8>> {
             drawing(root.draw(&Text::new(
                 bar.label.clone(),
                 (x - 8, y),
-                TextStyle::from((FONT, 14).into_font()).pos(
-                    plotters::style::text_anchor::Pos::new(
-                        plotters::style::text_anchor::HPos::Right,
-                        plotters::style::text_anchor::VPos::Center,
-                    ),
-                ),
+                label(14, HPos::Right),
             )))?;
         }
         let colour = PALETTE[0];
@@ -368,12 +352,7 @@ pub fn profile_chart(bars: &[ProfileBar], title: &str) -> Result<Vec<u8>> {
             Text::new(
                 note,
                 (b.instructions as f64 / 1e6 + x_max * 0.01, y),
-                TextStyle::from((FONT, 13).into_font()).pos(
-                    plotters::style::text_anchor::Pos::new(
-                        plotters::style::text_anchor::HPos::Left,
-                        plotters::style::text_anchor::VPos::Center,
-                    ),
-                ),
+                label(13, HPos::Left),
             )
         })))?;
         Ok(())

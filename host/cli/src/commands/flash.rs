@@ -48,18 +48,17 @@ pub struct Args {
 }
 
 pub fn command(args: &Args) -> Result<()> {
-    let Args {
-        chip,
-        model,
-        firmware,
-        data,
+    let &Args {
+        ref chip,
+        ref model,
+        ref firmware,
+        ref data,
         limit,
-        finetune,
+        ref finetune,
         shots,
         dry_run,
         json,
     } = args;
-    let (shots, dry_run, json) = (*shots, *dry_run, *json);
     if model.is_none() && firmware.is_none() && data.is_none() {
         bail!("nothing to flash: give --model, --firmware, --data or several");
     }
@@ -81,7 +80,7 @@ pub fn command(args: &Args) -> Result<()> {
     };
     let images = data
         .as_deref()
-        .map(|path| flash_images(&layout, path, *limit, learn.as_ref()))
+        .map(|path| flash_images(&layout, path, limit, learn.as_ref()))
         .transpose()?;
     if let (Some(images), Some(model)) = (&images, &parsed) {
         let input = model.input_shape();

@@ -2,12 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use tinyres_compile::report::{describe, dtype_name};
-use tinyres_compile::writer::AlignedBlob;
 use tinyres_core::Model;
 
-use super::print_json;
+use super::{load_blob, print_json};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -19,13 +18,9 @@ pub struct Args {
 }
 
 pub fn command(args: &Args) -> Result<()> {
-    let bytes = std::fs::read(&args.model)
-        .with_context(|| format!("cannot read {}", args.model.display()))?;
-    let blob = AlignedBlob::new(&bytes);
-    let parsed = match Model::parse(blob.as_bytes()) {
-        Ok(m) => m,
-        Err(e) => bail!("{}: {e}", args.model.display()),
-    };
+    let blob = load_blob(&args.model)?;
+    // load_blob validated it.
+    let parsed = Model::parse(blob.as_bytes())?;
     let report = describe(&parsed)?;
     if args.json {
         return print_json(&report);
