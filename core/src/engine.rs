@@ -7,7 +7,8 @@ use crate::error::Error;
 use crate::format::{DType, InputRange, SECTION_ALIGN};
 use crate::kernels::{self, ConvShape, Requantize, Shortcut};
 use crate::model::{Bias, Conv, Dense, Layer, Model, Requant, TensorInfo, Weights};
-use crate::quant::{activation_range, dequantize_i8, quantize_i8};
+use crate::quant::{activation_range, dequantize_i8, quantize_i8, AddTables};
+use crate::stream::{Group, Step};
 
 /// A statically allocated, 16-byte aligned arena of `N` bytes, so firmware can write
 /// `static mut ARENA: Arena<49152> = Arena::new();` and pass it with no alignment
@@ -83,18 +84,122 @@ impl<'m, 'a> Interpreter<'m, 'a> {
         mut after_step: impl FnMut(usize),
     ) -> Result<usize, Error> {
         self.has_run = false;
-        self.write_input(pixels)?;
+        let image = self.model.tensor(0)?;
+        if pixels.len() != image.len() {
+            return Err(Error::WrongLength {
+                what: "input pixels",
+                expected: image.len(),
+                actual: pixels.len(),
+            });
+        }
+        if !image.is_window() {
+            self.write_input(pixels)?;
+        }
+        // A streamed int8 image is quantized row by row, through one table per channel.
+        let mut table_memory = [[0u8; 256]; IMAGE_TABLE_CHANNELS];
+        let image_tables = match table_memory.get_mut(..image.channels) {
+            Some(tables) if image.is_window() && self.model.dtype() == DType::Int8 => {
+                for (c, table) in tables.iter_mut().enumerate() {
+                    let normalize = normalizer(&self.model, c)?;
+                    *table = core::array::from_fn(|v| {
+                        quantize_i8(normalize(v as u8), image.scale, image.zero_point) as u8
+                    });
+                }
+                Some(&*tables)
+            }
+            _ => None,
+        };
         after_step(0);
-        for i in 0..self.model.num_layers() {
+        let mut i = 0;
+        while i < self.model.num_layers() {
+            if self.model.starts_group(i)? {
+                let mut group = Group::new(&self.model, i)?;
+                let last = group.last();
+                let mut rows = RowContext {
+                    pixels,
+                    image_tables,
+                    add_tables: None,
+                };
+                group.run(&mut |step| self.step(step, &mut rows))?;
+                // The group's layers ran interleaved, row by row: its time is
+                // reported at its first layer.
+                for layer in i..=last {
+                    after_step(usize::from(layer) + 1);
+                }
+                i = last + 1;
+                continue;
+            }
             match self.model.layer(i)? {
                 Layer::Conv(conv) => self.conv(&conv)?,
                 Layer::GlobalAvgPool { input, output } => self.pool(input, output)?,
                 Layer::Dense(dense) => self.dense(&dense)?,
             }
             after_step(usize::from(i) + 1);
+            i += 1;
         }
         self.has_run = true;
         self.predicted_class()
+    }
+
+    /// Executes one step of a streamed group.
+    fn step(&mut self, step: Step<'_, 'm>, rows: &mut RowContext<'_>) -> Result<(), Error> {
+        let add_tables = &mut rows.add_tables;
+        match step {
+            Step::Shift { from, to } => {
+                let end = to.checked_add(from.len());
+                if from.end > self.arena.len() || end.is_none_or(|e| e > self.arena.len()) {
+                    return Err(Error::OutOfBounds {
+                        what: "row window",
+                        index: 0,
+                    });
+                }
+                self.arena.copy_within(from, to);
+                Ok(())
+            }
+            Step::ImageRow { row, output } => {
+                self.write_image_row(rows.pixels, rows.image_tables, row, output)
+            }
+            Step::ConvRow(row) => {
+                let shape = ConvShape {
+                    in_h: row.input_rows,
+                    in_w: row.input_tensor.width,
+                    in_c: row.input_tensor.channels,
+                    out_h: 1,
+                    out_w: row.output_tensor.width,
+                    out_c: row.output_tensor.channels,
+                    kernel_h: row.conv.kernel_h,
+                    kernel_w: row.conv.kernel_w,
+                    stride: row.conv.stride,
+                    pad_top: row.pad_top,
+                    pad_left: row.conv.padding[1],
+                };
+                // The shortcut row seen as a one-row tensor.
+                let residual = row
+                    .residual
+                    .map(|(bytes, t)| (bytes, TensorInfo { height: 1, ..*t }));
+                let tables = match (self.model.dtype(), row.conv.residual) {
+                    (DType::Int8, Some(r)) => {
+                        if add_tables
+                            .as_ref()
+                            .is_none_or(|(layer, _)| *layer != row.layer)
+                        {
+                            *add_tables = Some((row.layer, AddTables::new(&r.add)));
+                        }
+                        add_tables.as_ref().map(|(_, t)| t)
+                    }
+                    _ => None,
+                };
+                self.convolve(
+                    row.conv,
+                    &shape,
+                    row.input_tensor.zero_point,
+                    row.input,
+                    row.output,
+                    residual,
+                    tables,
+                )
+            }
+        }
     }
 
     /// Runs one image and writes the class probabilities (softmax of the logits)
@@ -189,34 +294,19 @@ impl<'m, 'a> Interpreter<'m, 'a> {
     }
 
     fn byte_range(&self, t: &TensorInfo) -> Range<usize> {
-        t.arena_offset..t.arena_offset + t.len() * t.element_bytes()
+        t.arena_offset..t.arena_offset + t.buffer_bytes()
     }
 
     fn write_input(&mut self, pixels: &[u8]) -> Result<(), Error> {
         let t = self.model.tensor(0)?;
-        if pixels.len() != t.len() {
-            return Err(Error::WrongLength {
-                what: "input pixels",
-                expected: t.len(),
-                actual: pixels.len(),
-            });
-        }
         let range = self.byte_range(&t);
         let bytes = self.arena.get_mut(range).ok_or(Error::OutOfBounds {
             what: "input tensor",
             index: 0,
         })?;
         let dtype = self.model.dtype();
-        let input_range = self.model.input_range();
         for c in 0..t.channels {
-            let (mean, std) = self.model.preprocessing(c)?;
-            let normalize = |px: u8| {
-                let scaled = match input_range {
-                    InputRange::Byte => f32::from(px),
-                    InputRange::Unit => f32::from(px) / 255.0,
-                };
-                (scaled - mean) / std
-            };
+            let normalize = normalizer(&self.model, c)?;
             let quantize = |px: u8| quantize_i8(normalize(px), t.scale, t.zero_point) as u8;
             if dtype == DType::Int8 && pixels.len() / t.channels.max(1) > 256 {
                 // More pixels than byte values: quantize each value once.
@@ -245,6 +335,56 @@ impl<'m, 'a> Interpreter<'m, 'a> {
         Ok(())
     }
 
+    /// Normalises (and for int8 quantizes, through `tables` when given: one per
+    /// channel) image row `row` into the arena bytes `output`: the image window of a
+    /// streamed first layer. Each value is exactly what [`Interpreter::write_input`]
+    /// writes for it.
+    fn write_image_row(
+        &mut self,
+        pixels: &[u8],
+        tables: Option<&[[u8; 256]]>,
+        row: usize,
+        output: Range<usize>,
+    ) -> Result<(), Error> {
+        let t = self.model.tensor(0)?;
+        let values = t.width * t.channels;
+        let src = pixels
+            .get(row * values..(row + 1) * values)
+            .ok_or(Error::OutOfBounds {
+                what: "image row",
+                index: 0,
+            })?;
+        let bytes = self.arena.get_mut(output).ok_or(Error::OutOfBounds {
+            what: "image window",
+            index: 0,
+        })?;
+        if let Some(tables) = tables {
+            for (b, (&px, table)) in bytes.iter_mut().zip(src.iter().zip(tables.iter().cycle())) {
+                *b = table[usize::from(px)];
+            }
+            return Ok(());
+        }
+        let dtype = self.model.dtype();
+        for c in 0..t.channels {
+            let normalize = normalizer(&self.model, c)?;
+            for (p, &px) in src.iter().enumerate().skip(c).step_by(t.channels) {
+                match dtype {
+                    DType::F32 | DType::F16 => {
+                        if let Some(b) = bytes.get_mut(4 * p..4 * p + 4) {
+                            b.copy_from_slice(&normalize(px).to_le_bytes());
+                        }
+                    }
+                    DType::Int8 => {
+                        if let Some(b) = bytes.get_mut(p) {
+                            *b = quantize_i8(normalize(px), t.scale, t.zero_point) as u8;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn conv(&mut self, conv: &Conv<'_>) -> Result<(), Error> {
         let in_t = self.model.tensor(conv.input)?;
         let out_t = self.model.tensor(conv.output)?;
@@ -261,19 +401,52 @@ impl<'m, 'a> Interpreter<'m, 'a> {
             pad_top: conv.padding[0],
             pad_left: conv.padding[1],
         };
-        let out_range = self.byte_range(&out_t);
         let residual = match conv.residual {
             None => None,
-            Some(r) => Some((r, self.model.tensor(r.tensor)?)),
+            Some(r) => {
+                let t = self.model.tensor(r.tensor)?;
+                Some((self.byte_range(&t), t))
+            }
         };
-        let in_range = self.byte_range(&in_t);
-        let residual_range = residual.map(|(_, t)| self.byte_range(&t));
-        let split = Split::new(self.arena, out_range.clone())?;
-        let input = split.input(in_range)?;
-        let shortcut_bytes = match residual_range {
-            Some(r) if r == out_range => None,
-            Some(r) => Some(split.input(r)?),
+        let tables = match (self.model.dtype(), conv.residual) {
+            (DType::Int8, Some(r)) => Some(AddTables::new(&r.add)),
+            _ => None,
+        };
+        self.convolve(
+            conv,
+            &shape,
+            in_t.zero_point,
+            self.byte_range(&in_t),
+            self.byte_range(&out_t),
+            residual,
+            tables.as_ref(),
+        )
+    }
+
+    /// Runs `conv`'s kernel over `shape` (the whole layer, or one row of it) from the
+    /// arena bytes `input` to `output`, adding the shortcut at `residual` (in place
+    /// when those are the output's own bytes) with the int8 add's `tables`.
+    #[allow(clippy::too_many_arguments)]
+    fn convolve(
+        &mut self,
+        conv: &Conv<'_>,
+        shape: &ConvShape,
+        input_zero_point: i32,
+        input: Range<usize>,
+        output: Range<usize>,
+        residual: Option<(Range<usize>, TensorInfo)>,
+        tables: Option<&AddTables>,
+    ) -> Result<(), Error> {
+        let split = Split::new(self.arena, output.clone())?;
+        let input = split.input(input)?;
+        let shortcut_bytes = match &residual {
+            Some((r, _)) if *r == output => None,
+            Some((r, _)) => Some(split.input(r.clone())?),
             None => None,
+        };
+        let residual = match (conv.residual, residual) {
+            (Some(r), Some((_, t))) => Some((r, t)),
+            _ => None,
         };
         match (self.model.dtype(), conv.weights, conv.bias) {
             (DType::F32 | DType::F16, weights, Bias::F32(bias)) => {
@@ -288,10 +461,10 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                 let output: &mut [f32] = cast_mut(split.output)?;
                 match weights {
                     Weights::F32(w) => {
-                        arch::conv2d_f32(&shape, input, w, bias, conv.relu, shortcut, output)
+                        arch::conv2d_f32(shape, input, w, bias, conv.relu, shortcut, output)
                     }
                     Weights::F16(w) => {
-                        arch::conv2d_f32(&shape, input, w, bias, conv.relu, shortcut, output)
+                        arch::conv2d_f32(shape, input, w, bias, conv.relu, shortcut, output)
                     }
                     Weights::I8(_) => Err(type_error()),
                 }
@@ -301,19 +474,24 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                 let input: &[i8] = cast(input)?;
                 let shortcut = match (residual, shortcut_bytes) {
                     (None, _) => None,
-                    (Some((r, _)), None) => Some((Shortcut::InPlace, r.add)),
+                    (Some(_), None) => Some(Shortcut::InPlace),
                     (Some((r, t)), Some(bytes)) => {
-                        Some((mapped(cast(bytes)?, &t, r.stride, r.channel_offset), r.add))
+                        Some(mapped(cast(bytes)?, &t, r.stride, r.channel_offset))
                     }
                 };
+                let residual = match (shortcut, tables) {
+                    (Some(shortcut), Some(tables)) => Some((shortcut, tables)),
+                    (None, _) => None,
+                    (Some(_), None) => return Err(type_error()),
+                };
                 arch::conv2d_i8(
-                    &shape,
+                    shape,
                     input,
-                    in_t.zero_point,
+                    input_zero_point,
                     weights,
                     bias,
                     &requant,
-                    shortcut.as_ref().map(|(s, add)| (*s, add)),
+                    residual,
                     cast_mut(split.output)?,
                 )
             }
@@ -398,6 +576,32 @@ fn mapped<'b, T>(
         stride,
         channel_offset,
     }
+}
+
+/// Images with at most this many channels are quantized through a table per channel
+/// when the first layer streams them (1 KiB of stack).
+const IMAGE_TABLE_CHANNELS: usize = 4;
+
+/// What the steps of a streamed group share: the caller's pixels, the image's
+/// quantization tables and the residual add's tables of the last layer that used
+/// them (one layer of a group adds a residual: they are built once per group).
+struct RowContext<'p> {
+    pixels: &'p [u8],
+    image_tables: Option<&'p [[u8; 256]]>,
+    add_tables: Option<(u16, AddTables)>,
+}
+
+/// Maps a raw pixel of channel `c` to the value the model's preprocessing gives it.
+fn normalizer(model: &Model<'_>, c: usize) -> Result<impl Fn(u8) -> f32, Error> {
+    let (mean, std) = model.preprocessing(c)?;
+    let input_range = model.input_range();
+    Ok(move |px: u8| {
+        let scaled = match input_range {
+            InputRange::Byte => f32::from(px),
+            InputRange::Unit => f32::from(px) / 255.0,
+        };
+        (scaled - mean) / std
+    })
 }
 
 fn type_error() -> Error {

@@ -63,6 +63,13 @@ pub enum Error {
         /// The live tensor it would overwrite.
         tensor: u16,
     },
+    /// A streamed group of layers (FORMAT.md, "Streamed groups") breaks a rule.
+    StreamConflict {
+        /// The layer (or, for a window, the index of its tensor) where it shows.
+        layer: u16,
+        /// The rule broken.
+        what: &'static str,
+    },
     /// The arena passed in cannot hold the model's memory plan.
     ArenaTooSmall {
         /// Bytes needed, including alignment slack.
@@ -128,6 +135,9 @@ impl fmt::Display for Error {
                 f,
                 "memory plan: layer {layer} overwrites tensor {tensor} while it is live"
             ),
+            Error::StreamConflict { layer, what } => {
+                write!(f, "streamed group at layer {layer}: {what}")
+            }
             Error::ArenaTooSmall { needed, available } => {
                 write!(f, "arena too small: needs {needed} bytes, has {available}")
             }

@@ -5,8 +5,9 @@
 /// First four bytes of every blob.
 pub const MAGIC: [u8; 4] = *b"TRM\0";
 /// The format version this engine writes. It reads every version from 1 to this one:
-/// version 2 added `header::F32_HEAD` (version 1 blobs have no f32 head).
-pub const VERSION: u16 = 2;
+/// version 2 added `header::F32_HEAD` (version 1 blobs have no f32 head), version 3
+/// `tensor::ROWS_HELD` (row windows of streamed groups).
+pub const VERSION: u16 = 3;
 /// Size of the fixed header.
 pub const HEADER_SIZE: usize = 64;
 /// Size of one tensor record.
@@ -52,6 +53,8 @@ pub mod tensor {
     pub const HEIGHT: usize = 0;
     pub const WIDTH: usize = 2;
     pub const CHANNELS: usize = 4;
+    /// Since version 3: rows the buffer holds, 0 for all (a whole tensor).
+    pub const ROWS_HELD: usize = 6;
     pub const ARENA_OFFSET: usize = 8;
     pub const SCALE: usize = 12;
     pub const ZERO_POINT: usize = 16;

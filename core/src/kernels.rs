@@ -14,7 +14,7 @@
 use half::f16;
 
 use crate::error::Error;
-use crate::quant::{AddParams, AddTables, QuantizedMultiplier};
+use crate::quant::{AddTables, QuantizedMultiplier};
 
 /// Documented bound on the error of an f32 kernel: relative to the sum of absolute
 /// products of a dot product, `|result − exact| ≤ F32_RELATIVE_TOLERANCE · Σ|x·w|`
@@ -422,13 +422,13 @@ pub fn conv2d_i8(
     weights: &[i8],
     bias: &[i32],
     requant: &Requantize<'_>,
-    residual: Option<(Shortcut<'_, i8>, &AddParams)>,
+    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
     output: &mut [i8],
 ) -> Result<(), Error> {
     check_conv_i8(shape, input, weights, bias, requant, residual, output)?;
     let window = shape.kernel_h * shape.kernel_w * shape.in_c;
     let c_in = shape.in_c;
-    let add = residual.map(|(_, add)| AddTables::new(add));
+    let add = residual.map(|(_, add)| add);
     for oy in 0..shape.out_h {
         for ox in 0..shape.out_w {
             let out_start = (oy * shape.out_w + ox) * shape.out_c;
@@ -442,14 +442,7 @@ pub fn conv2d_i8(
                     let w = &filter[tap * c_in..(tap + taps) * c_in];
                     acc = acc.wrapping_add(dot_i8(x, w, input_zero_point));
                 });
-                *out = finish_i8(
-                    acc,
-                    co,
-                    &requant.channel(co),
-                    add.as_ref(),
-                    shortcut_row,
-                    *out,
-                );
+                *out = finish_i8(acc, co, &requant.channel(co), add, shortcut_row, *out);
             }
         }
     }
@@ -465,7 +458,7 @@ pub(crate) fn check_conv_i8(
     weights: &[i8],
     bias: &[i32],
     requant: &Requantize<'_>,
-    residual: Option<(Shortcut<'_, i8>, &AddParams)>,
+    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
     output: &[i8],
 ) -> Result<(), Error> {
     shape.check(input.len(), weights.len(), bias.len(), output.len())?;

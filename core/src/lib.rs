@@ -13,6 +13,7 @@ pub mod learn;
 mod model;
 pub mod persist;
 pub mod quant;
+mod stream;
 
 pub use crc::{crc32, crc32_update};
 pub use engine::{Arena, Interpreter};

@@ -8,6 +8,7 @@ use crate::crc::crc32;
 use crate::error::Error;
 use crate::format::{self, flags, header, kind, layer as lf, tensor as tf, DType, InputRange};
 use crate::quant::AddParams;
+use crate::stream::{Group, Step};
 
 /// Reads little-endian fields of one record; every read is bounds-checked.
 #[derive(Clone, Copy)]
@@ -62,6 +63,9 @@ pub struct TensorInfo {
     /// Whether the values are f32: every tensor of an f32 or f16 model, and the
     /// tensors an int8 model's f32 head writes. Otherwise int8.
     pub float: bool,
+    /// Rows its buffer holds: `height` for a whole tensor, fewer for a row window of
+    /// a streamed group (FORMAT.md, "Streamed groups").
+    pub rows_held: usize,
 }
 
 impl TensorInfo {
@@ -73,6 +77,21 @@ impl TensorInfo {
     /// Whether the tensor has no elements (never true in a valid model).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether its buffer holds only some of its rows (a streamed group's window).
+    pub fn is_window(&self) -> bool {
+        self.rows_held < self.height
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.width * self.channels * self.element_bytes()
+    }
+
+    /// Bytes of its arena buffer: every row, or the rows a window holds.
+    pub fn buffer_bytes(&self) -> usize {
+        self.rows_held * self.row_bytes()
     }
 
     /// Bytes of one element: 4 for f32, 1 for int8.
@@ -263,6 +282,8 @@ impl Layer<'_> {
 #[derive(Clone, Copy, Debug)]
 pub struct Model<'a> {
     blob: &'a [u8],
+    /// Format version (3 added row windows).
+    version: u16,
     dtype: DType,
     input_range: InputRange,
     num_layers: u16,
@@ -350,6 +371,7 @@ impl<'a> Model<'a> {
         };
         let model = Model {
             blob,
+            version,
             dtype,
             input_range,
             num_layers,
@@ -390,6 +412,13 @@ impl<'a> Model<'a> {
             self.tensor(t)?;
         }
         let logits = self.tensor(self.num_layers)?;
+        let features = self.features.map(|t| self.tensor(t)).transpose()?;
+        if logits.is_window() || features.is_some_and(|f| f.is_window()) {
+            return Err(Error::StreamConflict {
+                layer: self.num_layers - 1,
+                what: "the logits and the features are read after the run: not windows",
+            });
+        }
         if logits.height != 1 || logits.width != 1 {
             return Err(Error::ShapeMismatch {
                 layer: self.num_layers - 1,
@@ -419,6 +448,25 @@ impl<'a> Model<'a> {
     /// bytes, and no later layer reads `t`, which the same rule checks).
     /// O(layers²) record decodes and no allocation.
     fn validate_plan(&self) -> Result<(), Error> {
+        let mut i = 0;
+        while i < self.num_layers {
+            if self.starts_group(i)? {
+                let group = Group::new(self, i)?;
+                i = group.last() + 1;
+                self.validate_group(group)?;
+            } else {
+                let (input, residual) = self.layer(i)?.inputs();
+                for t in core::iter::once(input).chain(residual) {
+                    if self.tensor(t)?.is_window() {
+                        return Err(Error::StreamConflict {
+                            layer: i,
+                            what: "a layer outside a streamed group reads a row window",
+                        });
+                    }
+                }
+                i += 1;
+            }
+        }
         for j in 0..self.num_layers {
             let reader = self.layer(j)?;
             let (input, residual) = reader.inputs();
@@ -431,6 +479,92 @@ impl<'a> Model<'a> {
             self.check_live_range(features, self.num_layers, None)?;
         }
         Ok(())
+    }
+
+    /// Whether layer `i` starts a streamed group: it writes a row window, or it is the
+    /// first layer and the image is one.
+    pub fn starts_group(&self, i: u16) -> Result<bool, Error> {
+        let writes_window = self.tensor(i + 1)?.is_window();
+        let reads_window = self.tensor(i)?.is_window();
+        Ok((writes_window && !reads_window) || (i == 0 && reads_window))
+    }
+
+    /// The first layer of the streamed group layer `i` belongs to, if it belongs to
+    /// one.
+    fn group_start(&self, i: u16) -> Result<Option<u16>, Error> {
+        let mut first = i;
+        while first > 0 && self.tensor(first)?.is_window() {
+            first -= 1;
+        }
+        let in_group = first < i || self.starts_group(first)?;
+        Ok(in_group.then_some(first))
+    }
+
+    /// A streamed group's buffers: its windows are disjoint from each other, from the
+    /// whole tensors it reads and from the tensor it writes; and, replaying its
+    /// schedule, no row it computes reads or overwrites an output row written before,
+    /// and no row reads its own output bytes (a residual row may be exactly the output
+    /// row: the identity shortcut added in place).
+    fn validate_group(&self, mut group: Group<'a>) -> Result<(), Error> {
+        let first = group.first();
+        let last = group.last();
+        let output = group.output();
+        let output_bytes = self.byte_range(&output);
+        let windows = group.windows();
+        let whole_inputs = group.whole_inputs();
+        for (n, &(t, window)) in windows.iter().flatten().enumerate() {
+            let w = self.byte_range(&window);
+            let clash = |other: &TensorInfo| overlaps(&w, &self.byte_range(other));
+            if clash(&output)
+                || windows.iter().flatten().skip(n + 1).any(|(_, o)| clash(o))
+                || whole_inputs.iter().flatten().any(|(_, r)| clash(r))
+            {
+                return Err(Error::PlanConflict {
+                    layer: last,
+                    tensor: t,
+                });
+            }
+        }
+        let mut written_end = output_bytes.start;
+        group.run(&mut |step| {
+            let written = output_bytes.start..written_end;
+            let conflict = |layer: u16, tensor: u16| Err(Error::PlanConflict { layer, tensor });
+            match step {
+                Step::Shift { from, to } => {
+                    if overlaps(&(to..to + from.len()), &written) {
+                        return conflict(first, first);
+                    }
+                }
+                Step::ImageRow { output, .. } => {
+                    if overlaps(&output, &written) {
+                        return conflict(first, 0);
+                    }
+                }
+                Step::ConvRow(row) => {
+                    let conv = &row.conv;
+                    if overlaps(&row.input, &written) || overlaps(&row.input, &row.output) {
+                        return conflict(row.layer, conv.input);
+                    }
+                    if let (Some((bytes, t)), Some(r)) = (&row.residual, conv.residual) {
+                        let in_place = *bytes == row.output
+                            && r.stride == 1
+                            && r.channel_offset == 0
+                            && (t.width, t.channels)
+                                == (row.output_tensor.width, row.output_tensor.channels);
+                        if overlaps(bytes, &written) || (overlaps(bytes, &row.output) && !in_place)
+                        {
+                            return conflict(row.layer, r.tensor);
+                        }
+                    }
+                    if row.layer == last {
+                        written_end = row.output.end;
+                    } else if overlaps(&row.output, &written) {
+                        return conflict(row.layer, row.layer + 1);
+                    }
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Checks that layers `t..=last_reader` leave tensor `t` intact.
@@ -447,6 +581,12 @@ impl<'a> Model<'a> {
             let written = self.byte_range(&out);
             if written.start >= live.end || live.start >= written.end {
                 continue;
+            }
+            // Inside a streamed group, rows interleave: `validate_group` checks it.
+            if let Some(first) = self.group_start(i)? {
+                if last_reader < self.num_layers && self.group_start(last_reader)? == Some(first) {
+                    continue;
+                }
             }
             let in_place = i == last_reader
                 && residual_of.is_some_and(|conv| {
@@ -468,7 +608,7 @@ impl<'a> Model<'a> {
     }
 
     fn byte_range(&self, t: &TensorInfo) -> core::ops::Range<usize> {
-        t.arena_offset..t.arena_offset + t.len() * t.element_bytes()
+        t.arena_offset..t.arena_offset + t.buffer_bytes()
     }
 
     /// How layer `i` computes: the model's dtype, or f32 in an int8 model's f32 head.
@@ -636,9 +776,24 @@ impl<'a> Model<'a> {
             zero_point: rec.i32(tf::ZERO_POINT)?,
             // Layer `k` writes tensor `k + 1`.
             float: self.dtype != DType::Int8 || t > self.f32_head,
+            rows_held: 0,
         };
+        // Version 3 added row windows; the field was reserved (zero) before.
+        let rows_held = match rec.u16(tf::ROWS_HELD)? {
+            0 => info.height,
+            _ if self.version < 3 => info.height,
+            r if usize::from(r) <= info.height => usize::from(r),
+            r => {
+                return Err(invalid(
+                    "tensor rows_held (more than its height)",
+                    t,
+                    r.into(),
+                ))
+            }
+        };
+        let info = TensorInfo { rows_held, ..info };
         let bytes = info
-            .height
+            .rows_held
             .checked_mul(info.width)
             .and_then(|n| n.checked_mul(info.channels))
             .and_then(|n| n.checked_mul(info.element_bytes()))
@@ -955,7 +1110,12 @@ const EMPTY: TensorInfo = TensorInfo {
     scale: 1.0,
     zero_point: 0,
     float: false,
+    rows_held: 0,
 };
+
+fn overlaps(a: &core::ops::Range<usize>, b: &core::ops::Range<usize>) -> bool {
+    a.start < b.end && b.start < a.end
+}
 
 fn invalid(what: &'static str, index: u16, value: u32) -> Error {
     Error::InvalidValue { what, index, value }

@@ -8,7 +8,7 @@
 use proptest::prelude::*;
 use tinyres_core::arch;
 use tinyres_core::kernels::{self, ConvShape, Requantize, Shortcut, F32_RELATIVE_TOLERANCE};
-use tinyres_core::quant::{self, AddParams};
+use tinyres_core::quant::{self, AddParams, AddTables};
 
 /// The int8 convolution's signature.
 type ConvI8 = fn(
@@ -18,7 +18,7 @@ type ConvI8 = fn(
     &[i8],
     &[i32],
     &Requantize<'_>,
-    Option<(Shortcut<'_, i8>, &AddParams)>,
+    Option<(Shortcut<'_, i8>, &AddTables)>,
     &mut [i8],
 ) -> Result<(), tinyres_core::Error>;
 
@@ -387,7 +387,7 @@ proptest! {
         }).collect();
         for (name, conv) in CONV_I8_KERNELS {
             let mut out = if in_place { data.clone() } else { vec![0i8; n] };
-            conv(s, &input, in_zp, &weights, &bias, &requant, Some((sc, &add)), &mut out).unwrap();
+            conv(s, &input, in_zp, &weights, &bias, &requant, Some((sc, &AddTables::new(&add))), &mut out).unwrap();
             prop_assert_eq!(&out, &want, "{}", name);
         }
     }
@@ -746,7 +746,12 @@ fn option_a_shortcut_pads_channels_with_zero() {
         activation_min: -128,
         activation_max: 127,
     };
-    let add = AddParams::from_scales((1.0, 0), (1.0, -10), (1.0, 0), false);
+    let add = AddTables::new(&AddParams::from_scales(
+        (1.0, 0),
+        (1.0, -10),
+        (1.0, 0),
+        false,
+    ));
     let sc8: Vec<i8> = (0..32).map(|v| v as i8).collect();
     let mapped = Shortcut::Mapped {
         data: &sc8,
@@ -920,7 +925,7 @@ proptest! {
         let (in_zp, pre_zp, sc_zp, out_zp) = case.zero_points;
         let (min, max) = quant::activation_range(pre_zp, case.relu);
         let requant = Requantize { multipliers: &case.multipliers, shifts: &case.shifts, output_zero_point: pre_zp, activation_min: min, activation_max: max };
-        let add = AddParams::from_scales((0.05, pre_zp), (0.07, sc_zp), (0.09, out_zp), case.relu);
+        let add = AddTables::new(&AddParams::from_scales((0.05, pre_zp), (0.07, sc_zp), (0.09, out_zp), case.relu));
         let n = s.out_h * s.out_w * s.out_c;
         // Mapped: the output subsampled from a shortcut twice its size, its channels
         // after an offset (option A).

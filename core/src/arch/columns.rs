@@ -296,7 +296,7 @@ pub enum ShortcutRow<'a> {
 impl<'a> ShortcutRow<'a> {
     /// The shortcut of output pixel `(oy, ox)` for a layer's `residual`.
     #[inline]
-    pub fn at(residual: Option<(Shortcut<'a, i8>, &AddParams)>, oy: usize, ox: usize) -> Self {
+    pub fn at(residual: Option<(Shortcut<'a, i8>, &AddTables)>, oy: usize, ox: usize) -> Self {
         match residual {
             None => ShortcutRow::None,
             // `row` is `None` for an in-place shortcut.
@@ -472,7 +472,7 @@ pub fn conv2d_i8_by_columns(
     weights: &[i8],
     bias: &[i32],
     requant: &Requantize<'_>,
-    residual: Option<(Shortcut<'_, i8>, &AddParams)>,
+    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
     output: &mut [i8],
 ) -> Result<(), Error> {
     let window = shape.kernel_h * shape.kernel_w * shape.in_c;
@@ -490,8 +490,8 @@ pub fn conv2d_i8_by_columns(
     }
     kernels::check_conv_i8(shape, input, weights, bias, requant, residual, output)?;
     let out_c = shape.out_c;
-    let add = residual.map(|(_, add)| AddTables::new(add));
-    let vector = vector_finish_applies(requant, residual.map(|(_, add)| add));
+    let add = residual.map(|(_, add)| add);
+    let vector = vector_finish_applies(requant, residual.map(|(_, add)| &add.params));
     let mut columns = Columns([0; COLUMN_BYTES]);
     let mut acc: Accumulators = [[0; CHANNEL_BLOCK]; PIXELS];
     let mut bases = [0i32; CHANNEL_BLOCK];
@@ -532,7 +532,6 @@ pub fn conv2d_i8_by_columns(
                     let acc = &acc[p][..channels.len()];
                     let bases = &bases[..channels.len()];
                     let out = &mut output[out_start..out_start + out_c];
-                    let add = add.as_ref();
                     if vector {
                         vector_finish(acc, bases, channels.clone(), requant, add, shortcut, out);
                     } else {

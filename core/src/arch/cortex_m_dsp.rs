@@ -25,7 +25,7 @@ use super::columns::{
 };
 use crate::error::Error;
 use crate::kernels::{self, ConvShape, Requantize, Shortcut};
-use crate::quant::{AddParams, AddTables};
+use crate::quant::AddTables;
 
 /// Bytes 0 and 2 of `x`, sign-extended, each added to the 16-bit lanes of `offset`.
 #[inline(always)]
@@ -312,7 +312,7 @@ pub fn conv2d_i8(
     weights: &[i8],
     bias: &[i32],
     requant: &Requantize<'_>,
-    residual: Option<(Shortcut<'_, i8>, &AddParams)>,
+    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
     output: &mut [i8],
 ) -> Result<(), Error> {
     let window = shape.kernel_h * shape.kernel_w * shape.in_c;
@@ -336,7 +336,7 @@ pub fn conv2d_i8(
     };
     kernels::check_conv_i8(shape, input, weights, bias, requant, residual, output)?;
     let out_c = shape.out_c;
-    let add = residual.map(|(_, add)| AddTables::new(add));
+    let add = residual.map(|(_, add)| add);
     let groups = window / 4;
     let whole = groups * 4;
     let mut columns = [0u32; COLUMN_WORDS];
@@ -405,7 +405,7 @@ pub fn conv2d_i8(
                         &bias[channels.clone()],
                         channels.clone(),
                         requant,
-                        add.as_ref(),
+                        add,
                         shortcut,
                         &mut output[out_start..out_start + out_c],
                     );

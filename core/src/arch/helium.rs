@@ -239,7 +239,7 @@ pub fn conv2d_i8(
     weights: &[i8],
     bias: &[i32],
     requant: &Requantize<'_>,
-    residual: Option<(Shortcut<'_, i8>, &AddParams)>,
+    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
     output: &mut [i8],
 ) -> Result<(), Error> {
     conv2d_i8_by_columns(

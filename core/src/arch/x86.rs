@@ -33,7 +33,6 @@ use super::columns::{
 };
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
-use crate::quant::AddParams;
 use crate::quant::AddTables;
 
 /// The 16 int8 values of `bytes` from `at` (zero past its end), sign-extended to
@@ -324,7 +323,7 @@ pub fn conv2d_i8(
     weights: &[i8],
     bias: &[i32],
     requant: &Requantize<'_>,
-    residual: Option<(Shortcut<'_, i8>, &AddParams)>,
+    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
     output: &mut [i8],
 ) -> Result<(), Error> {
     let avx2 = has_avx2();
@@ -361,7 +360,7 @@ pub fn conv2d_i8_sse2(
     weights: &[i8],
     bias: &[i32],
     requant: &Requantize<'_>,
-    residual: Option<(Shortcut<'_, i8>, &AddParams)>,
+    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
     output: &mut [i8],
 ) -> Result<(), Error> {
     conv2d_i8_by_columns(

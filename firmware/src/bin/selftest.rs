@@ -16,7 +16,7 @@
 
 use tinyres_core::arch;
 use tinyres_core::kernels::{self, ConvShape, Requantize, Shortcut};
-use tinyres_core::quant::AddParams;
+use tinyres_core::quant::{AddParams, AddTables};
 use tinyres_firmware::{counter_elapsed, counter_read, counter_start, exit, COUNTER};
 
 /// Iterations of the calibration loop (three instructions each).
@@ -367,12 +367,12 @@ fn check_conv_i8(case: &Case, b: &mut Buffers, rng: &mut Rng, index: usize, skew
         activation_min,
         activation_max,
     };
-    let add = AddParams::from_scales(
+    let add = AddTables::new(&AddParams::from_scales(
         (0.02 + rng.size(0, 100) as f32 * 0.001, output_zero_point),
         (0.02 + rng.size(0, 100) as f32 * 0.001, rng.range(-128, 127)),
         (0.03 + rng.size(0, 100) as f32 * 0.001, rng.range(-128, 127)),
         case.relu,
-    );
+    ));
     // The mapped shortcut: as large as the stride needs, its channels after the offset.
     let (sc_h, sc_w, sc_c) = match residual {
         Residual::Mapped {

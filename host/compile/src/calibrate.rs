@@ -6,7 +6,7 @@ use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 use tinyres_data::Dataset;
 
-use crate::writer::{ActivationRanges, Encoding, Network};
+use crate::writer::{ActivationRanges, Encoding, Memory, Network};
 
 /// How int8 activation ranges are chosen from the calibration images.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -191,10 +191,15 @@ pub struct Int8Options<'d> {
 }
 
 /// The blob of an imported network; int8 needs calibration images.
-pub fn to_blob(network: &Network, dtype: Dtype, int8: Option<Int8Options<'_>>) -> Result<Vec<u8>> {
+pub fn to_blob(
+    network: &Network,
+    dtype: Dtype,
+    memory: Memory,
+    int8: Option<Int8Options<'_>>,
+) -> Result<Vec<u8>> {
     let written = match dtype {
-        Dtype::F32 => network.to_blob(Encoding::F32),
-        Dtype::F16 => network.to_blob(Encoding::F16),
+        Dtype::F32 => network.to_blob_with(Encoding::F32, memory),
+        Dtype::F16 => network.to_blob_with(Encoding::F16, memory),
         Dtype::Int8 => {
             let options = int8.context("int8 needs calibration images (--calib DATA)")?;
             let calibrated = calibrate(network, options.images, options.method)?;
@@ -202,9 +207,9 @@ pub fn to_blob(network: &Network, dtype: Dtype, int8: Option<Int8Options<'_>>) -
             if options.bias_correction {
                 network
                     .with_weight_rounding_compensated(&calibrated.mean_tensors)
-                    .and_then(|corrected| corrected.to_blob(encoding))
+                    .and_then(|corrected| corrected.to_blob_with(encoding, memory))
             } else {
-                network.to_blob(encoding)
+                network.to_blob_with(encoding, memory)
             }
         }
     };

@@ -21,3 +21,4 @@ pub mod writer;
 
 pub use calibrate::{to_blob, Calibration, Dtype, Int8Options};
 pub use onnx::{import_onnx, PreprocessingFlags};
+pub use writer::Memory;

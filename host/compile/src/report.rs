@@ -2,6 +2,7 @@
 //! `tinyres plan` print, as a text table or JSON.
 
 use std::fmt::Write as _;
+use std::ops::RangeInclusive;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -28,6 +29,14 @@ pub struct LayerReport {
     pub activation_bytes: u64,
     /// Offset of the output buffer in the arena.
     pub arena_offset: u64,
+    /// Rows the output buffer holds when it is a row window of a streamed group
+    /// (`None`: the whole tensor).
+    pub window_rows: Option<usize>,
+    /// The first layer of the streamed group this layer runs in, if any.
+    pub group: Option<usize>,
+    /// Arena bytes in use while the layer runs (its inputs, its output and whatever
+    /// later layers still need; a streamed group's buffers for all of its layers).
+    pub live_bytes: u64,
 }
 
 /// A whole model.
@@ -51,6 +60,11 @@ pub struct ModelReport {
     pub flash_bytes: u64,
     /// Bytes of the activation arena (the memory plan's peak).
     pub arena_bytes: u64,
+    /// The layer where the most arena bytes are in use.
+    pub peak_layer: usize,
+    /// The image is not copied into the arena: the first layer reads its rows from
+    /// the caller's pixels.
+    pub streamed_image: bool,
 }
 
 /// Reads the structure of a validated model.
@@ -60,6 +74,8 @@ pub fn describe(model: &Model<'_>) -> Result<ModelReport> {
         let t = model.tensor(t)?;
         Ok([t.height, t.width, t.channels])
     };
+    let groups = streamed_groups(model)?;
+    let live = live_bytes(model, &groups)?;
     let mut layers = Vec::new();
     for i in 0..model.num_layers() {
         let layer = model.layer(i)?;
@@ -125,6 +141,12 @@ pub fn describe(model: &Model<'_>) -> Result<ModelReport> {
             weight_bytes,
             activation_bytes: out_len * out_t.element_bytes() as u64,
             arena_offset: out_t.arena_offset as u64,
+            window_rows: out_t.is_window().then_some(out_t.rows_held),
+            group: groups
+                .iter()
+                .find(|g| g.contains(&usize::from(i)))
+                .map(|g| *g.start()),
+            live_bytes: live[usize::from(i)],
         });
     }
     let (h, w, c) = model.input_shape();
@@ -139,8 +161,80 @@ pub fn describe(model: &Model<'_>) -> Result<ModelReport> {
         macs: layers.iter().map(|l| l.macs).sum(),
         flash_bytes: model.blob_size() as u64,
         arena_bytes: model.arena_size() as u64,
+        peak_layer: layers
+            .iter()
+            .max_by_key(|l| (l.live_bytes, std::cmp::Reverse(l.index)))
+            .map_or(0, |l| l.index),
+        streamed_image: model.tensor(0)?.is_window(),
         layers,
     })
+}
+
+/// The streamed groups of a model, as layer ranges.
+fn streamed_groups(model: &Model<'_>) -> Result<Vec<RangeInclusive<usize>>> {
+    let mut groups = Vec::new();
+    let mut i = 0;
+    while i < model.num_layers() {
+        if model.starts_group(i)? {
+            let mut last = i;
+            while model.tensor(last + 1)?.is_window() {
+                last += 1;
+            }
+            groups.push(usize::from(i)..=usize::from(last));
+            i = last + 1;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(groups)
+}
+
+/// Arena bytes in use while each layer runs: the union of the buffers of the tensors
+/// alive then. A tensor lives from the layer that writes it (the image: from the
+/// start) to the last that reads it (the logits and the features: to the end); in a
+/// streamed group, every buffer the group touches lives through all of its layers.
+fn live_bytes(model: &Model<'_>, groups: &[RangeInclusive<usize>]) -> Result<Vec<u64>> {
+    let layers = usize::from(model.num_layers());
+    // Steps: layer k runs at step k + 1; step 0 writes the image.
+    let mut lifetime: Vec<(usize, usize)> = (0..=layers).map(|t| (t, t)).collect();
+    for k in 0..layers {
+        let (a, b) = model.layer(k as u16)?.inputs();
+        for t in std::iter::once(a).chain(b) {
+            let t = usize::from(t);
+            lifetime[t].1 = lifetime[t].1.max(k + 1);
+            if let Some(g) = groups.iter().find(|g| g.contains(&k)) {
+                lifetime[t].1 = lifetime[t].1.max(g.end() + 1);
+                if t > *g.start() {
+                    lifetime[t].0 = g.start() + 1;
+                }
+            }
+        }
+    }
+    lifetime[layers].1 = layers + 1;
+    if let Some(f) = model.features_tensor() {
+        lifetime[usize::from(f)].1 = layers + 1;
+    }
+    let mut live = Vec::with_capacity(layers);
+    for step in 1..=layers {
+        let mut ranges: Vec<(usize, usize)> = Vec::new();
+        for (t, &(first, last)) in lifetime.iter().enumerate() {
+            if first <= step && step <= last {
+                let info = model.tensor(t as u16)?;
+                ranges.push((info.arena_offset, info.arena_offset + info.buffer_bytes()));
+            }
+        }
+        ranges.sort_unstable();
+        let (mut total, mut reach) = (0, 0);
+        for (start, end) in ranges {
+            let start = start.max(reach);
+            if end > start {
+                total += end - start;
+                reach = end;
+            }
+        }
+        live.push(total as u64);
+    }
+    Ok(live)
 }
 
 /// The lower-case name of a dtype, as the command line spells it.
@@ -177,22 +271,45 @@ impl ModelReport {
         let dims = |d: &[usize; 3]| format!("{}x{}x{}", d[0], d[1], d[2]);
         let _ = writeln!(
             s,
-            "{:>3}  {:<28} {:>10} {:>10} {:>12} {:>9} {:>10} {:>10} {:>8}",
-            "#", "op", "input", "output", "MACs", "params", "weight B", "act B", "offset"
+            "{:>3}  {:<28} {:>10} {:>10} {:>12} {:>9} {:>10} {:>9} {:>8} {:>10}",
+            "#",
+            "op",
+            "input",
+            "output",
+            "MACs",
+            "params",
+            "weight B",
+            "out rows",
+            "offset",
+            "live B"
         );
         for l in &self.layers {
+            let rows = match l.window_rows {
+                Some(r) => format!("{r} of {}", l.output[0]),
+                None => "all".to_string(),
+            };
+            let group = match l.group {
+                Some(g) => format!(" [{g}]"),
+                None => String::new(),
+            };
+            let peak = if l.index == self.peak_layer {
+                " <- peak"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 s,
-                "{:>3}  {:<28} {:>10} {:>10} {:>12} {:>9} {:>10} {:>10} {:>8}",
+                "{:>3}  {:<28} {:>10} {:>10} {:>12} {:>9} {:>10} {:>9} {:>8} {:>10}{peak}",
                 l.index,
-                l.op,
+                format!("{}{group}", l.op),
                 dims(&l.input),
                 dims(&l.output),
                 thousands(l.macs),
                 thousands(l.params),
                 thousands(l.weight_bytes),
-                thousands(l.activation_bytes),
-                l.arena_offset
+                rows,
+                l.arena_offset,
+                thousands(l.live_bytes),
             );
         }
         let _ = writeln!(s);
@@ -206,7 +323,28 @@ impl ModelReport {
         let _ = writeln!(s, "parameters   {}", thousands(self.params));
         let _ = writeln!(s, "MACs         {}", thousands(self.macs));
         let _ = writeln!(s, "flash        {}", bytes(self.flash_bytes));
-        let _ = writeln!(s, "arena peak   {}", bytes(self.arena_bytes));
+        let _ = writeln!(
+            s,
+            "arena peak   {}, at layer {}",
+            bytes(self.arena_bytes),
+            self.peak_layer
+        );
+        let groups = self
+            .layers
+            .iter()
+            .filter(|l| l.group == Some(l.index))
+            .count();
+        if groups > 0 {
+            let image = if self.streamed_image {
+                "; the image is read row by row from the caller's buffer"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                s,
+                "streamed     {groups} groups run row by row ([n]: the group's first layer){image}"
+            );
+        }
         s
     }
 }
@@ -216,8 +354,12 @@ impl ModelReport {
 pub struct StepProfile {
     /// `input` (quantizing the pixels), or the layer's op as in [`LayerReport::op`].
     pub op: String,
-    /// The layer's index, `None` for the input step.
+    /// The layer's index (a streamed group's first layer), `None` for the input
+    /// step.
     pub layer: Option<usize>,
+    /// A streamed group's last layer: its layers run interleaved, row by row, and are
+    /// one step (`None` for a single layer).
+    pub group_end: Option<usize>,
     /// Multiply-accumulates of the step.
     pub macs: u64,
     /// Instructions the step took (including one counter read, a few instructions).
@@ -230,6 +372,8 @@ pub struct StepProfile {
 
 /// The device's per-step counts (`steps[0]` the input, `steps[i + 1]` layer `i`)
 /// joined with the model's layers; an error if the counts do not cover every layer.
+/// A streamed group's layers are one row: the device counts the group at its first
+/// layer (its other layers read a few instructions, the counter's own).
 pub fn profile(model: &ModelReport, steps: &[u64]) -> Result<Vec<StepProfile>> {
     anyhow::ensure!(
         steps.len() == model.layers.len() + 1,
@@ -241,14 +385,27 @@ pub fn profile(model: &ModelReport, steps: &[u64]) -> Result<Vec<StepProfile>> {
     let row = |op: String, layer: Option<usize>, macs: u64, instructions: u64| StepProfile {
         op,
         layer,
+        group_end: None,
         macs,
         instructions,
-        macs_per_instruction: macs as f64 / instructions.max(1) as f64,
-        share: instructions as f64 / total.max(1) as f64,
+        macs_per_instruction: 0.0,
+        share: 0.0,
     };
     let mut rows = vec![row("input".to_string(), None, 0, steps[0])];
     for (l, &instructions) in model.layers.iter().zip(&steps[1..]) {
-        rows.push(row(l.op.clone(), Some(l.index), l.macs, instructions));
+        match rows.last_mut() {
+            Some(group) if l.group.is_some() && group.layer == l.group => {
+                group.op = format!("{} + {}", group.op, l.op);
+                group.group_end = Some(l.index);
+                group.macs += l.macs;
+                group.instructions += instructions;
+            }
+            _ => rows.push(row(l.op.clone(), Some(l.index), l.macs, instructions)),
+        }
+    }
+    for r in &mut rows {
+        r.macs_per_instruction = r.macs as f64 / r.instructions.max(1) as f64;
+        r.share = r.instructions as f64 / total.max(1) as f64;
     }
     Ok(rows)
 }
@@ -265,7 +422,11 @@ pub fn profile_table(rows: &[StepProfile]) -> String {
         let _ = writeln!(
             s,
             "{:>5}  {:<28} {:>12} {:>14} {:>9.2} {:>6.1}%",
-            r.layer.map_or("-".to_string(), |i| i.to_string()),
+            match (r.layer, r.group_end) {
+                (None, _) => "-".to_string(),
+                (Some(i), None) => i.to_string(),
+                (Some(i), Some(end)) => format!("{i}-{end}"),
+            },
             r.op,
             thousands(r.macs),
             thousands(r.instructions),

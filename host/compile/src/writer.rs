@@ -184,6 +184,36 @@ pub struct ForwardTrace {
     pub pre_add: Vec<Option<Vec<f32>>>,
 }
 
+/// How the memory planner trades speed for RAM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Memory {
+    /// The smallest arena: convolution groups (residual blocks, pairs of plain
+    /// layers, the first layer with the image) stream row by row through small row
+    /// windows, and a block's output is written over its input.
+    #[default]
+    Min,
+    /// Every layer runs over whole tensors (the plan of format version 2).
+    Fast,
+}
+
+/// A memory plan: where each tensor lives in the arena.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArenaPlan {
+    /// Arena offset of each tensor.
+    pub offsets: Vec<usize>,
+    /// Rows each tensor's buffer holds: 0 for a whole tensor, fewer than its height
+    /// for a row window.
+    pub rows_held: Vec<usize>,
+    /// Bytes the arena needs.
+    pub peak: usize,
+}
+
+/// Most layers in one streamed group (the engine's limit).
+fn stream_group_limit() -> usize {
+    4
+}
+
 /// How to encode the network's numbers.
 #[derive(Clone, Copy, Debug)]
 pub enum Encoding<'a> {
@@ -193,6 +223,17 @@ pub enum Encoding<'a> {
     F16,
     /// TFLite int8 with the given activation ranges.
     Int8(&'a ActivationRanges),
+}
+
+impl Encoding<'_> {
+    /// The blob's numeric type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Encoding::F32 => DType::F32,
+            Encoding::F16 => DType::F16,
+            Encoding::Int8(_) => DType::Int8,
+        }
+    }
 }
 
 /// int8 scale and zero point covering `[min, max]` (widened to include 0, as
@@ -402,13 +443,90 @@ impl Network {
             .collect()
     }
 
-    /// Arena offset of every tensor and the arena's peak in a blob of `dtype`. See
-    /// [`crate::plan`].
-    pub fn plan_memory(&self, dtype: DType) -> Result<(Vec<usize>, usize), WriteError> {
+    /// The layer ranges `first..=last` the streamed plan runs as groups
+    /// (`tinyres_core`'s FORMAT.md, "Streamed groups"), and whether the image is a
+    /// window. A conv's output becomes a row window when exactly one later
+    /// convolution reads it, once, at most three layers on, with only convolutions in
+    /// between; a run of layers with window outputs, plus the layer after it, is a
+    /// group (at most four layers).
+    fn stream_groups(&self) -> (Vec<(usize, usize)>, bool) {
+        let n = self.layers.len();
+        let is_conv = |k: usize| matches!(self.layers.get(k), Some(LayerSpec::Conv(_)));
+        let mut reads: Vec<Vec<usize>> = vec![Vec::new(); n + 1];
+        for (k, layer) in self.layers.iter().enumerate() {
+            let (a, b) = layer.inputs();
+            reads[a].push(k);
+            if let Some(b) = b {
+                reads[b].push(k);
+            }
+        }
+        let single_conv_reader = |t: usize| match reads[t][..] {
+            [m] => Some(m).filter(|&m| (t.saturating_sub(1)..=m).all(is_conv)),
+            _ => None,
+        };
+        let image = single_conv_reader(0) == Some(0);
+        // window[t]: tensor t (the output of conv t − 1) is a window.
+        let mut window: Vec<bool> = (0..=n)
+            .map(|t| {
+                t >= 1
+                    && t < n
+                    && Some(t) != self.features
+                    && single_conv_reader(t).is_some_and(|m| m + 1 - t <= 3)
+            })
+            .collect();
+        loop {
+            let mut groups = Vec::new();
+            let mut changed = false;
+            let mut k = 0;
+            while k < n {
+                if !(window[k + 1] || (k == 0 && image)) {
+                    k += 1;
+                    continue;
+                }
+                let first = k;
+                let mut last = k;
+                while window[last + 1] {
+                    if last + 1 - first == stream_group_limit() {
+                        window[last + 1] = false;
+                        changed = true;
+                        break;
+                    }
+                    last += 1;
+                }
+                // Every window of the group is read inside it.
+                for t in first + 1..=last {
+                    if reads[t].iter().any(|&m| m > last) {
+                        window[t] = false;
+                        changed = true;
+                    }
+                }
+                groups.push((first, last));
+                k = last + 1;
+            }
+            if !changed {
+                return (groups, image);
+            }
+        }
+    }
+
+    /// The memory plan for a blob of `dtype`: every tensor's arena offset and rows
+    /// held (0: whole), and the arena's peak. See [`crate::plan`]. With `memory`
+    /// [`Memory::Min`] the plan streams the groups of [`Network::stream_groups`]
+    /// that `leads` does not switch off (`None`), placing each group's output
+    /// `leads[g]` of its rows before its input so that it can be written over the
+    /// input rows nothing reads any more.
+    fn plan_arena(
+        &self,
+        dtype: DType,
+        groups: &[(usize, usize)],
+        image_window: bool,
+        leads: &[Option<usize>],
+    ) -> Result<ArenaPlan, WriteError> {
         let shapes = self.tensor_shapes()?;
         let element_bytes = self.element_bytes(dtype);
         let n_layers = self.layers.len();
         let end = n_layers + 1;
+        let row_bytes = |t: usize| shapes[t].1 * shapes[t].2 * element_bytes[t];
         let mut last_step: Vec<usize> = (0..shapes.len()).collect();
         for (k, layer) in self.layers.iter().enumerate() {
             let (a, b) = layer.inputs();
@@ -421,42 +539,112 @@ impl Network {
         if let Some(f) = self.features {
             last_step[f] = end;
         }
-        // buffer_of[t]: which buffer tensor t lives in; in-place residual outputs
-        // share their residual's buffer.
+        let mut rows_held = vec![0; shapes.len()];
+        // first_step[t]: the step that writes tensor t (layer t − 1 runs at step t).
+        let mut first_step: Vec<usize> = (0..shapes.len()).collect();
+        for (&(first, last), lead) in groups.iter().zip(leads) {
+            if lead.is_none() {
+                continue;
+            }
+            // Inside a group every buffer is live from its first step to its last.
+            for k in first..=last {
+                let (a, b) = self.layers[k].inputs();
+                for t in core::iter::once(a).chain(b) {
+                    last_step[t] = last_step[t].max(last + 1);
+                    if t > first || (t == 0 && image_window && first == 0) {
+                        first_step[t] = first_step[t].min(first + 1);
+                        rows_held[t] = self.window_rows(t, k, shapes[t].0);
+                    }
+                }
+            }
+        }
+        // Buffers: a tensor, or a chain of tensors sharing one buffer (an in-place
+        // residual output, or a group's output placed over its input), each at a
+        // relative offset in it.
         let mut buffer_of: Vec<usize> = (0..shapes.len()).collect();
-        let mut requests: Vec<BufferRequest> = shapes
-            .iter()
-            .enumerate()
-            .map(|(t, &(h, w, c))| BufferRequest {
-                size: align_up(h * w * c * element_bytes[t], format::SECTION_ALIGN),
-                first_step: t,
-                last_step: last_step[t],
-            })
-            .collect();
+        let mut relative: Vec<isize> = vec![0; shapes.len()];
+        let bytes = |t: usize, rows_held: &[usize]| {
+            let rows = if rows_held[t] == 0 {
+                shapes[t].0
+            } else {
+                rows_held[t]
+            };
+            rows * row_bytes(t)
+        };
+        // In layer order, so that a chain grows from the buffer its input is in.
         for (k, layer) in self.layers.iter().enumerate() {
+            let out = k + 1;
+            let group = groups
+                .iter()
+                .zip(leads)
+                .find_map(|(&(first, last), lead)| lead.filter(|_| last == k).map(|l| (first, l)));
+            if let Some((first, lead)) = group {
+                let (input, _) = self.layers[first].inputs();
+                if rows_held[input] == 0 && last_step[input] == k + 1 {
+                    let lead_bytes = align_up(lead * row_bytes(out), format::SECTION_ALIGN);
+                    buffer_of[out] = buffer_of[input];
+                    relative[out] = relative[input] - lead_bytes as isize;
+                }
+                continue;
+            }
             if let LayerSpec::Conv(ConvSpec {
                 input,
                 residual: Some(r),
                 ..
             }) = layer
             {
-                let out = k + 1;
                 if r.stride == 1
                     && r.channel_offset == 0
                     && shapes[r.tensor] == shapes[out]
                     && *input != r.tensor
                     && last_step[r.tensor] == k + 1
+                    && rows_held[r.tensor] == 0
                 {
-                    let shared = buffer_of[r.tensor];
-                    buffer_of[out] = shared;
-                    requests[shared].last_step = last_step[out];
-                    requests[out].size = 0;
+                    buffer_of[out] = buffer_of[r.tensor];
+                    relative[out] = relative[r.tensor];
                 }
             }
         }
+        let mut requests: Vec<BufferRequest> = (0..shapes.len())
+            .map(|t| BufferRequest {
+                size: 0,
+                first_step: first_step[t],
+                last_step: last_step[t],
+            })
+            .collect();
+        let mut base = vec![0isize; shapes.len()];
+        for t in 0..shapes.len() {
+            base[buffer_of[t]] = base[buffer_of[t]].min(relative[t]);
+        }
+        for t in 0..shapes.len() {
+            let b = buffer_of[t];
+            let end = (relative[t] - base[b]) as usize + bytes(t, &rows_held);
+            let request = &mut requests[b];
+            request.size = request.size.max(align_up(end, format::SECTION_ALIGN));
+            request.first_step = request.first_step.min(first_step[t]);
+            request.last_step = request.last_step.max(last_step[t]);
+        }
         let plan = plan_buffers(&requests, format::SECTION_ALIGN);
-        let offsets = buffer_of.iter().map(|&b| plan.offsets[b]).collect();
-        Ok((offsets, plan.peak.max(format::SECTION_ALIGN)))
+        let offsets = (0..shapes.len())
+            .map(|t| {
+                let b = buffer_of[t];
+                plan.offsets[b] + (relative[t] - base[b]) as usize
+            })
+            .collect();
+        Ok(ArenaPlan {
+            offsets,
+            rows_held,
+            peak: plan.peak.max(format::SECTION_ALIGN),
+        })
+    }
+
+    /// Rows a window of tensor `t` (of `height` rows) needs for its reader, layer `k`:
+    /// the reader's kernel rows for its input, one row for its shortcut.
+    fn window_rows(&self, t: usize, k: usize, height: usize) -> usize {
+        match &self.layers[k] {
+            LayerSpec::Conv(c) if c.input == t => c.kernel.0.min(height),
+            _ => 1,
+        }
     }
 
     /// Runs the network in f32 on one raw image (HWC `u8`, preprocessed as the blob
@@ -642,19 +830,109 @@ impl Network {
         Ok(ranges)
     }
 
-    /// Writes the network as a blob.
+    /// Writes the network as a blob with the smallest memory plan
+    /// ([`Memory::Min`]).
     pub fn to_blob(&self, encoding: Encoding<'_>) -> Result<Vec<u8>, WriteError> {
-        let shapes = self.tensor_shapes()?;
-        let dtype = match encoding {
-            Encoding::F32 => DType::F32,
-            Encoding::F16 => DType::F16,
-            Encoding::Int8(_) => DType::Int8,
+        self.to_blob_with(encoding, Memory::Min)
+    }
+
+    /// Writes the network as a blob with the memory plan `memory`.
+    ///
+    /// The streamed plan is searched with the engine's own validator: each group's
+    /// output is first placed over its input (lead 0), and while `Model::parse`
+    /// finds that a group's row would overwrite input rows still to be read, that
+    /// group's output moves one of its rows further ahead of the input; a group that
+    /// cannot share its input's buffer at all keeps its own.
+    pub fn to_blob_with(
+        &self,
+        encoding: Encoding<'_>,
+        memory: Memory,
+    ) -> Result<Vec<u8>, WriteError> {
+        let dtype = encoding.dtype();
+        let (groups, image_window) = match memory {
+            Memory::Min => self.stream_groups(),
+            Memory::Fast => (Vec::new(), false),
         };
+        let mut leads: Vec<Option<usize>> = vec![Some(0); groups.len()];
+        loop {
+            let plan = self.plan_arena(dtype, &groups, image_window, &leads)?;
+            let blob = self.encode(encoding, &plan)?;
+            let error = match tinyres_core::Model::parse(AlignedBlob::new(&blob).as_bytes()) {
+                Ok(_) => return Ok(blob),
+                Err(e) => e,
+            };
+            let layer = match error {
+                tinyres_core::Error::PlanConflict { layer, .. }
+                | tinyres_core::Error::StreamConflict { layer, .. } => usize::from(layer),
+                _ => return fail(format!("the written blob does not parse: {error}")),
+            };
+            let Some(g) = groups
+                .iter()
+                .zip(&leads)
+                .position(|(&(first, last), lead)| {
+                    lead.is_some() && (first..=last + 1).contains(&layer)
+                })
+            else {
+                return fail(format!("the memory plan does not validate: {error}"));
+            };
+            let out_rows = self.tensor_shapes()?[groups[g].1 + 1].0;
+            leads[g] = leads[g].map(|l| l + 1).filter(|&l| l <= out_rows);
+        }
+    }
+
+    /// Activation ranges of -1..1 everywhere: what sizing and planning use in place of
+    /// calibration (neither depends on the values).
+    pub fn unit_ranges(&self) -> ActivationRanges {
+        ActivationRanges {
+            tensors: vec![(-1.0, 1.0); self.layers.len() + 1],
+            pre_add: self
+                .layers
+                .iter()
+                .map(|l| {
+                    matches!(l, LayerSpec::Conv(c) if c.residual.is_some()).then_some((-1.0, 1.0))
+                })
+                .collect(),
+        }
+    }
+
+    /// The memory plan [`Network::to_blob_with`] chooses, without the blob.
+    pub fn plan_memory(&self, dtype: DType, memory: Memory) -> Result<ArenaPlan, WriteError> {
+        let unit_ranges = self.unit_ranges();
+        let encoding = match dtype {
+            DType::F32 => Encoding::F32,
+            DType::F16 => Encoding::F16,
+            // The plan does not depend on the quantization.
+            DType::Int8 => Encoding::Int8(&unit_ranges),
+        };
+        let blob = self.to_blob_with(encoding, memory)?;
+        let aligned = AlignedBlob::new(&blob);
+        let model = tinyres_core::Model::parse(aligned.as_bytes())
+            .map_err(|e| WriteError(format!("the written blob does not parse: {e}")))?;
+        let mut plan = ArenaPlan {
+            offsets: Vec::new(),
+            rows_held: Vec::new(),
+            peak: model.arena_size(),
+        };
+        for t in 0..model.num_tensors() {
+            let info = model
+                .tensor(t)
+                .map_err(|e| WriteError(format!("tensor {t}: {e}")))?;
+            plan.offsets.push(info.arena_offset);
+            plan.rows_held
+                .push(if info.is_window() { info.rows_held } else { 0 });
+        }
+        Ok(plan)
+    }
+
+    /// Encodes the network with the memory plan `plan`.
+    fn encode(&self, encoding: Encoding<'_>, plan: &ArenaPlan) -> Result<Vec<u8>, WriteError> {
+        let shapes = self.tensor_shapes()?;
+        let dtype = encoding.dtype();
         let quant = match encoding {
             Encoding::Int8(ranges) => Some(self.tensor_quantization(ranges, shapes.len())?),
             _ => None,
         };
-        let (offsets, peak) = self.plan_memory(dtype)?;
+        let (offsets, peak) = (&plan.offsets, plan.peak);
         let f32_head = match dtype {
             DType::Int8 => self.f32_head(),
             _ => self.layers.len(),
@@ -679,6 +957,10 @@ impl Network {
             w.put(at + tf::HEIGHT, &(h as u16).to_le_bytes());
             w.put(at + tf::WIDTH, &(wd as u16).to_le_bytes());
             w.put(at + tf::CHANNELS, &(c as u16).to_le_bytes());
+            w.put(
+                at + tf::ROWS_HELD,
+                &(plan.rows_held[t] as u16).to_le_bytes(),
+            );
             w.put(at + tf::ARENA_OFFSET, &(offsets[t] as u32).to_le_bytes());
             w.put(at + tf::SCALE, &scale.to_le_bytes());
             w.put(at + tf::ZERO_POINT, &zero_point.to_le_bytes());

@@ -223,11 +223,25 @@ fn the_profile_covers_every_layer_and_adds_up() {
         &boot.profile,
     )
     .unwrap();
-    assert_eq!(rows.len(), usize::from(model.num_layers()) + 1);
+    // The input, then every layer once (a streamed group's layers in one row).
+    let covered: usize = rows
+        .iter()
+        .filter_map(|r| {
+            r.layer
+                .map(|first| r.group_end.unwrap_or(first) + 1 - first)
+        })
+        .sum();
+    assert_eq!(covered, usize::from(model.num_layers()));
+    assert_eq!(rows[0].layer, None);
     let sum: u64 = rows.iter().map(|r| r.instructions).sum();
     let whole = boot.predictions[0].instructions;
+    // Each layer's counter read costs a few instructions, and `run` and the profiled
+    // `run_observed` are compiled separately (one per closure): the streamed groups'
+    // code differs by a few thousand instructions between the two (measured 2,121 of
+    // 26.4 M on the M4).
+    let tolerance = 64 * (u64::from(model.num_layers()) + 1) + whole / 5_000;
     assert!(
-        sum.abs_diff(whole) < 64 * rows.len() as u64,
+        sum.abs_diff(whole) < tolerance,
         "profile sum {sum} vs inference {whole}"
     );
     assert!(rows.iter().skip(1).all(|r| r.instructions > 0));

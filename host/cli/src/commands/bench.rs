@@ -11,7 +11,9 @@ use tinyres_core::{Interpreter, Model};
 
 use tinyres_compile::report;
 use tinyres_compile::writer::AlignedBlob;
-use tinyres_compile::{import_onnx, to_blob, Calibration, Dtype, Int8Options, PreprocessingFlags};
+use tinyres_compile::{
+    import_onnx, to_blob, Calibration, Dtype, Int8Options, Memory, PreprocessingFlags,
+};
 use tinyres_data::{Dataset, Split};
 use tinyres_device::qemu::{self, Board};
 
@@ -27,6 +29,9 @@ pub struct Args {
     /// A compiled blob to benchmark instead of compiling one.
     #[arg(long, value_name = "FILE.trm")]
     model: Option<PathBuf>,
+    /// Memory plan of the compiled model (see `tinyres compile --memory`).
+    #[arg(long, value_enum, default_value_t = Memory::Min, conflicts_with = "model")]
+    memory: Memory,
     /// Calibration images for the int8 compile. Default: `../shared/data/cifar10`.
     #[arg(long, value_name = "DATA")]
     calib: Option<PathBuf>,
@@ -77,6 +82,7 @@ pub fn command(args: &Args) -> Result<()> {
             to_blob(
                 &imported.network,
                 Dtype::Int8,
+                args.memory,
                 Some(Int8Options {
                     images: &images,
                     method: Calibration::Mse,

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use tinyres_compile::report::describe;
 use tinyres_compile::writer::AlignedBlob;
-use tinyres_compile::{import_onnx, to_blob, Calibration, Dtype, Int8Options};
+use tinyres_compile::{import_onnx, to_blob, Calibration, Dtype, Int8Options, Memory};
 use tinyres_core::Model;
 use tinyres_data::{write_atomically, Dataset, Split};
 
@@ -19,6 +19,11 @@ pub struct Args {
     /// Numeric type of the blob.
     #[arg(long, value_enum, default_value_t = Dtype::Int8)]
     dtype: Dtype,
+    /// Memory plan: min streams residual blocks row by row through small row windows
+    /// and writes each block's output over its input; fast runs every layer over
+    /// whole tensors.
+    #[arg(long, value_enum, default_value_t = Memory::Min)]
+    memory: Memory,
     /// The blob to write.
     #[arg(short, long, value_name = "FILE.trm", default_value = "model.trm")]
     output: PathBuf,
@@ -71,6 +76,7 @@ pub fn command(args: &Args) -> Result<()> {
     let bytes = to_blob(
         &imported.network,
         args.dtype,
+        args.memory,
         calibration_data.as_ref().map(|(images, _)| Int8Options {
             images,
             method: args.calibration,
@@ -93,6 +99,7 @@ pub fn command(args: &Args) -> Result<()> {
             "onnx": args.model,
             "output": args.output,
             "layout": imported.layout,
+            "memory": args.memory,
             "preprocessing": imported.preprocessing,
             "softmax_dropped": imported.softmax_dropped,
             "calibration": calibration_data.as_ref().map(|(images, spec)| serde_json::json!({

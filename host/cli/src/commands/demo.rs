@@ -18,7 +18,9 @@ use tinyres_compile::arch::Architecture;
 use tinyres_compile::eval;
 use tinyres_compile::report::{describe, thousands, ModelReport};
 use tinyres_compile::writer::AlignedBlob;
-use tinyres_compile::{import_onnx, to_blob, Calibration, Dtype, Int8Options, PreprocessingFlags};
+use tinyres_compile::{
+    import_onnx, to_blob, Calibration, Dtype, Int8Options, Memory, PreprocessingFlags,
+};
 use tinyres_core::Model;
 use tinyres_data::{write_atomically, Dataset, Split};
 use tinyres_device::qemu::{self, Board, Device, LearningReport};
@@ -435,6 +437,7 @@ fn run_in(
     let bytes = to_blob(
         &imported.network,
         Dtype::Int8,
+        Memory::Min,
         Some(Int8Options {
             images: &calibration,
             method: Calibration::Mse,

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use tinyres_compile::report::describe;
-use tinyres_compile::writer::{ActivationRanges, AlignedBlob, Encoding, LayerSpec};
-use tinyres_compile::Dtype;
+use tinyres_compile::writer::{AlignedBlob, Encoding};
+use tinyres_compile::{Dtype, Memory};
 use tinyres_core::Model;
 use tinyres_data::write_atomically;
 
@@ -18,6 +18,11 @@ pub struct Args {
     /// Numeric type of the blob.
     #[arg(long, value_enum, default_value_t = Dtype::Int8)]
     dtype: Dtype,
+    /// Memory plan: min streams residual blocks row by row through small row windows
+    /// and writes each block's output over its input; fast runs every layer over
+    /// whole tensors.
+    #[arg(long, value_enum, default_value_t = Memory::Min)]
+    memory: Memory,
     /// Also write the blob, with untrained (He-initialised) weights: for sizing,
     /// testing firmware and seeding the fuzzer, not for predictions.
     #[arg(short, long, value_name = "FILE.trm")]
@@ -32,20 +37,13 @@ pub fn command(args: &Args) -> Result<()> {
     let network = arch.network(0)?;
     // The plan and sizes do not depend on the values: unit ranges stand in for
     // calibration.
-    let unit_ranges = ActivationRanges {
-        tensors: vec![(-1.0, 1.0); network.layers.len() + 1],
-        pre_add: network
-            .layers
-            .iter()
-            .map(|l| matches!(l, LayerSpec::Conv(c) if c.residual.is_some()).then_some((-1.0, 1.0)))
-            .collect(),
-    };
+    let unit_ranges = network.unit_ranges();
     let encoding = match args.dtype {
         Dtype::F32 => Encoding::F32,
         Dtype::F16 => Encoding::F16,
         Dtype::Int8 => Encoding::Int8(&unit_ranges),
     };
-    let bytes = network.to_blob(encoding)?;
+    let bytes = network.to_blob_with(encoding, args.memory)?;
     let blob = AlignedBlob::new(&bytes);
     let report = describe(&Model::parse(blob.as_bytes())?)?;
     if let Some(path) = &args.output {

@@ -6,3 +6,4 @@ mod blob;
 mod common;
 mod learn;
 mod network;
+mod streaming;

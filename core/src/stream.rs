@@ -1,0 +1,380 @@
+//! Row-streamed groups of convolutions (FORMAT.md, "Streamed groups").
+//!
+//! A group is a run of consecutive convolution layers whose outputs, except the
+//! last's, are *row windows*: buffers that hold a few rows of a tensor, not all of
+//! it. The group's last layer writes a whole tensor, one row at a time; each row pulls
+//! the rows it needs through the windows, computing a window row once, when it is
+//! first needed, and dropping the rows no later row needs. A residual block so needs
+//! its input, a few rows of its intermediate tensors and its output, and the output
+//! may be written over input rows that nothing reads any more (in place for an
+//! identity block, packed towards the start for a stride-2 block). The input image can
+//! be a window too: its rows are then normalised from the caller's pixels when the
+//! first layer needs them, and the image is never copied whole into the arena.
+//!
+//! [`Group::run`] produces the steps in order; the engine executes them, and
+//! [`crate::Model::parse`] replays them without data to prove that no step reads bytes
+//! an earlier step of the group overwrote. Both follow this one schedule.
+
+use core::ops::Range;
+
+use crate::error::Error;
+use crate::model::{Conv, Layer, Model, TensorInfo};
+
+/// Most layers one group may hold (a bottleneck block and its projection: four).
+pub(crate) const MAX_GROUP: usize = 4;
+
+/// Where a group's layer reads a tensor from.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    /// The group's window `k` (the output of its layer `k − 1`, or the image for 0).
+    Window(usize),
+    /// A whole tensor written before the group.
+    Whole(TensorInfo),
+}
+
+/// A layer of the group and where its inputs come from.
+#[derive(Clone, Copy, Debug)]
+struct Member<'m> {
+    conv: Conv<'m>,
+    input: Source,
+    residual: Option<Source>,
+}
+
+/// What a window holds now: rows `first..first + rows` of its tensor, in order from
+/// the start of its buffer.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    tensor: TensorInfo,
+    first: usize,
+    rows: usize,
+}
+
+impl Window {
+    /// Arena bytes of tensor rows `rows`, which the window holds (or is being given).
+    fn bytes(&self, rows: Range<usize>) -> Range<usize> {
+        let row = self.tensor.row_bytes();
+        let start = self.tensor.arena_offset + (rows.start - self.first) * row;
+        start..start + rows.len() * row
+    }
+}
+
+/// One step of a streamed group, in the order the group runs them; it borrows what
+/// it describes for the step's duration (`'s`).
+#[derive(Clone, Debug)]
+pub(crate) enum Step<'s, 'm> {
+    /// Copy arena bytes `from` down to offset `to` (a window dropping its first rows).
+    Shift { from: Range<usize>, to: usize },
+    /// Normalise (and quantize) row `row` of the input image into `output`.
+    ImageRow { row: usize, output: Range<usize> },
+    /// Compute one output row of a convolution.
+    ConvRow(ConvRow<'s, 'm>),
+}
+
+/// One output row of a convolution of a group.
+#[derive(Clone, Debug)]
+pub(crate) struct ConvRow<'s, 'm> {
+    /// The layer's index.
+    pub layer: u16,
+    /// The layer.
+    pub conv: &'s Conv<'m>,
+    /// Its input tensor (for the kernel's shape: width, channels, zero point).
+    pub input_tensor: &'s TensorInfo,
+    /// Arena bytes of the contiguous input rows the output row reads.
+    pub input: Range<usize>,
+    /// How many rows that is.
+    pub input_rows: usize,
+    /// Zero rows above them in the kernel window (the layer's top padding at its
+    /// first rows, otherwise 0).
+    pub pad_top: usize,
+    /// Arena bytes of the row written.
+    pub output: Range<usize>,
+    /// The tensor the row belongs to.
+    pub output_tensor: &'s TensorInfo,
+    /// The shortcut row a residual layer adds, and its tensor.
+    pub residual: Option<(Range<usize>, &'s TensorInfo)>,
+}
+
+/// A streamed group, decoded once per run.
+pub(crate) struct Group<'m> {
+    /// Index of its first layer.
+    first: u16,
+    /// Its layers, `first` on.
+    members: [Option<Member<'m>>; MAX_GROUP],
+    /// Number of layers.
+    len: usize,
+    /// Window `k`: tensor `first + k` (the image, when the group starts at layer 0 and
+    /// the plan streams it, then the outputs of all its layers but the last).
+    windows: [Option<Window>; MAX_GROUP],
+    /// The whole tensor its last layer writes.
+    output: TensorInfo,
+}
+
+impl<'m> Group<'m> {
+    /// The group that layer `first` starts ([`Model::starts_group`] says whether it
+    /// does).
+    pub(crate) fn new(model: &Model<'m>, first: u16) -> Result<Self, Error> {
+        let fail = |what| Error::StreamConflict { layer: first, what };
+        let mut group = Group {
+            first,
+            members: [None; MAX_GROUP],
+            len: 0,
+            windows: [None; MAX_GROUP],
+            output: model.tensor(first)?,
+        };
+        let image = model.tensor(first)?;
+        if image.is_window() {
+            if first != 0 {
+                return Err(fail("only the image may be a window before a group"));
+            }
+            group.windows[0] = Some(Window {
+                tensor: image,
+                first: 0,
+                rows: 0,
+            });
+        }
+        for k in 0..MAX_GROUP {
+            let i = first + k as u16;
+            if i >= model.num_layers() {
+                break;
+            }
+            let Layer::Conv(conv) = model.layer(i)? else {
+                return Err(fail("a streamed group holds convolutions only"));
+            };
+            let source = |t: u16| -> Result<Source, Error> {
+                match t.checked_sub(first).map(usize::from) {
+                    Some(slot) if slot <= k && group.windows[slot].is_some() => {
+                        Ok(Source::Window(slot))
+                    }
+                    _ => {
+                        let info = model.tensor(t)?;
+                        if info.is_window() {
+                            Err(fail("a layer reads a window of another group"))
+                        } else {
+                            Ok(Source::Whole(info))
+                        }
+                    }
+                }
+            };
+            group.members[k] = Some(Member {
+                conv,
+                input: source(conv.input)?,
+                residual: conv.residual.map(|r| source(r.tensor)).transpose()?,
+            });
+            group.len = k + 1;
+            let out = model.tensor(i + 1)?;
+            if !out.is_window() {
+                group.output = out;
+                return group.check_single_readers().map(|()| group);
+            }
+            if k + 1 < MAX_GROUP {
+                group.windows[k + 1] = Some(Window {
+                    tensor: out,
+                    first: 0,
+                    rows: 0,
+                });
+            }
+        }
+        Err(fail(
+            "a streamed group must end within 4 layers in a layer writing a whole tensor",
+        ))
+    }
+
+    /// Each window is read exactly once in the group (by one layer, as its input or
+    /// its shortcut): its rows are then needed in increasing order.
+    fn check_single_readers(&self) -> Result<(), Error> {
+        for (slot, window) in self.windows.iter().enumerate() {
+            if window.is_none() {
+                continue;
+            }
+            let reads = self
+                .members
+                .iter()
+                .flatten()
+                .flat_map(|m| [Some(m.input), m.residual])
+                .flatten()
+                .filter(|s| matches!(s, Source::Window(k) if *k == slot))
+                .count();
+            if reads != 1 {
+                return Err(Error::StreamConflict {
+                    layer: self.first + slot as u16,
+                    what: "a row window must have exactly one reader",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Index of the group's first layer.
+    pub(crate) fn first(&self) -> u16 {
+        self.first
+    }
+
+    /// The group's windows, with their tensor indices.
+    pub(crate) fn windows(&self) -> [Option<(u16, TensorInfo)>; MAX_GROUP] {
+        let mut out = [None; MAX_GROUP];
+        for (k, w) in self.windows.iter().enumerate() {
+            out[k] = w.map(|w| (self.first + k as u16, w.tensor));
+        }
+        out
+    }
+
+    /// The whole tensors the group reads (each layer's input and shortcut that is not
+    /// a window), with their indices.
+    pub(crate) fn whole_inputs(&self) -> [Option<(u16, TensorInfo)>; 2 * MAX_GROUP] {
+        let mut out = [None; 2 * MAX_GROUP];
+        for (k, m) in self.members.iter().enumerate() {
+            let Some(m) = m else { continue };
+            if let Source::Whole(t) = m.input {
+                out[2 * k] = Some((m.conv.input, t));
+            }
+            if let (Some(Source::Whole(t)), Some(r)) = (m.residual, m.conv.residual) {
+                out[2 * k + 1] = Some((r.tensor, t));
+            }
+        }
+        out
+    }
+
+    /// Index of the group's last layer.
+    pub(crate) fn last(&self) -> u16 {
+        self.first + self.len as u16 - 1
+    }
+
+    /// The whole tensor the group writes.
+    pub(crate) fn output(&self) -> TensorInfo {
+        self.output
+    }
+
+    /// Produces the group's steps: every row of its last layer's output, in order.
+    pub(crate) fn run(
+        &mut self,
+        exec: &mut impl FnMut(Step<'_, 'm>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let row = self.output.row_bytes();
+        for r in 0..self.output.height {
+            let start = self.output.arena_offset + r * row;
+            self.conv_row(self.len - 1, r, start..start + row, self.output, exec)?;
+        }
+        Ok(())
+    }
+
+    /// Makes window `k` hold tensor rows `rows` (dropping the rows before them,
+    /// computing the missing ones) and returns their arena bytes.
+    fn ensure(
+        &mut self,
+        k: usize,
+        rows: Range<usize>,
+        exec: &mut impl FnMut(Step<'_, 'm>) -> Result<(), Error>,
+    ) -> Result<Range<usize>, Error> {
+        let layer = self.first + k as u16;
+        let fail = |what| Error::StreamConflict { layer, what };
+        let mut w = self.windows[k].ok_or(fail("not a window"))?;
+        if rows.start < w.first {
+            return Err(fail("a window row is needed again after it was dropped"));
+        }
+        let held = w.first + w.rows;
+        if rows.start > w.first {
+            let kept = held.saturating_sub(rows.start);
+            if kept > 0 {
+                exec(Step::Shift {
+                    from: w.bytes(rows.start..held),
+                    to: w.tensor.arena_offset,
+                })?;
+            }
+            w.first = rows.start;
+            w.rows = kept;
+        }
+        while w.first + w.rows < rows.end {
+            if w.rows == w.tensor.rows_held {
+                return Err(fail("a row window holds fewer rows than its reader needs"));
+            }
+            let q = w.first + w.rows;
+            let slot = w.bytes(q..q + 1);
+            if k == 0 {
+                exec(Step::ImageRow {
+                    row: q,
+                    output: slot,
+                })?;
+            } else {
+                // Window k is written by the group's layer k − 1, which may pull rows
+                // through the windows before it (never this one).
+                self.conv_row(k - 1, q, slot, w.tensor, exec)?;
+            }
+            w.rows += 1;
+        }
+        self.windows[k] = Some(w);
+        Ok(w.bytes(rows))
+    }
+
+    /// Computes row `q` of the output of the group's layer `k` into `output`.
+    fn conv_row(
+        &mut self,
+        k: usize,
+        q: usize,
+        output: Range<usize>,
+        output_tensor: TensorInfo,
+        exec: &mut impl FnMut(Step<'_, 'm>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let layer = self.first + k as u16;
+        let member = self.members[k].ok_or(Error::StreamConflict {
+            layer,
+            what: "not in the group",
+        })?;
+        let conv = member.conv;
+        let input_tensor = self.tensor(member.input);
+        // Rows q·stride − pad_top .. + kernel_h of the padded input, clipped to it.
+        let top = q * conv.stride;
+        let first = top.saturating_sub(conv.padding[0]);
+        let end = (top + conv.kernel_h)
+            .saturating_sub(conv.padding[0])
+            .min(input_tensor.height);
+        if first >= end {
+            return Err(Error::StreamConflict {
+                layer,
+                what: "an output row reads only padding",
+            });
+        }
+        let input = self.rows(member.input, first..end, exec)?;
+        let residual = match (member.residual, conv.residual) {
+            (Some(source), Some(r)) => {
+                let y = q * r.stride;
+                Some((self.rows(source, y..y + 1, exec)?, self.tensor(source)))
+            }
+            _ => None,
+        };
+        exec(Step::ConvRow(ConvRow {
+            layer,
+            conv: &conv,
+            input_tensor: &input_tensor,
+            input,
+            input_rows: end - first,
+            pad_top: conv.padding[0].saturating_sub(top),
+            output,
+            output_tensor: &output_tensor,
+            residual: residual.as_ref().map(|(bytes, t)| (bytes.clone(), t)),
+        }))
+    }
+
+    /// Arena bytes of rows `rows` of a source, computing them first for a window.
+    fn rows(
+        &mut self,
+        source: Source,
+        rows: Range<usize>,
+        exec: &mut impl FnMut(Step<'_, 'm>) -> Result<(), Error>,
+    ) -> Result<Range<usize>, Error> {
+        match source {
+            Source::Window(k) => self.ensure(k, rows, exec),
+            Source::Whole(t) => {
+                let row = t.row_bytes();
+                Ok(t.arena_offset + rows.start * row..t.arena_offset + rows.end * row)
+            }
+        }
+    }
+
+    fn tensor(&self, source: Source) -> TensorInfo {
+        match source {
+            Source::Whole(t) => t,
+            // Every window slot a member names exists (see `new`).
+            Source::Window(k) => self.windows[k].map_or(self.output, |w| w.tensor),
+        }
+    }
+}
