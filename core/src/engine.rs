@@ -559,6 +559,7 @@ fn requantize<'b>(requant: Option<Requant<'b>>, relu: bool) -> Result<Requantize
         output_zero_point: r.output_zero_point,
         activation_min,
         activation_max,
+        folded_bias: r.folded_bias,
     })
 }
 

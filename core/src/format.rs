@@ -6,7 +6,8 @@
 pub const MAGIC: [u8; 4] = *b"TRM\0";
 /// The format version this engine writes. It reads every version from 1 to this one:
 /// version 2 added `header::F32_HEAD` (version 1 blobs have no f32 head), version 3
-/// `tensor::ROWS_HELD` (row windows of streamed groups).
+/// `tensor::ROWS_HELD` (row windows of streamed groups) and an int8 convolution's
+/// folded biases after its biases.
 pub const VERSION: u16 = 3;
 /// Size of the fixed header.
 pub const HEADER_SIZE: usize = 64;

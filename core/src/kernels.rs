@@ -318,6 +318,11 @@ pub struct Requantize<'a> {
     pub activation_min: i32,
     /// Highest output value.
     pub activation_max: i32,
+    /// `bias − input_zero_point · Σ weights` of each output channel (wrapping i32),
+    /// when the caller has it (format version 3 stores it): the kernels that fold the
+    /// input zero point into the bias use it instead of summing the weights on every
+    /// call. It must equal what they would compute; `None` makes them compute it.
+    pub folded_bias: Option<&'a [i32]>,
 }
 
 impl Requantize<'_> {

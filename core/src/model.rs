@@ -173,6 +173,9 @@ pub struct Requant<'a> {
     pub shifts: &'a [i32],
     /// Zero point of the value produced (the pre-add value when a residual follows).
     pub output_zero_point: i32,
+    /// A convolution's `bias − input_zero_point · Σ weights` per output channel
+    /// (format version 3; checked at parse).
+    pub folded_bias: Option<&'a [i32]>,
 }
 
 /// Where a residual (shortcut) input comes from and how it maps onto the output.
@@ -435,7 +438,9 @@ impl<'a> Model<'a> {
             }
         }
         for i in 0..self.num_layers {
-            self.layer(i)?;
+            if let Layer::Conv(conv) = self.layer(i)? {
+                self.check_folded_bias(i, &conv)?;
+            }
         }
         self.validate_plan()?;
         self.validate_class_names()
@@ -971,7 +976,15 @@ impl<'a> Model<'a> {
                     relu,
                     weights,
                     bias,
-                    requant: self.requant(&rec, out_t.channels, pre_add_zero_point)?,
+                    requant: self
+                        .requant(&rec, out_t.channels, pre_add_zero_point)?
+                        .map(|r| -> Result<Requant<'a>, Error> {
+                            Ok(Requant {
+                                folded_bias: self.folded_bias(&rec, out_t.channels)?,
+                                ..r
+                            })
+                        })
+                        .transpose()?,
                     residual,
                 }))
             }
@@ -1083,7 +1096,51 @@ impl<'a> Model<'a> {
             multipliers,
             shifts,
             output_zero_point,
+            folded_bias: None,
         }))
+    }
+
+    /// An int8 convolution's folded biases: since version 3 they follow its `channels`
+    /// biases in the bias array (FORMAT.md).
+    fn folded_bias(&self, rec: &Record<'a>, channels: usize) -> Result<Option<&'a [i32]>, Error> {
+        if self.version < 3 {
+            return Ok(None);
+        }
+        let bias = rec.u32(lf::BIAS)? as usize;
+        let bytes = self.array(
+            bias.saturating_add(4 * channels),
+            channels,
+            4,
+            "folded biases",
+            rec.index,
+        )?;
+        cast(bytes, "folded biases").map(Some)
+    }
+
+    /// An int8 convolution's folded biases equal `bias − input_zero_point · Σ w`
+    /// (the kernels that use them must compute what the others do).
+    fn check_folded_bias(&self, i: u16, conv: &Conv<'_>) -> Result<(), Error> {
+        let (Some(requant), Weights::I8(weights), Bias::I32(bias)) =
+            (conv.requant, conv.weights, conv.bias)
+        else {
+            return Ok(());
+        };
+        let Some(folded) = requant.folded_bias else {
+            return Ok(());
+        };
+        let zero_point = self.tensor(conv.input)?.zero_point;
+        let window = weights.len() / bias.len().max(1);
+        for (c, (row, (&b, &f))) in weights
+            .chunks_exact(window.max(1))
+            .zip(bias.iter().zip(folded))
+            .enumerate()
+        {
+            let sum: i32 = row.iter().map(|&w| i32::from(w)).sum();
+            if f != b.wrapping_sub(zero_point.wrapping_mul(sum)) {
+                return Err(invalid("folded bias", i, c as u32));
+            }
+        }
+        Ok(())
     }
 
     fn array(

@@ -335,7 +335,7 @@ proptest! {
     ) {
         let s = &case.shape;
         let (min, max) = quant::activation_range(out_zp, relu);
-        let requant = Requantize { multipliers: &mults, shifts: &shifts, output_zero_point: out_zp, activation_min: min, activation_max: max };
+        let requant = Requantize { multipliers: &mults, shifts: &shifts, output_zero_point: out_zp, activation_min: min, activation_max: max, folded_bias: None };
         let acc = ref_conv_i8_acc(&case, &input, in_zp, &weights, &bias);
         let want: Vec<i8> = acc.iter().enumerate().map(|(i, &a)| {
             let c = i % s.out_c;
@@ -363,7 +363,7 @@ proptest! {
         let s = &case.shape;
         let (in_zp, pre_zp, sc_zp, out_zp) = zps;
         let add = AddParams::from_scales((scales.0, pre_zp), (scales.1, sc_zp), (scales.2, out_zp), relu);
-        let requant = Requantize { multipliers: &mults, shifts: &shifts, output_zero_point: pre_zp, activation_min: -128, activation_max: 127 };
+        let requant = Requantize { multipliers: &mults, shifts: &shifts, output_zero_point: pre_zp, activation_min: -128, activation_max: 127, folded_bias: None };
         let n = s.out_h * s.out_w * s.out_c;
         // In place: the shortcut has the output's shape and starts in the output buffer.
         let (geometry, data): ((usize, usize, usize, usize, usize), Vec<i8>) = if in_place {
@@ -451,7 +451,7 @@ proptest! {
         let mults: Vec<i32> = (0..n_out).map(|_| (1 << 30) + (i32::from(next()) << 20).abs()).collect();
         let shifts: Vec<i32> = (0..n_out).map(|_| -(i32::from(next()).abs() % 12)).collect();
         let (min, max) = quant::activation_range(out_zp, relu);
-        let rq = Requantize { multipliers: &mults, shifts: &shifts, output_zero_point: out_zp, activation_min: min, activation_max: max };
+        let rq = Requantize { multipliers: &mults, shifts: &shifts, output_zero_point: out_zp, activation_min: min, activation_max: max, folded_bias: None };
         let mut out = vec![0i8; n_out];
         kernels::dense_i8(&x, in_zp, &w, &bias, &rq, &mut out).unwrap();
         for o in 0..n_out {
@@ -594,6 +594,7 @@ fn int8_saturates_at_both_ends() {
         output_zero_point: 0,
         activation_min: -128,
         activation_max: 127,
+        folded_bias: None,
     };
     let mut out = [0i8; 2];
     // 127·127 + 127·127 and −128·127 + −128·127 are far outside int8.
@@ -652,6 +653,7 @@ fn zero_points_at_extremes() {
             output_zero_point: out_zp,
             activation_min: -128,
             activation_max: 127,
+            folded_bias: None,
         };
         let mut out = [0i8; 1];
         kernels::conv2d_i8(&shape, &[x], in_zp, &[1; 9], &[0], &rq, None, &mut out).unwrap();
@@ -666,6 +668,7 @@ fn zero_points_at_extremes() {
         output_zero_point: 127,
         activation_min: 127,
         activation_max: 127,
+        folded_bias: None,
     };
     let mut out = [0i8; 1];
     kernels::conv2d_i8(&shape, &[-100], 0, &[1; 9], &[0], &rq, None, &mut out).unwrap();
@@ -745,6 +748,7 @@ fn option_a_shortcut_pads_channels_with_zero() {
         output_zero_point: 0,
         activation_min: -128,
         activation_max: 127,
+        folded_bias: None,
     };
     let add = AddTables::new(&AddParams::from_scales(
         (1.0, 0),
@@ -924,7 +928,7 @@ proptest! {
         let s = &case.shape;
         let (in_zp, pre_zp, sc_zp, out_zp) = case.zero_points;
         let (min, max) = quant::activation_range(pre_zp, case.relu);
-        let requant = Requantize { multipliers: &case.multipliers, shifts: &case.shifts, output_zero_point: pre_zp, activation_min: min, activation_max: max };
+        let requant = Requantize { multipliers: &case.multipliers, shifts: &case.shifts, output_zero_point: pre_zp, activation_min: min, activation_max: max, folded_bias: None };
         let add = AddTables::new(&AddParams::from_scales((0.05, pre_zp), (0.07, sc_zp), (0.09, out_zp), case.relu));
         let n = s.out_h * s.out_w * s.out_c;
         // Mapped: the output subsampled from a shortcut twice its size, its channels
@@ -947,10 +951,20 @@ proptest! {
         let weights = &case.weights[case.skew..];
         let mut want = shortcut[..n].to_vec();
         kernels::conv2d_i8(s, input, in_zp, weights, &case.bias, &requant, residual, &mut want).unwrap();
+        // With the folded biases a version-3 blob carries, as the engine passes them.
+        let window = weights.len() / s.out_c;
+        let folded: Vec<i32> = weights
+            .chunks_exact(window)
+            .zip(&case.bias)
+            .map(|(row, &b)| b.wrapping_sub(in_zp.wrapping_mul(row.iter().map(|&w| i32::from(w)).sum())))
+            .collect();
+        let with_folded = Requantize { folded_bias: Some(&folded), ..requant };
         for (name, conv) in &CONV_I8_KERNELS[1..] {
-            let mut got = shortcut[..n].to_vec();
-            conv(s, input, in_zp, weights, &case.bias, &requant, residual, &mut got).unwrap();
-            prop_assert_eq!(&got, &want, "{}", name);
+            for requant in [&requant, &with_folded] {
+                let mut got = shortcut[..n].to_vec();
+                conv(s, input, in_zp, weights, &case.bias, requant, residual, &mut got).unwrap();
+                prop_assert_eq!(&got, &want, "{} (folded biases given: {})", name, requant.folded_bias.is_some());
+            }
         }
     }
 }

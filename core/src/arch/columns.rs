@@ -496,6 +496,10 @@ pub fn conv2d_i8_by_columns(
     let mut acc: Accumulators = [[0; CHANNEL_BLOCK]; PIXELS];
     let mut bases = [0i32; CHANNEL_BLOCK];
     let block_bases = |channels: Range<usize>, bases: &mut [i32; CHANNEL_BLOCK]| {
+        if let Some(folded) = requant.folded_bias.and_then(|f| f.get(channels.clone())) {
+            bases[..folded.len()].copy_from_slice(folded);
+            return;
+        }
         let mut sums = [0i32; CHANNEL_BLOCK];
         weight_sums(
             &weights[channels.start * window..channels.end * window],

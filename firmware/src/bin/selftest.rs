@@ -366,6 +366,7 @@ fn check_conv_i8(case: &Case, b: &mut Buffers, rng: &mut Rng, index: usize, skew
         output_zero_point,
         activation_min,
         activation_max,
+        folded_bias: None,
     };
     let add = AddTables::new(&AddParams::from_scales(
         (0.02 + rng.size(0, 100) as f32 * 0.001, output_zero_point),

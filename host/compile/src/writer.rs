@@ -1046,6 +1046,7 @@ impl Network {
                         conv.out_channels,
                         scale_of(input),
                         produced.0,
+                        quant.as_ref().map(|q| q[input].1),
                     );
                 }
                 LayerSpec::GlobalAvgPool { .. } => {
@@ -1062,6 +1063,7 @@ impl Network {
                         d.out_features,
                         scale_of(input),
                         scale_of(k + 1),
+                        None,
                     );
                 }
             }
@@ -1170,7 +1172,8 @@ impl BlobBuilder {
     }
 
     /// Writes a layer's weights, biases and (int8) requantization and records their
-    /// offsets in the layer record at `at`.
+    /// offsets in the layer record at `at`. An int8 convolution whose input has zero
+    /// point `folding_zero_point` gets its folded biases after its biases (FORMAT.md).
     #[allow(clippy::too_many_arguments)]
     fn parameters(
         &mut self,
@@ -1181,6 +1184,7 @@ impl BlobBuilder {
         out_channels: usize,
         input_scale: f32,
         output_scale: f32,
+        folding_zero_point: Option<i32>,
     ) {
         let (weights_off, bias_off) = match dtype {
             DType::F32 => (
@@ -1207,6 +1211,17 @@ impl BlobBuilder {
                     let (m, s) = quantize_multiplier(bias_scale / f64::from(output_scale));
                     multipliers.push(m);
                     shifts.push(s);
+                }
+                if let Some(zero_point) = folding_zero_point {
+                    let folded: Vec<i32> = q_weights
+                        .chunks(per_channel.max(1))
+                        .zip(&q_bias)
+                        .map(|(row, &b)| {
+                            let sum: i32 = row.iter().map(|&w| i32::from(w as i8)).sum();
+                            b.wrapping_sub(zero_point.wrapping_mul(sum))
+                        })
+                        .collect();
+                    q_bias.extend(folded);
                 }
                 let weights_off = self.push(&q_weights);
                 let bias_off = self.push(&le_bytes(q_bias.iter().map(|b| b.to_le_bytes())));
