@@ -247,7 +247,7 @@ impl<'m> Group<'m> {
     /// Produces the group's steps: every row of its last layer's output, in order.
     pub(crate) fn run(
         &mut self,
-        exec: &mut impl FnMut(Step<'_, 'm>) -> Result<(), Error>,
+        exec: &mut dyn FnMut(Step<'_, 'm>) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let row = self.output.row_bytes();
         for r in 0..self.output.height {
@@ -263,7 +263,7 @@ impl<'m> Group<'m> {
         &mut self,
         k: usize,
         rows: Range<usize>,
-        exec: &mut impl FnMut(Step<'_, 'm>) -> Result<(), Error>,
+        exec: &mut dyn FnMut(Step<'_, 'm>) -> Result<(), Error>,
     ) -> Result<Range<usize>, Error> {
         let layer = self.first + k as u16;
         let fail = |what| Error::StreamConflict { layer, what };
@@ -312,7 +312,7 @@ impl<'m> Group<'m> {
         q: usize,
         output: Range<usize>,
         output_tensor: TensorInfo,
-        exec: &mut impl FnMut(Step<'_, 'm>) -> Result<(), Error>,
+        exec: &mut dyn FnMut(Step<'_, 'm>) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let layer = self.first + k as u16;
         let member = self.members[k].ok_or(Error::StreamConflict {
@@ -359,7 +359,7 @@ impl<'m> Group<'m> {
         &mut self,
         source: Source,
         rows: Range<usize>,
-        exec: &mut impl FnMut(Step<'_, 'm>) -> Result<(), Error>,
+        exec: &mut dyn FnMut(Step<'_, 'm>) -> Result<(), Error>,
     ) -> Result<Range<usize>, Error> {
         match source {
             Source::Window(k) => self.ensure(k, rows, exec),

@@ -198,14 +198,27 @@ pub fn firmware_cargo(board: &Board, target_dir: &Path, subcommand: &[&str]) -> 
     cargo
 }
 
+/// The firmware's cargo target directory for `board`: one per Rust target and CPU
+/// flags. Boards that share them share the compiled dependencies (the engine, defmt,
+/// cortex-m), and only the firmware crate itself is rebuilt for another board's
+/// memory layout, transport or arena; different flags must not share one, or cargo
+/// would rebuild everything each time they change.
+pub fn firmware_target_dir(board: &Board) -> PathBuf {
+    firmware_dir().join("target").join(match board.rustflags {
+        "" => board.target.to_string(),
+        _ => format!("{}-{}", board.target, board.cpu),
+    })
+}
+
 /// Builds (if needed: cargo decides) firmware binary `bin` (`classify` or `finetune`)
 /// for `board` with a static arena of `arena_bytes`, logging over `transport`;
 /// returns the path of a copy of the ELF named after the arena size. Cargo's progress
 /// goes to stderr.
 ///
-/// Builds with different arenas share one target directory and so one output path:
-/// the build and the copy happen under a lock on that directory, and the caller boots
-/// the copy, which a concurrent build for another arena cannot overwrite.
+/// Builds for other boards of the same target, other transports and other arenas
+/// share one target directory and so one output path: the build and the copy happen
+/// under a lock on that directory, and the caller boots the copy, which a concurrent
+/// build cannot overwrite.
 pub fn build_firmware(
     board: &Board,
     bin: &str,
@@ -225,12 +238,7 @@ pub fn build_firmware(
             dir.display()
         );
     }
-    // One target directory per board (boards sharing a Rust target differ in layout)
-    // and transport (so switching features does not rebuild the other's).
-    let target_dir = dir.join("target").join(match transport {
-        Transport::Semihosting => board.name.to_string(),
-        Transport::Rtt => format!("{}-rtt", board.name),
-    });
+    let target_dir = firmware_target_dir(board);
     std::fs::create_dir_all(&target_dir)
         .with_context(|| format!("cannot create {}", target_dir.display()))?;
     let lock_path = target_dir.join(".tinyres-build.lock");
@@ -260,9 +268,14 @@ pub fn build_firmware(
         );
     }
     let built = target_dir.join(board.target).join("release").join(bin);
+    let transport_name = match transport {
+        Transport::Semihosting => "semihosting",
+        Transport::Rtt => "rtt",
+    };
     let kept = target_dir
-        .join("by-arena")
-        .join(format!("{bin}-arena{arena_bytes}"));
+        .join("by-board")
+        .join(board.name)
+        .join(format!("{bin}-{transport_name}-arena{arena_bytes}"));
     std::fs::create_dir_all(kept.parent().unwrap_or(&target_dir))
         .with_context(|| format!("cannot create the directory of {}", kept.display()))?;
     let elf = std::fs::read(&built).with_context(|| format!("cannot read {}", built.display()))?;

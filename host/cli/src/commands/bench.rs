@@ -263,7 +263,7 @@ pub fn table(results: &[BoardResult]) -> String {
 /// Builds the engine size probe for `board` (profile `size`, the board's CPU flags)
 /// and returns its `.text` size.
 pub fn engine_text_bytes(board: &Board) -> Result<u64> {
-    let target_dir = qemu::firmware_dir().join("target").join(board.name);
+    let target_dir = qemu::firmware_target_dir(board);
     let status = qemu::firmware_cargo(
         board,
         &target_dir,
