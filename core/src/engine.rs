@@ -156,15 +156,28 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                 self.arena.copy_within(from, to);
                 Ok(())
             }
-            Step::ImageRow { row, output } => {
-                self.write_image_row(rows.pixels, rows.image_tables, row, output)
+            Step::ImageRows {
+                rows: image_rows,
+                output,
+            } => {
+                let row_bytes = output.len() / image_rows.len().max(1);
+                for (n, row) in image_rows.enumerate() {
+                    let start = output.start + n * row_bytes;
+                    self.write_image_row(
+                        rows.pixels,
+                        rows.image_tables,
+                        row,
+                        start..start + row_bytes,
+                    )?;
+                }
+                Ok(())
             }
             Step::ConvRow(row) => {
                 let shape = ConvShape {
                     in_h: row.input_rows,
                     in_w: row.input_tensor.width,
                     in_c: row.input_tensor.channels,
-                    out_h: 1,
+                    out_h: row.output_rows,
                     out_w: row.output_tensor.width,
                     out_c: row.output_tensor.channels,
                     kernel_h: row.conv.kernel_h,
@@ -173,10 +186,11 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                     pad_top: row.pad_top,
                     pad_left: row.conv.padding[1],
                 };
-                // The shortcut row seen as a one-row tensor.
-                let residual = row
-                    .residual
-                    .map(|(bytes, t)| (bytes, TensorInfo { height: 1, ..*t }));
+                // The shortcut rows seen as a tensor of just those rows.
+                let residual = row.residual.map(|(bytes, t)| {
+                    let height = bytes.len() / t.row_bytes().max(1);
+                    (bytes, TensorInfo { height, ..*t })
+                });
                 let tables = match (self.model.dtype(), row.conv.residual) {
                     (DType::Int8, Some(r)) => {
                         if add_tables

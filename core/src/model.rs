@@ -540,7 +540,7 @@ impl<'a> Model<'a> {
                         return conflict(first, first);
                     }
                 }
-                Step::ImageRow { output, .. } => {
+                Step::ImageRows { output, .. } => {
                     if overlaps(&output, &written) {
                         return conflict(first, 0);
                     }

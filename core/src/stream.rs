@@ -2,9 +2,10 @@
 //!
 //! A group is a run of consecutive convolution layers whose outputs, except the
 //! last's, are *row windows*: buffers that hold a few rows of a tensor, not all of
-//! it. The group's last layer writes a whole tensor, one row at a time; each row pulls
-//! the rows it needs through the windows, computing a window row once, when it is
-//! first needed, and dropping the rows no later row needs. A residual block so needs
+//! it. The group's last layer writes a whole tensor a few rows at a time (as many as
+//! its windows hold the inputs of); each step pulls the rows it needs through the
+//! windows, computing a window row once, when it is first needed, and dropping the rows
+//! no later row needs. A residual block so needs
 //! its input, a few rows of its intermediate tensors and its output, and the output
 //! may be written over input rows that nothing reads any more (in place for an
 //! identity block, packed towards the start for a stride-2 block). The input image can
@@ -64,13 +65,16 @@ impl Window {
 pub(crate) enum Step<'s, 'm> {
     /// Copy arena bytes `from` down to offset `to` (a window dropping its first rows).
     Shift { from: Range<usize>, to: usize },
-    /// Normalise (and quantize) row `row` of the input image into `output`.
-    ImageRow { row: usize, output: Range<usize> },
+    /// Normalise (and quantize) rows `rows` of the input image into `output`.
+    ImageRows {
+        rows: Range<usize>,
+        output: Range<usize>,
+    },
     /// Compute one output row of a convolution.
     ConvRow(ConvRow<'s, 'm>),
 }
 
-/// One output row of a convolution of a group.
+/// Output rows of a convolution of a group, computed in one kernel call.
 #[derive(Clone, Debug)]
 pub(crate) struct ConvRow<'s, 'm> {
     /// The layer's index.
@@ -79,18 +83,21 @@ pub(crate) struct ConvRow<'s, 'm> {
     pub conv: &'s Conv<'m>,
     /// Its input tensor (for the kernel's shape: width, channels, zero point).
     pub input_tensor: &'s TensorInfo,
-    /// Arena bytes of the contiguous input rows the output row reads.
+    /// Arena bytes of the contiguous input rows the output rows read.
     pub input: Range<usize>,
     /// How many rows that is.
     pub input_rows: usize,
+    /// How many output rows.
+    pub output_rows: usize,
     /// Zero rows above them in the kernel window (the layer's top padding at its
     /// first rows, otherwise 0).
     pub pad_top: usize,
-    /// Arena bytes of the row written.
+    /// Arena bytes of the rows written.
     pub output: Range<usize>,
-    /// The tensor the row belongs to.
+    /// The tensor the rows belong to.
     pub output_tensor: &'s TensorInfo,
-    /// The shortcut row a residual layer adds, and its tensor.
+    /// The shortcut rows a residual layer adds (every row from the first one the
+    /// output rows read to the last), and their tensor.
     pub residual: Option<(Range<usize>, &'s TensorInfo)>,
 }
 
@@ -244,17 +251,54 @@ impl<'m> Group<'m> {
         self.output
     }
 
-    /// Produces the group's steps: every row of its last layer's output, in order.
+    /// Produces the group's steps: every row of its last layer's output, in order, as
+    /// many rows a step as its windows allow.
     pub(crate) fn run(
         &mut self,
         exec: &mut dyn FnMut(Step<'_, 'm>) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let row = self.output.row_bytes();
-        for r in 0..self.output.height {
+        let last = self.len - 1;
+        let mut r = 0;
+        while r < self.output.height {
+            let n = self.rows_per_step(last)?.min(self.output.height - r);
             let start = self.output.arena_offset + r * row;
-            self.conv_row(self.len - 1, r, start..start + row, self.output, exec)?;
+            self.conv_rows(last, r..r + n, start..start + n * row, self.output, exec)?;
+            r += n;
         }
         Ok(())
+    }
+
+    /// How many output rows layer `k` can compute in one step: as many as the windows
+    /// it reads hold the rows of (a whole tensor does not limit it).
+    fn rows_per_step(&self, k: usize) -> Result<usize, Error> {
+        let member = self.member(k)?;
+        let window = |source: Source| match source {
+            Source::Window(j) => self.windows[j].map(|w| w.tensor),
+            Source::Whole(_) => None,
+        };
+        let mut rows = usize::MAX;
+        if let Some(t) = window(member.input).filter(|t| t.is_window()) {
+            let (kernel, stride) = (member.conv.kernel_h, member.conv.stride);
+            rows = rows.min(t.rows_held.saturating_sub(kernel) / stride + 1);
+        }
+        if let (Some(source), Some(r)) = (member.residual, member.conv.residual) {
+            if let Some(t) = window(source).filter(|t| t.is_window()) {
+                rows = rows.min(t.rows_held.saturating_sub(1) / r.stride + 1);
+            }
+        }
+        Ok(rows)
+    }
+
+    fn member(&self, k: usize) -> Result<Member<'m>, Error> {
+        self.members
+            .get(k)
+            .copied()
+            .flatten()
+            .ok_or(Error::StreamConflict {
+                layer: self.first + k as u16,
+                what: "not in the group",
+            })
     }
 
     /// Makes window `k` hold tensor rows `rows` (dropping the rows before them,
@@ -288,46 +332,52 @@ impl<'m> Group<'m> {
                 return Err(fail("a row window holds fewer rows than its reader needs"));
             }
             let q = w.first + w.rows;
-            let slot = w.bytes(q..q + 1);
+            let producer_rows = match k {
+                0 => usize::MAX,
+                _ => self.rows_per_step(k - 1)?,
+            };
+            let n = (rows.end - q)
+                .min(w.tensor.rows_held - w.rows)
+                .min(producer_rows);
+            let slot = w.bytes(q..q + n);
             if k == 0 {
-                exec(Step::ImageRow {
-                    row: q,
+                exec(Step::ImageRows {
+                    rows: q..q + n,
                     output: slot,
                 })?;
             } else {
                 // Window k is written by the group's layer k − 1, which may pull rows
                 // through the windows before it (never this one).
-                self.conv_row(k - 1, q, slot, w.tensor, exec)?;
+                self.conv_rows(k - 1, q..q + n, slot, w.tensor, exec)?;
             }
-            w.rows += 1;
+            w.rows += n;
         }
         self.windows[k] = Some(w);
         Ok(w.bytes(rows))
     }
 
-    /// Computes row `q` of the output of the group's layer `k` into `output`.
-    fn conv_row(
+    /// Computes rows `rows` of the output of the group's layer `k` into `output`.
+    fn conv_rows(
         &mut self,
         k: usize,
-        q: usize,
+        rows: Range<usize>,
         output: Range<usize>,
         output_tensor: TensorInfo,
         exec: &mut dyn FnMut(Step<'_, 'm>) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let layer = self.first + k as u16;
-        let member = self.members[k].ok_or(Error::StreamConflict {
-            layer,
-            what: "not in the group",
-        })?;
+        let member = self.member(k)?;
         let conv = member.conv;
         let input_tensor = self.tensor(member.input);
-        // Rows q·stride − pad_top .. + kernel_h of the padded input, clipped to it.
-        let top = q * conv.stride;
+        // Rows q·stride − pad_top .. + kernel_h of the padded input for each output
+        // row q, clipped to it.
+        let top = rows.start * conv.stride;
+        let bottom = (rows.end - 1) * conv.stride + conv.kernel_h;
         let first = top.saturating_sub(conv.padding[0]);
-        let end = (top + conv.kernel_h)
+        let end = bottom
             .saturating_sub(conv.padding[0])
             .min(input_tensor.height);
-        if first >= end {
+        if rows.is_empty() || first >= end {
             return Err(Error::StreamConflict {
                 layer,
                 what: "an output row reads only padding",
@@ -336,8 +386,8 @@ impl<'m> Group<'m> {
         let input = self.rows(member.input, first..end, exec)?;
         let residual = match (member.residual, conv.residual) {
             (Some(source), Some(r)) => {
-                let y = q * r.stride;
-                Some((self.rows(source, y..y + 1, exec)?, self.tensor(source)))
+                let shortcut_rows = rows.start * r.stride..(rows.end - 1) * r.stride + 1;
+                Some((self.rows(source, shortcut_rows, exec)?, self.tensor(source)))
             }
             _ => None,
         };
@@ -347,6 +397,7 @@ impl<'m> Group<'m> {
             input_tensor: &input_tensor,
             input,
             input_rows: end - first,
+            output_rows: rows.len(),
             pad_top: conv.padding[0].saturating_sub(top),
             output,
             output_tensor: &output_tensor,

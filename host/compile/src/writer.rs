@@ -521,6 +521,7 @@ impl Network {
         groups: &[(usize, usize)],
         image_window: bool,
         leads: &[Option<usize>],
+        rows_per_step: &[usize],
     ) -> Result<ArenaPlan, WriteError> {
         let shapes = self.tensor_shapes()?;
         let element_bytes = self.element_bytes(dtype);
@@ -542,7 +543,7 @@ impl Network {
         let mut rows_held = vec![0; shapes.len()];
         // first_step[t]: the step that writes tensor t (layer t − 1 runs at step t).
         let mut first_step: Vec<usize> = (0..shapes.len()).collect();
-        for (&(first, last), lead) in groups.iter().zip(leads) {
+        for ((&(first, last), lead), &rows) in groups.iter().zip(leads).zip(rows_per_step) {
             if lead.is_none() {
                 continue;
             }
@@ -553,7 +554,7 @@ impl Network {
                     last_step[t] = last_step[t].max(last + 1);
                     if t > first || (t == 0 && image_window && first == 0) {
                         first_step[t] = first_step[t].min(first + 1);
-                        rows_held[t] = self.window_rows(t, k, shapes[t].0);
+                        rows_held[t] = self.window_rows(t, k, shapes[t].0, rows);
                     }
                 }
             }
@@ -638,13 +639,18 @@ impl Network {
         })
     }
 
-    /// Rows a window of tensor `t` (of `height` rows) needs for its reader, layer `k`:
-    /// the reader's kernel rows for its input, one row for its shortcut.
-    fn window_rows(&self, t: usize, k: usize, height: usize) -> usize {
-        match &self.layers[k] {
-            LayerSpec::Conv(c) if c.input == t => c.kernel.0.min(height),
+    /// Rows a window of tensor `t` (of `height` rows) needs for its reader, layer `k`,
+    /// to compute `rows` output rows a step: the kernel's rows and `stride` more for each
+    /// further row for its input, its shortcut rows for its shortcut.
+    fn window_rows(&self, t: usize, k: usize, height: usize, rows: usize) -> usize {
+        let needed = match &self.layers[k] {
+            LayerSpec::Conv(c) if c.input == t => c.kernel.0 + (rows - 1) * c.stride,
+            LayerSpec::Conv(ConvSpec {
+                residual: Some(r), ..
+            }) => (rows - 1) * r.stride + 1,
             _ => 1,
-        }
+        };
+        needed.min(height)
     }
 
     /// Runs the network in f32 on one raw image (HWC `u8`, preprocessed as the blob
@@ -842,7 +848,9 @@ impl Network {
     /// output is first placed over its input (lead 0), and while `Model::parse`
     /// finds that a group's row would overwrite input rows still to be read, that
     /// group's output moves one of its rows further ahead of the input; a group that
-    /// cannot share its input's buffer at all keeps its own.
+    /// cannot share its input's buffer at all keeps its own. Then each group gets the
+    /// most rows a step (8, 4 or 2: fewer kernel calls) whose larger windows keep the
+    /// arena's peak.
     pub fn to_blob_with(
         &self,
         encoding: Encoding<'_>,
@@ -854,11 +862,52 @@ impl Network {
             Memory::Fast => (Vec::new(), false),
         };
         let mut leads: Vec<Option<usize>> = vec![Some(0); groups.len()];
-        loop {
-            let plan = self.plan_arena(dtype, &groups, image_window, &leads)?;
+        let mut rows_per_step = vec![1; groups.len()];
+        let write = |leads: &[Option<usize>], rows_per_step: &[usize]| {
+            let plan = self.plan_arena(dtype, &groups, image_window, leads, rows_per_step)?;
             let blob = self.encode(encoding, &plan)?;
-            let error = match tinyres_core::Model::parse(AlignedBlob::new(&blob).as_bytes()) {
-                Ok(_) => return Ok(blob),
+            let parsed = tinyres_core::Model::parse(AlignedBlob::new(&blob).as_bytes())
+                .map(|model| model.arena_size());
+            Ok::<_, WriteError>((blob, parsed))
+        };
+        loop {
+            let (blob, parsed) = write(&leads, &rows_per_step)?;
+            let error = match parsed {
+                Ok(peak) => {
+                    // Then fewer, longer steps (fewer kernel calls) for each group whose
+                    // larger windows still fit under the peak.
+                    // Several rows a step write the output in larger pieces: its lead
+                    // over the input may have to grow by up to that many rows.
+                    let mut best = blob;
+                    for g in 0..groups.len() {
+                        let Some(lead) = leads[g] else { continue };
+                        'rows: for rows in [8, 4, 2] {
+                            rows_per_step[g] = rows;
+                            for extra in 0..=rows {
+                                leads[g] = Some(lead + extra);
+                                // The plan's peak first (cheap): a larger lead only
+                                // raises it.
+                                let plan = self.plan_arena(
+                                    dtype,
+                                    &groups,
+                                    image_window,
+                                    &leads,
+                                    &rows_per_step,
+                                )?;
+                                if plan.peak > peak {
+                                    break;
+                                }
+                                if let (blob, Ok(_)) = write(&leads, &rows_per_step)? {
+                                    best = blob;
+                                    break 'rows;
+                                }
+                            }
+                            rows_per_step[g] = 1;
+                            leads[g] = Some(lead);
+                        }
+                    }
+                    return Ok(best);
+                }
                 Err(e) => e,
             };
             let layer = match error {
