@@ -92,13 +92,11 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                 actual: pixels.len(),
             });
         }
-        if !image.is_window() {
-            self.write_input(pixels)?;
-        }
-        // A streamed int8 image is quantized row by row, through one table per channel.
+        // An int8 image is quantized through one table per channel (more pixels than
+        // byte values: each value once), whole or row by row.
         let mut table_memory = [[0u8; 256]; IMAGE_TABLE_CHANNELS];
         let image_tables = match table_memory.get_mut(..image.channels) {
-            Some(tables) if image.is_window() && self.model.dtype() == DType::Int8 => {
+            Some(tables) if self.model.dtype() == DType::Int8 => {
                 for (c, table) in tables.iter_mut().enumerate() {
                     let normalize = normalizer(&self.model, c)?;
                     *table = core::array::from_fn(|v| {
@@ -109,6 +107,10 @@ impl<'m, 'a> Interpreter<'m, 'a> {
             }
             _ => None,
         };
+        if !image.is_window() {
+            let bytes = self.byte_range(&image);
+            self.write_image_rows(pixels, image_tables, 0..image.height, bytes)?;
+        }
         after_step(0);
         let mut i = 0;
         while i < self.model.num_layers() {
@@ -159,19 +161,7 @@ impl<'m, 'a> Interpreter<'m, 'a> {
             Step::ImageRows {
                 rows: image_rows,
                 output,
-            } => {
-                let row_bytes = output.len() / image_rows.len().max(1);
-                for (n, row) in image_rows.enumerate() {
-                    let start = output.start + n * row_bytes;
-                    self.write_image_row(
-                        rows.pixels,
-                        rows.image_tables,
-                        row,
-                        start..start + row_bytes,
-                    )?;
-                }
-                Ok(())
-            }
+            } => self.write_image_rows(rows.pixels, rows.image_tables, image_rows, output),
             Step::ConvRow(row) => {
                 let shape = ConvShape {
                     in_h: row.input_rows,
@@ -311,65 +301,26 @@ impl<'m, 'a> Interpreter<'m, 'a> {
         t.arena_offset..t.arena_offset + t.buffer_bytes()
     }
 
-    fn write_input(&mut self, pixels: &[u8]) -> Result<(), Error> {
-        let t = self.model.tensor(0)?;
-        let range = self.byte_range(&t);
-        let bytes = self.arena.get_mut(range).ok_or(Error::OutOfBounds {
-            what: "input tensor",
-            index: 0,
-        })?;
-        let dtype = self.model.dtype();
-        for c in 0..t.channels {
-            let normalize = normalizer(&self.model, c)?;
-            let quantize = |px: u8| quantize_i8(normalize(px), t.scale, t.zero_point) as u8;
-            if dtype == DType::Int8 && pixels.len() / t.channels.max(1) > 256 {
-                // More pixels than byte values: quantize each value once.
-                let table: [u8; 256] = core::array::from_fn(|v| quantize(v as u8));
-                let channel = pixels.iter().skip(c).step_by(t.channels);
-                for (b, &px) in bytes.iter_mut().skip(c).step_by(t.channels).zip(channel) {
-                    *b = table[usize::from(px)];
-                }
-                continue;
-            }
-            for (p, &px) in pixels.iter().enumerate().skip(c).step_by(t.channels) {
-                match dtype {
-                    DType::F32 | DType::F16 => {
-                        if let Some(b) = bytes.get_mut(4 * p..4 * p + 4) {
-                            b.copy_from_slice(&normalize(px).to_le_bytes());
-                        }
-                    }
-                    DType::Int8 => {
-                        if let Some(b) = bytes.get_mut(p) {
-                            *b = quantize(px);
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Normalises (and for int8 quantizes, through `tables` when given: one per
-    /// channel) image row `row` into the arena bytes `output`: the image window of a
-    /// streamed first layer. Each value is exactly what [`Interpreter::write_input`]
-    /// writes for it.
-    fn write_image_row(
+    /// channel) image rows `rows` into the arena bytes `output`: the whole input tensor,
+    /// or rows of the image window of a streamed first layer.
+    fn write_image_rows(
         &mut self,
         pixels: &[u8],
         tables: Option<&[[u8; 256]]>,
-        row: usize,
+        rows: Range<usize>,
         output: Range<usize>,
     ) -> Result<(), Error> {
         let t = self.model.tensor(0)?;
         let values = t.width * t.channels;
         let src = pixels
-            .get(row * values..(row + 1) * values)
+            .get(rows.start * values..rows.end * values)
             .ok_or(Error::OutOfBounds {
-                what: "image row",
+                what: "image rows",
                 index: 0,
             })?;
         let bytes = self.arena.get_mut(output).ok_or(Error::OutOfBounds {
-            what: "image window",
+            what: "input buffer",
             index: 0,
         })?;
         if let Some(tables) = tables {
@@ -593,8 +544,8 @@ fn mapped<'b, T>(
     }
 }
 
-/// Images with at most this many channels are quantized through a table per channel
-/// when the first layer streams them (1 KiB of stack).
+/// int8 images with at most this many channels are quantized through a table per
+/// channel (1 KiB of stack).
 const IMAGE_TABLE_CHANNELS: usize = 4;
 
 /// What the steps of a streamed group share: the caller's pixels, the image's
