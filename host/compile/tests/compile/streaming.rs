@@ -93,16 +93,21 @@ fn resnet8_int8_streams_in_at_most_18_kib() {
     assert!(min.tensor(0).unwrap().is_window());
 }
 
-/// Rewrites tensor `t`'s `rows_held` and the CRC.
-fn with_rows_held(blob: &AlignedBlob, t: usize, rows: u16) -> AlignedBlob {
+/// A copy of `blob` with `value` written at field `field` of tensor `t`'s record, and
+/// the CRC updated.
+fn with_tensor_field(blob: &AlignedBlob, t: usize, field: usize, value: &[u8]) -> AlignedBlob {
     let mut blob = blob.clone();
     let bytes = blob.as_bytes_mut();
     let table = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
-    let at = table + t * TENSOR_RECORD_SIZE + tf::ROWS_HELD;
-    bytes[at..at + 2].copy_from_slice(&rows.to_le_bytes());
+    let at = table + t * TENSOR_RECORD_SIZE + field;
+    bytes[at..at + value.len()].copy_from_slice(value);
     let crc = crc32(&bytes[16..]);
     bytes[12..16].copy_from_slice(&crc.to_le_bytes());
     blob
+}
+
+fn with_rows_held(blob: &AlignedBlob, t: usize, rows: u16) -> AlignedBlob {
+    with_tensor_field(blob, t, tf::ROWS_HELD, &rows.to_le_bytes())
 }
 
 #[test]
@@ -145,13 +150,8 @@ fn an_output_row_written_over_input_rows_still_needed_is_refused() {
         .find(|(_, t)| (t.height, t.channels) == (16, 32) && !t.is_window())
         .map(|(t, info)| (usize::from(t), info.arena_offset))
         .unwrap();
-    let mut broken = min.clone();
-    let bytes = broken.as_bytes_mut();
-    let table = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
-    let at = table + stride2_out * TENSOR_RECORD_SIZE + tf::ARENA_OFFSET;
-    bytes[at..at + 4].copy_from_slice(&((offset + 32 * 16 * 4) as u32).to_le_bytes());
-    let crc = crc32(&bytes[16..]);
-    bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+    let moved = (offset + 32 * 16 * 4) as u32;
+    let broken = with_tensor_field(&min, stride2_out, tf::ARENA_OFFSET, &moved.to_le_bytes());
     match Model::parse(broken.as_bytes()) {
         Err(Error::PlanConflict { .. }) => {}
         other => panic!("an output over unread input rows: {other:?}"),
