@@ -38,7 +38,8 @@ fn parse_and_run(bytes: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
-fn reseal(bytes: &mut [u8]) {
+/// Recomputes the header CRC after a test edited the blob.
+pub fn reseal(bytes: &mut [u8]) {
     let crc = crc32(&bytes[16..]);
     bytes[12..16].copy_from_slice(&crc.to_le_bytes());
 }

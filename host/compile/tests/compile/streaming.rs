@@ -2,11 +2,12 @@
 //! (`Memory::Fast`): bit-identical results for every member of the family, in f32 and
 //! int8, in a smaller arena; and a streamed plan that a blob breaks is refused.
 
+use super::blob::reseal;
 use super::common::Rng;
 use tinyres_compile::arch::{Architecture, Padding, Shortcut};
 use tinyres_compile::writer::{AlignedBlob, Encoding, Memory, Network};
 use tinyres_core::format::{tensor as tf, TENSOR_RECORD_SIZE};
-use tinyres_core::{crc32, Error, Interpreter, Model};
+use tinyres_core::{Error, Interpreter, Model};
 
 /// Logits and features of `pixels`, as bit patterns.
 fn outputs(blob: &AlignedBlob, pixels: &[u8]) -> (Vec<u32>, Vec<u32>) {
@@ -44,6 +45,16 @@ fn blobs(network: &Network, encoding: Encoding<'_>) -> (AlignedBlob, AlignedBlob
     (write(Memory::Fast), write(Memory::Min))
 }
 
+/// An untrained MLPerf Tiny-style ResNet-8 in int8 (unit activation ranges), planned
+/// with whole tensors and streamed.
+fn resnet8_int8_blobs() -> (AlignedBlob, AlignedBlob) {
+    let network = Architecture::by_name("resnet8")
+        .unwrap()
+        .network(1)
+        .unwrap();
+    blobs(&network, Encoding::Int8(&network.unit_ranges()))
+}
+
 #[test]
 fn streamed_plans_equal_whole_tensor_plans_bit_for_bit_in_less_memory() {
     let mut rng = Rng::new(17);
@@ -77,12 +88,7 @@ fn streamed_plans_equal_whole_tensor_plans_bit_for_bit_in_less_memory() {
 
 #[test]
 fn resnet8_int8_streams_in_at_most_18_kib() {
-    let network = Architecture::by_name("resnet8")
-        .unwrap()
-        .network(1)
-        .unwrap();
-    let ranges = network.unit_ranges();
-    let (fast, min) = blobs(&network, Encoding::Int8(&ranges));
+    let (fast, min) = resnet8_int8_blobs();
     let fast = Model::parse(fast.as_bytes()).unwrap();
     let min = Model::parse(min.as_bytes()).unwrap();
     // Two 32×32×16 int8 buffers, the residual add in place.
@@ -101,8 +107,7 @@ fn with_tensor_field(blob: &AlignedBlob, t: usize, field: usize, value: &[u8]) -
     let table = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
     let at = table + t * TENSOR_RECORD_SIZE + field;
     bytes[at..at + value.len()].copy_from_slice(value);
-    let crc = crc32(&bytes[16..]);
-    bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+    reseal(bytes);
     blob
 }
 
@@ -112,12 +117,7 @@ fn with_rows_held(blob: &AlignedBlob, t: usize, rows: u16) -> AlignedBlob {
 
 #[test]
 fn a_window_too_small_or_read_outside_its_group_is_refused() {
-    let network = Architecture::by_name("resnet8")
-        .unwrap()
-        .network(1)
-        .unwrap();
-    let ranges = network.unit_ranges();
-    let (fast, min) = blobs(&network, Encoding::Int8(&ranges));
+    let (fast, min) = resnet8_int8_blobs();
     // Tensor 2 is the first block's middle tensor: four rows, for a 3×3 reader that
     // computes two rows a step (the block is under the arena's peak, which allows it).
     let model = Model::parse(min.as_bytes()).unwrap();
@@ -135,12 +135,7 @@ fn a_window_too_small_or_read_outside_its_group_is_refused() {
 
 #[test]
 fn an_output_row_written_over_input_rows_still_needed_is_refused() {
-    let network = Architecture::by_name("resnet8")
-        .unwrap()
-        .network(1)
-        .unwrap();
-    let ranges = network.unit_ranges();
-    let (_, min) = blobs(&network, Encoding::Int8(&ranges));
+    let (_, min) = resnet8_int8_blobs();
     let model = Model::parse(min.as_bytes()).unwrap();
     // The second block (stride 2) writes its 16×16×32 output over its 32×32×16 input,
     // from the input's first byte. Moving the output up by one input row makes its
