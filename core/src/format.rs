@@ -20,6 +20,9 @@ pub const CRC_START: usize = 16;
 /// Alignment the writer gives every section and every arena buffer, so that future
 /// SIMD kernels can load them directly.
 pub const SECTION_ALIGN: usize = 16;
+/// Most layers one streamed group may hold (version 3; a bottleneck block and its
+/// projection: four).
+pub const MAX_STREAM_GROUP: usize = 4;
 /// `features_tensor` value meaning "no pooled-feature tensor".
 pub const NO_TENSOR: u16 = 0xFFFF;
 

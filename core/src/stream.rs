@@ -19,10 +19,8 @@
 use core::ops::Range;
 
 use crate::error::Error;
+use crate::format::MAX_STREAM_GROUP as MAX_GROUP;
 use crate::model::{Conv, Layer, Model, TensorInfo};
-
-/// Most layers one group may hold (a bottleneck block and its projection: four).
-pub(crate) const MAX_GROUP: usize = 4;
 
 /// Where a group's layer reads a tensor from.
 #[derive(Clone, Copy, Debug)]

@@ -209,11 +209,6 @@ pub struct ArenaPlan {
     pub peak: usize,
 }
 
-/// Most layers in one streamed group (the engine's limit).
-fn stream_group_limit() -> usize {
-    4
-}
-
 /// How to encode the network's numbers.
 #[derive(Clone, Copy, Debug)]
 pub enum Encoding<'a> {
@@ -486,7 +481,7 @@ impl Network {
                 let first = k;
                 let mut last = k;
                 while window[last + 1] {
-                    if last + 1 - first == stream_group_limit() {
+                    if last + 1 - first == format::MAX_STREAM_GROUP {
                         window[last + 1] = false;
                         changed = true;
                         break;
