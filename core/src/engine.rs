@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::format::{DType, InputRange, SECTION_ALIGN};
 use crate::kernels::{self, ConvShape, Requantize, Shortcut};
 use crate::model::{Bias, Conv, Dense, Layer, Model, Requant, TensorInfo, Weights};
-use crate::quant::{activation_range, dequantize_i8, quantize_i8, AddTables};
+use crate::quant::{activation_range, dequantize_i8, quantize_i8, AddParams, AddTables};
 use crate::stream::{Group, Step};
 
 /// A statically allocated, 16-byte aligned arena of `N` bytes, so firmware can write
@@ -112,15 +112,20 @@ impl<'m, 'a> Interpreter<'m, 'a> {
             self.write_image_rows(pixels, image_tables, 0..image.height, bytes)?;
         }
         after_step(0);
+        let mut add_tables = LayerAddTables {
+            layer: None,
+            tables: AddTables::UNTABULATED,
+        };
+        let mut group = Group::EMPTY;
         let mut i = 0;
         while i < self.model.num_layers() {
             if self.model.starts_group(i)? {
-                let mut group = Group::new(&self.model, i)?;
+                group.decode(&self.model, i)?;
                 let last = group.last();
                 let mut rows = RowContext {
                     pixels,
                     image_tables,
-                    add_tables: None,
+                    add_tables: &mut add_tables,
                 };
                 group.run(&mut |step| self.step(step, &mut rows))?;
                 // The group's layers ran interleaved, row by row: its time is
@@ -132,7 +137,7 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                 continue;
             }
             match self.model.layer(i)? {
-                Layer::Conv(conv) => self.conv(&conv)?,
+                Layer::Conv(conv) => self.conv(i, &conv, &mut add_tables)?,
                 Layer::GlobalAvgPool { input, output } => self.pool(input, output)?,
                 Layer::Dense(dense) => self.dense(&dense)?,
             }
@@ -145,7 +150,6 @@ impl<'m, 'a> Interpreter<'m, 'a> {
 
     /// Executes one step of a streamed group.
     fn step(&mut self, step: Step<'_, 'm>, rows: &mut RowContext<'_>) -> Result<(), Error> {
-        let add_tables = &mut rows.add_tables;
         match step {
             Step::Shift { from, to } => {
                 let end = to.checked_add(from.len());
@@ -182,15 +186,7 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                     (bytes, TensorInfo { height, ..*t })
                 });
                 let tables = match (self.model.dtype(), row.conv.residual) {
-                    (DType::Int8, Some(r)) => {
-                        if add_tables
-                            .as_ref()
-                            .is_none_or(|(layer, _)| *layer != row.layer)
-                        {
-                            *add_tables = Some((row.layer, AddTables::new(&r.add)));
-                        }
-                        add_tables.as_ref().map(|(_, t)| t)
-                    }
+                    (DType::Int8, Some(r)) => Some(rows.add_tables.of(row.layer, &r.add)),
                     _ => None,
                 };
                 self.convolve(
@@ -350,7 +346,12 @@ impl<'m, 'a> Interpreter<'m, 'a> {
         Ok(())
     }
 
-    fn conv(&mut self, conv: &Conv<'_>) -> Result<(), Error> {
+    fn conv(
+        &mut self,
+        layer: u16,
+        conv: &Conv<'_>,
+        add_tables: &mut LayerAddTables,
+    ) -> Result<(), Error> {
         let in_t = self.model.tensor(conv.input)?;
         let out_t = self.model.tensor(conv.output)?;
         let shape = ConvShape {
@@ -374,7 +375,7 @@ impl<'m, 'a> Interpreter<'m, 'a> {
             }
         };
         let tables = match (self.model.dtype(), conv.residual) {
-            (DType::Int8, Some(r)) => Some(AddTables::new(&r.add)),
+            (DType::Int8, Some(r)) => Some(add_tables.of(layer, &r.add)),
             _ => None,
         };
         self.convolve(
@@ -384,7 +385,7 @@ impl<'m, 'a> Interpreter<'m, 'a> {
             self.byte_range(&in_t),
             self.byte_range(&out_t),
             residual,
-            tables.as_ref(),
+            tables,
         )
     }
 
@@ -554,7 +555,26 @@ const IMAGE_TABLE_CHANNELS: usize = 4;
 struct RowContext<'p> {
     pixels: &'p [u8],
     image_tables: Option<&'p [[u8; 256]]>,
-    add_tables: Option<(u16, AddTables)>,
+    add_tables: &'p mut LayerAddTables,
+}
+
+/// The int8 add's tables of the layer that last needed them. One set serves the whole
+/// run, filled in place: a set per layer, or a value built and moved, would put
+/// another 2 KiB on the stack, which on-device learning does not have to spare.
+struct LayerAddTables {
+    layer: Option<u16>,
+    tables: AddTables,
+}
+
+impl LayerAddTables {
+    /// The tables of `layer`'s add with `params`, tabulated unless they already are.
+    fn of(&mut self, layer: u16, params: &AddParams) -> &AddTables {
+        if self.layer != Some(layer) {
+            self.tables.tabulate(params);
+            self.layer = Some(layer);
+        }
+        &self.tables
+    }
 }
 
 /// Maps a raw pixel of channel `c` to the value the model's preprocessing gives it.

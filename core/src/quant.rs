@@ -270,21 +270,59 @@ pub struct AddTables {
 }
 
 impl AddTables {
+    /// Tables not yet filled: [`Self::tabulate`] fills them in place.
+    pub const UNTABULATED: AddTables = AddTables {
+        params: AddParams {
+            input1_zero_point: 0,
+            input2_zero_point: 0,
+            output_zero_point: 0,
+            input1_multiplier: 0,
+            input1_shift: 0,
+            input2_multiplier: 0,
+            input2_shift: 0,
+            output_multiplier: 0,
+            output_shift: 0,
+            activation_min: -128,
+            activation_max: 127,
+        },
+        input1: [0; 256],
+        input2: [0; 256],
+        output: QuantizedMultiplier {
+            multiplier: 0,
+            left_shift: 0,
+            right_shift: 0,
+        },
+    };
+
     /// Tabulates `params`' input rescales.
     pub fn new(params: &AddParams) -> Self {
+        let mut tables = Self::UNTABULATED;
+        tables.tabulate(params);
+        tables
+    }
+
+    /// Tabulates `params` over what the tables held, in place: a firmware keeps one
+    /// set for all its layers instead of a 2 KiB value built (and copied) per layer.
+    pub fn tabulate(&mut self, params: &AddParams) {
         let prepared = params.prepared();
-        let rescale = |zero_point: i32, multiplier: QuantizedMultiplier| {
-            core::array::from_fn(|i| {
+        let rescale = |table: &mut [i32; 256], zero_point: i32, multiplier: QuantizedMultiplier| {
+            for (i, entry) in table.iter_mut().enumerate() {
                 let q = i32::from(i as u8 as i8);
-                multiplier.apply((q - zero_point) << ADD_LEFT_SHIFT)
-            })
+                *entry = multiplier.apply((q - zero_point) << ADD_LEFT_SHIFT);
+            }
         };
-        AddTables {
-            params: *params,
-            input1: rescale(prepared.input1_zero_point, prepared.input1),
-            input2: rescale(prepared.input2_zero_point, prepared.input2),
-            output: prepared.output,
-        }
+        self.params = *params;
+        rescale(
+            &mut self.input1,
+            prepared.input1_zero_point,
+            prepared.input1,
+        );
+        rescale(
+            &mut self.input2,
+            prepared.input2_zero_point,
+            prepared.input2,
+        );
+        self.output = prepared.output;
     }
 
     /// Adds two int8 values (TFLite reference `AddElementwise` for int8).

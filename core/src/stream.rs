@@ -115,17 +115,41 @@ pub(crate) struct Group<'m> {
 }
 
 impl<'m> Group<'m> {
+    /// No group yet: [`Self::decode`] fills it.
+    pub(crate) const EMPTY: Self = Group {
+        first: 0,
+        members: [None; MAX_GROUP],
+        len: 0,
+        windows: [None; MAX_GROUP],
+        output: TensorInfo {
+            height: 0,
+            width: 0,
+            channels: 0,
+            arena_offset: 0,
+            scale: 1.0,
+            zero_point: 0,
+            float: false,
+            rows_held: 0,
+        },
+    };
+
     /// The group that layer `first` starts ([`Model::starts_group`] says whether it
     /// does).
     pub(crate) fn new(model: &Model<'m>, first: u16) -> Result<Self, Error> {
+        let mut group = Self::EMPTY;
+        group.decode(model, first)?;
+        Ok(group)
+    }
+
+    /// Makes this the group that layer `first` starts, in place: the engine keeps one
+    /// group (a kilobyte) for the whole run, where a returned group would take a
+    /// second kilobyte of the stack while it is moved.
+    pub(crate) fn decode(&mut self, model: &Model<'m>, first: u16) -> Result<(), Error> {
         let fail = |what| Error::StreamConflict { layer: first, what };
-        let mut group = Group {
-            first,
-            members: [None; MAX_GROUP],
-            len: 0,
-            windows: [None; MAX_GROUP],
-            output: model.tensor(first)?,
-        };
+        *self = Self::EMPTY;
+        self.first = first;
+        self.output = model.tensor(first)?;
+        let group = self;
         let image = model.tensor(first)?;
         if image.is_window() {
             if first != 0 {
@@ -169,7 +193,7 @@ impl<'m> Group<'m> {
             let out = model.tensor(i + 1)?;
             if !out.is_window() {
                 group.output = out;
-                return group.check_single_readers().map(|()| group);
+                return group.check_single_readers();
             }
             if k + 1 < MAX_GROUP {
                 group.windows[k + 1] = Some(Window {
