@@ -116,6 +116,7 @@ impl<'m, 'a> Interpreter<'m, 'a> {
             layer: None,
             tables: AddTables::UNTABULATED,
         };
+        let mut scratch = arch::ConvScratch::new();
         let mut group = Group::EMPTY;
         let mut i = 0;
         while i < self.model.num_layers() {
@@ -126,6 +127,7 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                     pixels,
                     image_tables,
                     add_tables: &mut add_tables,
+                    scratch: &mut scratch,
                 };
                 group.run(&mut |step| self.step(step, &mut rows))?;
                 // The group's layers ran interleaved, row by row: its time is
@@ -137,7 +139,7 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                 continue;
             }
             match self.model.layer(i)? {
-                Layer::Conv(conv) => self.conv(i, &conv, &mut add_tables)?,
+                Layer::Conv(conv) => self.conv(i, &conv, &mut add_tables, &mut scratch)?,
                 Layer::GlobalAvgPool { input, output } => self.pool(input, output)?,
                 Layer::Dense(dense) => self.dense(&dense)?,
             }
@@ -197,6 +199,7 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                     row.output,
                     residual,
                     tables,
+                    rows.scratch,
                 )
             }
         }
@@ -351,6 +354,7 @@ impl<'m, 'a> Interpreter<'m, 'a> {
         layer: u16,
         conv: &Conv<'_>,
         add_tables: &mut LayerAddTables,
+        scratch: &mut arch::ConvScratch,
     ) -> Result<(), Error> {
         let in_t = self.model.tensor(conv.input)?;
         let out_t = self.model.tensor(conv.output)?;
@@ -386,12 +390,14 @@ impl<'m, 'a> Interpreter<'m, 'a> {
             self.byte_range(&out_t),
             residual,
             tables,
+            scratch,
         )
     }
 
     /// Runs `conv`'s kernel over `shape` (the whole layer, or one row of it) from the
     /// arena bytes `input` to `output`, adding the shortcut at `residual` (in place
-    /// when those are the output's own bytes) with the int8 add's `tables`.
+    /// when those are the output's own bytes) with the int8 add's `tables`, the int8
+    /// kernel working in `scratch`.
     #[allow(clippy::too_many_arguments)]
     fn convolve(
         &mut self,
@@ -402,6 +408,7 @@ impl<'m, 'a> Interpreter<'m, 'a> {
         output: Range<usize>,
         residual: Option<(Range<usize>, TensorInfo)>,
         tables: Option<&AddTables>,
+        scratch: &mut arch::ConvScratch,
     ) -> Result<(), Error> {
         let split = Split::new(self.arena, output.clone())?;
         let input = split.input(input)?;
@@ -450,7 +457,8 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                     (None, _) => None,
                     (Some(_), None) => return Err(type_error()),
                 };
-                arch::conv2d_i8(
+                arch::conv2d_i8_with(
+                    scratch,
                     shape,
                     input,
                     input_zero_point,
@@ -556,6 +564,7 @@ struct RowContext<'p> {
     pixels: &'p [u8],
     image_tables: Option<&'p [[u8; 256]]>,
     add_tables: &'p mut LayerAddTables,
+    scratch: &'p mut arch::ConvScratch,
 }
 
 /// The int8 add's tables of the layer that last needed them. One set serves the whole

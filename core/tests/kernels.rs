@@ -966,5 +966,20 @@ proptest! {
                 prop_assert_eq!(&got, &want, "{} (folded biases given: {})", name, requant.folded_bias.is_some());
             }
         }
+        // As the engine calls it: one scratch for every call, holding what the
+        // previous cases (other shapes) left in it.
+        for requant in [&requant, &with_folded] {
+            let mut got = shortcut[..n].to_vec();
+            SCRATCH.with_borrow_mut(|scratch| {
+                arch::conv2d_i8_with(scratch, s, input, in_zp, weights, &case.bias, requant, residual, &mut got)
+            }).unwrap();
+            prop_assert_eq!(&got, &want, "{} with a reused scratch", arch::CONV2D_I8_KERNEL);
+        }
     }
+}
+
+thread_local! {
+    /// The scratch the wide-layer cases share, reused from case to case.
+    static SCRATCH: std::cell::RefCell<arch::ConvScratch> =
+        const { std::cell::RefCell::new(arch::ConvScratch::new()) };
 }

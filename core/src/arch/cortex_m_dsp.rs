@@ -315,6 +315,60 @@ pub fn conv2d_i8(
     residual: Option<(Shortcut<'_, i8>, &AddTables)>,
     output: &mut [i8],
 ) -> Result<(), Error> {
+    conv2d_i8_with(
+        &mut ConvScratch::new(),
+        shape,
+        input,
+        input_zero_point,
+        weights,
+        bias,
+        requant,
+        residual,
+        output,
+    )
+}
+
+/// The memory the convolution works in besides its input and output (3.1 KiB): the
+/// widened columns, the staged odd taps and the accumulators. The caller owns it
+/// and passes it to every call (see [`crate::arch::ConvScratch`]); what it holds
+/// between calls does not matter.
+#[derive(Clone, Debug)]
+pub struct ConvScratch {
+    columns: [u32; COLUMN_WORDS],
+    staging: [[i8; STAGING_CAPACITY]; 2],
+    acc: [[i32; CHANNEL_BLOCK]; 2],
+}
+
+impl ConvScratch {
+    /// A zeroed scratch.
+    pub const fn new() -> Self {
+        ConvScratch {
+            columns: [0; COLUMN_WORDS],
+            staging: [[0; STAGING_CAPACITY]; 2],
+            acc: [[0; CHANNEL_BLOCK]; 2],
+        }
+    }
+}
+
+impl Default for ConvScratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// [`conv2d_i8`] working in the caller's `scratch`, reused from call to call.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_i8_with(
+    scratch: &mut ConvScratch,
+    shape: &ConvShape,
+    input: &[i8],
+    input_zero_point: i32,
+    weights: &[i8],
+    bias: &[i32],
+    requant: &Requantize<'_>,
+    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
+    output: &mut [i8],
+) -> Result<(), Error> {
     let window = shape.kernel_h * shape.kernel_w * shape.in_c;
     let fits = if shape.in_c % 4 == 0 {
         window <= WINDOW_CAPACITY
@@ -339,10 +393,13 @@ pub fn conv2d_i8(
     let add = residual.map(|(_, add)| add);
     let groups = window / 4;
     let whole = groups * 4;
-    let mut columns = [0u32; COLUMN_WORDS];
-    let mut staging = [[0i8; STAGING_CAPACITY]; 2];
-    // A block of channels' accumulators for the two pixels, finished a row at a time.
-    let mut acc = [[0i32; CHANNEL_BLOCK]; 2];
+    // `acc`: a block of channels' accumulators for the two pixels, finished a row at
+    // a time.
+    let ConvScratch {
+        columns,
+        staging,
+        acc,
+    } = scratch;
     let finish_row = if layer_is_checked(requant) {
         finish_row_checked_layer
     } else {
@@ -359,8 +416,8 @@ pub fn conv2d_i8(
                 offset,
                 oy,
                 pixels,
-                &mut columns,
-                &mut staging,
+                columns,
+                staging,
             );
             for block in (0..out_c).step_by(CHANNEL_BLOCK) {
                 let channels = block..(block + CHANNEL_BLOCK).min(out_c);

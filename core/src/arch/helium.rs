@@ -19,8 +19,8 @@ use core::arch::asm;
 use core::ops::Range;
 
 use super::columns::{
-    conv2d_i8_by_columns, finish_row_scalar, Accumulators, Columns, ShortcutRow, CHANNEL_BLOCK,
-    PIXELS, WINDOW_CAPACITY,
+    conv2d_i8_by_columns, finish_row_scalar, Accumulators, Columns, ConvScratch, ShortcutRow,
+    CHANNEL_BLOCK, PIXELS, WINDOW_CAPACITY,
 };
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
@@ -242,10 +242,37 @@ pub fn conv2d_i8(
     residual: Option<(Shortcut<'_, i8>, &AddTables)>,
     output: &mut [i8],
 ) -> Result<(), Error> {
+    conv2d_i8_with(
+        &mut ConvScratch::new(),
+        shape,
+        input,
+        input_zero_point,
+        weights,
+        bias,
+        requant,
+        residual,
+        output,
+    )
+}
+
+/// [`conv2d_i8`] working in the caller's `scratch`, reused from call to call.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_i8_with(
+    scratch: &mut ConvScratch,
+    shape: &ConvShape,
+    input: &[i8],
+    input_zero_point: i32,
+    weights: &[i8],
+    bias: &[i32],
+    requant: &Requantize<'_>,
+    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
+    output: &mut [i8],
+) -> Result<(), Error> {
     conv2d_i8_by_columns(
         dot_block,
         weight_sums,
         finish_row,
+        scratch,
         shape,
         input,
         input_zero_point,
@@ -445,6 +472,17 @@ fn finish_row(
     let ShortcutRow::Mapped(source, offset) = shortcut else {
         return add_row(&values[..n], None, &tables.params, &mut out[channels]);
     };
+    // A row holding these very channels (an identity shortcut read from another
+    // buffer, as a streamed block reads its input, or a projection's output) is
+    // added from where it is; others are gathered channel by channel first.
+    if let (0, Some(direct)) = (offset, source.get(channels.clone())) {
+        return add_row(
+            &values[..n],
+            Some(direct),
+            &tables.params,
+            &mut out[channels],
+        );
+    }
     let mut row = [0i8; CHANNEL_BLOCK];
     for (r, c) in row.iter_mut().zip(channels.clone()) {
         *r = ShortcutRow::mapped(source, offset, c, tables);

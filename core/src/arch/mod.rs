@@ -40,18 +40,30 @@ pub mod neon;
 #[allow(unsafe_code)]
 pub mod x86;
 
+// Each kernel comes as `conv2d_i8` (the portable kernel's signature) and
+// `conv2d_i8_with`, which works in a caller-owned `ConvScratch`: the engine keeps one
+// for a whole run, so a kernel called once per step of rows does not zero kilobytes of
+// buffers on each call.
+
 // The M55 has the DSP extension too: Helium takes precedence.
 #[cfg(all(target_arch = "arm", tinyres_arm_mve))]
-pub use helium::conv2d_i8;
+pub use helium::{conv2d_i8, conv2d_i8_with};
 
 #[cfg(all(target_arch = "arm", tinyres_arm_dsp, not(tinyres_arm_mve)))]
-pub use cortex_m_dsp::conv2d_i8;
+pub use cortex_m_dsp::{conv2d_i8, conv2d_i8_with, ConvScratch};
 
 #[cfg(target_arch = "aarch64")]
-pub use neon::conv2d_i8;
+pub use neon::{conv2d_i8, conv2d_i8_with};
 
 #[cfg(target_arch = "x86_64")]
-pub use x86::conv2d_i8;
+pub use x86::{conv2d_i8, conv2d_i8_with};
+
+#[cfg(any(
+    all(target_arch = "arm", tinyres_arm_mve),
+    target_arch = "aarch64",
+    target_arch = "x86_64"
+))]
+pub use columns::ConvScratch;
 
 #[cfg(not(any(
     all(target_arch = "arm", tinyres_arm_dsp),
@@ -59,6 +71,63 @@ pub use x86::conv2d_i8;
     target_arch = "x86_64"
 )))]
 pub use crate::kernels::conv2d_i8;
+
+#[cfg(not(any(
+    all(target_arch = "arm", tinyres_arm_dsp),
+    target_arch = "aarch64",
+    target_arch = "x86_64"
+)))]
+pub use portable::{conv2d_i8_with, ConvScratch};
+
+/// The portable kernel needs no scratch: the seam's types and names, for the cores
+/// without an optimised kernel (the M3).
+#[cfg(not(any(
+    all(target_arch = "arm", tinyres_arm_dsp),
+    target_arch = "aarch64",
+    target_arch = "x86_64"
+)))]
+mod portable {
+    use crate::error::Error;
+    use crate::kernels::{self, ConvShape, Requantize, Shortcut};
+    use crate::quant::AddTables;
+
+    /// Nothing: the portable kernel keeps its few values in registers and on the
+    /// stack.
+    #[derive(Clone, Debug, Default)]
+    pub struct ConvScratch;
+
+    impl ConvScratch {
+        /// The (empty) scratch.
+        pub const fn new() -> Self {
+            ConvScratch
+        }
+    }
+
+    /// [`kernels::conv2d_i8`]; `_scratch` is unused.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_i8_with(
+        _scratch: &mut ConvScratch,
+        shape: &ConvShape,
+        input: &[i8],
+        input_zero_point: i32,
+        weights: &[i8],
+        bias: &[i32],
+        requant: &Requantize<'_>,
+        residual: Option<(Shortcut<'_, i8>, &AddTables)>,
+        output: &mut [i8],
+    ) -> Result<(), Error> {
+        kernels::conv2d_i8(
+            shape,
+            input,
+            input_zero_point,
+            weights,
+            bias,
+            requant,
+            residual,
+            output,
+        )
+    }
+}
 
 pub use crate::kernels::{
     conv2d_f32, dense_f32, dense_i8, global_avg_pool_f32, global_avg_pool_i8,

@@ -26,7 +26,7 @@ use core::ops::Range;
 
 use super::columns::{
     column_offset, conv2d_i8_by_columns, each_filter, finish_row_scalar, weight_sums_scalar,
-    Accumulators, Columns, ShortcutRow, CHANNEL_BLOCK, PIXELS,
+    Accumulators, Columns, ConvScratch, ShortcutRow, CHANNEL_BLOCK, PIXELS,
 };
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
@@ -347,6 +347,11 @@ fn finish_row(
         if let Some(tables) = add {
             let shortcut = match shortcut {
                 ShortcutRow::None | ShortcutRow::InPlace => load_8(&out[c..c + 8]),
+                // These very channels (an identity shortcut in another buffer, or
+                // a projection's output): loaded from where they are.
+                ShortcutRow::Mapped(source, 0) if source.len() >= c + 8 => {
+                    load_8(&source[c..c + 8])
+                }
                 ShortcutRow::Mapped(source, offset) => {
                     let mut row = [0i8; 8];
                     for (k, r) in row.iter_mut().enumerate() {
@@ -384,10 +389,37 @@ pub fn conv2d_i8(
     residual: Option<(Shortcut<'_, i8>, &AddTables)>,
     output: &mut [i8],
 ) -> Result<(), Error> {
+    conv2d_i8_with(
+        &mut ConvScratch::new(),
+        shape,
+        input,
+        input_zero_point,
+        weights,
+        bias,
+        requant,
+        residual,
+        output,
+    )
+}
+
+/// [`conv2d_i8`] working in the caller's `scratch`, reused from call to call.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_i8_with(
+    scratch: &mut ConvScratch,
+    shape: &ConvShape,
+    input: &[i8],
+    input_zero_point: i32,
+    weights: &[i8],
+    bias: &[i32],
+    requant: &Requantize<'_>,
+    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
+    output: &mut [i8],
+) -> Result<(), Error> {
     conv2d_i8_by_columns(
         dot_block,
         weight_sums_scalar,
         finish_row,
+        scratch,
         shape,
         input,
         input_zero_point,

@@ -29,7 +29,7 @@ use core::sync::atomic::{AtomicU8, Ordering};
 
 use super::columns::{
     column_offset, conv2d_i8_by_columns, each_filter, finish_row_scalar, weight_sums_scalar,
-    Accumulators, Columns, ShortcutRow, CHANNEL_BLOCK, PIXELS,
+    Accumulators, Columns, ConvScratch, ShortcutRow, CHANNEL_BLOCK, PIXELS,
 };
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
@@ -326,6 +326,32 @@ pub fn conv2d_i8(
     residual: Option<(Shortcut<'_, i8>, &AddTables)>,
     output: &mut [i8],
 ) -> Result<(), Error> {
+    conv2d_i8_with(
+        &mut ConvScratch::new(),
+        shape,
+        input,
+        input_zero_point,
+        weights,
+        bias,
+        requant,
+        residual,
+        output,
+    )
+}
+
+/// [`conv2d_i8`] working in the caller's `scratch`, reused from call to call.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_i8_with(
+    scratch: &mut ConvScratch,
+    shape: &ConvShape,
+    input: &[i8],
+    input_zero_point: i32,
+    weights: &[i8],
+    bias: &[i32],
+    requant: &Requantize<'_>,
+    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
+    output: &mut [i8],
+) -> Result<(), Error> {
     let avx2 = has_avx2();
     conv2d_i8_by_columns(
         dot_block,
@@ -338,6 +364,7 @@ pub fn conv2d_i8(
                 finish_row_scalar(acc, bases, channels, requant, add, shortcut, out)
             }
         },
+        scratch,
         shape,
         input,
         input_zero_point,
@@ -367,6 +394,7 @@ pub fn conv2d_i8_sse2(
         each_filter(dot_4),
         weight_sums_scalar,
         finish_row_scalar,
+        &mut ConvScratch::new(),
         shape,
         input,
         input_zero_point,

@@ -64,6 +64,7 @@ fn selftest() -> bool {
         shortcut: [0; MAX_OUTPUT],
         reference: [0; MAX_OUTPUT],
         optimised: [0; MAX_OUTPUT],
+        scratch: arch::ConvScratch::new(),
     };
     let mut rng = Rng(0x2545_F491);
     let mut cases = 0;
@@ -298,6 +299,9 @@ struct Buffers {
     shortcut: [i8; MAX_OUTPUT],
     reference: [i8; MAX_OUTPUT],
     optimised: [i8; MAX_OUTPUT],
+    /// The arch kernel's scratch, reused by every case as the engine reuses it for
+    /// every layer: each case starts with what the previous one left there.
+    scratch: arch::ConvScratch,
 }
 
 fn fill_i8(values: &mut [i8], rng: &mut Rng) {
@@ -430,7 +434,8 @@ fn check_conv_i8(case: &Case, b: &mut Buffers, rng: &mut Rng, index: usize, skew
         shortcut,
         &mut reference[..output_len],
     );
-    let got = arch::conv2d_i8(
+    let got = arch::conv2d_i8_with(
+        &mut b.scratch,
         &shape,
         input,
         zero_point,
