@@ -73,7 +73,11 @@ pub fn trained_resnet8() -> &'static TrainedRun {
     })
 }
 
-/// A resnet20 (option A shortcuts), 2 epochs on 1,000 synthetic images.
+/// A resnet20 (option A shortcuts) at half width (8-16-32 filters: its shortcuts, depth
+/// and export are what the tests check), 3 epochs on 1,000 synthetic images: 30 s on
+/// two cores where the full width took 48 s for 2 epochs. Its int8 blob agrees with the
+/// f32 blob on 999 of the first 1,000 test images (2 epochs: 993, too near the 99 %
+/// bar).
 pub fn trained_resnet20() -> &'static TrainedRun {
     static RUN: std::sync::OnceLock<TrainedRun> = std::sync::OnceLock::new();
     RUN.get_or_init(|| {
@@ -82,12 +86,14 @@ pub fn trained_resnet20() -> &'static TrainedRun {
             &[
                 "--arch",
                 "resnet20",
+                "--widths",
+                "8,16,32",
                 "--limit",
                 "1000",
                 "--batch",
                 "50",
                 "--epochs",
-                "2",
+                "3",
                 "--schedule",
                 "onecycle",
             ],

@@ -18,12 +18,15 @@ fn temp(name: &str) -> PathBuf {
     path
 }
 
-/// A small run: the first 300 synthetic images, batch 50, seed 5.
+/// A small run: a half-width network (8-16-32 filters), the first 300 synthetic
+/// images, batch 50, seed 5.
 fn small_run(out: &Path, arch: &str, epochs: usize) -> Vec<String> {
     [
         "train",
         "--arch",
         arch,
+        "--widths",
+        "8,16,32",
         "--data",
         "synthetic",
         "--limit",
@@ -131,7 +134,7 @@ fn resume_after_kill_continues_exactly() {
     let config_path = killed.join("config.json");
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    config["arch"]["stage_widths"] = serde_json::json!([8, 16, 32]);
+    config["arch"]["stage_widths"] = serde_json::json!([4, 8, 16]);
     config["epochs"] = serde_json::json!(4);
     std::fs::write(&config_path, config.to_string()).unwrap();
     let other = err(tinyres(&["train", "--resume", killed.to_str().unwrap()]));
