@@ -296,38 +296,6 @@ fn widen_pair(
     }
 }
 
-/// TFLite int8 convolution, as [`kernels::conv2d_i8`] computes it (same arguments,
-/// same checks, bit-identical results), with `SMLAD`. A window over
-/// [`WINDOW_CAPACITY`] taps (or over the staging capacity when the channels are not a
-/// multiple of four) and a zero point outside int8 go to the portable kernel.
-///
-/// A pixel without a partner (an odd last column) and an odd last channel run
-/// through the same 2×2 block with the pixel or channel doubled, and keep one of the
-/// results.
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d_i8(
-    shape: &ConvShape,
-    input: &[i8],
-    input_zero_point: i32,
-    weights: &[i8],
-    bias: &[i32],
-    requant: &Requantize<'_>,
-    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
-    output: &mut [i8],
-) -> Result<(), Error> {
-    conv2d_i8_with(
-        &mut ConvScratch::new(),
-        shape,
-        input,
-        input_zero_point,
-        weights,
-        bias,
-        requant,
-        residual,
-        output,
-    )
-}
-
 /// The memory the convolution works in besides its input and output (3.1 KiB): the
 /// widened columns, the staged odd taps and the accumulators. The caller owns it
 /// and passes it to every call (see [`crate::arch::ConvScratch`]); what it holds
@@ -356,7 +324,17 @@ impl Default for ConvScratch {
     }
 }
 
-/// [`conv2d_i8`] working in the caller's `scratch`, reused from call to call.
+/// TFLite int8 convolution, as [`kernels::conv2d_i8`] computes it (same arguments,
+/// same checks, bit-identical results), with `SMLAD`. A window over
+/// [`WINDOW_CAPACITY`] taps (or over the staging capacity when the channels are not a
+/// multiple of four) and a zero point outside int8 go to the portable kernel.
+///
+/// A pixel without a partner (an odd last column) and an odd last channel run
+/// through the same 2×2 block with the pixel or channel doubled, and keep one of the
+/// results.
+///
+/// It works in the caller's `scratch`, reused from call to call
+/// ([`crate::arch::conv2d_i8`] makes one per call).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_i8_with(
     scratch: &mut ConvScratch,

@@ -20,6 +20,17 @@
 //! On x86-64 the kernels (AVX2 and SSE2) are tested against the portable ones by the
 //! proptest suite (`core/tests/kernels.rs`), which runs on the host.
 
+#[cfg(any(
+    all(target_arch = "arm", tinyres_arm_dsp),
+    target_arch = "aarch64",
+    target_arch = "x86_64"
+))]
+use crate::{
+    error::Error,
+    kernels::{ConvShape, Requantize, Shortcut},
+    quant::AddTables,
+};
+
 #[cfg(tinyres_columns)]
 #[allow(unsafe_code)]
 pub mod columns;
@@ -40,23 +51,23 @@ pub mod neon;
 #[allow(unsafe_code)]
 pub mod x86;
 
-// Each kernel comes as `conv2d_i8` (the portable kernel's signature) and
-// `conv2d_i8_with`, which works in a caller-owned `ConvScratch`: the engine keeps one
-// for a whole run, so a kernel called once per step of rows does not zero kilobytes of
-// buffers on each call.
+// Each arch kernel is `conv2d_i8_with`, working in a caller-owned `ConvScratch`: the
+// engine keeps one for a whole run, so a kernel called once per step of rows does not
+// zero kilobytes of buffers on each call. `conv2d_i8` has the portable kernel's
+// signature.
 
 // The M55 has the DSP extension too: Helium takes precedence.
 #[cfg(all(target_arch = "arm", tinyres_arm_mve))]
-pub use helium::{conv2d_i8, conv2d_i8_with};
+pub use helium::conv2d_i8_with;
 
 #[cfg(all(target_arch = "arm", tinyres_arm_dsp, not(tinyres_arm_mve)))]
-pub use cortex_m_dsp::{conv2d_i8, conv2d_i8_with, ConvScratch};
+pub use cortex_m_dsp::{conv2d_i8_with, ConvScratch};
 
 #[cfg(target_arch = "aarch64")]
-pub use neon::{conv2d_i8, conv2d_i8_with};
+pub use neon::conv2d_i8_with;
 
 #[cfg(target_arch = "x86_64")]
-pub use x86::{conv2d_i8, conv2d_i8_with};
+pub use x86::conv2d_i8_with;
 
 #[cfg(any(
     all(target_arch = "arm", tinyres_arm_mve),
@@ -64,6 +75,37 @@ pub use x86::{conv2d_i8, conv2d_i8_with};
     target_arch = "x86_64"
 ))]
 pub use columns::ConvScratch;
+
+/// The arch kernel ([`conv2d_i8_with`]) with a scratch of its own for the call: the
+/// portable kernel's signature and results, for callers that convolve once.
+#[cfg(any(
+    all(target_arch = "arm", tinyres_arm_dsp),
+    target_arch = "aarch64",
+    target_arch = "x86_64"
+))]
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_i8(
+    shape: &ConvShape,
+    input: &[i8],
+    input_zero_point: i32,
+    weights: &[i8],
+    bias: &[i32],
+    requant: &Requantize<'_>,
+    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
+    output: &mut [i8],
+) -> Result<(), Error> {
+    conv2d_i8_with(
+        &mut ConvScratch::new(),
+        shape,
+        input,
+        input_zero_point,
+        weights,
+        bias,
+        requant,
+        residual,
+        output,
+    )
+}
 
 #[cfg(not(any(
     all(target_arch = "arm", tinyres_arm_dsp),

@@ -378,31 +378,9 @@ fn finish_row(
 /// TFLite int8 convolution, as [`crate::kernels::conv2d_i8`] computes it (same
 /// arguments, same checks, bit-identical results), with NEON; see
 /// [`conv2d_i8_by_columns`].
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d_i8(
-    shape: &ConvShape,
-    input: &[i8],
-    input_zero_point: i32,
-    weights: &[i8],
-    bias: &[i32],
-    requant: &Requantize<'_>,
-    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
-    output: &mut [i8],
-) -> Result<(), Error> {
-    conv2d_i8_with(
-        &mut ConvScratch::new(),
-        shape,
-        input,
-        input_zero_point,
-        weights,
-        bias,
-        requant,
-        residual,
-        output,
-    )
-}
-
-/// [`conv2d_i8`] working in the caller's `scratch`, reused from call to call.
+///
+/// It works in the caller's `scratch`, reused from call to call
+/// ([`crate::arch::conv2d_i8`] makes one per call).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_i8_with(
     scratch: &mut ConvScratch,
