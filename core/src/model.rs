@@ -69,6 +69,18 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// No tensor: zero elements.
+    pub(crate) const EMPTY: TensorInfo = TensorInfo {
+        height: 0,
+        width: 0,
+        channels: 0,
+        arena_offset: 0,
+        scale: 1.0,
+        zero_point: 0,
+        float: false,
+        rows_held: 0,
+    };
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         self.height * self.width * self.channels
@@ -713,13 +725,15 @@ impl<'a> Model<'a> {
 
     /// `(height, width, channels)` of the input image.
     pub fn input_shape(&self) -> (usize, usize, usize) {
-        let t = self.tensor(0).unwrap_or(EMPTY);
+        let t = self.tensor(0).unwrap_or(TensorInfo::EMPTY);
         (t.height, t.width, t.channels)
     }
 
     /// Number of classes (length of the logits).
     pub fn num_classes(&self) -> usize {
-        self.tensor(self.num_layers).unwrap_or(EMPTY).len()
+        self.tensor(self.num_layers)
+            .unwrap_or(TensorInfo::EMPTY)
+            .len()
     }
 
     /// Length of the pooled feature vector (0 when the model names none).
@@ -1158,17 +1172,6 @@ impl<'a> Model<'a> {
             .ok_or(Error::OutOfBounds { what, index })
     }
 }
-
-const EMPTY: TensorInfo = TensorInfo {
-    height: 0,
-    width: 0,
-    channels: 0,
-    arena_offset: 0,
-    scale: 1.0,
-    zero_point: 0,
-    float: false,
-    rows_held: 0,
-};
 
 fn overlaps(a: &core::ops::Range<usize>, b: &core::ops::Range<usize>) -> bool {
     a.start < b.end && b.start < a.end

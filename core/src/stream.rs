@@ -121,16 +121,7 @@ impl<'m> Group<'m> {
         members: [None; MAX_GROUP],
         len: 0,
         windows: [None; MAX_GROUP],
-        output: TensorInfo {
-            height: 0,
-            width: 0,
-            channels: 0,
-            arena_offset: 0,
-            scale: 1.0,
-            zero_point: 0,
-            float: false,
-            rows_held: 0,
-        },
+        output: TensorInfo::EMPTY,
     };
 
     /// The group that layer `first` starts ([`Model::starts_group`] says whether it
