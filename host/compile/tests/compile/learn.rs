@@ -1,5 +1,6 @@
 //! The on-device trainer and its persistence: gradients, class addition, capacity
-//! limits, and a power cut at every byte of a save.
+//! limits, a power cut at every byte of a save, and flipped bits and arbitrary bytes
+//! in the flash it loads from.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -431,6 +432,51 @@ fn a_power_cut_at_any_byte_of_a_save_keeps_old_or_new_weights() {
         }
         // Erase of one 256-byte slot, the payload and the header were all interrupted.
         assert!(cuts > 256 + saved_bytes(&new).len(), "{cuts}");
+    }
+}
+
+/// What a device booting from `memory` finds (`load` must not fail or panic on any
+/// contents): the saved layer's bytes, or `None`.
+fn boot_from(memory: Vec<u8>) -> Option<Vec<u8>> {
+    boot(&FakeFlash {
+        memory: Rc::new(RefCell::new(memory)),
+        budget: None,
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// Bits flipped anywhere in a flash image holding an older and a newer head (a
+    /// worn or disturbed flash): a boot finds one of the two heads or none, never a
+    /// mix, never a panic.
+    #[test]
+    fn flipped_bits_in_the_head_store_yield_the_old_head_the_new_head_or_none(
+        flips in proptest::collection::vec((0usize..512, 0u8..8), 1..24)
+    ) {
+        let (old, new) = (layer_with(1.0), layer_with(-7.5));
+        let flash = FakeFlash::new(512);
+        let mut store = LayerStore::new(flash.clone(), 0, 256).unwrap();
+        store.save(&old).unwrap();
+        store.save(&new).unwrap();
+        let mut memory = flash.memory.borrow().clone();
+        for (byte, bit) in flips {
+            memory[byte] ^= 1 << bit;
+        }
+        let found = boot_from(memory);
+        proptest::prop_assert!(
+            found.is_none() || found == Some(saved_bytes(&old)) || found == Some(saved_bytes(&new)),
+            "{found:?}"
+        );
+    }
+
+    /// Arbitrary bytes (a flash never written by the store, or written by something
+    /// else): no head, and no panic.
+    #[test]
+    fn arbitrary_flash_contents_yield_no_head(
+        memory in proptest::collection::vec(proptest::prelude::any::<u8>(), 512)
+    ) {
+        proptest::prop_assert_eq!(boot_from(memory), None);
     }
 }
 
