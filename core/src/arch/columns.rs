@@ -350,8 +350,8 @@ pub fn finish_row_checked_layer(
 /// every blob that validates): [`finish_row_checked_layer`] applies.
 pub fn layer_is_checked(requant: &Requantize<'_>) -> bool {
     // Folds over every element, not a short-circuiting `all`: it runs on every kernel
-    // call, once per step of rows in a streamed group, and the fold cost the M55
-    // 0.4 % fewer instructions for ResNet-8 (measured).
+    // call, once per step of rows in a streamed group, and the fold saved 0.4 % of the
+    // M55's instructions for a streamed ResNet-8 (measured).
     let (lowest, highest) = requant
         .shifts
         .iter()

@@ -20,11 +20,6 @@
 //! On x86-64 the kernels (AVX2 and SSE2) are tested against the portable ones by the
 //! proptest suite (`core/tests/kernels.rs`), which runs on the host.
 
-#[cfg(any(
-    all(target_arch = "arm", tinyres_arm_dsp),
-    target_arch = "aarch64",
-    target_arch = "x86_64"
-))]
 use crate::{
     error::Error,
     kernels::{ConvShape, Requantize, Shortcut},
@@ -76,13 +71,8 @@ pub use x86::conv2d_i8_with;
 ))]
 pub use columns::ConvScratch;
 
-/// The arch kernel ([`conv2d_i8_with`]) with a scratch of its own for the call: the
+/// The selected kernel ([`conv2d_i8_with`]) with a scratch of its own for the call: the
 /// portable kernel's signature and results, for callers that convolve once.
-#[cfg(any(
-    all(target_arch = "arm", tinyres_arm_dsp),
-    target_arch = "aarch64",
-    target_arch = "x86_64"
-))]
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_i8(
     shape: &ConvShape,
@@ -112,13 +102,6 @@ pub fn conv2d_i8(
     target_arch = "aarch64",
     target_arch = "x86_64"
 )))]
-pub use crate::kernels::conv2d_i8;
-
-#[cfg(not(any(
-    all(target_arch = "arm", tinyres_arm_dsp),
-    target_arch = "aarch64",
-    target_arch = "x86_64"
-)))]
 pub use portable::{conv2d_i8_with, ConvScratch};
 
 /// The portable kernel needs no scratch: the seam's types and names, for the cores
@@ -129,9 +112,8 @@ pub use portable::{conv2d_i8_with, ConvScratch};
     target_arch = "x86_64"
 )))]
 mod portable {
-    use crate::error::Error;
-    use crate::kernels::{self, ConvShape, Requantize, Shortcut};
-    use crate::quant::AddTables;
+    use super::{AddTables, ConvShape, Error, Requantize, Shortcut};
+    use crate::kernels;
 
     /// Nothing: the portable kernel keeps its few values in registers and on the
     /// stack.
