@@ -92,30 +92,10 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                 actual: pixels.len(),
             });
         }
-        // An int8 image is quantized through one table per channel (more pixels than
-        // byte values: each value once), whole or row by row.
-        let mut table_memory = [[0u8; 256]; IMAGE_TABLE_CHANNELS];
-        let image_tables = match table_memory.get_mut(..image.channels) {
-            Some(tables) if self.model.dtype() == DType::Int8 => {
-                for (c, table) in tables.iter_mut().enumerate() {
-                    let normalize = normalizer(&self.model, c)?;
-                    *table = core::array::from_fn(|v| {
-                        quantize_i8(normalize(v as u8), image.scale, image.zero_point) as u8
-                    });
-                }
-                Some(&*tables)
-            }
-            _ => None,
-        };
         if !image.is_window() {
-            let bytes = self.byte_range(&image);
-            self.write_image_rows(pixels, image_tables, 0..image.height, bytes)?;
+            self.write_image(pixels, &image)?;
         }
         after_step(0);
-        let mut add_tables = LayerAddTables {
-            layer: None,
-            tables: AddTables::UNTABULATED,
-        };
         let mut scratch = arch::ConvScratch::new();
         let mut group = Group::EMPTY;
         let mut i = 0;
@@ -123,13 +103,11 @@ impl<'m, 'a> Interpreter<'m, 'a> {
             if self.model.starts_group(i)? {
                 group.decode(&self.model, i)?;
                 let last = group.last();
-                let mut rows = RowContext {
-                    pixels,
-                    image_tables,
-                    add_tables: &mut add_tables,
-                    scratch: &mut scratch,
-                };
-                group.run(&mut |step| self.step(step, &mut rows))?;
+                if group.reads_image() && !group.adds_residual() {
+                    self.run_group_with_image_tables(&mut group, pixels, &mut scratch)?;
+                } else {
+                    self.run_group_with_add_tables(&mut group, pixels, &mut scratch)?;
+                }
                 // The group's layers ran interleaved, row by row: its time is
                 // reported at its first layer.
                 for layer in i..=last {
@@ -139,7 +117,7 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                 continue;
             }
             match self.model.layer(i)? {
-                Layer::Conv(conv) => self.conv(i, &conv, &mut add_tables, &mut scratch)?,
+                Layer::Conv(conv) => self.conv(&conv, &mut scratch)?,
                 Layer::GlobalAvgPool { input, output } => self.pool(input, output)?,
                 Layer::Dense(dense) => self.dense(&dense)?,
             }
@@ -148,6 +126,83 @@ impl<'m, 'a> Interpreter<'m, 'a> {
         }
         self.has_run = true;
         self.predicted_class()
+    }
+
+    /// Writes the whole input tensor. Out of line, like the group runners below: the
+    /// quantization tables are on the stack only while they are used.
+    #[inline(never)]
+    fn write_image(&mut self, pixels: &[u8], image: &TensorInfo) -> Result<(), Error> {
+        let mut memory = IMAGE_TABLES_UNFILLED;
+        let tables = self.image_tables(&mut memory)?;
+        self.write_image_rows(pixels, tables, 0..image.height, self.byte_range(image))
+    }
+
+    /// An int8 image is quantized through one table per channel (more pixels than
+    /// byte values: each value once), filled in `memory`; `None` for a float image or
+    /// one with more channels than tables.
+    fn image_tables<'t>(
+        &self,
+        memory: &'t mut [[u8; 256]; IMAGE_TABLE_CHANNELS],
+    ) -> Result<Option<&'t [[u8; 256]]>, Error> {
+        let image = self.model.tensor(0)?;
+        match memory.get_mut(..image.channels) {
+            Some(tables) if self.model.dtype() == DType::Int8 => {
+                for (c, table) in tables.iter_mut().enumerate() {
+                    let normalize = normalizer(&self.model, c)?;
+                    *table = core::array::from_fn(|v| {
+                        quantize_i8(normalize(v as u8), image.scale, image.zero_point) as u8
+                    });
+                }
+                Ok(Some(&*tables))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Runs a streamed group that quantizes the image's rows and adds no residual
+    /// (a stem), with the image's tables.
+    ///
+    /// The image's tables (1 KiB) and the add's (2 KiB) each live in the frame of the
+    /// runner of the groups that use them, never both on the stack: on-device
+    /// learning has no kilobyte to spare.
+    #[inline(never)]
+    fn run_group_with_image_tables(
+        &mut self,
+        group: &mut Group<'m>,
+        pixels: &[u8],
+        scratch: &mut arch::ConvScratch,
+    ) -> Result<(), Error> {
+        let mut memory = IMAGE_TABLES_UNFILLED;
+        let mut rows = RowContext {
+            pixels,
+            image_tables: self.image_tables(&mut memory)?,
+            add_tables: None,
+            scratch,
+        };
+        group.run(&mut |step| self.step(step, &mut rows))
+    }
+
+    /// Runs any other streamed group, with the int8 add's tables. Image rows, if it
+    /// quantizes any besides adding a residual (no ResNet stem does both), are
+    /// computed without tables: slower, the same values.
+    #[inline(never)]
+    fn run_group_with_add_tables(
+        &mut self,
+        group: &mut Group<'m>,
+        pixels: &[u8],
+        scratch: &mut arch::ConvScratch,
+    ) -> Result<(), Error> {
+        let mut add_tables = LayerAddTables {
+            layer: None,
+            tables: AddTables::UNTABULATED,
+        };
+        let mut rows = RowContext {
+            pixels,
+            image_tables: None,
+            add_tables: Some(&mut add_tables),
+            scratch,
+        };
+        group.run(&mut |step| self.step(step, &mut rows))
     }
 
     /// Executes one step of a streamed group.
@@ -187,8 +242,8 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                     let height = bytes.len() / t.row_bytes().max(1);
                     (bytes, TensorInfo { height, ..*t })
                 });
-                let tables = match (self.model.dtype(), row.conv.residual) {
-                    (DType::Int8, Some(r)) => Some(rows.add_tables.of(row.layer, &r.add)),
+                let tables = match (self.model.dtype(), row.conv.residual, &mut rows.add_tables) {
+                    (DType::Int8, Some(r), Some(tables)) => Some(tables.of(row.layer, &r.add)),
                     _ => None,
                 };
                 self.convolve(
@@ -349,13 +404,10 @@ impl<'m, 'a> Interpreter<'m, 'a> {
         Ok(())
     }
 
-    fn conv(
-        &mut self,
-        layer: u16,
-        conv: &Conv<'_>,
-        add_tables: &mut LayerAddTables,
-        scratch: &mut arch::ConvScratch,
-    ) -> Result<(), Error> {
+    /// Runs a whole-tensor convolution; an int8 one that adds a residual tabulates
+    /// the add on its own frame, on the stack only while the layer runs.
+    #[inline(never)]
+    fn conv(&mut self, conv: &Conv<'_>, scratch: &mut arch::ConvScratch) -> Result<(), Error> {
         let in_t = self.model.tensor(conv.input)?;
         let out_t = self.model.tensor(conv.output)?;
         let shape = ConvShape {
@@ -378,8 +430,12 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                 Some((self.byte_range(&t), t))
             }
         };
+        let mut add_tables = AddTables::UNTABULATED;
         let tables = match (self.model.dtype(), conv.residual) {
-            (DType::Int8, Some(r)) => Some(add_tables.of(layer, &r.add)),
+            (DType::Int8, Some(r)) => {
+                add_tables.tabulate(&r.add);
+                Some(&add_tables)
+            }
             _ => None,
         };
         self.convolve(
@@ -557,18 +613,22 @@ fn mapped<'b, T>(
 /// channel (1 KiB of stack).
 const IMAGE_TABLE_CHANNELS: usize = 4;
 
+/// The image's tables before [`Interpreter::image_tables`] fills them.
+const IMAGE_TABLES_UNFILLED: [[u8; 256]; IMAGE_TABLE_CHANNELS] = [[0; 256]; IMAGE_TABLE_CHANNELS];
+
 /// What the steps of a streamed group share: the caller's pixels, the image's
 /// quantization tables and the residual add's tables of the last layer that used
-/// them (one layer of a group adds a residual: they are built once per group).
+/// them (one layer of a group adds a residual: they are built once per group), the
+/// kernel's scratch.
 struct RowContext<'p> {
     pixels: &'p [u8],
     image_tables: Option<&'p [[u8; 256]]>,
-    add_tables: &'p mut LayerAddTables,
+    add_tables: Option<&'p mut LayerAddTables>,
     scratch: &'p mut arch::ConvScratch,
 }
 
-/// The int8 add's tables of the layer that last needed them. One set serves the whole
-/// run, filled in place: a set per layer, or a value built and moved, would put
+/// The int8 add's tables of the layer that last needed them. One set serves a whole
+/// group, filled in place: a set per layer, or a value built and moved, would put
 /// another 2 KiB on the stack, which on-device learning does not have to spare.
 struct LayerAddTables {
     layer: Option<u16>,

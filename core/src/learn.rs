@@ -2,11 +2,13 @@
 //! features, in f32, trained by SGD with momentum and weight decay, with new classes
 //! added from a few examples.
 //!
-//! Everything lives in a [`LastLayer`] whose capacity (`F` features, `C` classes) is
-//! in its type, so its RAM is known when the firmware is built:
-//! `size_of::<LastLayer<F, C>>() ≈ 8·C·(F + 1)` bytes (weights and momentum). The
-//! arithmetic is plain f32 in a fixed order, so the host reproduces the device
-//! bit-for-bit.
+//! The parameters live in a [`LastLayer`] whose capacity (`F` features, `C` classes)
+//! is in its type, so its RAM is known when the firmware is built:
+//! `size_of::<LastLayer<F, C>>() ≈ 4·C·(F + 1)` bytes. SGD's momentum lives in a
+//! [`Momentum`] that the caller holds for one training session, over only the rows it
+//! trains (`4·R·(F + 1)` bytes): a device that teaches one new class keeps one row of
+//! momentum, not one per class. The arithmetic is plain f32 in a fixed order, so the
+//! host reproduces the device bit-for-bit.
 
 use crate::error::Error;
 use crate::kernels::softmax_in_place;
@@ -47,8 +49,6 @@ impl Default for Sgd {
 pub struct LastLayer<const F: usize, const C: usize> {
     weights: [[f32; F]; C],
     bias: [f32; C],
-    weight_velocity: [[f32; F]; C],
-    bias_velocity: [f32; C],
     features: usize,
     classes: usize,
     /// Optimiser settings, changeable between steps.
@@ -61,8 +61,6 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
     pub const EMPTY: Self = LastLayer {
         weights: [[0.0; F]; C],
         bias: [0.0; C],
-        weight_velocity: [[0.0; F]; C],
-        bias_velocity: [0.0; C],
         features: 1,
         classes: 0,
         sgd: Sgd::DEFAULT,
@@ -80,8 +78,6 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
         Ok(LastLayer {
             weights: [[0.0; F]; C],
             bias: [0.0; C],
-            weight_velocity: [[0.0; F]; C],
-            bias_velocity: [0.0; C],
             features,
             classes: 0,
             sgd,
@@ -98,7 +94,7 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
 
     /// [`Self::from_model`] in place, for firmware that keeps the layer in a static
     /// (no second copy on the stack). Leaves the layer unchanged on error; the
-    /// optimiser settings are kept and its state reset.
+    /// optimiser settings are kept.
     pub fn load_model(&mut self, model: &Model<'_>) -> Result<(), Error> {
         let last = model.num_layers() - 1;
         let Layer::Dense(dense) = model.layer(last)? else {
@@ -130,8 +126,6 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
         }
         self.features = features;
         self.classes = classes;
-        self.weight_velocity = [[0.0; F]; C];
-        self.bias_velocity = [0.0; C];
         for c in 0..classes {
             // int8: w = q · s_w[c] with s_w[c] = multiplier · 2^(shift − 31) · s_out / s_in.
             let weight_scale = match dense.requant {
@@ -196,24 +190,34 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
     }
 
     /// One SGD step on one example with softmax cross-entropy; returns the loss before
-    /// the step.
-    pub fn train(&mut self, features: &[f32], label: usize) -> Result<f32, Error> {
-        self.train_rows_from(features, label, 0)
-    }
-
-    /// [`Self::train`] that leaves the rows (and biases) of classes below `first_row`
-    /// as they are: the loss still weighs every class, only the later rows learn.
-    pub fn train_rows_from(
+    /// the step. The loss weighs every class; only the rows `momentum` covers learn
+    /// (rows [`Momentum::first_row`] on; rows and biases before them stay as they are).
+    pub fn train<const R: usize>(
         &mut self,
         features: &[f32],
         label: usize,
-        first_row: usize,
+        momentum: &mut Momentum<F, R>,
     ) -> Result<f32, Error> {
         if label >= self.classes {
             return Err(Error::InvalidValue {
                 what: "training label",
                 index: 0,
                 value: label as u32,
+            });
+        }
+        let first_row = momentum.first_row;
+        if first_row >= self.classes {
+            return Err(Error::InvalidValue {
+                what: "momentum's first row (past the last class)",
+                index: 0,
+                value: first_row as u32,
+            });
+        }
+        if self.classes - first_row > R {
+            return Err(Error::Capacity {
+                what: "momentum rows",
+                needed: self.classes - first_row,
+                capacity: R,
             });
         }
         let mut p = [0.0f32; C];
@@ -223,20 +227,22 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
         let loss = -libm::logf(p[label].max(f32::MIN_POSITIVE));
         let Sgd {
             learning_rate,
-            momentum,
+            momentum: beta,
             weight_decay,
         } = self.sgd;
-        let rows = self.weights.iter_mut().zip(&mut self.weight_velocity);
-        let biases = self.bias.iter_mut().zip(&mut self.bias_velocity);
+        let rows = self.weights[first_row..]
+            .iter_mut()
+            .zip(&mut momentum.weights);
+        let biases = self.bias[first_row..].iter_mut().zip(&mut momentum.bias);
         for (c, ((&p, (row, velocity)), (bias, bias_velocity))) in
-            p.iter().zip(rows).zip(biases).enumerate().skip(first_row)
+            p[first_row..].iter().zip(rows).zip(biases).enumerate()
         {
-            let g = p - if c == label { 1.0 } else { 0.0 };
+            let g = p - if first_row + c == label { 1.0 } else { 0.0 };
             for ((w, v), &x) in row.iter_mut().zip(velocity.iter_mut()).zip(features) {
-                *v = momentum * *v + (g * x + weight_decay * *w);
+                *v = beta * *v + (g * x + weight_decay * *w);
                 *w -= learning_rate * *v;
             }
-            *bias_velocity = momentum * *bias_velocity + g;
+            *bias_velocity = beta * *bias_velocity + g;
             *bias -= learning_rate * *bias_velocity;
         }
         Ok(loss)
@@ -274,8 +280,6 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
             *w = x * scale;
         }
         self.bias[c] = bias;
-        self.weight_velocity[c] = [0.0; F];
-        self.bias_velocity[c] = 0.0;
         self.classes += 1;
         Ok(c)
     }
@@ -368,7 +372,7 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
         4 + 4 * self.classes * (self.features + 1)
     }
 
-    /// Serialises the learned parameters (not the optimiser state), [`Self::saved_len`]
+    /// Serialises the weights and biases, [`Self::saved_len`]
     /// bytes in all, by calling `sink` with consecutive pieces.
     pub fn save(&self, mut sink: impl FnMut(&[u8]) -> Result<(), Error>) -> Result<(), Error> {
         sink(&(self.classes as u16).to_le_bytes())?;
@@ -385,7 +389,7 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
     }
 
     /// Replaces the parameters with `len` bytes saved by [`Self::save`], pulled four at
-    /// a time from `next_word`; the optimiser state is reset. The counts are validated
+    /// a time from `next_word`. The counts are validated
     /// against this layer's capacity and features before anything changes; if
     /// `next_word` fails part-way the layer is left mixed and should be rebuilt with
     /// [`Self::from_model`].
@@ -433,8 +437,6 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
         for b in &mut self.bias[..classes] {
             *b = f32::from_le_bytes(next_word()?);
         }
-        self.weight_velocity = [[0.0; F]; C];
-        self.bias_velocity = [0.0; C];
         self.classes = classes;
         Ok(())
     }
@@ -449,6 +451,34 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
                 actual: features.len(),
             })
         }
+    }
+}
+
+/// SGD's momentum (PyTorch's velocity `v`, one per parameter) for one training
+/// session of a [`LastLayer`]: rows `first_row..first_row + R` and their biases, zero
+/// at the start. A session that trains every row of a `LastLayer<F, C>` holds a
+/// `Momentum<F, C>` from row 0; one that teaches a new class holds one row from the
+/// new class's index.
+#[derive(Clone, Debug)]
+pub struct Momentum<const F: usize, const R: usize> {
+    first_row: usize,
+    weights: [[f32; F]; R],
+    bias: [f32; R],
+}
+
+impl<const F: usize, const R: usize> Momentum<F, R> {
+    /// Zero momentum for rows `first_row` on.
+    pub const fn new(first_row: usize) -> Self {
+        Momentum {
+            first_row,
+            weights: [[0.0; F]; R],
+            bias: [0.0; R],
+        }
+    }
+
+    /// The first row trained.
+    pub fn first_row(&self) -> usize {
+        self.first_row
     }
 }
 
@@ -492,6 +522,12 @@ impl<const F: usize> FeatureMean<F> {
         }
         self.count += 1;
         Ok(())
+    }
+
+    /// Forgets every example (the feature count stays).
+    pub fn clear(&mut self) {
+        self.sum = [0.0; F];
+        self.count = 0;
     }
 
     /// Examples added.

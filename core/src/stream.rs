@@ -254,6 +254,17 @@ impl<'m> Group<'m> {
         out
     }
 
+    /// Whether the group quantizes the image's rows itself (its first window is the
+    /// image).
+    pub(crate) fn reads_image(&self) -> bool {
+        self.windows[0].is_some()
+    }
+
+    /// Whether a layer of the group adds a residual.
+    pub(crate) fn adds_residual(&self) -> bool {
+        self.members.iter().flatten().any(|m| m.residual.is_some())
+    }
+
     /// Index of the group's last layer.
     pub(crate) fn last(&self) -> u16 {
         self.first + self.len as u16 - 1

@@ -8,7 +8,7 @@
 
 use embedded_hal::digital::{InputPin, OutputPin};
 use embedded_storage::nor_flash::NorFlash;
-use tinyres_core::learn::{FeatureMean, LastLayer, Sgd};
+use tinyres_core::learn::{FeatureMean, LastLayer, Momentum, Sgd};
 use tinyres_core::persist::{LayerStore, SlotState};
 use tinyres_core::{Error, Interpreter};
 
@@ -78,7 +78,7 @@ pub struct Step {
     pub labeled: Option<Labeled>,
 }
 
-/// The device application. The head (6.3 KiB) is borrowed so firmware can keep it in
+/// The device application. The head (3.1 KiB) is borrowed so firmware can keep it in
 /// a static instead of on the stack.
 pub struct App<'m, 'a, 'h, Button, Led, Flash> {
     net: Interpreter<'m, 'a>,
@@ -204,6 +204,7 @@ impl<'m, 'a, 'h, Button: InputPin, Led: OutputPin, Flash: NorFlash>
     /// training set, would overfit the few rehearsal images), and its bias is
     /// discounted by how much more of the examples it had than an average old class
     /// ([`LastLayer::discount_prior`]). Returns the new class's index.
+    #[inline(never)]
     pub fn finetune<'p>(
         &mut self,
         count: usize,
@@ -214,8 +215,8 @@ impl<'m, 'a, 'h, Button: InputPin, Led: OutputPin, Flash: NorFlash>
         let n = self.head.num_features();
         // A class of its own, whatever was taught before.
         self.new_class = None;
-        self.collected = FeatureMean::new(n)?;
-        self.others = FeatureMean::new(n)?;
+        self.collected.clear();
+        self.others.clear();
         for i in 0..count {
             let (pixels, label) = example(i).ok_or(AppError::Engine(Error::NotRun))?;
             self.extract(pixels)?;
@@ -231,12 +232,14 @@ impl<'m, 'a, 'h, Button: InputPin, Led: OutputPin, Flash: NorFlash>
             }));
         }
         let class = self.imprint()?;
+        // Only the new row learns: one row of momentum.
+        let mut momentum = Momentum::<MAX_FEATURES, 1>::new(class);
         for _ in 0..epochs {
             for i in 0..count {
                 let (pixels, label) = example(i).ok_or(AppError::Engine(Error::NotRun))?;
                 self.extract(pixels)?;
                 self.head
-                    .train_rows_from(&self.features[..n], usize::from(label), class)?;
+                    .train(&self.features[..n], usize::from(label), &mut momentum)?;
             }
         }
         if self.others.count() > 0 {
@@ -251,6 +254,7 @@ impl<'m, 'a, 'h, Button: InputPin, Led: OutputPin, Flash: NorFlash>
     }
 
     /// Writes the head to the older flash slot.
+    #[inline(never)]
     pub fn save(&mut self) -> Result<SlotState, AppError> {
         Ok(self.store.save(self.head)?)
     }
@@ -258,6 +262,8 @@ impl<'m, 'a, 'h, Button: InputPin, Led: OutputPin, Flash: NorFlash>
     /// Adds the new class from the shots collected, or re-imprints it once added: told
     /// apart from the other examples' mean when there are any
     /// ([`LastLayer::add_class_between`]), else imprinted from the shots' mean alone.
+    /// Out of line: its two means stay off the stack of the inference it alternates with.
+    #[inline(never)]
     fn imprint(&mut self) -> Result<usize, AppError> {
         let n = self.head.num_features();
         // The shots' mean goes in the feature buffer: no second 256-byte array on the
@@ -278,6 +284,7 @@ impl<'m, 'a, 'h, Button: InputPin, Led: OutputPin, Flash: NorFlash>
         Ok(class)
     }
 
+    #[inline(never)]
     fn extract(&mut self, pixels: &[u8]) -> Result<(), AppError> {
         self.net.run(pixels)?;
         let n = self.head.num_features();

@@ -154,6 +154,7 @@ pub type BoardApp<'a, 'h> = app::App<'static, 'a, 'h, board::Button, board::Led,
 /// there (logged: `restored none` or `restored slot=S seq=N`), the board's button and
 /// LED; and the image region.
 #[cfg(target_os = "none")]
+#[inline(never)]
 pub fn open_app<'a, 'h>(
     arena: &'a mut [u8],
     head: &'h mut app::Head,

@@ -44,7 +44,10 @@ extern "C" fn main() -> ! {
 }
 
 fn finetune(arena: &mut [u8], head: &mut Head) -> Result<(), AppError> {
-    let (mut app, images) = open_app(arena, head)?;
+    // Borrowed where `open_app` returned it: moving the 0.9 KiB app out of the
+    // `Result` would keep a second copy on the stack.
+    let mut opened = open_app(arena, head);
+    let (app, images) = opened.as_mut().map_err(|e| *e)?;
 
     let train = images.train_count();
     if train > 0 {

@@ -44,7 +44,10 @@ extern "C" fn main() -> ! {
 }
 
 fn teach(arena: &mut [u8], head: &mut Head) -> Result<(), AppError> {
-    let (mut app, images) = open_app(arena, head)?;
+    // Borrowed where `open_app` returned it: moving the 0.9 KiB app out of the
+    // `Result` would keep a second copy on the stack.
+    let mut opened = open_app(arena, head);
+    let (app, images) = opened.as_mut().map_err(|e| *e)?;
     let train = images.train_count();
     // Under QEMU, training frames with this label press the button: the model's next
     // free class, as the head was restored (the class being taught keeps its label
@@ -63,7 +66,7 @@ fn teach(arena: &mut [u8], head: &mut Head) -> Result<(), AppError> {
                 // Collecting the first examples leaves the head as it was.
                 unsaved_labels |= !matches!(labeled, Labeled::Collected { .. });
             } else if unsaved_labels {
-                save(&mut app)?;
+                save(app)?;
                 unsaved_labels = false;
             }
             if i >= train {
@@ -78,7 +81,7 @@ fn teach(arena: &mut [u8], head: &mut Head) -> Result<(), AppError> {
             }
         }
         if unsaved_labels {
-            save(&mut app)?;
+            save(app)?;
             unsaved_labels = false;
         }
         if !board::FRAMES_CYCLE {

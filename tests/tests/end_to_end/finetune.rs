@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::common::{Button, Led, MemFlash};
 use tinyres_compile::arch::Architecture;
 use tinyres_compile::writer::{AlignedBlob, Encoding, LayerSpec, Network};
-use tinyres_core::learn::{LastLayer, Sgd};
+use tinyres_core::learn::{LastLayer, Momentum, Sgd};
 use tinyres_core::persist::LayerStore;
 use tinyres_core::{Interpreter, Model};
 use tinyres_data::{synthetic, Dataset};
@@ -58,9 +58,11 @@ fn nine_class_model(train: &Dataset) -> Network {
             .collect();
         head.add_class(&mean).unwrap();
     }
+    let mut momentum = Momentum::<64, 12>::new(0);
     for _ in 0..20 {
         for (&i, f) in old.iter().zip(&features) {
-            head.train(f, usize::from(train.labels[i])).unwrap();
+            head.train(f, usize::from(train.labels[i]), &mut momentum)
+                .unwrap();
         }
     }
     let mut saved = Vec::new();

@@ -9,7 +9,7 @@ use embedded_storage::nor_flash::{
     ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
 };
 use tinyres_compile::writer::{AlignedBlob, Encoding};
-use tinyres_core::learn::{FeatureMean, LastLayer, Sgd};
+use tinyres_core::learn::{FeatureMean, LastLayer, Momentum, Sgd};
 use tinyres_core::persist::LayerStore;
 use tinyres_core::{Error, Interpreter, Model};
 
@@ -87,7 +87,7 @@ fn sgd_step_follows_the_cross_entropy_gradient() {
     let x = [0.3f32, -0.2, 0.9];
     let mut before = [0.0f32; 3];
     layer.logits(&x, &mut before).unwrap();
-    layer.train(&x, 0).unwrap();
+    layer.train(&x, 0, &mut Momentum::<3, 3>::new(0)).unwrap();
     let mut after = [0.0f32; 3];
     layer.logits(&x, &mut after).unwrap();
     // dL/dz = p − onehot; dz/dW·x = |x|² + 1 (bias): Δz = −lr·(p − y)·(|x|² + 1).
@@ -121,10 +121,13 @@ fn momentum_weight_decay_and_training_reduce_the_loss() {
     layer.add_class(&[0.9, 1.1, 0.1, 0.0]).unwrap();
     let a = [1.0, 1.0, 0.5, 0.0];
     let b = [1.0, 1.0, 0.0, 0.5];
-    let first = layer.train(&a, 0).unwrap() + layer.train(&b, 1).unwrap();
+    let mut momentum = Momentum::<4, 2>::new(0);
+    let first =
+        layer.train(&a, 0, &mut momentum).unwrap() + layer.train(&b, 1, &mut momentum).unwrap();
     let mut last = first;
     for _ in 0..50 {
-        last = layer.train(&a, 0).unwrap() + layer.train(&b, 1).unwrap();
+        last =
+            layer.train(&a, 0, &mut momentum).unwrap() + layer.train(&b, 1, &mut momentum).unwrap();
     }
     assert!(last < 0.2 * first, "{first} -> {last}");
     assert_eq!(layer.predict(&a).unwrap(), 0);
@@ -157,7 +160,7 @@ fn added_class_is_imprinted_from_the_mean_feature() {
         })
     );
     assert!(matches!(
-        layer.train(&m, 9),
+        layer.train(&m, 9, &mut Momentum::<16, 4>::new(0)),
         Err(Error::InvalidValue {
             what: "training label",
             ..
@@ -200,9 +203,11 @@ fn added_class_is_imprinted_from_the_mean_feature() {
 fn learning_state_ram_is_known_at_build_time() {
     // ResNet-8: 64 features; room for its 10 classes plus 2 new ones.
     let bytes = size_of::<LastLayer<64, 12>>();
-    assert!(bytes <= 8 * 1024, "{bytes}");
-    // Weights and momentum for every row and bias; counts, settings and padding on top.
-    assert!((8 * 12 * 65..8 * 12 * 65 + 64).contains(&bytes), "{bytes}");
+    // Weights for every row and bias; counts, settings and padding on top.
+    assert!((4 * 12 * 65..4 * 12 * 65 + 64).contains(&bytes), "{bytes}");
+    // The momentum of the rows a session trains: one row to teach a new class.
+    let momentum = size_of::<Momentum<64, 1>>();
+    assert!((4 * 65..4 * 65 + 16).contains(&momentum), "{momentum}");
 }
 
 // ------------------------------------------------------------------ persistence
@@ -303,9 +308,10 @@ impl NorFlash for FakeFlash {
 fn training_from_a_row_leaves_the_rows_before_it_untouched() {
     let features = [0.3, -0.2, 0.9, 0.1, 0.0, 0.4, -0.7, 0.2];
     let (mut all, mut last) = (layer_with(0.5), layer_with(0.5));
+    let (mut every_row, mut from_row_2) = (Momentum::<8, 4>::new(0), Momentum::<8, 1>::new(2));
     for label in [0, 2, 1, 2] {
-        let loss_all = all.train(&features, label).unwrap();
-        let loss_last = last.train_rows_from(&features, label, 2).unwrap();
+        let loss_all = all.train(&features, label, &mut every_row).unwrap();
+        let loss_last = last.train(&features, label, &mut from_row_2).unwrap();
         if label == 0 {
             assert_eq!(loss_all, loss_last, "same loss before any step");
         }
@@ -320,6 +326,40 @@ fn training_from_a_row_leaves_the_rows_before_it_untouched() {
     assert_eq!(trained[..2], untouched[..2], "rows 0 and 1 are frozen");
     assert_ne!(trained[2], untouched[2], "row 2 learns");
     assert_ne!(logits(&all)[0], untouched[0], "plain train moves every row");
+}
+
+#[test]
+fn momentum_must_cover_every_row_it_trains() {
+    let features = [0.3, -0.2, 0.9, 0.1, 0.0, 0.4, -0.7, 0.2];
+    let mut layer = layer_with(0.5);
+    let before = layer.clone();
+    // Three classes from row 1: two rows, one row of momentum.
+    assert_eq!(
+        layer.train(&features, 0, &mut Momentum::<8, 1>::new(1)),
+        Err(Error::Capacity {
+            what: "momentum rows",
+            needed: 2,
+            capacity: 1
+        })
+    );
+    assert!(matches!(
+        layer.train(&features, 0, &mut Momentum::<8, 4>::new(3)),
+        Err(Error::InvalidValue {
+            what: "momentum's first row (past the last class)",
+            value: 3,
+            ..
+        })
+    ));
+    let logits = |layer: &LastLayer<8, 4>| {
+        let mut l = [0.0; 3];
+        layer.logits(&features, &mut l).unwrap();
+        l
+    };
+    assert_eq!(
+        logits(&layer),
+        logits(&before),
+        "a refused step changes nothing"
+    );
 }
 
 #[test]
