@@ -4,6 +4,7 @@
 
 mod app;
 mod common;
+mod corrupt_boots;
 mod family_on_engine;
 mod finetune;
 mod qemu;
