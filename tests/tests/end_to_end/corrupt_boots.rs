@@ -90,14 +90,21 @@ fn frames(range: std::ops::Range<usize>) -> Dataset {
     data
 }
 
-/// What the application does on the host with these model and flash bytes: the head it
-/// restores and its classes for `test`, or why it refuses them.
+/// What a boot that runs does: the head it restores (slot, sequence) and its classes.
+#[derive(Debug, PartialEq)]
+struct Classified {
+    restored: Option<(u32, u32)>,
+    classes: Vec<usize>,
+}
+
+/// What the application does on the host with these model and flash bytes, or why it
+/// refuses them.
 fn on_the_host(
     model: &AlignedBlob,
     flash: &[u8],
     data: &Dataset,
     test: &[usize],
-) -> Result<(Option<(u32, u32)>, Vec<usize>), String> {
+) -> Result<Classified, String> {
     let model = Model::parse(model.as_bytes()).map_err(|e| e.to_string())?;
     let mut arena = vec![0u8; qemu::DEFAULT_ARENA_BYTES];
     let net = Interpreter::new(model, &mut arena).map_err(|e| e.to_string())?;
@@ -118,7 +125,10 @@ fn on_the_host(
         .map(|&i| app.classify(data.image(i)))
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{e:?}"))?;
-    Ok((restored.map(|s| (s.slot, s.sequence)), classes))
+    Ok(Classified {
+        restored: restored.map(|s| (s.slot, s.sequence)),
+        classes,
+    })
 }
 
 /// A flash image whose two slots both hold the head learned on the host by the
@@ -202,15 +212,14 @@ fn corrupt_model_and_head_flash_never_fault_or_hang_the_device() {
             ..device.clone()
         };
         match (device.finetune(&data, &[], &test, &dir), expected) {
-            (Ok(got), Ok((restored, classes))) => {
-                let device_classes: Vec<usize> = got.predictions.iter().map(|p| p.class).collect();
-                assert_eq!(
-                    (got.restored, device_classes),
-                    (restored, classes),
-                    "boot {boot}: the device and the host differ"
-                );
+            (Ok(got), Ok(host)) => {
+                let device = Classified {
+                    restored: got.restored,
+                    classes: got.predictions.iter().map(|p| p.class).collect(),
+                };
+                assert_eq!(device, host, "boot {boot}: the device and the host differ");
                 classified += 1;
-                if restored != Some((1, 2)) {
+                if host.restored != Some((1, 2)) {
                     restored_older_or_none += 1;
                 }
             }
