@@ -815,10 +815,19 @@ static SOCKET_COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::Atomi
 
 /// Decodes defmt frames with the table in `elf`; one line per frame.
 pub fn decode_defmt(elf: &Path, bytes: &[u8]) -> Result<Vec<String>> {
+    decode_defmt_frames(&defmt_table(elf)?, bytes)
+}
+
+/// The defmt table of a firmware ELF: what its log frames' indices mean.
+pub fn defmt_table(elf: &Path) -> Result<defmt_decoder::Table> {
     let elf_bytes = std::fs::read(elf).with_context(|| format!("cannot read {}", elf.display()))?;
-    let table = defmt_decoder::Table::parse(&elf_bytes)
+    defmt_decoder::Table::parse(&elf_bytes)
         .map_err(|e| anyhow::anyhow!("{}: bad defmt table: {e}", elf.display()))?
-        .with_context(|| format!("{} has no defmt table", elf.display()))?;
+        .with_context(|| format!("{} has no defmt table", elf.display()))
+}
+
+/// [`decode_defmt`] with the firmware's table already read.
+pub fn decode_defmt_frames(table: &defmt_decoder::Table, bytes: &[u8]) -> Result<Vec<String>> {
     let mut decoder = table.new_stream_decoder();
     decoder.received(bytes);
     let mut lines = Vec::new();
