@@ -183,21 +183,37 @@ pub struct OnnxFile {
     pub training_data: Option<std::path::PathBuf>,
 }
 
+/// Runs one of tract's steps on a graph from a file. tract checks much with
+/// assertions, so a malformed graph can make it panic (the `onnx_import` fuzz target
+/// found one: a `Pad` with negative pads fails an assertion in `ShapeFact`); the panic
+/// becomes an error, the file's reader's to report.
+fn tract_step<T>(step: impl FnOnce() -> TractResult<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
+        Ok(result) => result.map_err(|e| anyhow::anyhow!("{e:#}")),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            bail!("an internal check of tract's failed on this graph: {message}")
+        }
+    }
+}
+
 /// Reads an ONNX file with tract and works out its input layout and preprocessing
 /// (metadata first, `flags` override).
 pub fn read_onnx(path: &Path, flags: &PreprocessingFlags) -> Result<OnnxFile> {
     let onnx = onnx();
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let proto: ModelProto = onnx
-        .proto_model_for_read(&mut bytes.as_slice())
+    let proto: ModelProto = tract_step(|| onnx.proto_model_for_read(&mut bytes.as_slice()))
         .map_err(|e| anyhow::anyhow!("{}: not an ONNX model ({e})", path.display()))?;
     let metadata: HashMap<String, String> = proto
         .metadata_props
         .iter()
         .map(|p| (p.key.clone(), p.value.clone()))
         .collect();
-    let inference = onnx
-        .model_for_proto_model(&proto)
+    let inference = tract_step(|| onnx.model_for_proto_model(&proto))
         .map_err(|e| anyhow::anyhow!("{}: tract cannot read the graph: {e:#}", path.display()))?;
     ensure!(
         inference.inputs.len() == 1 && inference.outputs.len() == 1,
@@ -268,12 +284,15 @@ impl OnnxFile {
     }
 
     fn typed(&self, batch: usize) -> Result<TypedModel> {
-        self.inference
-            .clone()
-            .with_input_fact(0, f32::fact(self.input_shape(batch)).into())?
-            .into_typed()
-            .map_err(|e| anyhow::anyhow!("tract cannot type the graph: {e:#}"))?
-            .into_decluttered()
+        let input = f32::fact(self.input_shape(batch)).into();
+        let typed = tract_step(|| {
+            self.inference
+                .clone()
+                .with_input_fact(0, input)?
+                .into_typed()
+        })
+        .map_err(|e| anyhow::anyhow!("tract cannot type the graph: {e:#}"))?;
+        tract_step(|| typed.into_decluttered())
             .map_err(|e| anyhow::anyhow!("tract cannot simplify the graph: {e:#}"))
     }
 
