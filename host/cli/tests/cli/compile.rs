@@ -411,30 +411,39 @@ fn bad_models_and_options_are_refused_without_output() {
     assert!(e.contains("/nonexistent/data"), "{e}");
 }
 
-/// Regression (the `onnx_import` fuzz target, session 11): two bytes changed in a PyTorch
-/// export give one of its `Pad` nodes negative pads, and tract's shape analysis fails an
-/// assertion (a panic inside tract). The compiler must say so and write nothing.
+/// Regressions (the `onnx_import` fuzz target, session 11): bytes changed in a PyTorch
+/// export make tract panic while it analyses the graph: two give a `Pad` negative pads
+/// (an assertion in its shape facts), one gives a `Slice` a zero step (a division by
+/// zero). The compiler must say so, naming the file, and write nothing.
 #[test]
 fn a_graph_that_fails_an_internal_check_of_tracts_is_an_error_not_a_crash() {
-    let mut bytes = std::fs::read(models().join("torch_option_a.onnx")).unwrap();
-    bytes[4474] = 204;
-    bytes[8581] = 58;
-    let onnx = temp("negative-pads.onnx");
-    std::fs::write(&onnx, &bytes).unwrap();
-    let out = temp("negative-pads.trm");
-    let e = err(tinyres(&[
-        "compile",
-        s(&onnx),
-        "--input-range",
-        "0..1",
-        "--dtype",
-        "f32",
-        "-o",
-        s(&out),
-    ]));
-    assert!(
-        e.contains("negative-pads.onnx") && e.contains("an internal check of tract's failed"),
-        "{e}"
-    );
-    assert!(!out.exists());
+    let export = std::fs::read(models().join("torch_option_a.onnx")).unwrap();
+    for (name, changes) in [
+        ("negative-pads", &[(4474, 204), (8581, 58)][..]),
+        ("zero-slice-step", &[(4000, 0)][..]),
+    ] {
+        let mut bytes = export.clone();
+        for &(at, value) in changes {
+            bytes[at] = value;
+        }
+        let onnx = temp(&format!("{name}.onnx"));
+        std::fs::write(&onnx, &bytes).unwrap();
+        let out = temp(&format!("{name}.trm"));
+        let e = err(tinyres(&[
+            "compile",
+            s(&onnx),
+            "--input-range",
+            "0..1",
+            "--dtype",
+            "f32",
+            "-o",
+            s(&out),
+        ]));
+        assert!(
+            e.contains(&format!("{name}.onnx"))
+                && e.contains("an internal check of tract's failed"),
+            "{e}"
+        );
+        assert!(!out.exists());
+    }
 }
