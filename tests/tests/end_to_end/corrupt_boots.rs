@@ -19,7 +19,7 @@ use super::common::{Button, Led, MemFlash};
 use tinyres_compile::arch::Architecture;
 use tinyres_compile::writer::{AlignedBlob, Encoding};
 use tinyres_core::learn::Sgd;
-use tinyres_core::persist::LayerStore;
+use tinyres_core::persist::{LayerStore, SlotState};
 use tinyres_core::{crc32, Interpreter, Model};
 use tinyres_data::{synthetic, Dataset};
 use tinyres_device::qemu::{self, Board, FLASH_IMAGE, FLASH_IMAGE_BYTES};
@@ -97,18 +97,16 @@ struct Classified {
     classes: Vec<usize>,
 }
 
-/// What the application does on the host with these model and flash bytes, or why it
-/// refuses them.
-fn on_the_host(
+/// The device's application on the host over `model` and `flash`, handed to `use_app`
+/// with the head it restored from `flash` (if any); or why it refuses them.
+fn with_app<T>(
     model: &AlignedBlob,
-    flash: &[u8],
-    data: &Dataset,
-    test: &[usize],
-) -> Result<Classified, String> {
+    flash: MemFlash,
+    use_app: impl FnOnce(&mut App<'_, '_, '_, Button, Led, MemFlash>, Option<SlotState>) -> T,
+) -> Result<T, String> {
     let model = Model::parse(model.as_bytes()).map_err(|e| e.to_string())?;
     let mut arena = vec![0u8; qemu::DEFAULT_ARENA_BYTES];
     let net = Interpreter::new(model, &mut arena).map_err(|e| e.to_string())?;
-    let flash = MemFlash(Rc::new(RefCell::new(flash.to_vec())));
     let store = LayerStore::new(flash, 0, SLOT_BYTES).map_err(|e| e.to_string())?;
     let mut head = Head::EMPTY;
     let (mut app, restored) = App::new(
@@ -120,41 +118,44 @@ fn on_the_host(
         Sgd::default(),
     )
     .map_err(|e| format!("{e:?}"))?;
-    let classes = test
-        .iter()
-        .map(|&i| app.classify(data.image(i)))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{e:?}"))?;
-    Ok(Classified {
-        restored: restored.map(|s| (s.slot, s.sequence)),
-        classes,
-    })
+    Ok(use_app(&mut app, restored))
+}
+
+/// What the application does on the host with these model and flash bytes, or why it
+/// refuses them.
+fn on_the_host(
+    model: &AlignedBlob,
+    flash: &[u8],
+    data: &Dataset,
+    test: &[usize],
+) -> Result<Classified, String> {
+    let flash = MemFlash(Rc::new(RefCell::new(flash.to_vec())));
+    with_app(model, flash, |app, restored| {
+        let classes = test
+            .iter()
+            .map(|&i| app.classify(data.image(i)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(Classified {
+            restored: restored.map(|s| (s.slot, s.sequence)),
+            classes,
+        })
+    })?
 }
 
 /// A flash image whose two slots both hold the head learned on the host by the
 /// device's own code (saved twice: sequence 1 in slot 0, 2 in slot 1).
 fn flash_with_two_heads(blob: &AlignedBlob, data: &Dataset, learn: &[usize]) -> Vec<u8> {
-    let model = Model::parse(blob.as_bytes()).unwrap();
-    let mut arena = vec![0u8; qemu::DEFAULT_ARENA_BYTES];
-    let net = Interpreter::new(model, &mut arena).unwrap();
     let flash = MemFlash::erased(FLASH_IMAGE_BYTES);
-    let store = LayerStore::new(flash.clone(), 0, SLOT_BYTES).unwrap();
-    let mut head = Head::EMPTY;
-    let (mut app, _) = App::new(
-        net,
-        &mut head,
-        store,
-        Button::default(),
-        Led::default(),
-        Sgd::default(),
-    )
-    .unwrap();
-    app.finetune(learn.len(), 2, |k| {
-        learn.get(k).map(|&i| (data.image(i), data.labels[i]))
+    with_app(blob, flash.clone(), |app, _| {
+        app.finetune(learn.len(), 2, |k| {
+            learn.get(k).map(|&i| (data.image(i), data.labels[i]))
+        })
+        .unwrap();
+        app.save().unwrap();
+        app.save().unwrap();
     })
     .unwrap();
-    app.save().unwrap();
-    app.save().unwrap();
     let bytes = flash.0.borrow().clone();
     bytes
 }
