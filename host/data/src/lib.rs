@@ -2,7 +2,6 @@
 //! (`DIR/{train,test}/<class>/*.png|jpg`) and the built-in synthetic set; and the
 //! atomic file writes every tinyres output goes through.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -159,11 +158,9 @@ impl Dataset {
                 .collect();
             files.sort();
             for file in files {
-                let image = image::open(&file)
-                    .with_context(|| {
-                        format!("{}: not a readable PNG or JPEG image", file.display())
-                    })?
-                    .to_rgb8();
+                let bytes = std::fs::read(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let image = decode_image(&file, &bytes)?;
                 let (w, h) = (image.width() as usize, image.height() as usize);
                 if data.labels.is_empty() {
                     (data.height, data.width) = (h, w);
@@ -188,6 +185,51 @@ impl Dataset {
         Ok(data)
     }
 
+    /// The CIFAR-10 records of one batch file's bytes, gunzipped first where `name` ends in
+    /// `.gz`; `name` is only read for that and for the errors.
+    pub fn cifar_from_file_bytes(name: &Path, bytes: &[u8]) -> Result<Self> {
+        let bytes = if name.extension().is_some_and(|e| e == "gz") {
+            let mut plain = Vec::new();
+            GzDecoder::new(bytes)
+                .read_to_end(&mut plain)
+                .with_context(|| format!("{}: not a valid gzip file", name.display()))?;
+            std::borrow::Cow::Owned(plain)
+        } else {
+            std::borrow::Cow::Borrowed(bytes)
+        };
+        if bytes.is_empty() || bytes.len() % CIFAR_RECORD != 0 {
+            bail!(
+                "{}: {} bytes is not a whole number of {CIFAR_RECORD}-byte CIFAR-10 records",
+                name.display(),
+                bytes.len()
+            );
+        }
+        let mut data = Dataset {
+            height: 32,
+            width: 32,
+            channels: 3,
+            pixels: Vec::with_capacity(bytes.len() / CIFAR_RECORD * 3 * 32 * 32),
+            labels: Vec::with_capacity(bytes.len() / CIFAR_RECORD),
+            class_names: CIFAR_CLASSES.iter().map(|s| s.to_string()).collect(),
+        };
+        for (r, record) in bytes.chunks_exact(CIFAR_RECORD).enumerate() {
+            if record[0] > 9 {
+                bail!(
+                    "{}: record {r} has label {}, expected 0..=9",
+                    name.display(),
+                    record[0]
+                );
+            }
+            data.labels.push(record[0]);
+            let planes = &record[1..];
+            for p in 0..32 * 32 {
+                data.pixels
+                    .extend([planes[p], planes[1024 + p], planes[2048 + p]]);
+            }
+        }
+        Ok(data)
+    }
+
     /// Reads a CIFAR-10 binary batch file (`.bin` or `.bin.gz`), or from a directory
     /// the batches of `split` (`data_batch_*.bin[.gz]` or `test_batch.bin[.gz]`).
     pub fn load_cifar(path: &Path, split: Split) -> Result<Self> {
@@ -207,29 +249,11 @@ impl Dataset {
             class_names: CIFAR_CLASSES.iter().map(|s| s.to_string()).collect(),
         };
         for file in files {
-            let bytes = read_maybe_gz(&file)?;
-            if bytes.is_empty() || bytes.len() % CIFAR_RECORD != 0 {
-                bail!(
-                    "{}: {} bytes is not a whole number of {CIFAR_RECORD}-byte CIFAR-10 records",
-                    file.display(),
-                    bytes.len()
-                );
-            }
-            for (r, record) in bytes.chunks_exact(CIFAR_RECORD).enumerate() {
-                if record[0] > 9 {
-                    bail!(
-                        "{}: record {r} has label {}, expected 0..=9",
-                        file.display(),
-                        record[0]
-                    );
-                }
-                data.labels.push(record[0]);
-                let planes = &record[1..];
-                for p in 0..32 * 32 {
-                    data.pixels
-                        .extend([planes[p], planes[1024 + p], planes[2048 + p]]);
-                }
-            }
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot open {}", file.display()))?;
+            let batch = Self::cifar_from_file_bytes(&file, &bytes)?;
+            data.pixels.extend(batch.pixels);
+            data.labels.extend(batch.labels);
         }
         Ok(data)
     }
@@ -349,18 +373,13 @@ fn cifar_files(dir: &Path, split: Split) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut bytes = Vec::new();
-    if path.extension().is_some_and(|e| e == "gz") {
-        GzDecoder::new(file)
-            .read_to_end(&mut bytes)
-            .with_context(|| format!("{}: not a valid gzip file", path.display()))?;
-    } else {
-        file.read_to_end(&mut bytes)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-    }
-    Ok(bytes)
+/// One image file's bytes decoded as RGB, PNG or JPEG as `name`'s extension says; `name`
+/// is only read for that and for the error.
+pub fn decode_image(name: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
+    image::ImageFormat::from_path(name)
+        .and_then(|format| image::load_from_memory_with_format(bytes, format))
+        .map(|image| image.to_rgb8())
+        .with_context(|| format!("{}: not a readable PNG or JPEG image", name.display()))
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it over `path`, so

@@ -1,10 +1,10 @@
-//! What the host fuzz targets share: the readers take paths, so each input is written
-//! to a file of this process's own in the system's temporary directory first.
+//! What the host fuzz targets share: the ONNX import takes a path, so its input is
+//! written to a file of this process's own in the system's temporary directory first.
 
 use std::path::PathBuf;
 
-/// A directory of this fuzzing process's own (created once).
-pub fn scratch_dir() -> PathBuf {
+/// A directory of this fuzzing process's own.
+fn scratch_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tinyres-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("the temporary directory is writable");
     dir
