@@ -6,7 +6,7 @@ use crate::arch;
 use crate::error::Error;
 use crate::format::{DType, InputRange, SECTION_ALIGN};
 use crate::kernels::{self, ConvShape, Requantize, Shortcut};
-use crate::model::{Bias, Conv, Dense, Layer, Model, Requant, TensorInfo, Weights};
+use crate::model::{Bias, Conv, Dense, Layer, MaxPool, Model, Requant, TensorInfo, Weights};
 use crate::quant::{activation_range, dequantize_i8, quantize_i8, AddParams, AddTables};
 use crate::stream::{Group, Step};
 
@@ -120,6 +120,7 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                 Layer::Conv(conv) => self.conv(&conv, &mut scratch)?,
                 Layer::GlobalAvgPool { input, output } => self.pool(input, output)?,
                 Layer::Dense(dense) => self.dense(&dense)?,
+                Layer::MaxPool(pool) => self.max_pool(&pool)?,
             }
             after_step(usize::from(i) + 1);
             i += 1;
@@ -551,6 +552,32 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                 cast_mut(split.output)?,
             ),
             (true, false) => Err(type_error()),
+        }
+    }
+
+    fn max_pool(&mut self, pool: &MaxPool) -> Result<(), Error> {
+        let in_t = self.model.tensor(pool.input)?;
+        let out_t = self.model.tensor(pool.output)?;
+        let shape = ConvShape {
+            in_h: in_t.height,
+            in_w: in_t.width,
+            in_c: in_t.channels,
+            out_h: out_t.height,
+            out_w: out_t.width,
+            out_c: out_t.channels,
+            kernel_h: pool.kernel_h,
+            kernel_w: pool.kernel_w,
+            stride: pool.stride,
+            pad_top: pool.padding[0],
+            pad_left: pool.padding[1],
+        };
+        let in_range = self.byte_range(&in_t);
+        let split = Split::new(self.arena, self.byte_range(&out_t))?;
+        let input = split.input(in_range)?;
+        match (in_t.float, out_t.float) {
+            (true, true) => arch::max_pool::<f32>(&shape, cast(input)?, cast_mut(split.output)?),
+            (false, false) => arch::max_pool::<i8>(&shape, cast(input)?, cast_mut(split.output)?),
+            _ => Err(type_error()),
         }
     }
 

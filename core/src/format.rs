@@ -102,6 +102,7 @@ pub mod kind {
     pub const CONV2D: u8 = 1;
     pub const GLOBAL_AVG_POOL: u8 = 2;
     pub const DENSE: u8 = 3;
+    pub const MAX_POOL: u8 = 4;
 }
 
 /// Layer flag bits.

@@ -502,6 +502,66 @@ pub(crate) fn finish_i8(
     }
 }
 
+/// Max pooling of an NHWC tensor, for f32 and int8 alike: each output value is the
+/// largest input value in its `kernel_h×kernel_w` window (`shape.in_c == shape.out_c`
+/// channels; `shape` as for a convolution). Padding is never chosen: it counts as −∞,
+/// as in PyTorch and TFLite. int8 is exact: the output keeps the input's scale and zero
+/// point, as TFLite's int8 MAX_POOL_2D requires, so the largest value is the largest
+/// code. A NaN input is passed on only where it comes first in its window.
+pub fn max_pool<T: Copy + PartialOrd>(
+    shape: &ConvShape,
+    input: &[T],
+    output: &mut [T],
+) -> Result<(), Error> {
+    let channels = shape.in_c;
+    expect("pool output channels", channels, shape.out_c)?;
+    expect(
+        "pool input",
+        shape.in_h * shape.in_w * channels,
+        input.len(),
+    )?;
+    expect(
+        "pool output",
+        shape.out_h * shape.out_w * channels,
+        output.len(),
+    )?;
+    if channels == 0 {
+        return Ok(());
+    }
+    for (o, out) in output.chunks_exact_mut(channels).enumerate() {
+        let (oy, ox) = (o / shape.out_w, o % shape.out_w);
+        let mut pixels = 0;
+        let mut in_bounds = true;
+        shape.for_each_kernel_row(oy, ox, |pixel, _, taps| {
+            let Some(run) = input.get(pixel * channels..(pixel + taps) * channels) else {
+                in_bounds = false;
+                return;
+            };
+            for window_pixel in run.chunks_exact(channels) {
+                if pixels == 0 {
+                    out.copy_from_slice(window_pixel);
+                } else {
+                    for (max, &x) in out.iter_mut().zip(window_pixel) {
+                        if x > *max {
+                            *max = x;
+                        }
+                    }
+                }
+                pixels += 1;
+            }
+        });
+        if !in_bounds || pixels == 0 {
+            // Padding as large as the window: the model's checks refuse it.
+            return Err(Error::InvalidValue {
+                what: "pool padding",
+                index: 0,
+                value: shape.pad_top.max(shape.pad_left) as u32,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// f32 global average pooling of an `h×w×c` tensor to `c` values.
 pub fn global_avg_pool_f32(input: &[f32], pixels: usize, output: &mut [f32]) -> Result<(), Error> {
     let channels = output.len();

@@ -256,6 +256,24 @@ pub struct Dense<'a> {
     pub requant: Option<Requant<'a>>,
 }
 
+/// A k×k max pool (the ImageNet ResNets' stem): each output value is the largest input
+/// value in its window; padding is never chosen.
+#[derive(Clone, Copy, Debug)]
+pub struct MaxPool {
+    /// Input tensor.
+    pub input: u16,
+    /// Output tensor (as many channels as the input; for int8, its quantization).
+    pub output: u16,
+    /// Window rows.
+    pub kernel_h: usize,
+    /// Window columns.
+    pub kernel_w: usize,
+    /// Stride (both directions).
+    pub stride: usize,
+    /// Padding: top, left, bottom, right (each smaller than the window).
+    pub padding: [usize; 4],
+}
+
 /// One layer of the model.
 #[derive(Clone, Copy, Debug)]
 pub enum Layer<'a> {
@@ -270,6 +288,8 @@ pub enum Layer<'a> {
     },
     /// Fully connected layer.
     Dense(Dense<'a>),
+    /// Max pooling.
+    MaxPool(MaxPool),
 }
 
 impl Layer<'_> {
@@ -279,6 +299,7 @@ impl Layer<'_> {
             Layer::Conv(c) => c.output,
             Layer::GlobalAvgPool { output, .. } => *output,
             Layer::Dense(d) => d.output,
+            Layer::MaxPool(p) => p.output,
         }
     }
 
@@ -289,6 +310,7 @@ impl Layer<'_> {
             Layer::Conv(c) => (c.input, c.residual.map(|r| r.tensor)),
             Layer::GlobalAvgPool { input, .. } => (*input, None),
             Layer::Dense(d) => (d.input, None),
+            Layer::MaxPool(p) => (p.input, None),
         }
     }
 }
@@ -876,38 +898,36 @@ impl<'a> Model<'a> {
         let mismatch = |what| Error::ShapeMismatch { layer: i, what };
         let in_f32_head = self.dtype == DType::Int8 && i >= self.f32_head;
         match kind_code {
-            kind::CONV2D if in_f32_head => Err(invalid("f32 head layer kind", i, kind_code.into())),
-            kind::CONV2D => {
-                let kernel_h = usize::from(rec.u8(lf::KERNEL_H)?);
-                let kernel_w = usize::from(rec.u8(lf::KERNEL_W)?);
-                let stride = usize::from(rec.u8(lf::STRIDE)?);
-                let padding = [
-                    usize::from(rec.u8(lf::PAD_TOP)?),
-                    usize::from(rec.u8(lf::PAD_LEFT)?),
-                    usize::from(rec.u8(lf::PAD_BOTTOM)?),
-                    usize::from(rec.u8(lf::PAD_RIGHT)?),
-                ];
-                if kernel_h == 0 || kernel_w == 0 {
-                    return Err(invalid("kernel size", i, 0));
+            kind::CONV2D | kind::MAX_POOL if in_f32_head => {
+                Err(invalid("f32 head layer kind", i, kind_code.into()))
+            }
+            kind::MAX_POOL => {
+                if flag_bits != 0 {
+                    return Err(invalid("layer flags", i, flag_bits.into()));
                 }
-                if stride == 0 {
-                    return Err(invalid("stride", i, 0));
-                }
-                if padding[0].max(padding[2]) >= kernel_h || padding[1].max(padding[3]) >= kernel_w
-                {
-                    return Err(mismatch("padding must be smaller than the kernel"));
-                }
-                let padded_h = in_t.height + padding[0] + padding[2];
-                let padded_w = in_t.width + padding[1] + padding[3];
-                if padded_h < kernel_h
-                    || padded_w < kernel_w
-                    || out_t.height != (padded_h - kernel_h) / stride + 1
-                    || out_t.width != (padded_w - kernel_w) / stride + 1
-                {
+                let (kernel_h, kernel_w, stride, padding) = window(&rec, &in_t, &out_t, i)?;
+                if out_t.channels != in_t.channels || out_t.float != in_t.float {
                     return Err(mismatch(
-                        "conv output size disagrees with kernel, stride, padding",
+                        "max pool output must have its input's channels and type",
                     ));
                 }
+                if !out_t.float
+                    && (out_t.scale.to_bits(), out_t.zero_point)
+                        != (in_t.scale.to_bits(), in_t.zero_point)
+                {
+                    return Err(mismatch("int8 max pool must keep its input's quantization"));
+                }
+                Ok(Layer::MaxPool(MaxPool {
+                    input,
+                    output,
+                    kernel_h,
+                    kernel_w,
+                    stride,
+                    padding,
+                }))
+            }
+            kind::CONV2D => {
+                let (kernel_h, kernel_w, stride, padding) = window(&rec, &in_t, &out_t, i)?;
                 let n_weights = out_t
                     .channels
                     .checked_mul(kernel_h * kernel_w)
@@ -1197,6 +1217,50 @@ fn cast<'a, T: bytemuck::AnyBitPattern>(
     what: &'static str,
 ) -> Result<&'a [T], Error> {
     bytemuck::try_cast_slice(bytes).map_err(|_| Error::Misaligned { what })
+}
+
+/// A convolution's or a pool's window: kernel rows and columns, stride and padding
+/// `[top, left, bottom, right]`, checked against the layer's tensors.
+fn window(
+    rec: &Record<'_>,
+    in_t: &TensorInfo,
+    out_t: &TensorInfo,
+    layer: u16,
+) -> Result<(usize, usize, usize, [usize; 4]), Error> {
+    let kernel_h = usize::from(rec.u8(lf::KERNEL_H)?);
+    let kernel_w = usize::from(rec.u8(lf::KERNEL_W)?);
+    let stride = usize::from(rec.u8(lf::STRIDE)?);
+    let padding = [
+        usize::from(rec.u8(lf::PAD_TOP)?),
+        usize::from(rec.u8(lf::PAD_LEFT)?),
+        usize::from(rec.u8(lf::PAD_BOTTOM)?),
+        usize::from(rec.u8(lf::PAD_RIGHT)?),
+    ];
+    if kernel_h == 0 || kernel_w == 0 {
+        return Err(invalid("kernel size", layer, 0));
+    }
+    if stride == 0 {
+        return Err(invalid("stride", layer, 0));
+    }
+    let mismatch = |what| Error::ShapeMismatch { layer, what };
+    // So every window of a pool holds an input pixel, and a convolution's padding
+    // is never a whole row or column of taps.
+    if padding[0].max(padding[2]) >= kernel_h || padding[1].max(padding[3]) >= kernel_w {
+        return Err(mismatch("padding must be smaller than the kernel"));
+    }
+    let output = crate::kernels::ConvShape::output_size(
+        in_t.height,
+        in_t.width,
+        (kernel_h, kernel_w),
+        stride,
+        padding,
+    );
+    if output != Some((out_t.height, out_t.width)) {
+        return Err(mismatch(
+            "output size disagrees with kernel, stride, padding",
+        ));
+    }
+    Ok((kernel_h, kernel_w, stride, padding))
 }
 
 fn zero_point(rec: &Record<'_>, offset: usize, layer: u16) -> Result<i32, Error> {

@@ -426,6 +426,33 @@ proptest! {
         }
     }
 
+    /// Max pooling, int8 and f32, against the explicitly padded sliding window, where
+    /// padding is `None` and never chosen.
+    #[test]
+    fn max_pool_matches_reference(case in case(), seed in any::<u64>()) {
+        let mut case = case;
+        case.shape.out_c = case.shape.in_c;
+        let s = case.shape;
+        let input_i8: Vec<i8> = (0..s.in_h * s.in_w * s.in_c).map(|i| (seed.wrapping_mul(6364136223846793005).wrapping_add(i as u64).wrapping_mul(1442695040888963407) >> 56) as i8).collect();
+        let input_f32: Vec<f32> = input_i8.iter().map(|&v| f32::from(v) * 0.37).collect();
+        let present: Vec<Option<i8>> = input_i8.iter().copied().map(Some).collect();
+        let mut want = vec![None::<i8>; s.out_h * s.out_w * s.out_c];
+        ref_conv(&case, &present, None, |o, w, v| {
+            if let (true, Some(v)) = (w % s.in_c == o % s.out_c, v) {
+                want[o] = Some(want[o].map_or(v, |m| m.max(v)));
+            }
+        });
+        // Padding smaller than the window: every window holds an input pixel.
+        let want: Vec<i8> = want.into_iter().map(|m| m.expect("a pixel in every window")).collect();
+        let mut got_i8 = vec![0i8; want.len()];
+        let mut got_f32 = vec![0f32; want.len()];
+        arch::max_pool(&s, &input_i8, &mut got_i8).unwrap();
+        arch::max_pool(&s, &input_f32, &mut got_f32).unwrap();
+        prop_assert_eq!(&got_i8, &want);
+        let want_f32: Vec<f32> = want.iter().map(|&v| f32::from(v) * 0.37).collect();
+        prop_assert_eq!(got_f32, want_f32);
+    }
+
     /// The f32 head's pool: the unrounded mean of the dequantized input.
     #[test]
     fn pool_to_f32_is_the_mean_of_the_dequantized_input(h in 1usize..9, w in 1usize..9, c in 1usize..6, zero_point in -128i32..=127, seed in any::<u64>()) {
@@ -783,6 +810,38 @@ fn option_a_shortcut_pads_channels_with_zero() {
     );
 }
 
+/// The ImageNet stem's pool (3×3, stride 2, padding 1) on negative values: padding
+/// read as zero, a classic slip, would put 0 in every border output.
+#[test]
+fn max_pool_of_the_resnet_stem_never_takes_padding() {
+    let shape = ConvShape {
+        in_h: 4,
+        in_w: 4,
+        in_c: 1,
+        out_h: 2,
+        out_w: 2,
+        out_c: 1,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride: 2,
+        pad_top: 1,
+        pad_left: 1,
+    };
+    let input: Vec<i8> = (0..16).map(|i| -100 + i).collect();
+    let mut output = [0i8; 4];
+    arch::max_pool(&shape, &input, &mut output).unwrap();
+    // Windows: rows/cols {0,1} then {1,2,3}; the largest is the bottom-right pixel.
+    assert_eq!(output, [-100 + 5, -100 + 7, -100 + 13, -100 + 15]);
+
+    // A window wholly on padding (the model's checks refuse such padding) is an error.
+    let all_padding = ConvShape {
+        pad_top: 3,
+        out_h: 3,
+        ..shape
+    };
+    assert!(arch::max_pool(&all_padding, &input, &mut [0i8; 6]).is_err());
+}
+
 #[test]
 fn kernels_refuse_wrong_lengths_instead_of_panicking() {
     let shape = ConvShape {
@@ -824,6 +883,8 @@ fn kernels_refuse_wrong_lengths_instead_of_panicking() {
     assert!(kernels::dense_f32(&[1.0; 3], &[1.0f32; 5], &[0.0; 2], false, &mut [0.0; 2]).is_err());
     assert!(kernels::global_avg_pool_i8(&[0; 5], 2, &mut [0; 2]).is_err());
     assert!(kernels::global_avg_pool_i8_to_f32(&[0; 5], 0, 1.0, 2, &mut [0.0; 2]).is_err());
+    assert!(kernels::max_pool(&shape, &[0i8; 3], &mut [0; 4]).is_err());
+    assert!(kernels::max_pool(&ConvShape { out_c: 2, ..shape }, &[0i8; 4], &mut [0; 8]).is_err());
 }
 
 #[test]

@@ -155,7 +155,7 @@ mod portable {
 
 pub use crate::kernels::{
     conv2d_f32, dense_f32, dense_i8, global_avg_pool_f32, global_avg_pool_i8,
-    global_avg_pool_i8_to_f32,
+    global_avg_pool_i8_to_f32, max_pool,
 };
 
 /// The name of the int8 convolution kernel this build uses, for logs and reports.

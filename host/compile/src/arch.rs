@@ -372,6 +372,7 @@ impl NetBuilder {
             LayerSpec::Conv(c) => c.input,
             LayerSpec::GlobalAvgPool { input } => *input,
             LayerSpec::Dense(d) => d.input,
+            LayerSpec::MaxPool(p) => p.input,
         };
         let out = shape(self.shapes[input]);
         self.layers.push(layer);
@@ -425,7 +426,7 @@ mod tests {
             .map(|l| match l {
                 LayerSpec::Conv(c) => c.weights.len() + c.bias.len(),
                 LayerSpec::Dense(d) => d.weights.len() + d.bias.len(),
-                LayerSpec::GlobalAvgPool { .. } => 0,
+                LayerSpec::GlobalAvgPool { .. } | LayerSpec::MaxPool(_) => 0,
             })
             .sum()
     }

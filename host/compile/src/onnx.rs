@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::writer::{ConvSpec, DenseSpec, InputSpec, LayerSpec, Network, ResidualSpec};
+use crate::writer::{
+    ConvSpec, DenseSpec, InputSpec, LayerSpec, MaxPoolSpec, Network, ResidualSpec,
+};
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use tinyres_core::InputRange;
@@ -25,7 +27,9 @@ use tinyres_data::Dataset;
 use tract_onnx::tract_core::ops::array::{Pad, PadMode};
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, SumPool};
+use tract_onnx::tract_core::ops::cnn::{
+    Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec, SumPool,
+};
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, Softmax};
 use tract_onnx::tract_core::ops::Downsample;
@@ -595,6 +599,8 @@ impl Lowering<'_> {
             self.pad(pad, &inputs[0])?
         } else if let Some(pool) = node.op_as::<SumPool>() {
             self.sum_pool(pool, &inputs[0])?
+        } else if let Some(pool) = node.op_as::<MaxPool>() {
+            self.max_pool(pool, &inputs[0])?
         } else if let Some(reduce) = node.op_as::<Reduce>() {
             self.reduce(reduce, &inputs[0])?
         } else if let Some(axis) = node.op_as::<AxisOp>() {
@@ -626,29 +632,8 @@ impl Lowering<'_> {
         );
         ensure!(conv.q_params.is_none(), "quantized convolution");
         let spec = &conv.pool_spec;
-        ensure!(
-            spec.dilations
-                .as_ref()
-                .is_none_or(|d| d.iter().all(|&d| d == 1)),
-            "dilated convolution"
-        );
-        ensure!(spec.kernel_shape.len() == 2, "not a 2-D convolution");
-        let strides = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
-        ensure!(
-            strides[0] == strides[1],
-            "different strides per axis {strides:?}"
-        );
         let (id, roles) = Self::tensor(&inputs[0])?;
-        let expected: &[Role] = if spec.data_format.c_is_last() {
-            &[Role::Batch, Role::Height, Role::Width, Role::Channels]
-        } else {
-            &[Role::Batch, Role::Channels, Role::Height, Role::Width]
-        };
-        ensure!(
-            roles == expected,
-            "input axes {roles:?} do not match its data format {:?}",
-            spec.data_format
-        );
+        let expected = Self::expected_roles(spec, roles)?;
         let (h, w, c) = self.shapes[id];
         let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
         let Value::Const(kernel) = &inputs[1] else {
@@ -677,12 +662,114 @@ impl Lowering<'_> {
                 }
             }
         }
-        let bias = match inputs.get(2) {
-            Some(Value::Const(b)) => broadcast(&floats(b)?, oc, "bias")?,
-            None => vec![0.0; oc],
+        let (s, padding, (oh, ow)) = Self::window(spec, (h, w))?;
+        let (bias, residual) = match inputs.get(2) {
+            Some(Value::Const(b)) => (broadcast(&floats(b)?, oc, "bias")?, None),
+            None => (vec![0.0; oc], None),
+            // Where the output is one pixel, tract folds a residual add into the bias:
+            // the shortcut is then one value per channel (torchvision's last stage at
+            // 32×32 inputs).
+            Some(Value::Tensor { id, scale, .. })
+                if *scale == 1.0 && (oh, ow) == (1, 1) && self.shapes[*id] == (1, 1, oc) =>
+            {
+                let shortcut = ResidualSpec {
+                    tensor: *id,
+                    stride: 1,
+                    channel_offset: 0,
+                    relu: false,
+                };
+                (vec![0.0; oc], Some(shortcut))
+            }
             Some(_) => bail!("bias is not constant"),
         };
+        let new = self.push(
+            LayerSpec::Conv(ConvSpec {
+                input: id,
+                out_channels: oc,
+                kernel: (kh, kw),
+                stride: s,
+                padding,
+                weights,
+                bias,
+                relu: false,
+                residual,
+            }),
+            (oh, ow, oc),
+        );
+        Ok(Value::Tensor {
+            id: new,
+            roles: expected.to_vec(),
+            scale: 1.0,
+        })
+    }
+
+    /// A max pool: PyTorch's and TFLite's (padding never chosen, floor rounding).
+    fn max_pool(&mut self, pool: &MaxPool, input: &Value) -> Result<Value> {
+        ensure!(
+            pool.with_index_outputs.is_none(),
+            "max pool with its indices as a second output"
+        );
+        let spec = &pool.pool_spec;
+        let (id, roles) = Self::tensor(input)?;
+        let expected = Self::expected_roles(spec, roles)?;
+        let (h, w, c) = self.shapes[id];
+        let (stride, padding, (oh, ow)) = Self::window(spec, (h, w))?;
+        let new = self.push(
+            LayerSpec::MaxPool(MaxPoolSpec {
+                input: id,
+                kernel: (spec.kernel_shape[0], spec.kernel_shape[1]),
+                stride,
+                padding,
+            }),
+            (oh, ow, c),
+        );
+        Ok(Value::Tensor {
+            id: new,
+            roles: expected.to_vec(),
+            scale: 1.0,
+        })
+    }
+
+    /// The axis roles a convolution's or a pool's input must have for its data format,
+    /// checked against the roles it has.
+    fn expected_roles(spec: &PoolSpec, roles: &[Role]) -> Result<&'static [Role]> {
+        ensure!(
+            spec.dilations
+                .as_ref()
+                .is_none_or(|d| d.iter().all(|&d| d == 1)),
+            "dilated window"
+        );
+        ensure!(spec.kernel_shape.len() == 2, "not a 2-D window");
+        // tract drops a batch axis of 1 from some windows (after a 1×1 convolution it
+        // has made an einsum): CHW and HWC.
+        let format = spec.data_format;
+        let expected: &'static [Role] = match (format.has_n(), format.c_is_last()) {
+            (true, false) => &[Role::Batch, Role::Channels, Role::Height, Role::Width],
+            (true, true) => &[Role::Batch, Role::Height, Role::Width, Role::Channels],
+            (false, false) => &[Role::Channels, Role::Height, Role::Width],
+            (false, true) => &[Role::Height, Role::Width, Role::Channels],
+        };
+        ensure!(
+            roles == expected,
+            "input axes {roles:?} do not match its data format {:?}",
+            spec.data_format
+        );
+        Ok(expected)
+    }
+
+    /// A convolution's or a pool's stride, padding `[top, left, bottom, right]` and
+    /// output `(rows, columns)` over an `h×w` input.
+    fn window(
+        spec: &PoolSpec,
+        (h, w): (usize, usize),
+    ) -> Result<(usize, [usize; 4], (usize, usize))> {
+        let strides = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
+        ensure!(
+            strides[0] == strides[1],
+            "different strides per axis {strides:?}"
+        );
         let s = strides[0];
+        let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
         let padding = match &spec.padding {
             PaddingSpec::Valid => [0; 4],
             PaddingSpec::Explicit(before, after)
@@ -700,27 +787,13 @@ impl Lowering<'_> {
             }
             other => bail!("padding {other:?}"),
         };
+        ensure!(
+            s > 0 && h + padding[0] + padding[2] >= kh && w + padding[1] + padding[3] >= kw,
+            "a {kh}×{kw} window (stride {s}, padding {padding:?}) over a {h}×{w} input"
+        );
         let oh = (h + padding[0] + padding[2] - kh) / s + 1;
         let ow = (w + padding[1] + padding[3] - kw) / s + 1;
-        let new = self.push(
-            LayerSpec::Conv(ConvSpec {
-                input: id,
-                out_channels: oc,
-                kernel: (kh, kw),
-                stride: s,
-                padding,
-                weights,
-                bias,
-                relu: false,
-                residual: None,
-            }),
-            (oh, ow, oc),
-        );
-        Ok(Value::Tensor {
-            id: new,
-            roles: expected.to_vec(),
-            scale: 1.0,
-        })
+        Ok((s, padding, (oh, ow)))
     }
 
     /// A 1×1 convolution (`NIHW,OI->NOHW` and the like) or a dense layer over pooled
@@ -807,11 +880,14 @@ impl Lowering<'_> {
                 }
             })
             .collect();
-        if spatial == 0 {
-            ensure!(
-                h.div_ceil(stride.0) == 1 && w.div_ceil(stride.1) == 1,
-                "einsum {formula} drops a {h}×{w} map"
-            );
+        ensure!(
+            spatial > 0 || (h.div_ceil(stride.0) == 1 && w.div_ceil(stride.1) == 1),
+            "einsum {formula} drops a {h}×{w} map"
+        );
+        // Over one pixel, a dense layer (the classifier); a strided 1×1 convolution to
+        // one pixel (a projection in the last stage at a small input) stays a
+        // convolution below, though tract dropped its spatial axes.
+        if spatial == 0 && (h, w) == (1, 1) {
             let new = self.push(
                 LayerSpec::Dense(DenseSpec {
                     input: source,
@@ -916,7 +992,9 @@ impl Lowering<'_> {
                         (&mut c.weights, &mut c.bias, !c.relu && c.residual.is_none())
                     }
                     LayerSpec::Dense(d) => (&mut d.weights, &mut d.bias, !d.relu),
-                    LayerSpec::GlobalAvgPool { .. } => bail!("{name} after a pooling layer"),
+                    LayerSpec::GlobalAvgPool { .. } | LayerSpec::MaxPool(_) => {
+                        bail!("{name} after a pooling layer")
+                    }
                 };
                 ensure!(fresh, "{name} by a constant after a ReLU or an add");
                 let per_output = weights.len() / channels;
@@ -1186,6 +1264,7 @@ fn known_op(node: &TypedNode) -> bool {
         || node.op_is::<Downsample>()
         || node.op_is::<Pad>()
         || node.op_is::<SumPool>()
+        || node.op_is::<MaxPool>()
         || node.op_is::<Reduce>()
         || node.op_is::<AxisOp>()
         || node.op_is::<Softmax>()

@@ -112,6 +112,12 @@ pub fn describe(model: &Model<'_>) -> Result<ModelReport> {
                 let bytes = parameter_bytes(c.weights, c.bias.len(), c.requant.is_some());
                 (op, macs, n, bytes)
             }
+            Layer::MaxPool(p) => (
+                format!("maxpool {}x{}/{}", p.kernel_h, p.kernel_w, p.stride),
+                out_len * (p.kernel_h * p.kernel_w) as u64,
+                0,
+                0,
+            ),
             Layer::GlobalAvgPool { .. } => (
                 "gap".to_string(),
                 (in_shape.iter().product::<usize>()) as u64,

@@ -94,6 +94,43 @@ impl ConvSpec {
     }
 }
 
+/// A max pool (the ImageNet ResNets' 3×3 stride-2 pool after the stem).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaxPoolSpec {
+    /// Input tensor.
+    pub input: usize,
+    /// `(rows, columns)` of the window.
+    pub kernel: (usize, usize),
+    /// Stride in both directions.
+    pub stride: usize,
+    /// Padding `[top, left, bottom, right]`, never chosen (it counts as −∞).
+    pub padding: [usize; 4],
+}
+
+impl MaxPoolSpec {
+    /// The kernel's view of this pool from `(height, width, channels)` of its input
+    /// and output tensors.
+    pub fn shape(
+        &self,
+        (in_h, in_w, in_c): (usize, usize, usize),
+        (out_h, out_w, out_c): (usize, usize, usize),
+    ) -> ConvShape {
+        ConvShape {
+            in_h,
+            in_w,
+            in_c,
+            out_h,
+            out_w,
+            out_c,
+            kernel_h: self.kernel.0,
+            kernel_w: self.kernel.1,
+            stride: self.stride,
+            pad_top: self.padding[0],
+            pad_left: self.padding[1],
+        }
+    }
+}
+
 /// A fully connected layer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DenseSpec {
@@ -121,6 +158,8 @@ pub enum LayerSpec {
     },
     /// Fully connected layer.
     Dense(DenseSpec),
+    /// Max pooling.
+    MaxPool(MaxPoolSpec),
 }
 
 impl LayerSpec {
@@ -129,6 +168,7 @@ impl LayerSpec {
             LayerSpec::Conv(c) => (c.input, c.residual.map(|r| r.tensor)),
             LayerSpec::GlobalAvgPool { input } => (*input, None),
             LayerSpec::Dense(d) => (d.input, None),
+            LayerSpec::MaxPool(p) => (p.input, None),
         }
     }
 }
@@ -158,6 +198,25 @@ impl fmt::Display for WriteError {
 }
 
 impl std::error::Error for WriteError {}
+
+/// The output `(rows, columns)` of a convolution's or a pool's window over `(h, w)`, or
+/// what is wrong with the window.
+fn window_output(
+    (h, w): (usize, usize),
+    kernel: (usize, usize),
+    stride: usize,
+    padding: [usize; 4],
+) -> Result<(usize, usize), &'static str> {
+    let (kh, kw) = kernel;
+    if kh == 0 || kw == 0 || kh > 255 || kw > 255 || stride == 0 || stride > 255 {
+        return Err("kernel and stride must be in 1..=255");
+    }
+    if padding[0].max(padding[2]) >= kh || padding[1].max(padding[3]) >= kw {
+        return Err("padding must be smaller than the kernel");
+    }
+    ConvShape::output_size(h, w, kernel, stride, padding)
+        .ok_or("kernel larger than the padded input")
+}
 
 fn fail<T>(msg: impl Into<String>) -> Result<T, WriteError> {
     Err(WriteError(msg.into()))
@@ -279,25 +338,8 @@ impl Network {
             let shape = match layer {
                 LayerSpec::Conv(conv) => {
                     let (kh, kw) = conv.kernel;
-                    if kh == 0
-                        || kw == 0
-                        || kh > 255
-                        || kw > 255
-                        || conv.stride == 0
-                        || conv.stride > 255
-                    {
-                        return fail(at("kernel and stride must be in 1..=255"));
-                    }
-                    if conv.padding[0].max(conv.padding[2]) >= kh
-                        || conv.padding[1].max(conv.padding[3]) >= kw
-                    {
-                        return fail(at("padding must be smaller than the kernel"));
-                    }
-                    let Some((oh, ow)) =
-                        ConvShape::output_size(h, w, conv.kernel, conv.stride, conv.padding)
-                    else {
-                        return fail(at("kernel larger than the padded input"));
-                    };
+                    let (oh, ow) = window_output((h, w), conv.kernel, conv.stride, conv.padding)
+                        .map_err(|e| WriteError(at(e)))?;
                     let n = conv.out_channels * kh * kw * c;
                     if conv.weights.len() != n {
                         return fail(at(&format!(
@@ -333,6 +375,11 @@ impl Network {
                     (oh, ow, conv.out_channels)
                 }
                 LayerSpec::GlobalAvgPool { .. } => (1, 1, c),
+                LayerSpec::MaxPool(pool) => {
+                    let (oh, ow) = window_output((h, w), pool.kernel, pool.stride, pool.padding)
+                        .map_err(|e| WriteError(at(e)))?;
+                    (oh, ow, c)
+                }
                 LayerSpec::Dense(d) => {
                     let n = d.out_features * h * w * c;
                     if d.weights.len() != n || d.bias.len() != d.out_features {
@@ -399,6 +446,10 @@ impl Network {
                     LayerSpec::GlobalAvgPool { .. } => {
                         let (h, w, c) = shapes[layer.inputs().0];
                         (h * w * c) as u64
+                    }
+                    // Comparisons, not multiply-accumulates: one per window value.
+                    LayerSpec::MaxPool(pool) => {
+                        (oh * ow * oc * pool.kernel.0 * pool.kernel.1) as u64
                     }
                     LayerSpec::Dense(d) => d.weights.len() as u64,
                 }
@@ -719,6 +770,12 @@ impl Network {
                     tinyres_core::kernels::global_avg_pool_f32(x, ih * iw, &mut out)
                         .map_err(|e| kernel_error(k, e))?;
                 }
+                LayerSpec::MaxPool(pool) => {
+                    pre_add.push(None);
+                    let shape = pool.shape(shapes[input], shapes[k + 1]);
+                    tinyres_core::kernels::max_pool(&shape, x, &mut out)
+                        .map_err(|e| kernel_error(k, e))?;
+                }
                 LayerSpec::Dense(d) => {
                     pre_add.push(None);
                     tinyres_core::kernels::dense_f32(x, &d.weights, &d.bias, d.relu, &mut out)
@@ -787,7 +844,7 @@ impl Network {
                     .map_err(|e| kernel_error(k, e))?;
                     &mut d.bias
                 }
-                LayerSpec::GlobalAvgPool { .. } => continue,
+                LayerSpec::GlobalAvgPool { .. } | LayerSpec::MaxPool(_) => continue,
             };
             let positions = (oh * ow) as f32;
             for (c, b) in bias.iter_mut().enumerate() {
@@ -1042,13 +1099,7 @@ impl Network {
                 LayerSpec::Conv(conv) => {
                     let mut bits = if conv.relu { flags::RELU } else { 0 };
                     w.put(at + lf::KIND, &[kind::CONV2D]);
-                    w.put(at + lf::KERNEL_H, &[conv.kernel.0 as u8]);
-                    w.put(at + lf::KERNEL_W, &[conv.kernel.1 as u8]);
-                    w.put(at + lf::STRIDE, &[conv.stride as u8]);
-                    w.put(at + lf::PAD_TOP, &[conv.padding[0] as u8]);
-                    w.put(at + lf::PAD_LEFT, &[conv.padding[1] as u8]);
-                    w.put(at + lf::PAD_BOTTOM, &[conv.padding[2] as u8]);
-                    w.put(at + lf::PAD_RIGHT, &[conv.padding[3] as u8]);
+                    w.put_window(at, conv.kernel, conv.stride, conv.padding);
                     let mut produced = quant.as_ref().map_or((1.0, 0), |q| q[k + 1]);
                     if let Some(r) = conv.residual {
                         bits |= flags::RESIDUAL;
@@ -1095,6 +1146,10 @@ impl Network {
                 }
                 LayerSpec::GlobalAvgPool { .. } => {
                     w.put(at + lf::KIND, &[kind::GLOBAL_AVG_POOL]);
+                }
+                LayerSpec::MaxPool(pool) => {
+                    w.put(at + lf::KIND, &[kind::MAX_POOL]);
+                    w.put_window(at, pool.kernel, pool.stride, pool.padding);
                 }
                 LayerSpec::Dense(d) => {
                     w.put(at + lf::KIND, &[kind::DENSE]);
@@ -1184,7 +1239,10 @@ impl Network {
             .map(|&(lo, hi)| quantization_for_range(lo, hi))
             .collect();
         for (k, layer) in self.layers.iter().enumerate() {
-            if let LayerSpec::GlobalAvgPool { input } = layer {
+            // Pools keep their input's quantization (TFLite's int8 pools require it).
+            if let LayerSpec::GlobalAvgPool { input }
+            | LayerSpec::MaxPool(MaxPoolSpec { input, .. }) = layer
+            {
                 q[k + 1] = q[*input];
             }
         }
@@ -1209,6 +1267,24 @@ impl BlobBuilder {
         let at = self.reserve(data.len());
         self.bytes[at..].copy_from_slice(data);
         at
+    }
+
+    /// A convolution's or a pool's kernel, stride and padding into the layer record at
+    /// `at` ([`Network::tensor_shapes`] has checked that each fits a byte).
+    fn put_window(
+        &mut self,
+        at: usize,
+        kernel: (usize, usize),
+        stride: usize,
+        padding: [usize; 4],
+    ) {
+        self.put(at + lf::KERNEL_H, &[kernel.0 as u8]);
+        self.put(at + lf::KERNEL_W, &[kernel.1 as u8]);
+        self.put(at + lf::STRIDE, &[stride as u8]);
+        self.put(at + lf::PAD_TOP, &[padding[0] as u8]);
+        self.put(at + lf::PAD_LEFT, &[padding[1] as u8]);
+        self.put(at + lf::PAD_BOTTOM, &[padding[2] as u8]);
+        self.put(at + lf::PAD_RIGHT, &[padding[3] as u8]);
     }
 
     fn put(&mut self, at: usize, data: &[u8]) {

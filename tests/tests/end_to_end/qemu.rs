@@ -49,10 +49,16 @@ const PROTOTYPES: u32 = 99;
 /// on prototype k's centred features),
 /// so that the untrained net still sorts different images into different classes.
 fn resnet8() -> Network {
-    let mut net = Architecture::by_name("resnet8")
-        .unwrap()
-        .network(11)
-        .unwrap();
+    imprinted(
+        Architecture::by_name("resnet8")
+            .unwrap()
+            .network(11)
+            .unwrap(),
+    )
+}
+
+/// `net` with its classifier imprinted from ten prototype images (see [`resnet8`]).
+fn imprinted(mut net: Network) -> Network {
     let blob = AlignedBlob::new(&net.to_blob(Encoding::F32).unwrap());
     let model = Model::parse(blob.as_bytes()).unwrap();
     let mut arena = vec![0u8; model.required_arena()];
@@ -168,6 +174,38 @@ fn int8_resnet8_on_every_cortex_m_board_matches_the_host_engine() {
             "{}: {} instructions per inference",
             board.name, predictions[0].instructions
         );
+    }
+}
+
+/// The ImageNet ResNets' layout (7×7/2 stem, 3×3/2 max pool, option-B projections) as
+/// PyTorch exports torchvision's definition (tests/models/make_models.py), in int8: on
+/// a DSP Cortex-M and on the Cortex-A53, the same classes as the host's engine.
+#[test]
+fn int8_imagenet_layout_with_max_pool_matches_the_host_engine() {
+    let onnx = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/torch_imagenet_basic_torchscript.onnx");
+    let imported = tinyres_compile::import_onnx(&onnx, &Default::default()).unwrap();
+    let blob = int8_blob(&imprinted(imported.network));
+    let model = Model::parse(blob.as_bytes()).unwrap();
+    let pools = (0..model.num_layers())
+        .filter(|&i| matches!(model.layer(i), Ok(tinyres_core::Layer::MaxPool(_))))
+        .count();
+    assert_eq!(pools, 1);
+    let mut data = images(10, PROTOTYPES);
+    data.truncate(6);
+    let host = host_classes(&blob, &data);
+    let distinct: std::collections::BTreeSet<_> = host.iter().collect();
+    assert!(
+        distinct.len() >= 3,
+        "the test images should fall in several classes: {host:?}"
+    );
+    for board in ["mps2-an386", "virt-a53"] {
+        let board = Board::by_name(board).unwrap();
+        let classes: Vec<usize> = device(&board, &blob, &data)
+            .iter()
+            .map(|p| p.class)
+            .collect();
+        assert_eq!(classes, host, "{}", board.name);
     }
 }
 
