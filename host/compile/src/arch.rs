@@ -1,14 +1,18 @@
-//! The ResNet family as one description that every stage reads (planning today;
-//! training, export and compilation as they land): the paper's CIFAR networks
-//! `resnet{20,32,44,56,110}` and their `plain*` twins, the MLPerf Tiny `resnet8`, with
-//! basic or bottleneck blocks and shortcut options A, B or C.
+//! The ResNet family as one description that every stage reads (planning, training,
+//! export and compilation): the paper's CIFAR networks `resnet{20,32,44,56,110}` and
+//! their `plain*` twins, the MLPerf Tiny `resnet8`, the paper's ImageNet networks
+//! `resnet{18,34,50,101,152}` and `plain{18,34}` (7×7 stem and max pool), with basic or
+//! bottleneck blocks and shortcut options A, B or C.
 
 use std::fmt;
 use std::str::FromStr;
 
-use crate::writer::{ConvSpec, DenseSpec, InputSpec, LayerSpec, Network, ResidualSpec};
-use anyhow::{bail, Result};
+use crate::writer::{
+    ConvSpec, DenseSpec, InputSpec, LayerSpec, MaxPoolSpec, Network, ResidualSpec,
+};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use tinyres_core::kernels::ConvShape;
 use tinyres_core::InputRange;
 
 /// How a block's input reaches its output (He et al. 2016, section 4.1).
@@ -68,6 +72,27 @@ pub enum Padding {
     TfSame,
 }
 
+/// The layers before the first stage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stem {
+    /// A 3×3 stride-1 convolution (the paper's CIFAR-10 networks).
+    #[default]
+    Cifar,
+    /// A 7×7 stride-2 convolution, then a 3×3 stride-2 max pool (the paper's ImageNet
+    /// networks): the first stage sees a quarter of the input's rows and columns.
+    ImageNet,
+}
+
+/// Blocks in each stage: one count for all, or one per stage (the ImageNet networks').
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StageBlocks {
+    /// The same count in every stage.
+    Each(usize),
+    /// One count per stage.
+    PerStage(Vec<usize>),
+}
+
 /// A network of the family.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Architecture {
@@ -75,13 +100,17 @@ pub struct Architecture {
     pub name: String,
     /// Input `(height, width, channels)`.
     pub input: (usize, usize, usize),
-    /// Filters of the 3×3 stem convolution.
+    /// The layers before the first stage (absent in files from before the ImageNet
+    /// networks: the CIFAR stem).
+    #[serde(default)]
+    pub stem: Stem,
+    /// Filters of the stem convolution.
     pub stem_width: usize,
     /// Filters of each stage (the bottleneck's inner width for bottleneck blocks);
     /// every stage after the first halves the resolution.
     pub stage_widths: Vec<usize>,
     /// Blocks in each stage.
-    pub blocks_per_stage: usize,
+    pub blocks_per_stage: StageBlocks,
     /// Block type.
     pub block: Block,
     /// Shortcut option.
@@ -107,8 +136,8 @@ impl fmt::Display for Architecture {
 }
 
 /// Names accepted by [`Architecture::by_name`].
-pub const NAMES: &str =
-    "resnet8, resnet{20,32,44,56,110}, plain{20,32,44,56,110}, resnetN-bottleneck (N = 9n+2)";
+pub const NAMES: &str = "resnet8, resnet{20,32,44,56,110}, plain{20,32,44,56,110}, \
+resnetN-bottleneck (N = 9n+2), resnet{18,34,50,101,152} and plain{18,34} (ImageNet)";
 
 impl Architecture {
     /// The named architecture with the paper's defaults (CIFAR-10: 32×32×3, 10
@@ -126,16 +155,41 @@ impl Architecture {
             Ok(Architecture {
                 name: name.to_string(),
                 input: (32, 32, 3),
+                stem: Stem::Cifar,
                 stem_width: 16,
                 stage_widths: vec![16, 32, 64],
-                blocks_per_stage: (depth - 2) / per_block,
+                blocks_per_stage: StageBlocks::Each((depth - 2) / per_block),
                 block,
                 shortcut,
                 classes: 10,
                 padding: Padding::Symmetric,
             })
         };
+        // The paper's Table 1: 224×224, stages 64-128-256-512, option B (its default
+        // for the comparisons of Table 3 onwards), 1,000 classes.
+        let imagenet = |blocks: [usize; 4], block: Block, shortcut: Shortcut| Architecture {
+            name: name.to_string(),
+            input: (224, 224, 3),
+            stem: Stem::ImageNet,
+            stem_width: 64,
+            stage_widths: vec![64, 128, 256, 512],
+            blocks_per_stage: StageBlocks::PerStage(blocks.to_vec()),
+            block,
+            shortcut,
+            classes: 1000,
+            padding: Padding::Symmetric,
+        };
         let lower = name.to_ascii_lowercase();
+        match lower.as_str() {
+            "resnet18" => return Ok(imagenet([2, 2, 2, 2], Block::Basic, Shortcut::B)),
+            "resnet34" => return Ok(imagenet([3, 4, 6, 3], Block::Basic, Shortcut::B)),
+            "resnet50" => return Ok(imagenet([3, 4, 6, 3], Block::Bottleneck, Shortcut::B)),
+            "resnet101" => return Ok(imagenet([3, 4, 23, 3], Block::Bottleneck, Shortcut::B)),
+            "resnet152" => return Ok(imagenet([3, 8, 36, 3], Block::Bottleneck, Shortcut::B)),
+            "plain18" => return Ok(imagenet([2, 2, 2, 2], Block::Basic, Shortcut::None)),
+            "plain34" => return Ok(imagenet([3, 4, 6, 3], Block::Basic, Shortcut::None)),
+            _ => {}
+        }
         if lower == "resnet8" {
             return Ok(Architecture {
                 shortcut: Shortcut::B,
@@ -167,19 +221,75 @@ impl Architecture {
             Block::Basic => 2,
             Block::Bottleneck => 3,
         };
-        2 + per_block * self.blocks_per_stage * self.stage_widths.len()
+        let blocks: usize = (0..self.stage_widths.len())
+            .map(|stage| self.blocks_in(stage))
+            .sum();
+        2 + per_block * blocks
+    }
+
+    /// Blocks in stage `stage` (0 past the listed stages: [`Self::check`] refuses that).
+    pub fn blocks_in(&self, stage: usize) -> usize {
+        match &self.blocks_per_stage {
+            StageBlocks::Each(n) => *n,
+            StageBlocks::PerStage(counts) => counts.get(stage).copied().unwrap_or(0),
+        }
+    }
+
+    /// What is wrong with the description, if anything: no stages, a zero width or
+    /// block count, per-stage counts that do not match the stages, no classes.
+    pub fn check(&self) -> Result<()> {
+        let (h, w, c) = self.input;
+        if h == 0 || w == 0 || c == 0 {
+            bail!("{}: the input must be at least 1×1×1", self.name);
+        }
+        if self.classes == 0 {
+            bail!("{}: at least 1 class", self.name);
+        }
+        if self.stage_widths.is_empty() || self.stage_widths.contains(&0) || self.stem_width == 0 {
+            bail!("{}: widths must be positive", self.name);
+        }
+        if let StageBlocks::PerStage(counts) = &self.blocks_per_stage {
+            if counts.len() != self.stage_widths.len() {
+                bail!(
+                    "{}: {} block counts for {} stages",
+                    self.name,
+                    counts.len(),
+                    self.stage_widths.len()
+                );
+            }
+        }
+        if (0..self.stage_widths.len()).any(|stage| self.blocks_in(stage) == 0) {
+            bail!("{}: every stage needs at least one block", self.name);
+        }
+        Ok(())
     }
 
     /// The network with He-uniform weights from `seed` and batch norm at its
     /// initial state (folded: scale 1, shift 0).
     pub fn network(&self, seed: u64) -> Result<Network> {
+        self.check()?;
         let (h, w, c) = self.input;
         let mut b = NetBuilder {
             rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             layers: Vec::new(),
             shapes: vec![(h, w, c)],
         };
-        let mut x = b.conv(self, 0, self.stem_width, 3, 1, true, None);
+        let mut x = match self.stem {
+            Stem::Cifar => b.conv(self, 0, self.stem_width, 3, 1, true, None),
+            Stem::ImageNet => {
+                let stem = b.conv(self, 0, self.stem_width, 7, 2, true, None);
+                let (sh, sw, _) = b.shapes[stem];
+                let pool = MaxPoolSpec {
+                    input: stem,
+                    kernel: (3, 3),
+                    stride: 2,
+                    padding: self.conv_padding((sh, sw), 3, 2),
+                };
+                let (ph, pw) = ConvShape::output_size(sh, sw, (3, 3), 2, pool.padding)
+                    .context("the input is too small for the ImageNet stem")?;
+                b.layer(LayerSpec::MaxPool(pool), |(_, _, c)| (ph, pw, c))
+            }
+        };
         for plan in self.blocks() {
             x = self.block(&mut b, x, &plan);
         }
@@ -222,7 +332,7 @@ impl Architecture {
         let mut plans = Vec::new();
         let mut in_channels = self.stem_width;
         for (stage, &width) in self.stage_widths.iter().enumerate() {
-            for block in 0..self.blocks_per_stage {
+            for block in 0..self.blocks_in(stage) {
                 let stride = if stage > 0 && block == 0 { 2 } else { 1 };
                 let out_channels = match self.block {
                     Block::Basic => width,
@@ -431,6 +541,51 @@ mod tests {
             .sum()
     }
 
+    /// torchvision's parameter counts (`sum(p.numel())`), less one of batch norm's two
+    /// parameters per channel (folded into the convolution's bias here). MACs as
+    /// [`Network::macs`] counts them (with the pools' comparisons and sums): the paper's
+    /// Table 1 gives 1.8 × 10⁹ for ResNet-18, and 3.8 × 10⁹ for ResNet-50, whose
+    /// stride sits in the first 1×1 convolution; here, as in torchvision, it sits in
+    /// the 3×3 (4.1 × 10⁹).
+    #[test]
+    fn imagenet_resnets_match_torchvision() {
+        for (name, torchvision, bn_channels, macs) in [
+            ("resnet18", 11_689_512, 4_800, 1_815_904_768),
+            ("resnet50", 25_557_032, 26_560, 4_091_090_944),
+        ] {
+            let net = Architecture::by_name(name).unwrap().network(1).unwrap();
+            assert_eq!(params(&net), torchvision - bn_channels, "{name}");
+            assert_eq!(net.macs().unwrap().iter().sum::<u64>(), macs, "{name}");
+            let pools = net
+                .layers
+                .iter()
+                .filter(|l| matches!(l, LayerSpec::MaxPool(_)));
+            assert_eq!(pools.count(), 1, "{name}");
+        }
+        let resnet34 = Architecture::by_name("resnet34").unwrap();
+        assert_eq!(resnet34.depth(), 34);
+        assert_eq!(Architecture::by_name("resnet152").unwrap().depth(), 152);
+        assert_eq!(
+            Architecture::by_name("plain34").unwrap().shortcut,
+            Shortcut::None
+        );
+    }
+
+    /// Architecture files from before the ImageNet networks (no `stem`, one block count)
+    /// still read, as the CIFAR layout.
+    #[test]
+    fn old_architecture_files_read_as_the_cifar_layout() {
+        let mut old = serde_json::to_value(Architecture::by_name("resnet20").unwrap()).unwrap();
+        assert_eq!(old["blocks_per_stage"], 3);
+        old.as_object_mut().unwrap().remove("stem");
+        let read: Architecture = serde_json::from_value(old).unwrap();
+        assert_eq!(read, Architecture::by_name("resnet20").unwrap());
+        let mut bad = Architecture::by_name("resnet18").unwrap();
+        bad.blocks_per_stage = StageBlocks::PerStage(vec![2, 2]);
+        let e = bad.network(1).unwrap_err().to_string();
+        assert!(e.contains("2 block counts for 4 stages"), "{e}");
+    }
+
     #[test]
     fn resnet8_matches_mlperf_tiny() {
         let net = Architecture::by_name("resnet8")
@@ -474,7 +629,7 @@ mod tests {
                 let arch = Architecture {
                     shortcut,
                     block,
-                    blocks_per_stage: 1,
+                    blocks_per_stage: StageBlocks::Each(1),
                     ..Architecture::by_name("resnet20").unwrap()
                 };
                 let net = arch.network(3).unwrap();

@@ -123,6 +123,13 @@ enum Value {
     /// A tensor seen through a subsampling and zero channels around it.
     View(View),
     Const(Arc<Tensor>),
+    /// Tensor `id` plus one constant per channel, the bias of the convolution that
+    /// reads it: where a convolution's output is one pixel, tract folds its residual
+    /// add into its bias, and the bias's constant onto the shortcut.
+    ChannelBias {
+        id: usize,
+        bias: Vec<f32>,
+    },
 }
 
 /// A tensor seen through a spatial subsampling and zero channels around it: usable as
@@ -154,7 +161,7 @@ impl Value {
                 *scale,
             )),
             Value::View(view) => Some((view.clone(), 1.0)),
-            Value::Const(_) => None,
+            Value::Const(_) | Value::ChannelBias { .. } => None,
         }
     }
 }
@@ -560,6 +567,14 @@ impl Lowering<'_> {
         }
     }
 
+    /// Whether `node`'s only reader takes its output as a convolution's bias.
+    fn is_a_convolutions_bias(&self, node: &TypedNode) -> bool {
+        match self.model.outlet_successors(OutletId::new(node.id, 0)) {
+            [inlet] => inlet.slot == 2 && self.model.node(inlet.node).op_is::<Conv>(),
+            _ => false,
+        }
+    }
+
     fn consumers(&self, outlet: OutletId) -> usize {
         self.model.outlet_successors(outlet).len()
     }
@@ -669,16 +684,23 @@ impl Lowering<'_> {
             // Where the output is one pixel, tract folds a residual add into the bias:
             // the shortcut is then one value per channel (torchvision's last stage at
             // 32×32 inputs).
-            Some(Value::Tensor { id, scale, .. })
-                if *scale == 1.0 && (oh, ow) == (1, 1) && self.shapes[*id] == (1, 1, oc) =>
-            {
+            Some(shortcut @ (Value::Tensor { .. } | Value::ChannelBias { .. })) => {
+                let (id, bias) = match shortcut {
+                    Value::Tensor { id, scale, .. } if *scale == 1.0 => (*id, vec![0.0; oc]),
+                    Value::ChannelBias { id, bias } => (*id, bias.clone()),
+                    _ => bail!("bias is an unfinished average"),
+                };
+                ensure!(
+                    (oh, ow) == (1, 1) && self.shapes[id] == (1, 1, oc),
+                    "bias is a computed tensor, not a shortcut of a one-pixel output"
+                );
                 let shortcut = ResidualSpec {
-                    tensor: *id,
+                    tensor: id,
                     stride: 1,
                     channel_offset: 0,
                     relu: false,
                 };
-                (vec![0.0; oc], Some(shortcut))
+                (bias, Some(shortcut))
             }
             Some(_) => bail!("bias is not constant"),
         };
@@ -964,6 +986,13 @@ impl Lowering<'_> {
             | ("Mul" | "Add", Value::Const(k), Value::Tensor { id, roles, scale }) => {
                 let reader = single_reader(self, usize::from(matches!(inputs[0], Value::Const(_))));
                 let values = floats(k)?;
+                if name == "Add" && *scale == 1.0 && self.is_a_convolutions_bias(node) {
+                    let channels = self.shapes[*id].2;
+                    return Ok(Value::ChannelBias {
+                        id: *id,
+                        bias: per_channel(k, roles, channels)?,
+                    });
+                }
                 // A scalar on an unfinished average (ReduceSum then a division).
                 if *scale != 1.0 && values.len() == 1 && matches!(name, "Mul" | "Div") {
                     let factor = if name == "Mul" {
@@ -1276,6 +1305,7 @@ fn kind(value: &Value) -> &'static str {
         Value::Tensor { .. } => "a tensor",
         Value::View(_) => "a subsampled or padded tensor",
         Value::Const(_) => "a constant",
+        Value::ChannelBias { .. } => "a tensor plus a constant per channel",
     }
 }
 

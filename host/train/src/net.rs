@@ -8,11 +8,11 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
-use burn::tensor::module::avg_pool2d;
-use burn::tensor::ops::{AvgPoolOptions, PadMode};
+use burn::tensor::module::{avg_pool2d, max_pool2d};
+use burn::tensor::ops::{AvgPoolOptions, MaxPoolOptions, PadMode};
 use burn::tensor::{Device, Tensor};
 
-use tinyres_compile::arch::{Architecture, Block, ShortcutPlan};
+use tinyres_compile::arch::{Architecture, Block, ShortcutPlan, Stem};
 
 /// He et al. 2015 ("Delving deep into rectifiers"), which the ResNet paper uses:
 /// normal with standard deviation `sqrt(2 / fan_in)`.
@@ -108,6 +108,9 @@ impl ResidualBlock {
 #[derive(Module, Debug)]
 pub struct ResNet {
     stem: ConvBn,
+    /// `(kernel, stride, [top, left, bottom, right])` of the ImageNet stem's max pool.
+    #[module(skip)]
+    stem_pool: Option<(usize, usize, [usize; 4])>,
     blocks: Vec<ResidualBlock>,
     classifier: Linear,
 }
@@ -117,8 +120,28 @@ impl ResNet {
     /// burn's default classifier initialisation; random draws come from `device`'s seed.
     pub fn new(arch: &Architecture, device: &Device) -> Self {
         let (h, w, c) = arch.input;
-        let stem = ConvBn::new(arch, (c, arch.stem_width), 3, 1, (h, w), device);
-        let mut size = (h, w);
+        let (stem, stem_pool, mut size) = match arch.stem {
+            Stem::Cifar => (
+                ConvBn::new(arch, (c, arch.stem_width), 3, 1, (h, w), device),
+                None,
+                (h, w),
+            ),
+            Stem::ImageNet => {
+                let stem = ConvBn::new(arch, (c, arch.stem_width), 7, 2, (h, w), device);
+                // Output sizes as the engine's network computes them.
+                let conv = arch.conv_padding((h, w), 7, 2);
+                let after_conv = (
+                    (h + conv[0] + conv[2] - 7) / 2 + 1,
+                    (w + conv[1] + conv[3] - 7) / 2 + 1,
+                );
+                let pool = arch.conv_padding(after_conv, 3, 2);
+                let after_pool = (
+                    (after_conv.0 + pool[0] + pool[2] - 3) / 2 + 1,
+                    (after_conv.1 + pool[1] + pool[3] - 3) / 2 + 1,
+                );
+                (stem, Some((3, 2, pool)), after_pool)
+            }
+        };
         let mut blocks = Vec::new();
         for plan in arch.blocks() {
             let mut branch = Vec::new();
@@ -156,6 +179,7 @@ impl ResNet {
             .map_or(arch.stem_width, |plan| plan.out_channels);
         ResNet {
             stem,
+            stem_pool,
             blocks,
             classifier: LinearConfig::new(features, arch.classes).init(device),
         }
@@ -164,6 +188,12 @@ impl ResNet {
     /// Logits `[batch, classes]` of a normalised NCHW batch.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = relu(self.stem.forward(x));
+        if let Some((kernel, stride, [top, left, bottom, right])) = self.stem_pool {
+            let options = MaxPoolOptions::new([kernel, kernel])
+                .with_stride([stride, stride])
+                .with_padding_pairs([(top, bottom), (left, right)]);
+            x = max_pool2d(x, options);
+        }
         for block in &self.blocks {
             x = block.forward(x);
         }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use tinyres_compile::arch::{Architecture, Block, Shortcut, NAMES};
+use tinyres_compile::arch::{Architecture, Block, Shortcut, StageBlocks, NAMES};
 use tinyres_compile::onnx::parse_range;
 use tinyres_compile::writer::AlignedBlob;
 use tinyres_compile::PreprocessingFlags;
@@ -72,7 +72,8 @@ impl PreprocessingArgs {
 /// Which network: a named architecture, optionally changed by flags, or a file.
 #[derive(clap::Args, Debug)]
 pub struct ArchArgs {
-    /// Architecture name: resnet8, resnet{20,32,44,56,110}, plain{..}, resnetN-bottleneck.
+    /// Architecture name: resnet8, resnet{20,32,44,56,110}, plain{..}, resnetN-bottleneck
+    /// (CIFAR-10 layout); resnet{18,34,50,101,152}, plain{18,34} (ImageNet layout).
     #[arg(long, default_value = "resnet8")]
     arch: String,
     /// A JSON architecture file (the `arch` object of a run's config.json) instead
@@ -85,15 +86,35 @@ pub struct ArchArgs {
     /// Block type (basic or bottleneck); default: the architecture's own.
     #[arg(long)]
     block: Option<Block>,
-    /// Number of classes; default: the architecture's own (10).
+    /// Number of classes; default: the architecture's own (10 for the CIFAR layout,
+    /// 1,000 for the ImageNet one).
     #[arg(long)]
     classes: Option<usize>,
     /// Filters per stage, comma-separated (e.g. 16,32,64); the stem takes the first.
     #[arg(long, value_delimiter = ',')]
     widths: Vec<usize>,
-    /// Blocks per stage (depth = 6n+2 for basic blocks).
-    #[arg(long)]
-    blocks_per_stage: Option<usize>,
+    /// Blocks per stage: one count for every stage (depth = 6n+2 for basic blocks) or
+    /// one per stage, comma-separated (ResNet-18: 2,2,2,2).
+    #[arg(long, value_delimiter = ',')]
+    blocks_per_stage: Vec<usize>,
+    /// Input image size, `N` or `HxW` (RGB); default: the architecture's own (32 for
+    /// the CIFAR layout, 224 for the ImageNet one).
+    #[arg(long, value_name = "N|HxW", value_parser = parse_input_size)]
+    input_size: Option<(usize, usize)>,
+}
+
+/// `N` or `HxW`, each at least 1.
+fn parse_input_size(text: &str) -> Result<(usize, usize)> {
+    let number = |t: &str| -> Result<usize> {
+        match t.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => bail!("{text:?}: expected N or HxW with positive numbers"),
+        }
+    };
+    match text.split_once(['x', 'X']) {
+        Some((h, w)) => Ok((number(h)?, number(w)?)),
+        None => number(text).map(|n| (n, n)),
+    }
 }
 
 impl ArchArgs {
@@ -116,16 +137,18 @@ impl ArchArgs {
             arch.stem_width = self.widths[0];
             arch.stage_widths = self.widths.clone();
         }
-        arch.blocks_per_stage = self.blocks_per_stage.unwrap_or(arch.blocks_per_stage);
-        if arch.classes == 0 {
-            bail!("--classes must be at least 1");
+        match self.blocks_per_stage[..] {
+            [] => {}
+            [n] => arch.blocks_per_stage = StageBlocks::Each(n),
+            ref counts => arch.blocks_per_stage = StageBlocks::PerStage(counts.to_vec()),
         }
-        if arch.stage_widths.is_empty()
-            || arch.stage_widths.contains(&0)
-            || arch.blocks_per_stage == 0
-        {
-            bail!("--widths and --blocks-per-stage must be positive");
+        if let Some((h, w)) = self.input_size {
+            arch.input = (h, w, arch.input.2);
         }
+        arch.check().context(
+            "check --widths, --blocks-per-stage, --classes and --input-size (all positive; \
+             as many block counts as widths)",
+        )?;
         Ok(arch)
     }
 }

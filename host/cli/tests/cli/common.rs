@@ -40,7 +40,7 @@ impl TrainedRun {
     }
 }
 
-fn train_and_export(name: &str, args: &[&str]) -> TrainedRun {
+pub fn train_and_export(name: &str, args: &[&str]) -> TrainedRun {
     let dir = std::env::temp_dir().join(format!("tinyres-runs-{}/{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let dir_arg = dir.to_str().unwrap();

@@ -1,7 +1,9 @@
 //! `tinyres train` and `tinyres export` as a user runs them: the synthetic data, resume
 //! after `kill -9`, and an ONNX file that tract, onnxruntime and burn agree on.
 
-use super::common::{err, ok, tinyres, trained_resnet20, trained_resnet8, TrainedRun};
+use super::common::{
+    err, ok, tinyres, train_and_export, trained_resnet20, trained_resnet8, TrainedRun,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -262,4 +264,55 @@ fn resnet8_exports_onnx_that_tract_and_onnxruntime_agree_on() {
 #[test]
 fn resnet20_option_a_exports_onnx_that_tract_and_onnxruntime_agree_on() {
     export_and_check_with_onnxruntime(trained_resnet20());
+}
+
+/// The paper's ImageNet layout (7×7/2 stem, 3×3/2 max pool, stages of 2 blocks, option
+/// B) at a sixteenth of ResNet-18's width and CIFAR-10's size: it trains, its ONNX
+/// export agrees with onnxruntime, and its f32 blob classifies every test image as the
+/// ONNX file does under tract.
+#[test]
+fn resnet18_imagenet_layout_trains_exports_and_compiles() {
+    let run = train_and_export(
+        "resnet18",
+        &[
+            "--arch",
+            "resnet18",
+            "--widths",
+            "4,8,16,32",
+            "--classes",
+            "10",
+            "--input-size",
+            "32",
+            "--limit",
+            "500",
+            "--epochs",
+            "1",
+        ],
+    );
+    // 45,102 weights, biases and batch-norm scales and shifts, and burn's count includes
+    // batch norm's running means and variances (600 for 300 channels).
+    assert_eq!(run.summary["parameters"], 45_702);
+    export_and_check_with_onnxruntime(&run);
+    let onnx = run.onnx();
+    let blob = run.dir.join("model-f32.trm");
+    ok(tinyres(&[
+        "compile",
+        onnx.to_str().unwrap(),
+        "--dtype",
+        "f32",
+        "-o",
+        blob.to_str().unwrap(),
+    ]));
+    let eval = |model: &Path| -> serde_json::Value {
+        let out = ok(tinyres(&[
+            "eval",
+            model.to_str().unwrap(),
+            "--data",
+            "synthetic",
+            "--json",
+        ]));
+        serde_json::from_str(&out).unwrap()
+    };
+    let (tract, engine) = (eval(&onnx), eval(&blob));
+    assert_eq!(tract["confusion"], engine["confusion"]);
 }
