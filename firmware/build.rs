@@ -80,14 +80,17 @@ const BOARDS: [Board; 7] = [
         head_store: None,
         default_arena: QEMU_ARENA,
     },
-    // Linked at 0x40080000, leaving QEMU room for the device tree at the start of RAM.
+    // Linked at 0x40080000, leaving QEMU room for the device tree at the start of RAM;
+    // RAM (data, and the stack that holds the arena) up to the model partition; model
+    // and images of 56 MiB each (an ImageNet ResNet-50 in int8 is 31 MiB). QEMU runs it
+    // with 256 MiB (host/device/src/qemu.rs).
     Board {
         name: "virt-a53",
         arch: "aarch64",
         code: (0x4008_0000, 0x10_0000),
-        ram: (0x4018_0000, 0x80_0000),
-        model: (0x4100_0000, 0x10_0000),
-        images: (0x4200_0000, 0x20_0000),
+        ram: (0x4018_0000, 0xE8_0000),
+        model: (0x4100_0000, 0x380_0000),
+        images: (0x4480_0000, 0x380_0000),
         head_store: None,
         default_arena: QEMU_ARENA,
     },
@@ -135,6 +138,12 @@ fn main() {
     if !host && board.arch != arch {
         panic!("board {name} needs a {} target, not {arch}", board.arch);
     }
+    let arena: u32 = match env::var("TINYRES_ARENA_BYTES") {
+        Ok(text) => text.parse().unwrap_or_else(|_| {
+            panic!("TINYRES_ARENA_BYTES must be a decimal number of bytes, not {text:?}")
+        }),
+        Err(_) => board.default_arena,
+    };
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let (code, ram) = (board.code, board.ram);
     if host {
@@ -151,15 +160,11 @@ fn main() {
             .replace("@CODE_ORIGIN@", &format!("{:#010x}", code.0))
             .replace("@CODE_LENGTH@", &format!("{:#x}", code.1))
             .replace("@RAM_ORIGIN@", &format!("{:#010x}", ram.0))
-            .replace("@RAM_LENGTH@", &format!("{:#x}", ram.1));
+            .replace("@RAM_LENGTH@", &format!("{:#x}", ram.1))
+            // The arena lives on the boot stack, with 1 MiB for everything else.
+            .replace("@STACK_SIZE@", &format!("{:#x}", arena + 0x10_0000));
         fs::write(out.join("tinyres-aarch64.ld"), script).expect("OUT_DIR is writable");
     }
-    let arena: u32 = match env::var("TINYRES_ARENA_BYTES") {
-        Ok(text) => text.parse().unwrap_or_else(|_| {
-            panic!("TINYRES_ARENA_BYTES must be a decimal number of bytes, not {text:?}")
-        }),
-        Err(_) => board.default_arena,
-    };
     let mut constants = format!(
         "/// Board this firmware was built for.\npub const BOARD: &str = \"{name}\";\n\
          /// The model partition: QEMU loads the `.trm` blob here.\npub const MODEL_ADDRESS: usize = {:#x};\n\

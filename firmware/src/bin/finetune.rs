@@ -29,7 +29,8 @@ fn main() -> ! {
     exit(report("finetune", finetune(ARENA.as_mut_slice(), HEAD)))
 }
 
-/// Called by the boot code with a 1 MiB stack, which holds the arena.
+/// Called by the boot code with a stack of the arena and 1 MiB (aarch64.ld), which
+/// holds the arena.
 #[cfg(target_arch = "aarch64")]
 #[no_mangle]
 extern "C" fn main() -> ! {

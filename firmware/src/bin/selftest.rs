@@ -37,7 +37,7 @@ fn main() -> ! {
     exit(selftest())
 }
 
-/// Called by the boot code with a 1 MiB stack.
+/// Called by the boot code with a stack of the arena and 1 MiB (aarch64.ld).
 #[cfg(target_arch = "aarch64")]
 #[no_mangle]
 extern "C" fn main() -> ! {

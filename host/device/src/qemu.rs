@@ -50,15 +50,22 @@ pub struct Board {
     /// Where QEMU loads the model (firmware/build.rs has the same table).
     #[serde(skip)]
     pub model_address: u32,
+    /// Bytes of the model partition.
+    #[serde(skip)]
+    pub model_capacity: usize,
     /// Where QEMU loads the images.
     #[serde(skip)]
     pub images_address: u32,
+    /// Bytes of the image region.
+    #[serde(skip)]
+    pub images_capacity: usize,
+    /// QEMU `-m`, where the machine's default RAM does not hold the map.
+    #[serde(skip)]
+    pub memory: Option<&'static str>,
     /// How instructions are counted.
     pub counter: Counter,
 }
 
-const MODEL_CAPACITY: usize = 0x0010_0000;
-const IMAGES_CAPACITY: usize = 0x0020_0000;
 /// SysTick under `-icount shift=6` on a core clocked at `clock_hz`.
 const fn systick(clock_hz: u64) -> Counter {
     Counter::SysTick { shift: 6, clock_hz }
@@ -75,7 +82,10 @@ const fn mps2(name: &'static str, cpu: &'static str, target: &'static str) -> Bo
         target,
         rustflags: "",
         model_address: 0x0010_0000,
+        model_capacity: 0x0010_0000,
         images_address: 0x0020_0000,
+        images_capacity: 0x0020_0000,
+        memory: None,
         counter: systick(25_000_000),
     }
 }
@@ -109,8 +119,13 @@ pub const BOARDS: [Board; 6] = [
         cpu: "cortex-a53",
         target: "aarch64-unknown-none",
         rustflags: "",
+        // 56 MiB each, for an ImageNet ResNet-50 in int8 (31 MiB) and hundreds of
+        // 224x224 images, in 256 MiB of RAM.
         model_address: 0x4100_0000,
-        images_address: 0x4200_0000,
+        model_capacity: 0x0380_0000,
+        images_address: 0x4480_0000,
+        images_capacity: 0x0380_0000,
+        memory: Some("256M"),
         counter: Counter::Pmu,
     },
 ];
@@ -319,9 +334,9 @@ pub fn image_region(data: &Dataset, train: &[usize], test: &[usize]) -> Vec<u8> 
     bytes
 }
 
-/// Images that fit in one boot.
-pub fn images_per_boot(image_len: usize) -> usize {
-    ((IMAGES_CAPACITY - 16) / (image_len + 1))
+/// Images that fit in one boot of `board`.
+pub fn images_per_boot(board: &Board, image_len: usize) -> usize {
+    ((board.images_capacity - 16) / (image_len + 1))
         .saturating_sub(16)
         .max(1)
 }
@@ -480,16 +495,21 @@ impl<'a> Device<'a> {
     /// the flash image); returns the decoded log, or the log in an error if the
     /// firmware failed.
     fn boot(&self, region: &[u8], workdir: &Path) -> Result<Vec<String>> {
-        if self.model.len() > MODEL_CAPACITY {
+        let board = &self.board;
+        if self.model.len() > board.model_capacity {
             bail!(
-                "the model is {} bytes; the QEMU model partition holds {MODEL_CAPACITY}",
-                self.model.len()
+                "the model is {} bytes; {}'s model partition holds {}",
+                self.model.len(),
+                board.name,
+                board.model_capacity
             );
         }
-        if region.len() > IMAGES_CAPACITY {
+        if region.len() > board.images_capacity {
             bail!(
-                "{} bytes of images do not fit in the {IMAGES_CAPACITY}-byte image region",
-                region.len()
+                "{} bytes of images do not fit in {}'s {}-byte image region",
+                region.len(),
+                board.name,
+                board.images_capacity
             );
         }
         // QEMU runs in `workdir`: paths handed to it must not be relative to ours.
@@ -698,23 +718,26 @@ fn run_qemu(
             Some(crate::rtt::control_block_address(elf)?)
         }
     };
-    cmd.args(["-machine", board.machine, "-cpu", board.cpu])
-        .args([
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-serial",
-            "none",
-            "-nodefaults",
-        ])
-        .args(["-semihosting-config", "enable=on,target=native"])
-        .args([
-            "-icount",
-            &format!("shift={},sleep=off", board.icount_shift()),
-        ])
-        .arg("-kernel")
-        .arg(elf);
+    cmd.args(["-machine", board.machine, "-cpu", board.cpu]);
+    if let Some(memory) = board.memory {
+        cmd.args(["-m", memory]);
+    }
+    cmd.args([
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "none",
+        "-nodefaults",
+    ])
+    .args(["-semihosting-config", "enable=on,target=native"])
+    .args([
+        "-icount",
+        &format!("shift={},sleep=off", board.icount_shift()),
+    ])
+    .arg("-kernel")
+    .arg(elf);
     for (file, address) in loads {
         cmd.arg("-device").arg(format!(
             "loader,file={},addr={address:#x},force-raw=on",
@@ -946,7 +969,7 @@ pub fn classify_all(
     data: &Dataset,
     mut on_boot: impl FnMut(std::ops::Range<usize>),
 ) -> Result<Classified> {
-    let per_boot = images_per_boot(data.image_len());
+    let per_boot = images_per_boot(&device.board, data.image_len());
     let mut predictions = Vec::with_capacity(data.len());
     let mut ram = RamUse {
         static_bytes: 0,
