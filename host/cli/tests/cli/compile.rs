@@ -227,6 +227,63 @@ fn pytorch_imagenet_layout_matches_tract_and_onnxruntime() {
     }
 }
 
+/// torchvision's own `resnet18` and `resnet50` (randomly initialised: no weights can
+/// be fetched here) at 224×224, from both of PyTorch's exporters: 45 to 100 MB each, so
+/// not committed and not run by `cargo test`. Export them with
+/// `python3 tests/models/torchvision_export.py DIR`, then
+/// `TINYRES_TORCHVISION_DIR=DIR cargo test -p tinyres-host --test cli torchvision -- --ignored --nocapture`.
+#[test]
+#[ignore = "needs torchvision's exports at 224x224 (TINYRES_TORCHVISION_DIR)"]
+fn torchvision_resnets_at_224_match_onnxruntime() {
+    let dir = PathBuf::from(std::env::var_os("TINYRES_TORCHVISION_DIR").expect(
+        "TINYRES_TORCHVISION_DIR names the directory tests/models/torchvision_export.py wrote",
+    ));
+    let mut state = 7u32;
+    let mut next = move || {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (state >> 24) as u8
+    };
+    let count = 8;
+    let pixels = (0..count * 224 * 224 * 3).map(|_| next()).collect();
+    let data = Dataset {
+        height: 224,
+        width: 224,
+        channels: 3,
+        pixels,
+        labels: vec![0; count],
+        class_names: Vec::new(),
+    };
+    let imagenet = [
+        "--input-range",
+        "0..1",
+        "--mean",
+        "0.485,0.456,0.406",
+        "--std",
+        "0.229,0.224,0.225",
+    ];
+    let flags = PreprocessingFlags {
+        range: Some(tinyres_core::InputRange::Unit),
+        mean: Some(vec![0.485, 0.456, 0.406]),
+        std: Some(vec![0.229, 0.224, 0.225]),
+    };
+    for name in ["resnet18", "resnet50"] {
+        for exporter in ["torchscript", "dynamo"] {
+            let onnx = dir.join(format!("{name}_{exporter}.onnx"));
+            let (blob, _) = compile(&onnx, "f32", &imagenet);
+            let engine = blob_logits(&blob, &data);
+            let ort = onnxruntime(&onnx, &data, &flags).expect("onnxruntime is installed");
+            let diff = relative_diff(&engine, &ort);
+            let same_top1 = engine
+                .iter()
+                .zip(&ort)
+                .filter(|(a, b)| eval::argmax(a) == eval::argmax(b))
+                .count();
+            eprintln!("{name} ({exporter}): f32 blob vs onnxruntime {diff:e} of the logit range, top-1 equal on {same_top1}/{count}");
+            assert!(diff <= F32_BUDGET, "{name} ({exporter}): {diff:e}");
+        }
+    }
+}
+
 #[test]
 fn keras_nhwc_raw_pixels_matches_tract_and_onnxruntime() {
     let flags = PreprocessingFlags {
