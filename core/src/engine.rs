@@ -411,19 +411,13 @@ impl<'m, 'a> Interpreter<'m, 'a> {
     fn conv(&mut self, conv: &Conv<'_>, scratch: &mut arch::ConvScratch) -> Result<(), Error> {
         let in_t = self.model.tensor(conv.input)?;
         let out_t = self.model.tensor(conv.output)?;
-        let shape = ConvShape {
-            in_h: in_t.height,
-            in_w: in_t.width,
-            in_c: in_t.channels,
-            out_h: out_t.height,
-            out_w: out_t.width,
-            out_c: out_t.channels,
-            kernel_h: conv.kernel_h,
-            kernel_w: conv.kernel_w,
-            stride: conv.stride,
-            pad_top: conv.padding[0],
-            pad_left: conv.padding[1],
-        };
+        let shape = ConvShape::of_window(
+            in_t.dims(),
+            out_t.dims(),
+            (conv.kernel_h, conv.kernel_w),
+            conv.stride,
+            (conv.padding[0], conv.padding[1]),
+        );
         let residual = match conv.residual {
             None => None,
             Some(r) => {
@@ -558,19 +552,13 @@ impl<'m, 'a> Interpreter<'m, 'a> {
     fn max_pool(&mut self, pool: &MaxPool) -> Result<(), Error> {
         let in_t = self.model.tensor(pool.input)?;
         let out_t = self.model.tensor(pool.output)?;
-        let shape = ConvShape {
-            in_h: in_t.height,
-            in_w: in_t.width,
-            in_c: in_t.channels,
-            out_h: out_t.height,
-            out_w: out_t.width,
-            out_c: out_t.channels,
-            kernel_h: pool.kernel_h,
-            kernel_w: pool.kernel_w,
-            stride: pool.stride,
-            pad_top: pool.padding[0],
-            pad_left: pool.padding[1],
-        };
+        let shape = ConvShape::of_window(
+            in_t.dims(),
+            out_t.dims(),
+            (pool.kernel_h, pool.kernel_w),
+            pool.stride,
+            (pool.padding[0], pool.padding[1]),
+        );
         let in_range = self.byte_range(&in_t);
         let split = Split::new(self.arena, self.byte_range(&out_t))?;
         let input = split.input(in_range)?;

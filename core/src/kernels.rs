@@ -50,6 +50,32 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
+    /// The geometry of a `kernel` (rows, columns) window moving by `stride` over an
+    /// `input` tensor (rows, columns, channels) to an `output` one, the input padded
+    /// by `pad_top` rows and `pad_left` columns (the bottom and right padding follow
+    /// from the output's size). A convolution's and a pool's alike.
+    pub fn of_window(
+        (in_h, in_w, in_c): (usize, usize, usize),
+        (out_h, out_w, out_c): (usize, usize, usize),
+        (kernel_h, kernel_w): (usize, usize),
+        stride: usize,
+        (pad_top, pad_left): (usize, usize),
+    ) -> Self {
+        ConvShape {
+            in_h,
+            in_w,
+            in_c,
+            out_h,
+            out_w,
+            out_c,
+            kernel_h,
+            kernel_w,
+            stride,
+            pad_top,
+            pad_left,
+        }
+    }
+
     /// Output size for the given padding `[top, left, bottom, right]`; `None` when the
     /// kernel does not fit or the stride is zero.
     pub fn output_size(

@@ -69,6 +69,11 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// `(height, width, channels)`.
+    pub fn dims(&self) -> (usize, usize, usize) {
+        (self.height, self.width, self.channels)
+    }
+
     /// No tensor: zero elements.
     pub(crate) const EMPTY: TensorInfo = TensorInfo {
         height: 0,

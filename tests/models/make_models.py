@@ -28,6 +28,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 rng = np.random.default_rng(7)
 
 
+def randomize_batch_norm(net):
+    """Batch norm with statistics that are not the identity, so that folding shows."""
+    import torch.nn as nn
+
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+
+
 def torch_models():
     import torch
     import torch.nn as nn
@@ -72,13 +84,7 @@ def torch_models():
 
     for option in "AB":
         net = Net(option)
-        # Batch norm with statistics that are not the identity, so that folding shows.
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.data.uniform_(0.5, 1.5)
-                m.bias.data.uniform_(-0.2, 0.2)
+        randomize_batch_norm(net)
         net.eval()
         path = os.path.join(HERE, f"torch_option_{option.lower()}.onnx")
         torch.onnx.export(
@@ -138,12 +144,7 @@ def torch_imagenet_models():
     torch.manual_seed(5)
     for kind, block, widths in [("basic", BasicBlock, [4, 8, 16, 32]), ("bottleneck", Bottleneck, [2, 4, 8, 16])]:
         net = SmallResNet(block, widths)
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.data.uniform_(0.5, 1.5)
-                m.bias.data.uniform_(-0.2, 0.2)
+        randomize_batch_norm(net)
         net.eval()
         for exporter in ["torchscript", "dynamo"]:
             path = os.path.join(HERE, f"torch_imagenet_{kind}_{exporter}.onnx")

@@ -73,24 +73,9 @@ pub struct ConvSpec {
 impl ConvSpec {
     /// The kernel's view of this convolution from `(height, width, channels)` of its
     /// input and output tensors.
-    pub fn shape(
-        &self,
-        (in_h, in_w, in_c): (usize, usize, usize),
-        (out_h, out_w, out_c): (usize, usize, usize),
-    ) -> ConvShape {
-        ConvShape {
-            in_h,
-            in_w,
-            in_c,
-            out_h,
-            out_w,
-            out_c,
-            kernel_h: self.kernel.0,
-            kernel_w: self.kernel.1,
-            stride: self.stride,
-            pad_top: self.padding[0],
-            pad_left: self.padding[1],
-        }
+    pub fn shape(&self, input: (usize, usize, usize), output: (usize, usize, usize)) -> ConvShape {
+        let padding = (self.padding[0], self.padding[1]);
+        ConvShape::of_window(input, output, self.kernel, self.stride, padding)
     }
 }
 
@@ -110,24 +95,9 @@ pub struct MaxPoolSpec {
 impl MaxPoolSpec {
     /// The kernel's view of this pool from `(height, width, channels)` of its input
     /// and output tensors.
-    pub fn shape(
-        &self,
-        (in_h, in_w, in_c): (usize, usize, usize),
-        (out_h, out_w, out_c): (usize, usize, usize),
-    ) -> ConvShape {
-        ConvShape {
-            in_h,
-            in_w,
-            in_c,
-            out_h,
-            out_w,
-            out_c,
-            kernel_h: self.kernel.0,
-            kernel_w: self.kernel.1,
-            stride: self.stride,
-            pad_top: self.padding[0],
-            pad_left: self.padding[1],
-        }
+    pub fn shape(&self, input: (usize, usize, usize), output: (usize, usize, usize)) -> ConvShape {
+        let padding = (self.padding[0], self.padding[1]);
+        ConvShape::of_window(input, output, self.kernel, self.stride, padding)
     }
 }
 

@@ -112,6 +112,17 @@ fn host_classes(blob: &AlignedBlob, data: &Dataset) -> Vec<usize> {
         .collect()
 }
 
+/// `classes`, checked to hold three classes or more: a test whose images all fall in
+/// one class would not tell a broken device from a working one.
+fn several_classes(classes: Vec<usize>) -> Vec<usize> {
+    let distinct: std::collections::BTreeSet<_> = classes.iter().collect();
+    assert!(
+        distinct.len() >= 3,
+        "the test images should fall in several classes: {classes:?}"
+    );
+    classes
+}
+
 fn device(board: &Board, blob: &AlignedBlob, data: &Dataset) -> Vec<qemu::DevicePrediction> {
     device_over(board, blob, data, Transport::Semihosting)
 }
@@ -150,12 +161,7 @@ fn int8_resnet8_on_every_cortex_m_board_matches_the_host_engine() {
     let blob = int8_blob(&resnet8());
     let mut data = images(10, PROTOTYPES);
     data.truncate(6);
-    let host = host_classes(&blob, &data);
-    let distinct: std::collections::BTreeSet<_> = host.iter().collect();
-    assert!(
-        distinct.len() >= 3,
-        "the test images should fall in several classes: {host:?}"
-    );
+    let host = several_classes(host_classes(&blob, &data));
     for board in qemu::BOARDS {
         let predictions = device(&board, &blob, &data);
         let classes: Vec<usize> = predictions.iter().map(|p| p.class).collect();
@@ -193,12 +199,7 @@ fn int8_imagenet_layout_with_max_pool_matches_the_host_engine() {
     assert_eq!(pools, 1);
     let mut data = images(10, PROTOTYPES);
     data.truncate(6);
-    let host = host_classes(&blob, &data);
-    let distinct: std::collections::BTreeSet<_> = host.iter().collect();
-    assert!(
-        distinct.len() >= 3,
-        "the test images should fall in several classes: {host:?}"
-    );
+    let host = several_classes(host_classes(&blob, &data));
     for board in ["mps2-an386", "virt-a53"] {
         let board = Board::by_name(board).unwrap();
         let classes: Vec<usize> = device(&board, &blob, &data)
