@@ -842,6 +842,51 @@ fn max_pool_of_the_resnet_stem_never_takes_padding() {
     assert!(arch::max_pool(&all_padding, &input, &mut [0i8; 6]).is_err());
 }
 
+/// The ImageNet ResNets' widest windows, within and past the Cortex-A and host column
+/// buffer (4,608 taps): every kernel of this host equals the portable one.
+#[test]
+fn arch_conv_i8_equals_portable_on_imagenet_windows() {
+    for in_c in [128, 512, 520] {
+        let shape = ConvShape {
+            in_h: 3,
+            in_w: 3,
+            in_c,
+            out_h: 3,
+            out_w: 3,
+            out_c: 3,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride: 1,
+            pad_top: 1,
+            pad_left: 1,
+        };
+        let input: Vec<i8> = (0..9 * in_c).map(|i| (i * 37 % 251) as i8).collect();
+        let weights: Vec<i8> = (0..27 * in_c).map(|i| (i * 53 % 241) as i8).collect();
+        let bias = [1000, -2000, 300];
+        // A small multiplier: the sums of thousands of products stay inside int8.
+        let (multipliers, shifts) = (vec![1 << 30; 3], vec![-14; 3]);
+        let requant = Requantize {
+            multipliers: &multipliers,
+            shifts: &shifts,
+            output_zero_point: -3,
+            activation_min: -128,
+            activation_max: 127,
+            folded_bias: None,
+        };
+        let mut want = vec![0i8; 27];
+        kernels::conv2d_i8(
+            &shape, &input, 5, &weights, &bias, &requant, None, &mut want,
+        )
+        .unwrap();
+        assert!(want.iter().any(|&v| v != want[0]), "{in_c}: {want:?}");
+        for (name, conv) in &CONV_I8_KERNELS[1..] {
+            let mut got = vec![0i8; 27];
+            conv(&shape, &input, 5, &weights, &bias, &requant, None, &mut got).unwrap();
+            assert_eq!(got, want, "{name}, 3×3×{in_c}");
+        }
+    }
+}
+
 #[test]
 fn kernels_refuse_wrong_lengths_instead_of_panicking() {
     let shape = ConvShape {

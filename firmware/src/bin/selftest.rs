@@ -194,7 +194,7 @@ const fn named(in_hw: usize, in_c: usize, out_c: usize, kernel: usize, stride: u
     }
 }
 
-const NAMED_CASES: [Case; 14] = [
+const NAMED_CASES: [Case; 17] = [
     // ResNet-8 (MLPerf Tiny): the 3-channel first layer, the 16-channel block with its
     // in-place residual, the strided 3×3 and its 1×1 projection, the 64-channel 3×3 at
     // the column buffer's capacity (576 taps).
@@ -215,6 +215,11 @@ const NAMED_CASES: [Case; 14] = [
     // Past the column buffer: 3×3×68 = 612 taps, and 3×3×18 = 162 staged bytes.
     named(6, 68, 4, 3, 1),
     named(6, 18, 5, 3, 1),
+    // The ImageNet ResNets' 3×3 layers over 128 and 512 channels (within the Cortex-A
+    // column buffer, 4,608 taps; past the microcontrollers'), and past 4,608.
+    named(4, 128, 2, 3, 1),
+    named(3, 512, 2, 3, 1),
+    named(3, 520, 1, 3, 1),
     // Zero points at both ends of int8, and a constant input at the zero point.
     Case {
         input_zero_point: Some(-128),
