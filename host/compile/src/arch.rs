@@ -10,9 +10,8 @@ use std::str::FromStr;
 use crate::writer::{
     ConvSpec, DenseSpec, InputSpec, LayerSpec, MaxPoolSpec, Network, ResidualSpec,
 };
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tinyres_core::kernels::ConvShape;
 use tinyres_core::InputRange;
 
 /// How a block's input reaches its output (He et al. 2016, section 4.1).
@@ -285,8 +284,7 @@ impl Architecture {
                     stride: 2,
                     padding: self.conv_padding((sh, sw), 3, 2),
                 };
-                let (ph, pw) = ConvShape::output_size(sh, sw, (3, 3), 2, pool.padding)
-                    .context("the input is too small for the ImageNet stem")?;
+                let (ph, pw) = self.window_output((sh, sw), 3, 2);
                 b.layer(LayerSpec::MaxPool(pool), |(_, _, c)| (ph, pw, c))
             }
         };
@@ -372,6 +370,17 @@ impl Architecture {
                 [th / 2, tw / 2, th - th / 2, tw - tw / 2]
             }
         }
+    }
+
+    /// Output `(rows, columns)` of a `k`×`k` window (k odd: 1, 3 or 7) with this stride
+    /// over an `h`×`w` input padded by [`Self::conv_padding`], which always pads the
+    /// input to at least the window.
+    pub fn window_output(&self, (h, w): (usize, usize), k: usize, stride: usize) -> (usize, usize) {
+        let [top, left, bottom, right] = self.conv_padding((h, w), k, stride);
+        (
+            (h + top + bottom - k) / stride + 1,
+            (w + left + right - k) / stride + 1,
+        )
     }
 
     fn block(&self, b: &mut NetBuilder, x: usize, plan: &BlockPlan) -> usize {
@@ -507,8 +516,7 @@ impl NetBuilder {
         let weights = (0..out_c * k * k * in_c)
             .map(|_| self.uniform(bound))
             .collect();
-        let oh = (h + padding[0] + padding[2] - k) / stride + 1;
-        let ow = (w + padding[1] + padding[3] - k) / stride + 1;
+        let (oh, ow) = arch.window_output((h, w), k, stride);
         self.layer(
             LayerSpec::Conv(ConvSpec {
                 input,

@@ -19,6 +19,7 @@ use crate::writer::{
 };
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
+use tinyres_core::kernels::ConvShape;
 use tinyres_core::InputRange;
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
@@ -809,13 +810,10 @@ impl Lowering<'_> {
             }
             other => bail!("padding {other:?}"),
         };
-        ensure!(
-            s > 0 && h + padding[0] + padding[2] >= kh && w + padding[1] + padding[3] >= kw,
-            "a {kh}×{kw} window (stride {s}, padding {padding:?}) over a {h}×{w} input"
-        );
-        let oh = (h + padding[0] + padding[2] - kh) / s + 1;
-        let ow = (w + padding[1] + padding[3] - kw) / s + 1;
-        Ok((s, padding, (oh, ow)))
+        let output = ConvShape::output_size(h, w, (kh, kw), s, padding).with_context(|| {
+            format!("a {kh}×{kw} window (stride {s}, padding {padding:?}) over a {h}×{w} input")
+        })?;
+        Ok((s, padding, output))
     }
 
     /// A 1×1 convolution (`NIHW,OI->NOHW` and the like) or a dense layer over pooled

@@ -128,18 +128,13 @@ impl ResNet {
             ),
             Stem::ImageNet => {
                 let stem = ConvBn::new(arch, (c, arch.stem_width), 7, 2, (h, w), device);
-                // Output sizes as the engine's network computes them.
-                let conv = arch.conv_padding((h, w), 7, 2);
-                let after_conv = (
-                    (h + conv[0] + conv[2] - 7) / 2 + 1,
-                    (w + conv[1] + conv[3] - 7) / 2 + 1,
-                );
+                let after_conv = arch.window_output((h, w), 7, 2);
                 let pool = arch.conv_padding(after_conv, 3, 2);
-                let after_pool = (
-                    (after_conv.0 + pool[0] + pool[2] - 3) / 2 + 1,
-                    (after_conv.1 + pool[1] + pool[3] - 3) / 2 + 1,
-                );
-                (stem, Some((3, 2, pool)), after_pool)
+                (
+                    stem,
+                    Some((3, 2, pool)),
+                    arch.window_output(after_conv, 3, 2),
+                )
             }
         };
         let mut blocks = Vec::new();
