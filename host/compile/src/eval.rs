@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tinyres_core::{Interpreter, Model};
 
-use crate::onnx::{read_onnx, PreprocessingFlags};
+use crate::onnx::OnnxFile;
 use tinyres_data::Dataset;
 
 /// Predictions and their tally.
@@ -100,14 +100,9 @@ pub fn logits(blob: &[u8], data: &Dataset) -> Result<Vec<Vec<f32>>> {
     Ok(rows)
 }
 
-/// Runs every image of `data` through an ONNX model with tract, preprocessed as the
-/// file's metadata (or `flags`) says.
-pub fn evaluate_onnx(
-    path: &Path,
-    data: &Dataset,
-    flags: &PreprocessingFlags,
-) -> Result<Evaluation> {
-    let file = read_onnx(path, flags)?;
+/// Runs every image of `data` through an ONNX model read by [`crate::onnx::read_onnx`], with
+/// tract, preprocessed as the file's metadata (or the flags it was read with) says.
+pub fn evaluate_onnx(file: &OnnxFile, data: &Dataset) -> Result<Evaluation> {
     let outputs = file.run(data)?;
     let classes = outputs.first().map_or(0, Vec::len);
     if let Some(&bad) = data.labels.iter().find(|&&l| usize::from(l) >= classes) {

@@ -112,9 +112,47 @@ impl Dataset {
         Self::load_cifar(spec, split)
     }
 
+    /// As [`Dataset::load`], with every image at `height × width`: an image folder's
+    /// images, of any sizes, are fitted as they are read ([`fit_image`]: torchvision's
+    /// resize and centre crop), and other sources' images fitted the same way where
+    /// they are of another size.
+    pub fn load_fitted(spec: &Path, split: Split, (height, width): (usize, usize)) -> Result<Self> {
+        if spec.join("train").is_dir() || spec.join("test").is_dir() {
+            return Self::read_folder(spec, split, Some((height, width)));
+        }
+        let mut data = Self::load(spec, split)?;
+        data.fit_to(height, width);
+        Ok(data)
+    }
+
+    /// Every image fitted to `height × width` ([`fit_image`]); nothing changes where
+    /// they are of that size already.
+    pub fn fit_to(&mut self, height: usize, width: usize) {
+        if (self.height, self.width) == (height, width) || self.channels != 3 {
+            return;
+        }
+        let mut pixels = Vec::with_capacity(self.len() * height * width * 3);
+        for i in 0..self.len() {
+            let image = image::RgbImage::from_raw(
+                self.width as u32,
+                self.height as u32,
+                self.image(i).to_vec(),
+            )
+            .expect("an image holds height × width × 3 bytes");
+            pixels.extend_from_slice(fit_image(&image, height, width).as_raw());
+        }
+        (self.pixels, self.height, self.width) = (pixels, height, width);
+    }
+
     /// Reads `dir/train` or `dir/test`: one subdirectory per class (sorted by name:
     /// label 0 is the first), PNG or JPEG images in each, all of one size, as RGB.
     pub fn load_folder(dir: &Path, split: Split) -> Result<Self> {
+        Self::read_folder(dir, split, None)
+    }
+
+    /// [`Dataset::load_folder`], with each image fitted to `fit` ([`fit_image`]) where
+    /// given, so that images of any sizes can be read.
+    fn read_folder(dir: &Path, split: Split, fit: Option<(usize, usize)>) -> Result<Self> {
         let root = dir.join(match split {
             Split::Train => "train",
             Split::Test => "test",
@@ -160,7 +198,10 @@ impl Dataset {
             for file in files {
                 let bytes = std::fs::read(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
-                let image = decode_image(&file, &bytes)?;
+                let mut image = decode_image(&file, &bytes)?;
+                if let Some((height, width)) = fit {
+                    image = fit_image(&image, height, width);
+                }
                 let (w, h) = (image.width() as usize, image.height() as usize);
                 if data.labels.is_empty() {
                     (data.height, data.width) = (h, w);
@@ -382,6 +423,41 @@ pub fn decode_image(name: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
         .with_context(|| format!("{}: not a readable PNG or JPEG image", name.display()))
 }
 
+/// The centre crop's share of the resized image in torchvision's evaluation transform:
+/// `Resize(256)` then `CenterCrop(224)`.
+pub const CENTER_CROP_FRACTION: f64 = 224.0 / 256.0;
+
+/// `image` at `height × width`, as torchvision evaluates ImageNet models: scaled (the
+/// triangle filter, which averages over the source pixels when shrinking, as PIL's
+/// antialiased bilinear does) so that a `height × width` window covers
+/// [`CENTER_CROP_FRACTION`] of it along its tighter axis, then that window cut from
+/// the centre. An image already of that size is returned as it is.
+pub fn fit_image(image: &image::RgbImage, height: usize, width: usize) -> image::RgbImage {
+    let (in_w, in_h) = (f64::from(image.width()), f64::from(image.height()));
+    let (out_w, out_h) = (width as u32, height as u32);
+    if (image.width(), image.height()) == (out_w, out_h) {
+        return image.clone();
+    }
+    let scale = (f64::from(out_w) / CENTER_CROP_FRACTION / in_w)
+        .max(f64::from(out_h) / CENTER_CROP_FRACTION / in_h);
+    let scaled_w = ((in_w * scale).round() as u32).max(out_w);
+    let scaled_h = ((in_h * scale).round() as u32).max(out_h);
+    let scaled = image::imageops::resize(
+        image,
+        scaled_w,
+        scaled_h,
+        image::imageops::FilterType::Triangle,
+    );
+    image::imageops::crop_imm(
+        &scaled,
+        (scaled_w - out_w) / 2,
+        (scaled_h - out_h) / 2,
+        out_w,
+        out_h,
+    )
+    .to_image()
+}
+
 /// Writes `bytes` to a temporary file beside `path`, then renames it over `path`, so
 /// an interrupted write never leaves a truncated file under the final name.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -525,5 +601,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no such file"), "{err}");
+    }
+
+    #[test]
+    fn fitting_resizes_the_shorter_side_then_crops_the_centre() {
+        // 80 wide, 40 high, left half black, right half white, a red centre column.
+        let image = image::RgbImage::from_fn(80, 40, |x, _| match x {
+            40 => image::Rgb([255, 0, 0]),
+            x if x < 40 => image::Rgb([0, 0, 0]),
+            _ => image::Rgb([255, 255, 255]),
+        });
+        let fitted = fit_image(&image, 28, 28);
+        assert_eq!(fitted.dimensions(), (28, 28));
+        // Shorter side 40 -> 32 (28 / 0.875), so 80 -> 64; the crop keeps columns 18..46
+        // of the scaled image: black on the left, white on the right, red in the middle.
+        assert_eq!(fitted.get_pixel(0, 14).0, [0, 0, 0]);
+        assert_eq!(fitted.get_pixel(27, 14).0, [255, 255, 255]);
+        let middle = fitted.get_pixel(14, 14).0;
+        assert!(middle[0] > middle[1], "{middle:?}");
+        assert_eq!(fit_image(&fitted, 28, 28), fitted);
+    }
+
+    #[test]
+    fn fitted_folders_take_images_of_any_size() {
+        let dir = std::env::temp_dir().join(format!("tinyres-fitted-{}", std::process::id()));
+        for (class, (w, h)) in [("a", (40, 30)), ("b", (20, 50))] {
+            let class_dir = dir.join("test").join(class);
+            std::fs::create_dir_all(&class_dir).unwrap();
+            image::RgbImage::from_pixel(w, h, image::Rgb([7, 8, 9]))
+                .save(class_dir.join("0.png"))
+                .unwrap();
+        }
+        let err = Dataset::load(&dir, Split::Test).unwrap_err().to_string();
+        assert!(err.contains("all must be one size"), "{err}");
+        let data = Dataset::load_fitted(&dir, Split::Test, (16, 12)).unwrap();
+        assert_eq!((data.height, data.width, data.len()), (16, 12, 2));
+        assert!(data.pixels.chunks(3).all(|p| p == [7, 8, 9]));
+        let mut cifar = synthetic(3, 1);
+        cifar.fit_to(24, 24);
+        assert_eq!(
+            (cifar.height, cifar.width, cifar.pixels.len()),
+            (24, 24, 3 * 24 * 24 * 3)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,10 +1,12 @@
 //! End-to-end tests across the crates, in one test binary: the architecture family on
 //! the engine, the firmware's application logic on the host with mock pins and flash,
-//! and the real firmware in QEMU on every board (classification, kernels, learning).
+//! the real firmware in QEMU on every board (classification, kernels, learning), and
+//! the command for Linux boards under QEMU user mode.
 
 mod app;
 mod common;
 mod corrupt_boots;
 mod family_on_engine;
 mod finetune;
+mod linux;
 mod qemu;

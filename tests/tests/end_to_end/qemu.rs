@@ -12,7 +12,7 @@ use tinyres_device::qemu::{self, Board, Transport};
 
 /// Images of distinct colours and gradients with a little noise, so an untrained net
 /// still tells them apart.
-fn images(n: usize, seed: u32) -> Dataset {
+pub(super) fn images(n: usize, seed: u32) -> Dataset {
     let mut state = seed;
     let mut next = move || {
         state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -48,7 +48,7 @@ const PROTOTYPES: u32 = 99;
 /// pooled features of ten prototype images (logit k: the centred features projected
 /// on prototype k's centred features),
 /// so that the untrained net still sorts different images into different classes.
-fn resnet8() -> Network {
+pub(super) fn resnet8() -> Network {
     imprinted(
         Architecture::by_name("resnet8")
             .unwrap()
@@ -58,7 +58,7 @@ fn resnet8() -> Network {
 }
 
 /// `net` with its classifier imprinted from ten prototype images (see [`resnet8`]).
-fn imprinted(mut net: Network) -> Network {
+pub(super) fn imprinted(mut net: Network) -> Network {
     let blob = AlignedBlob::new(&net.to_blob(Encoding::F32).unwrap());
     let model = Model::parse(blob.as_bytes()).unwrap();
     let mut arena = vec![0u8; model.required_arena()];
@@ -95,7 +95,7 @@ fn imprinted(mut net: Network) -> Network {
     net
 }
 
-fn int8_blob(net: &Network) -> AlignedBlob {
+pub(super) fn int8_blob(net: &Network) -> AlignedBlob {
     let calibration = images(10, PROTOTYPES);
     let ranges = net
         .calibrate((0..10).map(|i| calibration.image(i)))
@@ -114,7 +114,7 @@ fn host_classes(blob: &AlignedBlob, data: &Dataset) -> Vec<usize> {
 
 /// `classes`, checked to hold three classes or more: a test whose images all fall in
 /// one class would not tell a broken device from a working one.
-fn several_classes(classes: Vec<usize>) -> Vec<usize> {
+pub(super) fn several_classes(classes: Vec<usize>) -> Vec<usize> {
     let distinct: std::collections::BTreeSet<_> = classes.iter().collect();
     assert!(
         distinct.len() >= 3,

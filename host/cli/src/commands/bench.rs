@@ -77,7 +77,9 @@ pub fn command(args: &Args) -> Result<()> {
                 std: None,
             };
             let imported = import_onnx(&onnx, &flags)?;
-            let mut images = Dataset::load(&calib, Split::Train)?;
+            let input = &imported.network.input;
+            let mut images =
+                Dataset::load_fitted(&calib, Split::Train, (input.height, input.width))?;
             images.truncate(500);
             to_blob(
                 &imported.network,
@@ -92,7 +94,8 @@ pub fn command(args: &Args) -> Result<()> {
         }
     };
     let blob = AlignedBlob::new(&bytes);
-    let mut data = Dataset::load(&data_spec, Split::Test)?;
+    let (height, width, _) = Model::parse(blob.as_bytes())?.input_shape();
+    let mut data = Dataset::load_fitted(&data_spec, Split::Test, (height, width))?;
     data.truncate(args.images);
     if data.is_empty() {
         bail!("{}: no images", data_spec.display());

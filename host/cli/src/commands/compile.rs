@@ -63,7 +63,8 @@ pub fn command(args: &Args) -> Result<()> {
                 args.model.display()
             )
         })?;
-        let mut images = Dataset::load(&spec, Split::Train)?;
+        let input = &imported.network.input;
+        let mut images = Dataset::load_fitted(&spec, Split::Train, (input.height, input.width))?;
         images.truncate(args.calib_count);
         if images.is_empty() || args.calib_count == 0 {
             bail!("{}: the calibration set is empty", spec.display());

@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 use tinyres_compile::eval::{evaluate, evaluate_onnx};
+use tinyres_compile::onnx::read_onnx;
+use tinyres_core::Model;
 use tinyres_data::{write_atomically, Dataset, Split};
 
 use super::{load_blob, print_json, PreprocessingArgs};
@@ -13,8 +15,9 @@ use super::{load_blob, print_json, PreprocessingArgs};
 pub struct Args {
     /// The model: a blob (.trm) or an ONNX file (.onnx).
     model: PathBuf,
-    /// `synthetic`, an image folder (DIR/test/<class>/*.png|jpg), or a CIFAR-10 batch
-    /// (.bin/.bin.gz) or directory (test_batch).
+    /// `synthetic`, an image folder (DIR/test/<class>/*.png|jpg, any sizes: resized and
+    /// centre-cropped to the model's input), or a CIFAR-10 batch (.bin/.bin.gz) or
+    /// directory (test_batch).
     #[arg(long)]
     data: PathBuf,
     /// Evaluate at most this many images.
@@ -35,15 +38,24 @@ pub struct Args {
 
 pub fn command(args: &Args) -> Result<()> {
     let model = &args.model;
-    let mut data = Dataset::load(&args.data, Split::Test)?;
-    if let Some(n) = args.limit {
-        data.truncate(n);
-    }
+    // Images of another size are resized and centre-cropped to the model's input, as
+    // torchvision evaluates.
+    let load = |(height, width, _channels)| -> Result<Dataset> {
+        let mut data = Dataset::load_fitted(&args.data, Split::Test, (height, width))?;
+        if let Some(n) = args.limit {
+            data.truncate(n);
+        }
+        Ok(data)
+    };
     let started = Instant::now();
-    let evaluation = if model.extension().is_some_and(|e| e == "onnx") {
-        evaluate_onnx(model, &data, &args.preprocessing.flags()?)?
+    let (evaluation, data) = if model.extension().is_some_and(|e| e == "onnx") {
+        let file = read_onnx(model, &args.preprocessing.flags()?)?;
+        let data = load(file.input)?;
+        (evaluate_onnx(&file, &data)?, data)
     } else {
-        evaluate(load_blob(model)?.as_bytes(), &data)?
+        let blob = load_blob(model)?;
+        let data = load(Model::parse(blob.as_bytes())?.input_shape())?;
+        (evaluate(blob.as_bytes(), &data)?, data)
     };
     let seconds = started.elapsed().as_secs_f64();
     if let Some(path) = &args.predictions {

@@ -92,7 +92,7 @@ fn finetune_on_device(
     learn_from: &Path,
     arena: usize,
 ) -> Result<()> {
-    let pool = Dataset::load(learn_from, Split::Train)?;
+    let pool = Dataset::load_fitted(learn_from, Split::Train, (test.height, test.width))?;
     let timeout = Duration::from_secs(args.timeout);
     let firmware = match args.learn_with {
         LearnWith::Finetune => "finetune",
@@ -150,7 +150,8 @@ pub fn command(args: &Args) -> Result<()> {
     let board = Board::by_name(&args.board)?;
     let blob = load_blob(&args.model)?;
     let model = Model::parse(blob.as_bytes())?;
-    let mut data = Dataset::load(&args.data, Split::Test)?;
+    let (height, width, _) = model.input_shape();
+    let mut data = Dataset::load_fitted(&args.data, Split::Test, (height, width))?;
     data.truncate(args.limit);
     if data.is_empty() {
         bail!("{}: no images", args.data.display());
