@@ -106,10 +106,15 @@ impl Dataset {
             };
             return Ok(synthetic(count, seed));
         }
-        if spec.join("train").is_dir() || spec.join("test").is_dir() {
+        if Self::is_image_folder(spec) {
             return Self::load_folder(spec, split);
         }
         Self::load_cifar(spec, split)
+    }
+
+    /// Whether `spec` names an image folder (a directory with `train/` or `test/`).
+    pub fn is_image_folder(spec: &Path) -> bool {
+        spec.join("train").is_dir() || spec.join("test").is_dir()
     }
 
     /// As [`Dataset::load`], with every image at `height × width`: an image folder's
@@ -117,7 +122,7 @@ impl Dataset {
     /// resize and centre crop), and other sources' images fitted the same way where
     /// they are of another size.
     pub fn load_fitted(spec: &Path, split: Split, (height, width): (usize, usize)) -> Result<Self> {
-        if spec.join("train").is_dir() || spec.join("test").is_dir() {
+        if Self::is_image_folder(spec) {
             return Self::read_folder(spec, split, Some((height, width)));
         }
         let mut data = Self::load(spec, split)?;

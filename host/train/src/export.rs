@@ -55,9 +55,10 @@ pub fn export(run_dir: &Path, output: &Path, check: usize) -> Result<ExportRepor
     let for_export = train::load_model(run_dir, &config)?;
     let bytes = onnx_bytes(&for_export, &config)?;
 
-    let mut data = Dataset::load(
+    let mut data = Dataset::load_fitted(
         config.test_data.as_deref().unwrap_or(&config.data),
         Split::Test,
+        config.input_size(),
     )?;
     data.truncate(check.max(1));
     let expected = train::predict(&reference, &data, &config)?;

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use tinyres_compile::arch::Architecture;
 use tinyres_compile::eval::argmax;
-use tinyres_data::{temp_path, write_atomically, Dataset, Split};
+use tinyres_data::{temp_path, write_atomically, Dataset, Split, CENTER_CROP_FRACTION};
 
 use crate::net::ResNet;
 
@@ -66,6 +66,23 @@ pub fn learning_rate(schedule: Schedule, base: f64, progress: f64) -> f64 {
     }
 }
 
+/// How training images are cropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CropStyle {
+    /// The paper's CIFAR-10 recipe: the image padded by [`PAD`] black pixels on every
+    /// side, a random window of the input's size, a random horizontal flip.
+    #[default]
+    Padded,
+    /// torchvision's ImageNet recipe (`RandomResizedCrop` and `RandomHorizontalFlip`):
+    /// a random window of 8 % to 100 % of the image's area and an aspect ratio from 3/4
+    /// to 4/3, scaled to the input's size (bilinear), a random flip. The images are
+    /// held at the input's size ÷ [`CENTER_CROP_FRACTION`] (resized and centre-cropped
+    /// as they are read), and the test images at the input's size, as torchvision
+    /// evaluates.
+    Resized,
+}
+
 /// The paper's warm-up for ResNet-110: this rate until the training error is below
 /// [`WARMUP_UNTIL_ERROR`].
 pub const WARMUP_LR: f64 = 0.01;
@@ -100,8 +117,11 @@ pub struct TrainConfig {
     /// Start at [`WARMUP_LR`] until the training error is below 80 % (the paper does
     /// this for ResNet-110).
     pub warmup: bool,
-    /// 4-pixel padding, random 32×32 crop and horizontal flip.
+    /// Random crops and horizontal flips of the training images, as `crop` says.
     pub augment: bool,
+    /// How training images are cropped (runs from before this field: the paper's).
+    #[serde(default)]
+    pub crop: CropStyle,
     /// Seed of initialisation, shuffling and augmentation.
     pub seed: u64,
     /// Per-channel mean of the training pixels, on the 0..1 scale (computed by
@@ -201,6 +221,25 @@ impl TrainConfig {
         serde_json::from_str(&text).with_context(|| format!("{}: malformed", path.display()))
     }
 
+    /// `(height, width)` of the network's input: the test images' size.
+    pub fn input_size(&self) -> (usize, usize) {
+        (self.arch.input.0, self.arch.input.1)
+    }
+
+    /// `(height, width)` the training images are held at: the input's size for
+    /// [`CropStyle::Padded`], the input's ÷ [`CENTER_CROP_FRACTION`] (rounded up) for
+    /// [`CropStyle::Resized`], which crops from them (torchvision's 256 for 224).
+    pub fn stored_size(&self) -> (usize, usize) {
+        let (h, w) = self.input_size();
+        match self.crop {
+            CropStyle::Padded => (h, w),
+            CropStyle::Resized => {
+                let stored = |n: usize| (n as f64 / CENTER_CROP_FRACTION - 1e-9).ceil() as usize;
+                (stored(h), stored(w))
+            }
+        }
+    }
+
     /// The number of training steps per epoch for `images` training images.
     fn steps_per_epoch(&self, images: usize) -> usize {
         images.div_ceil(self.batch)
@@ -244,6 +283,11 @@ impl Rng {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`, 53 bits.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Uniform in `0..n`.
@@ -328,6 +372,139 @@ pub fn batch_tensor_data(
     out
 }
 
+/// One image's window for [`CropStyle::Resized`]: rows `top..top + height` and columns
+/// `left..left + width` of the stored image, scaled to the input's size, mirrored or
+/// not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResizedCrop {
+    /// First row of the window.
+    pub top: usize,
+    /// First column of the window.
+    pub left: usize,
+    /// Rows of the window.
+    pub height: usize,
+    /// Columns of the window.
+    pub width: usize,
+    /// Mirror left to right.
+    pub flip: bool,
+}
+
+/// Smallest share of the image's area a random window covers (torchvision's default).
+pub const RESIZED_CROP_MIN_AREA: f64 = 0.08;
+/// Aspect ratios (width / height) of the random windows (torchvision's default).
+pub const RESIZED_CROP_RATIO: (f64, f64) = (3.0 / 4.0, 4.0 / 3.0);
+
+impl ResizedCrop {
+    /// The centred `out_h × out_w` window of an `image_h × image_w` image, unscaled and
+    /// unmirrored: torchvision's evaluation crop of an image held at the input's size
+    /// ÷ [`CENTER_CROP_FRACTION`].
+    pub fn centre((image_h, image_w): (usize, usize), (out_h, out_w): (usize, usize)) -> Self {
+        let (height, width) = (out_h.min(image_h), out_w.min(image_w));
+        ResizedCrop {
+            top: (image_h - height) / 2,
+            left: (image_w - width) / 2,
+            height,
+            width,
+            flip: false,
+        }
+    }
+
+    /// torchvision's `RandomResizedCrop.get_params` on an `image_h × image_w` image:
+    /// up to ten draws of an area share and a log-uniform aspect ratio; where none
+    /// fits, the whole image cut to the nearest allowed ratio, centred. Then a flip
+    /// with probability 1/2.
+    pub fn random(rng: &mut Rng, (image_h, image_w): (usize, usize)) -> Self {
+        let area = (image_h * image_w) as f64;
+        let (low, high) = (RESIZED_CROP_RATIO.0.ln(), RESIZED_CROP_RATIO.1.ln());
+        let mut window = None;
+        for _ in 0..10 {
+            let target =
+                area * (RESIZED_CROP_MIN_AREA + (1.0 - RESIZED_CROP_MIN_AREA) * rng.unit());
+            let ratio = (low + (high - low) * rng.unit()).exp();
+            let width = (target * ratio).sqrt().round() as usize;
+            let height = (target / ratio).sqrt().round() as usize;
+            if (1..=image_w).contains(&width) && (1..=image_h).contains(&height) {
+                let top = rng.below(image_h - height + 1);
+                let left = rng.below(image_w - width + 1);
+                window = Some((top, left, height, width));
+                break;
+            }
+        }
+        let (top, left, height, width) = window.unwrap_or_else(|| {
+            let ratio = image_w as f64 / image_h as f64;
+            let (height, width) = if ratio < RESIZED_CROP_RATIO.0 {
+                let height = (image_w as f64 / RESIZED_CROP_RATIO.0).round() as usize;
+                (height.min(image_h), image_w)
+            } else if ratio > RESIZED_CROP_RATIO.1 {
+                let width = (image_h as f64 * RESIZED_CROP_RATIO.1).round() as usize;
+                (image_h, width.min(image_w))
+            } else {
+                (image_h, image_w)
+            };
+            ((image_h - height) / 2, (image_w - width) / 2, height, width)
+        });
+        ResizedCrop {
+            top,
+            left,
+            height,
+            width,
+            flip: rng.below(2) == 1,
+        }
+    }
+}
+
+/// Source position and the weight of the next pixel, for output pixel `i` of `out`
+/// scaled from `size` source pixels starting at `start` (bilinear, half-pixel centres
+/// as PyTorch's `align_corners=False`, clamped to the window).
+fn bilinear_tap(i: usize, out: usize, start: usize, size: usize) -> (usize, usize, f32) {
+    let scale = size as f32 / out as f32;
+    let position = ((i as f32 + 0.5) * scale - 0.5).max(0.0);
+    let first = (position as usize).min(size - 1);
+    let next = (first + 1).min(size - 1);
+    (start + first, start + next, position - first as f32)
+}
+
+/// Writes images `indices` of `data` (HWC `u8`) as one normalised NCHW `f32` batch of
+/// `out_h × out_w` images, each the window `crops` gives scaled bilinearly (no
+/// antialiasing: windows are at most [`CENTER_CROP_FRACTION`]⁻¹ larger than the output
+/// along an axis where the images are held at the size [`CropStyle::Resized`] says).
+pub fn resized_batch_tensor_data(
+    data: &Dataset,
+    indices: &[usize],
+    crops: &[ResizedCrop],
+    (out_h, out_w): (usize, usize),
+    mean: &[f32],
+    std: &[f32],
+) -> Vec<f32> {
+    let (w, c) = (data.width, data.channels);
+    let mut out = vec![0f32; indices.len() * c * out_h * out_w];
+    for (n, (&index, crop)) in indices.iter().zip(crops).enumerate() {
+        let image = data.image(index);
+        let rows: Vec<_> = (0..out_h)
+            .map(|y| bilinear_tap(y, out_h, crop.top, crop.height))
+            .collect();
+        let columns: Vec<_> = (0..out_w)
+            .map(|x| {
+                let x = if crop.flip { out_w - 1 - x } else { x };
+                bilinear_tap(x, out_w, crop.left, crop.width)
+            })
+            .collect();
+        for ch in 0..c {
+            let plane = &mut out[(n * c + ch) * out_h * out_w..(n * c + ch + 1) * out_h * out_w];
+            let pixel = |y: usize, x: usize| f32::from(image[(y * w + x) * c + ch]);
+            for (y, &(y0, y1, fy)) in rows.iter().enumerate() {
+                for (x, &(x0, x1, fx)) in columns.iter().enumerate() {
+                    let top = pixel(y0, x0) + (pixel(y0, x1) - pixel(y0, x0)) * fx;
+                    let bottom = pixel(y1, x0) + (pixel(y1, x1) - pixel(y1, x0)) * fx;
+                    let value = top + (bottom - top) * fy;
+                    plane[y * out_w + x] = (value / 255.0 - mean[ch]) / std[ch];
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Options of one `tinyres train` invocation besides the config.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -360,7 +537,7 @@ pub fn train(config: Option<TrainConfig>, options: &RunOptions) -> Result<TrainS
         (config, true)
     };
 
-    let mut train_data = Dataset::load(&config.data, Split::Train)?;
+    let mut train_data = Dataset::load_fitted(&config.data, Split::Train, config.stored_size())?;
     let classes = train_data.class_names.len();
     if config.held_out_classes > 0 {
         ensure!(
@@ -388,15 +565,16 @@ pub fn train(config: Option<TrainConfig>, options: &RunOptions) -> Result<TrainS
     if let Some(limit) = config.train_limit {
         train_data.truncate(limit);
     }
-    let mut test_data = Dataset::load(
+    let mut test_data = Dataset::load_fitted(
         config.test_data.as_deref().unwrap_or(&config.data),
         Split::Test,
+        config.input_size(),
     )?;
     if config.held_out_classes > 0 {
         test_data.keep_classes_below(config.arch.classes);
     }
-    check_data(&config, &train_data, "training")?;
-    check_data(&config, &test_data, "test")?;
+    check_data(&config, &train_data, config.stored_size(), "training")?;
+    check_data(&config, &test_data, config.input_size(), "test")?;
 
     let device = Device::flex().autodiff();
     device.seed(config.seed);
@@ -433,17 +611,37 @@ pub fn train(config: Option<TrainConfig>, options: &RunOptions) -> Result<TrainS
                     global_step as f64 / total_steps as f64,
                 )
             };
-            let crops: Vec<Crop> = indices
-                .iter()
-                .map(|_| {
-                    if config.augment {
-                        Crop::random(&mut rng)
-                    } else {
-                        Crop::NONE
-                    }
-                })
-                .collect();
-            let (x, y) = batch(&train_data, indices, &crops, &config, &device);
+            let pixels = match config.crop {
+                CropStyle::Padded => {
+                    let crops: Vec<Crop> = indices
+                        .iter()
+                        .map(|_| match config.augment {
+                            true => Crop::random(&mut rng),
+                            false => Crop::NONE,
+                        })
+                        .collect();
+                    batch_tensor_data(&train_data, indices, &crops, &config.mean, &config.std)
+                }
+                CropStyle::Resized => {
+                    let stored = config.stored_size();
+                    let crops: Vec<ResizedCrop> = indices
+                        .iter()
+                        .map(|_| match config.augment {
+                            true => ResizedCrop::random(&mut rng, stored),
+                            false => ResizedCrop::centre(stored, config.input_size()),
+                        })
+                        .collect();
+                    resized_batch_tensor_data(
+                        &train_data,
+                        indices,
+                        &crops,
+                        config.input_size(),
+                        &config.mean,
+                        &config.std,
+                    )
+                }
+            };
+            let (x, y) = batch(&train_data, indices, pixels, &config, &device);
             let logits = model.forward(x);
             let batch_wrong = count_wrong(logits.clone(), &train_data, indices);
             let loss = loss_fn.forward(logits, y);
@@ -527,8 +725,15 @@ pub fn train(config: Option<TrainConfig>, options: &RunOptions) -> Result<TrainS
     })
 }
 
-fn check_data(config: &TrainConfig, data: &Dataset, what: &str) -> Result<()> {
-    let (h, w, c) = config.arch.input;
+/// Checks `data` against the network: images of `(h, w)` (as they are held: see
+/// [`TrainConfig::stored_size`]) and the network's channels, labels below its classes.
+fn check_data(
+    config: &TrainConfig,
+    data: &Dataset,
+    (h, w): (usize, usize),
+    what: &str,
+) -> Result<()> {
+    let c = config.arch.input.2;
     ensure!(
         !data.is_empty(),
         "{}: the {what} set is empty",
@@ -567,15 +772,17 @@ fn sgd(config: &TrainConfig) -> ModuleOptimizer {
         .init()
 }
 
+/// The batch of images `indices` of `data` whose normalised NCHW `pixels` (at the
+/// network's input size) are given, and their labels.
 fn batch(
     data: &Dataset,
     indices: &[usize],
-    crops: &[Crop],
+    pixels: Vec<f32>,
     config: &TrainConfig,
     device: &Device,
 ) -> (Tensor<4>, Tensor<1, Int>) {
-    let pixels = batch_tensor_data(data, indices, crops, &config.mean, &config.std);
-    let shape = [indices.len(), data.channels, data.height, data.width];
+    let (h, w, c) = config.arch.input;
+    let shape = [indices.len(), c, h, w];
     let x = Tensor::<4>::from_data(TensorData::new(pixels, shape), device);
     let labels: Vec<i64> = indices.iter().map(|&i| i64::from(data.labels[i])).collect();
     let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [indices.len()]), device);
@@ -598,7 +805,8 @@ pub fn predict(model: &ResNet, data: &Dataset, config: &TrainConfig) -> Result<V
     let all: Vec<usize> = (0..data.len()).collect();
     for indices in all.chunks(EVAL_BATCH) {
         let crops = vec![Crop::NONE; indices.len()];
-        let (x, _) = batch(data, indices, &crops, config, &device);
+        let pixels = batch_tensor_data(data, indices, &crops, &config.mean, &config.std);
+        let (x, _) = batch(data, indices, pixels, config, &device);
         let logits = model.forward(x);
         let classes = logits.dims()[1];
         let values = logits
@@ -910,6 +1118,95 @@ mod tests {
         assert!(crops.iter().any(|c| c.top == 0) && crops.iter().any(|c| c.left == 2 * PAD));
         let flips = crops.iter().filter(|c| c.flip).count();
         assert!((400..600).contains(&flips), "{flips}");
+    }
+
+    #[test]
+    fn resized_crops_scale_windows_bilinearly_into_normalised_nchw() {
+        let data = synthetic(2, 9);
+        let (mean, std) = (vec![0.5; 3], vec![0.25; 3]);
+        // The whole image at its own size is the image: what the padded crop gives.
+        let whole = ResizedCrop::centre((32, 32), (32, 32));
+        assert_eq!(
+            resized_batch_tensor_data(&data, &[1, 0], &[whole; 2], (32, 32), &mean, &std),
+            batch_tensor_data(&data, &[1, 0], &[Crop::NONE; 2], &mean, &std)
+        );
+        // The centre crop of a 37×37 image to 32×32 (torchvision's evaluation crop).
+        assert_eq!(
+            ResizedCrop::centre((37, 37), (32, 32)),
+            ResizedCrop {
+                top: 2,
+                left: 2,
+                height: 32,
+                width: 32,
+                flip: false
+            }
+        );
+        // Halving a 2×2 window averages it; a flip of a 1×2 window scaled to 1×4
+        // mirrors the interpolated row.
+        let normalised = |v: f32| (v / 255.0 - 0.5) / 0.25;
+        let pixel = |y: usize, x: usize| f32::from(data.image(0)[(y * 32 + x) * 3]);
+        let two_by_two = ResizedCrop {
+            top: 4,
+            left: 6,
+            height: 2,
+            width: 2,
+            flip: false,
+        };
+        let out = resized_batch_tensor_data(&data, &[0], &[two_by_two], (1, 1), &mean, &std);
+        let average = (pixel(4, 6) + pixel(4, 7) + pixel(5, 6) + pixel(5, 7)) / 4.0;
+        assert!((out[0] - normalised(average)).abs() < 1e-5);
+        let row = ResizedCrop {
+            height: 1,
+            width: 2,
+            ..two_by_two
+        };
+        let (a, b) = (pixel(4, 6), pixel(4, 7));
+        let expected = [a, a + (b - a) * 0.25, a + (b - a) * 0.75, b].map(normalised);
+        let out = resized_batch_tensor_data(&data, &[0], &[row], (1, 4), &mean, &std);
+        assert!(out[..4]
+            .iter()
+            .zip(&expected)
+            .all(|(o, e)| (o - e).abs() < 1e-5));
+        let flipped = ResizedCrop { flip: true, ..row };
+        let out = resized_batch_tensor_data(&data, &[0], &[flipped], (1, 4), &mean, &std);
+        assert!(out[..4]
+            .iter()
+            .rev()
+            .zip(&expected)
+            .all(|(o, e)| (o - e).abs() < 1e-5));
+    }
+
+    #[test]
+    fn random_resized_crops_keep_torchvisions_area_and_ratio_ranges() {
+        let mut rng = Rng::new(3, 4);
+        let (h, w) = (37, 50);
+        let crops: Vec<ResizedCrop> = (0..2000)
+            .map(|_| ResizedCrop::random(&mut rng, (h, w)))
+            .collect();
+        for c in &crops {
+            assert!(c.height >= 1 && c.width >= 1, "{c:?}");
+            assert!(c.top + c.height <= h && c.left + c.width <= w, "{c:?}");
+            let ratio = c.width as f64 / c.height as f64;
+            // Rounding to whole pixels moves the ratio a little past its range.
+            assert!((0.6..=1.6).contains(&ratio), "{c:?}");
+            let share = (c.width * c.height) as f64 / (h * w) as f64;
+            assert!((0.06..=1.0).contains(&share), "{c:?}");
+        }
+        let small = crops
+            .iter()
+            .filter(|c| c.width * c.height < h * w / 4)
+            .count();
+        let flips = crops.iter().filter(|c| c.flip).count();
+        // Area shares are uniform in [0.08, 1]: about 18 % fall below a quarter.
+        assert!((250..750).contains(&small), "{small}");
+        assert!((800..1200).contains(&flips), "{flips}");
+        // Reproducible from the seed (exact resume depends on it).
+        let mut again = Rng::new(3, 4);
+        assert_eq!(crops[0], ResizedCrop::random(&mut again, (h, w)));
+        // A strip no draw fits falls back to the widest allowed window, centred.
+        let strip = ResizedCrop::random(&mut Rng::new(1, 1), (2, 200));
+        assert_eq!((strip.height, strip.top), (2, 0));
+        assert!(strip.width <= 3, "{strip:?}");
     }
 
     #[test]

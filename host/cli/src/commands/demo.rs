@@ -25,7 +25,7 @@ use tinyres_core::Model;
 use tinyres_data::{write_atomically, Dataset, Split};
 use tinyres_device::qemu::{self, Board, Device, LearningReport};
 use tinyres_train::export;
-use tinyres_train::train::{self, RunOptions, Schedule, TrainConfig, TrainSummary};
+use tinyres_train::train::{self, CropStyle, RunOptions, Schedule, TrainConfig, TrainSummary};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -390,6 +390,7 @@ fn run_in(
         schedule: Schedule::Onecycle,
         warmup: false,
         augment: true,
+        crop: CropStyle::Padded,
         seed: 0,
         mean: Vec::new(),
         std: Vec::new(),

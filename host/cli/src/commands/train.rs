@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use tinyres_train::train::{self, RunOptions, Schedule, TrainConfig};
+use tinyres_data::Dataset;
+use tinyres_train::train::{self, CropStyle, RunOptions, Schedule, TrainConfig};
 
 use super::{print_json, ArchArgs};
 
@@ -56,6 +57,14 @@ pub struct Args {
     /// Turn off crop-and-flip augmentation.
     #[arg(long)]
     no_augment: bool,
+    /// Training crops: `padded` (the paper's CIFAR-10 recipe: 4 black pixels around the
+    /// image, a random window of the input's size), `resized` (torchvision's ImageNet
+    /// recipe: a random window of 8-100 % of the area and aspect 3/4-4/3 scaled to the
+    /// input, from images held at input/0.875; test images resized and centre-cropped).
+    /// Both flip at random. Default: resized for image folders (of any image size),
+    /// padded for CIFAR-10 batches and the synthetic set.
+    #[arg(long, value_enum)]
+    crop: Option<CropStyle>,
     /// Seed of initialisation, shuffling and augmentation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -111,6 +120,13 @@ fn config(args: &Args) -> Result<TrainConfig> {
         schedule: args.schedule,
         warmup: args.warmup.unwrap_or(arch.depth() >= 110),
         augment: !args.no_augment,
+        crop: args
+            .crop
+            .unwrap_or(if Dataset::is_image_folder(&args.data) {
+                CropStyle::Resized
+            } else {
+                CropStyle::Padded
+            }),
         seed: args.seed,
         // Filled in by `train` from the training data.
         mean: Vec::new(),

@@ -44,7 +44,10 @@ pub fn train_and_export(name: &str, args: &[&str]) -> TrainedRun {
     let dir = std::env::temp_dir().join(format!("tinyres-runs-{}/{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let dir_arg = dir.to_str().unwrap();
-    let mut all = vec!["train", "--data", "synthetic", "--quiet", "--json"];
+    let mut all = vec!["train", "--quiet", "--json"];
+    if !args.contains(&"--data") {
+        all.extend_from_slice(&["--data", "synthetic"]);
+    }
     all.extend_from_slice(args);
     all.extend_from_slice(&["--out", dir_arg]);
     let summary = serde_json::from_str(&ok(tinyres(&all))).unwrap();

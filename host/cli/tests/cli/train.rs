@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tinyres_data::{Dataset, Split};
-use tinyres_train::train::{self, batch_tensor_data, Crop, TrainConfig};
+use tinyres_data::{synthetic, Dataset, Split};
+use tinyres_train::train::{self, batch_tensor_data, Crop, CropStyle, TrainConfig};
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tinyres-train-{}", std::process::id()));
@@ -270,8 +270,28 @@ fn resnet20_option_a_exports_onnx_that_tract_and_onnxruntime_agree_on() {
 /// B) at a sixteenth of ResNet-18's width and CIFAR-10's size: it trains, its ONNX
 /// export agrees with onnxruntime, and its f32 blob classifies every test image as the
 /// ONNX file does under tract.
+/// An image folder (`DIR/{train,test}/c<label>/*.png`) of synthetic images scaled to
+/// three sizes, none of them 32×32: the readers must fit them to the network's input.
+fn image_folder_of_mixed_sizes(dir: &Path, train: usize, test: usize) {
+    for (split, data) in [("train", synthetic(train, 1)), ("test", synthetic(test, 2))] {
+        for i in 0..data.len() {
+            let class_dir = dir.join(split).join(format!("c{}", data.labels[i]));
+            std::fs::create_dir_all(&class_dir).unwrap();
+            let image = image::RgbImage::from_raw(32, 32, data.image(i).to_vec()).unwrap();
+            let (w, h) = [(48, 40), (36, 44), (64, 64)][i % 3];
+            image::imageops::resize(&image, w, h, image::imageops::FilterType::Triangle)
+                .save(class_dir.join(format!("{i:04}.png")))
+                .unwrap();
+        }
+    }
+}
+
 #[test]
 fn resnet18_imagenet_layout_trains_exports_and_compiles() {
+    // On an image folder of other sizes than the input's: torchvision's random resized
+    // crops for training, resize and centre crop for testing, exporting and evaluating.
+    let folder = temp("mixed-sizes");
+    image_folder_of_mixed_sizes(&folder, 300, 100);
     let run = train_and_export(
         "resnet18",
         &[
@@ -283,12 +303,15 @@ fn resnet18_imagenet_layout_trains_exports_and_compiles() {
             "10",
             "--input-size",
             "32",
-            "--limit",
-            "500",
+            "--data",
+            folder.to_str().unwrap(),
             "--epochs",
             "1",
         ],
     );
+    let config = TrainConfig::load(&run.dir).unwrap();
+    assert_eq!(config.crop, CropStyle::Resized);
+    assert_eq!(config.stored_size(), (37, 37));
     // 45,102 weights, biases and batch-norm scales and shifts, and burn's count includes
     // batch norm's running means and variances (600 for 300 channels).
     assert_eq!(run.summary["parameters"], 45_702);
@@ -308,11 +331,12 @@ fn resnet18_imagenet_layout_trains_exports_and_compiles() {
             "eval",
             model.to_str().unwrap(),
             "--data",
-            "synthetic",
+            folder.to_str().unwrap(),
             "--json",
         ]));
         serde_json::from_str(&out).unwrap()
     };
     let (tract, engine) = (eval(&onnx), eval(&blob));
     assert_eq!(tract["confusion"], engine["confusion"]);
+    assert_eq!(engine["count"], 100);
 }
