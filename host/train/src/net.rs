@@ -14,6 +14,8 @@ use burn::tensor::{Device, Tensor};
 
 use tinyres_compile::arch::{Architecture, Block, ShortcutPlan, Stem};
 
+use crate::conv;
+
 /// He et al. 2015 ("Delving deep into rectifiers"), which the ResNet paper uses:
 /// normal with standard deviation `sqrt(2 / fan_in)`.
 const HE_NORMAL: Initializer = Initializer::KaimingNormal {
@@ -50,7 +52,24 @@ impl ConvBn {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.forward(x))
+        // On the flex device (training, and evaluation through `valid()`) the
+        // convolution runs on tinyres's kernels (`conv`: burn's weight gradient was most
+        // of a training step); elsewhere, the ONNX exporter's capture device among them,
+        // on burn's `Conv2d`, which is what the exported graph holds.
+        let PaddingConfig2d::Explicit(top, left, bottom, right) = self.conv.padding else {
+            unreachable!("ConvBn::new pads explicitly");
+        };
+        let y = if x.device() == Device::flex() {
+            conv::conv2d(
+                x,
+                self.conv.weight.val(),
+                self.conv.stride,
+                [top, left, bottom, right],
+            )
+        } else {
+            self.conv.forward(x)
+        };
+        self.bn.forward(y)
     }
 }
 
