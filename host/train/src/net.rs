@@ -14,7 +14,7 @@ use burn::tensor::{Device, Tensor};
 
 use tinyres_compile::arch::{Architecture, Block, ShortcutPlan, Stem};
 
-use crate::conv;
+use crate::{conv, norm};
 
 /// He et al. 2015 ("Delving deep into rectifiers"), which the ResNet paper uses:
 /// normal with standard deviation `sqrt(2 / fan_in)`.
@@ -69,7 +69,48 @@ impl ConvBn {
         } else {
             self.conv.forward(x)
         };
-        self.bn.forward(y)
+        self.batch_norm(y)
+    }
+
+    /// `self.bn`'s forward pass; in training on the flex device with [`norm`]'s kernels
+    /// (burn's transposes the activation four times a step), updating the running
+    /// statistics as burn's `BatchNorm::forward` does.
+    fn batch_norm(&self, y: Tensor<4>) -> Tensor<4> {
+        let device = y.device();
+        if !(device.is_autodiff() && self.bn.training.is_enabled() && device == Device::flex()) {
+            return self.bn.forward(y);
+        }
+        let channels = y.dims()[1];
+        let stats = norm::batch_statistics(y.clone());
+        let output = norm::batch_norm(
+            y,
+            self.bn.gamma.val(),
+            self.bn.beta.val(),
+            stats.clone(),
+            self.bn.epsilon,
+        );
+        let momentum = self.bn.momentum;
+        let row = |r: usize| {
+            stats
+                .clone()
+                .slice([r..r + 1, 0..channels])
+                .reshape([channels])
+        };
+        let running_mean = self.bn.running_mean.value_sync().to_device(&device);
+        let running_var = self.bn.running_var.value_sync().to_device(&device);
+        self.bn.running_mean.update(
+            running_mean
+                .mul_scalar(1.0 - momentum)
+                .add(row(0).mul_scalar(momentum))
+                .detach(),
+        );
+        self.bn.running_var.update(
+            running_var
+                .mul_scalar(1.0 - momentum)
+                .add(row(1).mul_scalar(momentum))
+                .detach(),
+        );
+        output
     }
 }
 
