@@ -283,9 +283,9 @@ impl Backward<Flex, 2> for TrainingConvBackward {
         let shape = flex_shape(&x, &weights, stride, padding);
         let (x_data, weights_data, dy_data) = (f32s(&x), f32s(&weights), f32s(&dy));
         let (dx, dw) = backward(
-            x_data.as_slice::<f32>().expect("contiguous f32"),
-            weights_data.as_slice::<f32>().expect("contiguous f32"),
-            dy_data.as_slice::<f32>().expect("contiguous f32"),
+            slice(&x_data),
+            slice(&weights_data),
+            slice(&dy_data),
             &shape,
             x_node.is_some(),
         );
@@ -327,14 +327,20 @@ impl<C: CheckpointStrategy> TrainingConv for Autodiff<Flex, C> {
     }
 }
 
-/// `tensor` as contiguous `f32` (a cheap clone where it is already).
-fn f32s(tensor: &FlexTensor) -> FlexTensor {
+/// `tensor` as contiguous `f32` (a cheap clone where it is already): what the
+/// training kernels here and in [`crate::norm`] read.
+pub(crate) fn f32s(tensor: &FlexTensor) -> FlexTensor {
     assert_eq!(
         tensor.dtype(),
         burn::tensor::DType::F32,
-        "the training convolution is f32"
+        "the training kernels take f32 tensors"
     );
     tensor.to_contiguous()
+}
+
+/// The values of a tensor from [`f32s`].
+pub(crate) fn slice(tensor: &FlexTensor) -> &[f32] {
+    tensor.as_slice::<f32>().expect("contiguous f32")
 }
 
 fn flex_shape(
@@ -370,11 +376,7 @@ fn flex_forward(
 ) -> FlexTensor {
     let shape = flex_shape(x, weights, stride, padding);
     let (x_data, weights_data) = (f32s(x), f32s(weights));
-    let y = forward(
-        x_data.as_slice::<f32>().expect("contiguous f32"),
-        weights_data.as_slice::<f32>().expect("contiguous f32"),
-        &shape,
-    );
+    let y = forward(slice(&x_data), slice(&weights_data), &shape);
     FlexTensor::from_data(TensorData::new(
         y,
         [shape.n, shape.c_out, shape.ho(), shape.wo()],

@@ -25,6 +25,8 @@ use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex};
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
+use crate::conv::{f32s, slice};
+
 /// `[n, channels, h·w]` of an NCHW activation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NormShape {
@@ -336,20 +338,6 @@ impl<C: CheckpointStrategy> TrainingNorm for Autodiff<Flex, C> {
             )),
         }
     }
-}
-
-/// `tensor` as contiguous `f32` (a cheap clone where it is already).
-fn f32s(tensor: &FlexTensor) -> FlexTensor {
-    assert_eq!(
-        tensor.dtype(),
-        burn::tensor::DType::F32,
-        "the training batch norm is f32"
-    );
-    tensor.to_contiguous()
-}
-
-fn slice(tensor: &FlexTensor) -> &[f32] {
-    tensor.as_slice::<f32>().expect("contiguous f32")
 }
 
 fn flex_shape(x: &FlexTensor) -> NormShape {
