@@ -144,7 +144,7 @@ impl Dataset {
                 self.image(i).to_vec(),
             )
             .expect("an image holds height × width × 3 bytes");
-            pixels.extend_from_slice(fit_image(&image, height, width).as_raw());
+            pixels.extend_from_slice(fit_image(image, height, width).as_raw());
         }
         (self.pixels, self.height, self.width) = (pixels, height, width);
     }
@@ -205,7 +205,7 @@ impl Dataset {
                     .with_context(|| format!("cannot read {}", file.display()))?;
                 let mut image = decode_image(&file, &bytes)?;
                 if let Some((height, width)) = fit {
-                    image = fit_image(&image, height, width);
+                    image = fit_image(image, height, width);
                 }
                 let (w, h) = (image.width() as usize, image.height() as usize);
                 if data.labels.is_empty() {
@@ -436,19 +436,19 @@ pub const CENTER_CROP_FRACTION: f64 = 224.0 / 256.0;
 /// triangle filter, which averages over the source pixels when shrinking, as PIL's
 /// antialiased bilinear does) so that a `height × width` window covers
 /// [`CENTER_CROP_FRACTION`] of it along its tighter axis, then that window cut from
-/// the centre. An image already of that size is returned as it is.
-pub fn fit_image(image: &image::RgbImage, height: usize, width: usize) -> image::RgbImage {
+/// the centre. An image already of that size is returned as it is (not copied).
+pub fn fit_image(image: image::RgbImage, height: usize, width: usize) -> image::RgbImage {
     let (in_w, in_h) = (f64::from(image.width()), f64::from(image.height()));
     let (out_w, out_h) = (width as u32, height as u32);
     if (image.width(), image.height()) == (out_w, out_h) {
-        return image.clone();
+        return image;
     }
     let scale = (f64::from(out_w) / CENTER_CROP_FRACTION / in_w)
         .max(f64::from(out_h) / CENTER_CROP_FRACTION / in_h);
     let scaled_w = ((in_w * scale).round() as u32).max(out_w);
     let scaled_h = ((in_h * scale).round() as u32).max(out_h);
     let scaled = image::imageops::resize(
-        image,
+        &image,
         scaled_w,
         scaled_h,
         image::imageops::FilterType::Triangle,
@@ -616,7 +616,7 @@ mod tests {
             x if x < 40 => image::Rgb([0, 0, 0]),
             _ => image::Rgb([255, 255, 255]),
         });
-        let fitted = fit_image(&image, 28, 28);
+        let fitted = fit_image(image, 28, 28);
         assert_eq!(fitted.dimensions(), (28, 28));
         // Shorter side 40 -> 32 (28 / 0.875), so 80 -> 64; the crop keeps columns 18..46
         // of the scaled image: black on the left, white on the right, red in the middle.
@@ -624,7 +624,7 @@ mod tests {
         assert_eq!(fitted.get_pixel(27, 14).0, [255, 255, 255]);
         let middle = fitted.get_pixel(14, 14).0;
         assert!(middle[0] > middle[1], "{middle:?}");
-        assert_eq!(fit_image(&fitted, 28, 28), fitted);
+        assert_eq!(fit_image(fitted.clone(), 28, 28), fitted);
     }
 
     #[test]

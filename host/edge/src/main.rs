@@ -304,7 +304,7 @@ fn image_of_bytes(file: &Path, bytes: &[u8], height: usize, width: usize) -> Res
     let decoded = decode_image(file, bytes)?;
     Ok(Image {
         name: file.display().to_string(),
-        pixels: fit_image(&decoded, height, width).into_raw(),
+        pixels: fit_image(decoded, height, width).into_raw(),
         label: None,
     })
 }

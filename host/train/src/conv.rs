@@ -623,7 +623,7 @@ fn matmul_into(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The convolution and its gradients by the definition, in f64.
@@ -669,7 +669,8 @@ mod tests {
         (y, dx, dw)
     }
 
-    fn values(len: usize, seed: u64) -> Vec<f32> {
+    /// `len` deterministic test values in [−1, 1], steps of 0.001 (xorshift from `seed`).
+    pub(crate) fn values(len: usize, seed: u64) -> Vec<f32> {
         let mut state = seed | 1;
         (0..len)
             .map(|_| {
