@@ -705,7 +705,7 @@ fn run_qemu(
         std::process::id(),
         SOCKET_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
-    let rtt_control_block = match transport {
+    let rtt_symbols = match transport {
         Transport::Semihosting => None,
         Transport::Rtt => {
             let _ = std::fs::remove_file(&gdb_socket);
@@ -715,7 +715,7 @@ fn run_qemu(
                     gdb_socket.display()
                 ))
                 .args(["-gdb", "chardev:gdb", "-S"]);
-            Some(crate::rtt::control_block_address(elf)?)
+            Some(crate::rtt::symbols(elf)?)
         }
     };
     cmd.args(["-machine", board.machine, "-cpu", board.cpu]);
@@ -762,9 +762,9 @@ fn run_qemu(
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut stdout, &mut bytes).map(|_| bytes)
     });
-    let mut rtt_reader = rtt_control_block.map(|control_block| {
+    let mut rtt_reader = rtt_symbols.map(|symbols| {
         let socket = gdb_socket.clone();
-        std::thread::spawn(move || crate::rtt::read_up_channel(&socket, control_block, 4, timeout))
+        std::thread::spawn(move || crate::rtt::read_up_channel(&socket, symbols, 4, timeout))
     });
     let stop = |child: &mut std::process::Child| {
         let _ = child.kill();

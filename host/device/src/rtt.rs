@@ -7,6 +7,12 @@
 //! QEMU answers memory requests only while the guest is stopped, so every poll is
 //! interrupt, read, write back, continue: the guest's virtual clock (`-icount`) stands
 //! still meanwhile, and instruction counts are the same as with semihosting.
+//!
+//! The guest first runs to a breakpoint on `main`, where the control block has just
+//! been initialised and nothing has been logged: the reader switches the channel to
+//! blocking there. Polling alone could miss that moment: a firmware that fails within
+//! its first poll interval logs its error in non-blocking mode, finds no host attached,
+//! and exits before anyone has read it (CI saw exactly that on a busy machine).
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -20,6 +26,9 @@ use object::{Object, ObjectSymbol};
 const CONTROL_BLOCK: &str = "_SEGGER_RTT";
 /// What the control block starts with once the firmware's `.data` is initialised.
 const CONTROL_BLOCK_ID: &[u8; 10] = b"SEGGER RTT";
+/// The firmware's entry point after the runtime's `.data` and `.bss` initialisation
+/// (`cortex-m-rt`'s `#[entry]` exports it under this name).
+const ENTRY: &str = "main";
 /// Up-channel mode bits of the channel's flags word, and the blocking mode.
 const MODE_MASK: u32 = 0b11;
 const MODE_BLOCK_IF_FULL: u32 = 2;
@@ -28,20 +37,40 @@ const POLL_INTERVAL: Duration = Duration::from_millis(5);
 /// Bytes one memory read asks for (QEMU's packets hold 4 KiB of hex).
 const READ_CHUNK: u32 = 1024;
 
-/// The address of the RTT control block in `elf`.
-pub fn control_block_address(elf: &Path) -> Result<u64> {
+/// Where RTT lives in a firmware image: its control block, and the entry point at
+/// which the reader attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RttSymbols {
+    /// Address of `_SEGGER_RTT`.
+    pub control_block: u64,
+    /// Address of the first instruction of `main` (Thumb bit cleared).
+    pub entry: u64,
+}
+
+/// The RTT control block and the entry point of `elf`.
+pub fn symbols(elf: &Path) -> Result<RttSymbols> {
     let bytes = std::fs::read(elf).with_context(|| format!("cannot read {}", elf.display()))?;
     let file = object::File::parse(&*bytes)
         .with_context(|| format!("{}: not an ELF file", elf.display()))?;
-    file.symbols()
-        .find(|s| s.name() == Ok(CONTROL_BLOCK))
-        .map(|s| s.address())
-        .with_context(|| {
-            format!(
-                "{} has no {CONTROL_BLOCK}: not built with the RTT transport",
-                elf.display()
-            )
-        })
+    let address = |name: &str| {
+        file.symbols()
+            .find(|s| s.name() == Ok(name))
+            .map(|s| s.address())
+    };
+    let control_block = address(CONTROL_BLOCK).with_context(|| {
+        format!(
+            "{} has no {CONTROL_BLOCK}: not built with the RTT transport",
+            elf.display()
+        )
+    })?;
+    let entry =
+        address(ENTRY).with_context(|| format!("{} has no `{ENTRY}` symbol", elf.display()))?;
+    Ok(RttSymbols {
+        control_block,
+        // A Thumb function's symbol carries the mode in bit 0; the instruction is at the
+        // even address.
+        entry: entry & !1,
+    })
 }
 
 /// Where the up channel's fields are, for the target's pointer width: the control
@@ -77,17 +106,21 @@ impl UpChannel {
 /// `pointer_bytes` is the target's pointer width (4 on Cortex-M).
 pub fn read_up_channel(
     socket: &Path,
-    control_block: u64,
+    symbols: RttSymbols,
     pointer_bytes: u64,
     timeout: Duration,
 ) -> Result<Vec<u8>> {
     let deadline = Instant::now() + timeout;
     let mut remote = Remote::connect(socket, deadline)?;
+    let control_block = symbols.control_block;
     let channel = UpChannel::at(control_block, pointer_bytes);
     let mut received = Vec::new();
     let mut blocking = false;
+    if !remote.run_to(symbols.entry)? {
+        return Ok(received); // exited before its entry point: nothing was logged
+    }
     loop {
-        // Stopped here: at the start (`-S`) or by the interrupt below.
+        // Stopped here: at `main` (`run_to`) or by the interrupt below.
         match poll(
             &mut remote,
             control_block,
@@ -321,12 +354,35 @@ impl Remote {
         self.send("c")
     }
 
+    /// Runs the stopped guest to the instruction at `address` (a breakpoint, removed
+    /// once hit); false if the guest exited instead.
+    fn run_to(&mut self, address: u64) -> Result<bool> {
+        // Kind 2: a 16-bit Thumb breakpoint; QEMU's breakpoints do not patch memory.
+        let reply = self.request(&format!("Z0,{address:x},2"))?;
+        if reply != "OK" {
+            bail!("QEMU's gdbstub set no breakpoint at {address:#x}: {reply:?}");
+        }
+        if !self.resume()? || !self.wait_for_stop()? {
+            return Ok(false);
+        }
+        let reply = self.request(&format!("z0,{address:x},2"))?;
+        if reply != "OK" {
+            bail!("QEMU's gdbstub kept its breakpoint at {address:#x}: {reply:?}");
+        }
+        Ok(true)
+    }
+
     /// Stops the running guest and waits for the stop reply; false if it exited
     /// instead (`W`/`X` reply, or the socket closed).
     fn interrupt(&mut self) -> Result<bool> {
         if !self.send_raw(&[0x03])? {
             return Ok(false);
         }
+        self.wait_for_stop()
+    }
+
+    /// Waits until the guest stops (true) or exits (false).
+    fn wait_for_stop(&mut self) -> Result<bool> {
         loop {
             match self.receive()? {
                 None => return Ok(false),
