@@ -849,3 +849,57 @@ pub(crate) mod tests {
         assert_eq!(run(1), run(3));
     }
 }
+/// A measurement, not a check (`#[ignore]`): the convolution's rate on resnet20's three
+/// stage shapes, batch 128, forward, backward and the weight gradient alone. Run with
+/// `cargo test -p tinyres-train --lib convolution_rates -- --ignored --nocapture`.
+#[cfg(test)]
+mod rates {
+    use super::*;
+    use std::time::Instant;
+
+    /// Mean seconds of `repeats` calls of `f`, after one call to warm up.
+    fn seconds<T>(repeats: u32, mut f: impl FnMut() -> T) -> f64 {
+        std::hint::black_box(f());
+        let start = Instant::now();
+        for _ in 0..repeats {
+            std::hint::black_box(f());
+        }
+        start.elapsed().as_secs_f64() / f64::from(repeats)
+    }
+
+    #[test]
+    #[ignore = "a measurement: prints GFLOP/s"]
+    fn convolution_rates_on_resnet20_stages() {
+        const IMAGES: usize = 128;
+        for (channels, side) in [(16usize, 32usize), (32, 16), (64, 8)] {
+            let shape = ConvShape {
+                n: IMAGES,
+                c_in: channels,
+                h: side,
+                w: side,
+                c_out: channels,
+                kh: 3,
+                kw: 3,
+                stride: [1, 1],
+                padding: [1, 1, 1, 1],
+            };
+            let x = tests::values(IMAGES * channels * side * side, 1);
+            let weights = tests::values(channels * channels * 9, 2);
+            let dy = tests::values(IMAGES * channels * side * side, 3);
+            let flops = 2.0 * (IMAGES * channels * channels * 9 * side * side) as f64;
+            let forward_s = seconds(5, || forward(&x, &weights, &shape));
+            let backward_s = seconds(5, || backward(&x, &weights, &dy, &shape, true));
+            let weights_s = seconds(5, || backward(&x, &weights, &dy, &shape, false));
+            println!(
+                "{channels} channels, {side}x{side}: forward {:.1} ms ({:.0} GFLOP/s), \
+                 backward {:.1} ms ({:.0}), weight gradient alone {:.1} ms ({:.0})",
+                forward_s * 1e3,
+                flops / forward_s / 1e9,
+                backward_s * 1e3,
+                2.0 * flops / backward_s / 1e9,
+                weights_s * 1e3,
+                flops / weights_s / 1e9,
+            );
+        }
+    }
+}
