@@ -198,6 +198,25 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
         label: usize,
         momentum: &mut Momentum<F, R>,
     ) -> Result<f32, Error> {
+        self.train_weighted(features, label, 1.0, momentum)
+    }
+
+    /// [`Self::train`] with the example's loss multiplied by `weight` (finite, not
+    /// negative; the weight decay is not): how a class seen in more or fewer examples
+    /// than its share is given its share of the loss. Returns the loss before the step,
+    /// unweighted. [`Self::train`] is weight 1.
+    pub fn train_weighted<const R: usize>(
+        &mut self,
+        features: &[f32],
+        label: usize,
+        weight: f32,
+        momentum: &mut Momentum<F, R>,
+    ) -> Result<f32, Error> {
+        if !(weight.is_finite() && weight >= 0.0) {
+            return Err(Error::Unsupported {
+                what: "an example's weight must be finite and not negative",
+            });
+        }
         if label >= self.classes {
             return Err(Error::InvalidValue {
                 what: "training label",
@@ -237,7 +256,7 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
         for (c, ((&p, (row, velocity)), (bias, bias_velocity))) in
             p[first_row..].iter().zip(rows).zip(biases).enumerate()
         {
-            let g = p - if first_row + c == label { 1.0 } else { 0.0 };
+            let g = weight * (p - if first_row + c == label { 1.0 } else { 0.0 });
             for ((w, v), &x) in row.iter_mut().zip(velocity.iter_mut()).zip(features) {
                 *v = beta * *v + (g * x + weight_decay * *w);
                 *w -= learning_rate * *v;
@@ -342,29 +361,6 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
             .sum();
         self.bias[class] = best_at_midpoint - at_midpoint;
         Ok(class)
-    }
-
-    /// Logit adjustment for a class trained on more (or fewer) of its examples than
-    /// it will meet (Menon et al., *Long-tail learning via logit adjustment*, ICLR
-    /// 2021): softmax cross-entropy learns the log of each class's share of the
-    /// training examples into its bias, so a class over-represented
-    /// `over_representation` times relative to the others has its bias lowered by
-    /// `ln(over_representation)`.
-    pub fn discount_prior(&mut self, class: usize, over_representation: f32) -> Result<(), Error> {
-        if class >= self.classes {
-            return Err(Error::InvalidValue {
-                what: "class to discount",
-                index: 0,
-                value: class as u32,
-            });
-        }
-        if !(over_representation.is_finite() && over_representation > 0.0) {
-            return Err(Error::Unsupported {
-                what: "over-representation must be finite and positive",
-            });
-        }
-        self.bias[class] -= libm::logf(over_representation);
-        Ok(())
     }
 
     /// Bytes [`Self::save`] writes: two u16 counts, then the weights and biases as f32.

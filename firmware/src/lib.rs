@@ -165,8 +165,7 @@ pub fn open_app<'a, 'h>(
     let (button, led, flash) = board::take()?;
     let store = LayerStore::new(flash, 0, app::SLOT_BYTES)?;
     let net = tinyres_core::Interpreter::new(model, arena)?;
-    let sgd = tinyres_core::learn::Sgd::default();
-    let (app, restored) = app::App::new(net, head, store, button, led, sgd)?;
+    let (app, restored) = app::App::new(net, head, store, button, led, app::FINETUNE_SGD)?;
     match restored {
         Some(s) => defmt::println!("restored slot={=u32} seq={=u32}", s.slot, s.sequence),
         None => defmt::println!("restored none"),

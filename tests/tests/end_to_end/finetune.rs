@@ -20,7 +20,7 @@ use tinyres_core::persist::LayerStore;
 use tinyres_core::{Interpreter, Model};
 use tinyres_data::{synthetic, Dataset};
 use tinyres_device::qemu::{self, Board, FLASH_IMAGE};
-use tinyres_firmware::app::{App, Head, Labeled, FINETUNE_EPOCHS, SLOT_BYTES};
+use tinyres_firmware::app::{App, Head, Labeled, FINETUNE_EPOCHS, FINETUNE_SGD, SLOT_BYTES};
 
 const NEW_CLASS: u8 = 9;
 
@@ -147,7 +147,7 @@ fn host_app<'a>(
     let net = Interpreter::new(model, arena).unwrap();
     let flash = MemFlash::erased(qemu::FLASH_IMAGE_BYTES);
     let store = LayerStore::new(flash.clone(), 0, SLOT_BYTES).unwrap();
-    let (app, _) = App::new(net, head, store, button, Led::default(), Sgd::default()).unwrap();
+    let (app, _) = App::new(net, head, store, button, Led::default(), FINETUNE_SGD).unwrap();
     (app, flash)
 }
 
@@ -279,4 +279,94 @@ fn the_button_loop_teaches_a_class_on_the_device_as_on_the_host() {
         learn_indices.len() / 2
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The learning rule on a trained trunk, on the host (the device's code, bit for bit
+/// what the `finetune` firmware computes): truck and old-class accuracy for K = 10,
+/// 20 and 50 shots, 5, 10 and 20 rehearsal images per shot, and three starting
+/// learning rates. A measurement, not a check: `TINYRES_TRUNK=$PWD/r8-9.trm
+/// TINYRES_CIFAR=$PWD/../shared/data/cifar10 cargo test -p tinyres-tests learning_rule
+/// -- --ignored --nocapture` (absolute paths: cargo runs the test in tests/; optional
+/// `TINYRES_TEST_IMAGES`, default 1,000 of the test split).
+#[test]
+#[ignore = "needs a trained 9-class trunk and CIFAR-10; a measurement"]
+fn learning_rule_on_a_trained_trunk() {
+    use tinyres_data::Split;
+    let (Ok(trunk), Ok(cifar)) = (
+        std::env::var("TINYRES_TRUNK"),
+        std::env::var("TINYRES_CIFAR"),
+    ) else {
+        panic!("set TINYRES_TRUNK (a 9-class blob) and TINYRES_CIFAR (a CIFAR-10 directory)");
+    };
+    let blob = AlignedBlob::new(&std::fs::read(&trunk).unwrap());
+    let pool = Dataset::load(cifar.as_ref(), Split::Train).unwrap();
+    let mut test = Dataset::load(cifar.as_ref(), Split::Test).unwrap();
+    test.truncate(std::env::var("TINYRES_TEST_IMAGES").map_or(1000, |n| n.parse().unwrap()));
+    let new_class = Model::parse(blob.as_bytes()).unwrap().num_classes();
+    let percent = |hits: usize, of: usize| 100.0 * hits as f64 / of.max(1) as f64;
+    // Accuracy on the new class's test images and on the others'.
+    let score = |classes: &[usize]| {
+        let (mut new, mut new_hits, mut old, mut old_hits) = (0, 0, 0, 0);
+        for (&c, &label) in classes.iter().zip(&test.labels) {
+            let label = usize::from(label);
+            if label == new_class {
+                (new, new_hits) = (new + 1, new_hits + usize::from(c == label));
+            } else {
+                (old, old_hits) = (old + 1, old_hits + usize::from(c == label));
+            }
+        }
+        (percent(new_hits, new), percent(old_hits, old))
+    };
+    let (mut arena, mut head) = (vec![0u8; qemu::DEFAULT_ARENA_BYTES], Head::EMPTY);
+    let (mut app, _) = host_app(&blob, &mut arena, &mut head, Button::default());
+    let before: Vec<usize> = (0..test.len())
+        .map(|i| app.classify(test.image(i)).unwrap())
+        .collect();
+    let (_, old_before) = score(&before);
+    println!(
+        "{} test images; old classes before: {old_before:.1} %",
+        test.len()
+    );
+    for shots in [10, 20, 50] {
+        for per_shot in [5, 10, 20] {
+            for learning_rate in [0.01, 0.03, 0.05] {
+                let set =
+                    qemu::learning_set(new_class, &test, &pool, shots, shots * per_shot).unwrap();
+                let (mut arena, mut head) = (vec![0u8; qemu::DEFAULT_ARENA_BYTES], Head::EMPTY);
+                let model = Model::parse(blob.as_bytes()).unwrap();
+                let net = Interpreter::new(model, &mut arena).unwrap();
+                let store =
+                    LayerStore::new(MemFlash::erased(qemu::FLASH_IMAGE_BYTES), 0, SLOT_BYTES)
+                        .unwrap();
+                let sgd = Sgd {
+                    learning_rate,
+                    ..FINETUNE_SGD
+                };
+                let (mut app, _) = App::new(
+                    net,
+                    &mut head,
+                    store,
+                    Button::default(),
+                    Led::default(),
+                    sgd,
+                )
+                .unwrap();
+                app.finetune(set.learn.len(), FINETUNE_EPOCHS, |k| {
+                    set.learn
+                        .get(k)
+                        .map(|&i| (set.data.image(i), set.data.labels[i]))
+                })
+                .unwrap();
+                let after: Vec<usize> = (0..test.len())
+                    .map(|i| app.classify(test.image(i)).unwrap())
+                    .collect();
+                let (new, old) = score(&after);
+                println!(
+                    "K={shots:2} rehearsal={:4} lr={learning_rate}: new class {new:5.1} %, old classes {old:5.1} % ({:+.1})",
+                    set.rehearsal,
+                    old - old_before
+                );
+            }
+        }
+    }
 }

@@ -546,6 +546,7 @@ fn run_in(
         &test,
         &train_data,
         sizes.shots,
+        sizes.shots * qemu::REHEARSAL_PER_SHOT,
         &staging.join("flash"),
         |boot| eprintln!("      {boot}"),
     )?;

@@ -32,13 +32,18 @@ pub struct Args {
     limit: Option<usize>,
     /// Put examples to learn from before the images (the `finetune` firmware learns
     /// from them on the board): shots of the model's next free class from this data's
-    /// training split, each with a rehearsal image of a known class, as `tinyres run
+    /// training split, and rehearsal images of known classes, as `tinyres run
     /// --finetune` does.
     #[arg(long, value_name = "DATA", requires_all = ["data", "model"])]
     finetune: Option<PathBuf>,
     /// Shots of the new class.
     #[arg(long, default_value_t = 20, requires = "finetune")]
     shots: usize,
+    /// Rehearsal images of known classes learned from beside the shots (default: 10
+    /// per shot, fewer where the image partition would not hold them beside the
+    /// test images: --limit of them, or half the partition).
+    #[arg(long, requires = "finetune")]
+    rehearsal: Option<usize>,
     /// Only print the layout and what would be written.
     #[arg(long)]
     dry_run: bool,
@@ -56,6 +61,7 @@ pub fn command(args: &Args) -> Result<()> {
         limit,
         ref finetune,
         shots,
+        rehearsal,
         dry_run,
         json,
     } = args;
@@ -74,6 +80,7 @@ pub fn command(args: &Args) -> Result<()> {
         (Some(pool), Some(model)) => Some((
             Dataset::load(pool, Split::Train)?,
             shots,
+            rehearsal,
             model.num_classes(),
         )),
         _ => None,
@@ -155,12 +162,12 @@ struct FlashImages {
 
 /// The image region for a board's image partition: the first `limit` test images of
 /// `path` (as many as fit by default), after the examples of `learn` (a training pool,
-/// the shots to take from it, the new class's index) if given.
+/// the shots and rehearsal images to take from it, the new class's index) if given.
 fn flash_images(
     layout: &Layout,
     path: &Path,
     limit: Option<usize>,
-    learn: Option<&(Dataset, usize, usize)>,
+    learn: Option<&(Dataset, usize, Option<usize>, usize)>,
 ) -> Result<FlashImages> {
     let Some(partition) = &layout.images else {
         bail!(
@@ -178,7 +185,7 @@ fn flash_images(
     // Header, labels padded to 16, pixels.
     let fits = (capacity - 32) / (test.image_len() + 1);
     let set = match learn {
-        Some((pool, shots, new_class)) => {
+        Some((pool, shots, rehearsal, new_class)) => {
             if pool.image_len() != test.image_len() {
                 bail!(
                     "the images to learn from are {} bytes each, the test images {}",
@@ -186,7 +193,14 @@ fn flash_images(
                     test.image_len()
                 );
             }
-            Some(qemu::learning_set(*new_class, &test, pool, *shots)?)
+            let rehearsal = rehearsal.unwrap_or_else(|| {
+                let wanted = shots * qemu::REHEARSAL_PER_SHOT;
+                let test_images = limit.unwrap_or(fits / 2);
+                wanted.min(fits.saturating_sub(shots + test_images))
+            });
+            Some(qemu::learning_set(
+                *new_class, &test, pool, *shots, rehearsal,
+            )?)
         }
         None => None,
     };

@@ -42,9 +42,9 @@ pub struct Args {
     #[arg(long, default_value_t = 600)]
     timeout: u64,
     /// Learn a new class on the device from this data (its training split): shots of
-    /// the class labeled with the next free class index, plus as many images of known
-    /// classes for rehearsal. Reports accuracy before and after, and checks that a
-    /// second boot restores what was learned from the flash image.
+    /// the class labeled with the next free class index, plus images of known classes
+    /// for rehearsal. Reports accuracy before and after, and checks that a second boot
+    /// restores what was learned from the flash image.
     #[arg(long, value_name = "DATA")]
     finetune: Option<PathBuf>,
     /// Name of the new class (for the report).
@@ -53,8 +53,13 @@ pub struct Args {
     /// Shots of the new class to learn from.
     #[arg(long, default_value_t = 20, requires = "finetune")]
     shots: usize,
+    /// Rehearsal images of known classes learned from beside the shots (default: 10
+    /// per shot). The device weighs both so that every class has an equal share of
+    /// the loss.
+    #[arg(long, requires = "finetune")]
+    rehearsal: Option<usize>,
     /// How the device learns: `finetune` (the `finetune` firmware: imprint from the
-    /// shots against the rehearsal images, SGD over both, the prior discounted) or
+    /// shots against the rehearsal images, then class-balanced SGD over both) or
     /// `button` (the `teach` firmware, the interactive loop of a board: the button
     /// held on each shot, the class imprinted from the first five against the frames
     /// shown without the button, and re-imprinted with every later shot).
@@ -108,9 +113,18 @@ fn finetune_on_device(
     )?;
     let scratch = std::env::temp_dir().join(format!("tinyres-finetune-{}", std::process::id()));
     let flash_dir = args.flash_dir.clone().unwrap_or_else(|| scratch.clone());
-    let report = qemu::learning_scenario(&device, test, &pool, args.shots, &flash_dir, |step| {
-        eprintln!("{step}")
-    });
+    let rehearsal = args
+        .rehearsal
+        .unwrap_or(args.shots * qemu::REHEARSAL_PER_SHOT);
+    let report = qemu::learning_scenario(
+        &device,
+        test,
+        &pool,
+        args.shots,
+        rehearsal,
+        &flash_dir,
+        |step| eprintln!("{step}"),
+    );
     if args.flash_dir.is_none() {
         let _ = std::fs::remove_dir_all(&scratch);
     }

@@ -376,7 +376,7 @@ fn flash_dry_run_lays_out_firmware_model_and_head_store() {
     // Header and labels padded to 16 bytes, then 5 images of 32×32×3.
     assert_eq!(v["image_bytes"], 32 + 5 * 3072);
     // Examples to learn from go first: shots of the model's next class (a 9-class
-    // model learns class 9) alternating with rehearsal images.
+    // model learns class 9), each followed by its share of the rehearsal images.
     let nine = temp("flash-resnet8-9.trm");
     assert!(
         tinyres(&["plan", "--classes", "9", "-o", nine.to_str().unwrap()])
@@ -397,6 +397,8 @@ fn flash_dry_run_lays_out_firmware_model_and_head_store() {
         "synthetic",
         "--shots",
         "3",
+        "--rehearsal",
+        "3",
         "--dry-run",
         "--json",
     ]);
@@ -407,6 +409,27 @@ fn flash_dry_run_lays_out_firmware_model_and_head_store() {
         (6.into(), 4.into())
     );
     assert_eq!(v["image_bytes"], 32 + 10 * 3072);
+    // By default 10 rehearsal images per shot, where the partition holds them.
+    let out = tinyres(&[
+        "flash",
+        "--chip",
+        "nRF52840_xxAA",
+        "--model",
+        nine.to_str().unwrap(),
+        "--data",
+        "synthetic",
+        "--limit",
+        "4",
+        "--finetune",
+        "synthetic",
+        "--shots",
+        "3",
+        "--dry-run",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["learn_from"], 33);
     // Images the model cannot take are refused before anything is written.
     let small = Architecture {
         input: (16, 16, 3),

@@ -363,20 +363,68 @@ fn momentum_must_cover_every_row_it_trains() {
 }
 
 #[test]
-fn discounting_a_prior_lowers_only_that_logit_by_its_log() {
-    let mut layer = layer_with(0.5);
+fn a_weighted_step_scales_the_gradient_and_weight_one_is_a_plain_step() {
     let features = [0.3, -0.2, 0.9, 0.1, 0.0, 0.4, -0.7, 0.2];
-    let mut before = [0.0; 3];
-    layer.logits(&features, &mut before).unwrap();
-    layer.discount_prior(1, core::f32::consts::E).unwrap();
-    let mut after = [0.0; 3];
-    layer.logits(&features, &mut after).unwrap();
-    assert_eq!((after[0], after[2]), (before[0], before[2]));
-    assert!((before[1] - after[1] - 1.0).abs() < 1e-6);
-    assert!(layer.discount_prior(3, 2.0).is_err(), "no such class");
-    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
-        assert!(layer.discount_prior(0, bad).is_err(), "{bad}");
+    let logits = |layer: &LastLayer<8, 4>| {
+        let mut l = [0.0; 3];
+        layer.logits(&features, &mut l).unwrap();
+        l
+    };
+    let (mut plain, mut one) = (layer_with(0.5), layer_with(0.5));
+    let (mut m_plain, mut m_one) = (Momentum::<8, 4>::new(0), Momentum::<8, 4>::new(0));
+    for label in [0, 2, 1, 2] {
+        let a = plain.train(&features, label, &mut m_plain).unwrap();
+        let b = one
+            .train_weighted(&features, label, 1.0, &mut m_one)
+            .unwrap();
+        assert_eq!(a, b);
     }
+    assert_eq!(
+        logits(&plain),
+        logits(&one),
+        "weight 1 is bit for bit a plain step"
+    );
+
+    // Without weight decay, a step of weight 2 moves each logit twice as far.
+    let no_decay = Sgd {
+        weight_decay: 0.0,
+        ..Sgd::default()
+    };
+    let (mut single, mut double) = (layer_with(0.5), layer_with(0.5));
+    single.sgd = no_decay;
+    double.sgd = no_decay;
+    let start = logits(&single);
+    single
+        .train_weighted(&features, 1, 1.0, &mut Momentum::<8, 4>::new(0))
+        .unwrap();
+    double
+        .train_weighted(&features, 1, 2.0, &mut Momentum::<8, 4>::new(0))
+        .unwrap();
+    let (once, twice) = (logits(&single), logits(&double));
+    for (c, &s) in start.iter().enumerate() {
+        let (moved_once, moved_twice) = (once[c] - s, twice[c] - s);
+        assert!(
+            (moved_twice - 2.0 * moved_once).abs() < 1e-5,
+            "class {c}: {moved_once} then {moved_twice}"
+        );
+    }
+
+    // Weight 0 only decays the weights; bad weights change nothing.
+    let mut zero = layer_with(0.5);
+    zero.sgd = no_decay;
+    zero.train_weighted(&features, 1, 0.0, &mut Momentum::<8, 4>::new(0))
+        .unwrap();
+    assert_eq!(logits(&zero), start);
+    for bad in [-1.0, f32::NAN, f32::INFINITY] {
+        assert_eq!(
+            zero.train_weighted(&features, 1, bad, &mut Momentum::<8, 4>::new(0)),
+            Err(Error::Unsupported {
+                what: "an example's weight must be finite and not negative"
+            }),
+            "{bad}"
+        );
+    }
+    assert_eq!(logits(&zero), start);
 }
 
 fn layer_with(seed: f32) -> LastLayer<8, 4> {
