@@ -383,53 +383,37 @@ fn flash_dry_run_lays_out_firmware_model_and_head_store() {
             .status
             .success()
     );
-    let out = tinyres(&[
-        "flash",
-        "--chip",
-        "nRF52840_xxAA",
-        "--model",
-        nine.to_str().unwrap(),
-        "--data",
-        "synthetic",
-        "--limit",
-        "4",
-        "--finetune",
-        "synthetic",
-        "--shots",
-        "3",
-        "--rehearsal",
-        "3",
-        "--dry-run",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let learning_layout = |rehearsal: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "flash",
+            "--chip",
+            "nRF52840_xxAA",
+            "--model",
+            nine.to_str().unwrap(),
+            "--data",
+            "synthetic",
+            "--limit",
+            "4",
+            "--finetune",
+            "synthetic",
+            "--shots",
+            "3",
+            "--dry-run",
+            "--json",
+        ];
+        args.extend_from_slice(rehearsal);
+        let out = tinyres(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str(&stdout(&out)).unwrap()
+    };
+    let v = learning_layout(&["--rehearsal", "3"]);
     assert_eq!(
         (v["learn_from"].clone(), v["images"].clone()),
         (6.into(), 4.into())
     );
     assert_eq!(v["image_bytes"], 32 + 10 * 3072);
     // By default 10 rehearsal images per shot, where the partition holds them.
-    let out = tinyres(&[
-        "flash",
-        "--chip",
-        "nRF52840_xxAA",
-        "--model",
-        nine.to_str().unwrap(),
-        "--data",
-        "synthetic",
-        "--limit",
-        "4",
-        "--finetune",
-        "synthetic",
-        "--shots",
-        "3",
-        "--dry-run",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(v["learn_from"], 33);
+    assert_eq!(learning_layout(&[])["learn_from"], 33);
     // Images the model cannot take are refused before anything is written.
     let small = Architecture {
         input: (16, 16, 3),
