@@ -264,6 +264,7 @@ impl<'m, 'a, 'h, Button: InputPin, Led: OutputPin, Flash: NorFlash>
         example: &mut impl FnMut(usize) -> Option<(&'p [u8], u8)>,
     ) -> Result<(), AppError> {
         let n = self.head.num_features();
+        // The new class is the last row: `class` old classes before it.
         let (shot_weight, rehearsal_weight) =
             balanced_weights(self.collected.count(), self.others.count(), class);
         let peak = self.head.sgd.learning_rate;

@@ -1182,10 +1182,15 @@ pub fn learning_scenario(
         "pass 1/3: the model as shipped, on {} test images",
         test.len()
     ));
-    let before = test_indices
-        .chunks(per_boot)
-        .map(|chunk| device.finetune(&data, &[], chunk, &fresh))
-        .collect::<Result<Vec<_>>>();
+    // Every test image with the head the flash in `dir` holds, in as many boots as
+    // they need.
+    let classify_all = |dir: &Path| -> Result<Vec<FinetuneBoot>> {
+        test_indices
+            .chunks(per_boot)
+            .map(|chunk| device.finetune(&data, &[], chunk, dir))
+            .collect()
+    };
+    let before = classify_all(&fresh);
     let _ = std::fs::remove_dir_all(&fresh);
     let before = FinetuneBoot::joined(before?);
     on_boot(&format!(
@@ -1207,10 +1212,7 @@ pub fn learning_scenario(
     }
     let after = FinetuneBoot::joined(after);
     on_boot("pass 3/3: reboot with the same flash image");
-    let reboot = test_indices
-        .chunks(per_boot)
-        .map(|chunk| device.finetune(&data, &[], chunk, flash_dir))
-        .collect::<Result<Vec<_>>>()?;
+    let reboot = classify_all(flash_dir)?;
     let restored_everywhere = reboot.iter().all(|b| b.restored == reboot[0].restored);
     let reboot = FinetuneBoot::joined(reboot);
     let classes = |b: &FinetuneBoot| b.predictions.iter().map(|p| p.class).collect::<Vec<_>>();

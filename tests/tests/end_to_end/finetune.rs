@@ -135,19 +135,21 @@ fn device<'b>(blob: &'b AlignedBlob, bin: &str) -> qemu::Device<'b> {
     .expect("firmware builds")
 }
 
-/// The device's application code on the host, with an erased flash of the device's
+/// The device's application code on the host with the optimiser `sgd` (the firmware's:
+/// `FINETUNE_SGD`), with an erased flash of the device's
 /// size (returned, to compare with the device's flash image).
 fn host_app<'a>(
     blob: &'a AlignedBlob,
     arena: &'a mut [u8],
     head: &'a mut Head,
     button: Button,
+    sgd: Sgd,
 ) -> (App<'a, 'a, 'a, Button, Led, MemFlash>, MemFlash) {
     let model = Model::parse(blob.as_bytes()).unwrap();
     let net = Interpreter::new(model, arena).unwrap();
     let flash = MemFlash::erased(qemu::FLASH_IMAGE_BYTES);
     let store = LayerStore::new(flash.clone(), 0, SLOT_BYTES).unwrap();
-    let (app, _) = App::new(net, head, store, button, Led::default(), FINETUNE_SGD).unwrap();
+    let (app, _) = App::new(net, head, store, button, Led::default(), sgd).unwrap();
     (app, flash)
 }
 
@@ -187,7 +189,13 @@ fn the_device_learns_a_new_class_persists_it_and_matches_the_host() {
 
     // The same application code on the host: same predictions, same flash bytes.
     let (mut arena, mut head) = (vec![0u8; qemu::DEFAULT_ARENA_BYTES], Head::EMPTY);
-    let (mut app, flash) = host_app(&blob, &mut arena, &mut head, Button::default());
+    let (mut app, flash) = host_app(
+        &blob,
+        &mut arena,
+        &mut head,
+        Button::default(),
+        FINETUNE_SGD,
+    );
     let class = app
         .finetune(learn_indices.len(), FINETUNE_EPOCHS, |k| {
             learn_indices
@@ -247,7 +255,7 @@ fn the_button_loop_teaches_a_class_on_the_device_as_on_the_host() {
 
     let (mut arena, mut head) = (vec![0u8; qemu::DEFAULT_ARENA_BYTES], Head::EMPTY);
     let button = Button::default();
-    let (mut app, flash) = host_app(&blob, &mut arena, &mut head, button.clone());
+    let (mut app, flash) = host_app(&blob, &mut arena, &mut head, button.clone(), FINETUNE_SGD);
     let mut unsaved = false;
     let mut host = Vec::new();
     for (k, &i) in learn_indices.iter().chain(&test_indices).enumerate() {
@@ -317,12 +325,20 @@ fn learning_rule_on_a_trained_trunk() {
         }
         (percent(new_hits, new), percent(old_hits, old))
     };
+    let classify_all = |app: &mut App<'_, '_, '_, Button, Led, MemFlash>| -> Vec<usize> {
+        (0..test.len())
+            .map(|i| app.classify(test.image(i)).unwrap())
+            .collect()
+    };
     let (mut arena, mut head) = (vec![0u8; qemu::DEFAULT_ARENA_BYTES], Head::EMPTY);
-    let (mut app, _) = host_app(&blob, &mut arena, &mut head, Button::default());
-    let before: Vec<usize> = (0..test.len())
-        .map(|i| app.classify(test.image(i)).unwrap())
-        .collect();
-    let (_, old_before) = score(&before);
+    let (mut app, _) = host_app(
+        &blob,
+        &mut arena,
+        &mut head,
+        Button::default(),
+        FINETUNE_SGD,
+    );
+    let (_, old_before) = score(&classify_all(&mut app));
     println!(
         "{} test images; old classes before: {old_before:.1} %",
         test.len()
@@ -333,33 +349,18 @@ fn learning_rule_on_a_trained_trunk() {
                 let set =
                     qemu::learning_set(new_class, &test, &pool, shots, shots * per_shot).unwrap();
                 let (mut arena, mut head) = (vec![0u8; qemu::DEFAULT_ARENA_BYTES], Head::EMPTY);
-                let model = Model::parse(blob.as_bytes()).unwrap();
-                let net = Interpreter::new(model, &mut arena).unwrap();
-                let store =
-                    LayerStore::new(MemFlash::erased(qemu::FLASH_IMAGE_BYTES), 0, SLOT_BYTES)
-                        .unwrap();
                 let sgd = Sgd {
                     learning_rate,
                     ..FINETUNE_SGD
                 };
-                let (mut app, _) = App::new(
-                    net,
-                    &mut head,
-                    store,
-                    Button::default(),
-                    Led::default(),
-                    sgd,
-                )
-                .unwrap();
+                let (mut app, _) = host_app(&blob, &mut arena, &mut head, Button::default(), sgd);
                 app.finetune(set.learn.len(), FINETUNE_EPOCHS, |k| {
                     set.learn
                         .get(k)
                         .map(|&i| (set.data.image(i), set.data.labels[i]))
                 })
                 .unwrap();
-                let after: Vec<usize> = (0..test.len())
-                    .map(|i| app.classify(test.image(i)).unwrap())
-                    .collect();
+                let after = classify_all(&mut app);
                 let (new, old) = score(&after);
                 println!(
                     "K={shots:2} rehearsal={:4} lr={learning_rate}: new class {new:5.1} %, old classes {old:5.1} % ({:+.1})",
