@@ -450,10 +450,26 @@ pub fn decode_image_at_most(name: &Path, bytes: &[u8], max_side: u32) -> Result<
     limits.max_image_height = Some(max_side);
     let mut reader = reader();
     reader.limits(limits);
-    reader
-        .decode()
-        .map(|image| image.to_rgb8())
-        .with_context(unreadable)
+    // The decoders are safe Rust, but a corrupt file can still make one panic (zune-jpeg
+    // 0.5.15's AVX2 inverse DCT unwraps the missing slice when a block row falls past
+    // the end of its output: regression test
+    // `a_jpeg_that_panics_the_decoder_is_an_error`); what they leave behind is dropped.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode())) {
+        Ok(decoded) => decoded
+            .map(|image| image.to_rgb8())
+            .with_context(unreadable),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            bail!(
+                "{}: not a readable {format:?} image (its decoder failed on it: {message})",
+                name.display()
+            )
+        }
+    }
 }
 
 /// The centre crop's share of the resized image in torchvision's evaluation transform:
@@ -700,5 +716,17 @@ mod tests {
         );
         let err = decode_image_at_most(name, &jpeg[..frame + 9], 1 << 16).unwrap_err();
         assert!(format!("{err:#}").starts_with("huge.jpg: not a readable PNG or JPEG image"));
+    }
+
+    /// The image fuzzer's first crash: 785 bytes of corrupt JPEG on which zune-jpeg
+    /// 0.5.15's AVX2 inverse DCT unwraps `None` (on a machine without AVX2 its scalar
+    /// one runs instead, and may decode the file).
+    #[test]
+    fn a_jpeg_that_panics_the_decoder_is_an_error() {
+        let bytes = include_bytes!("../tests/fixtures/jpeg-idct-panic.jpg");
+        if let Err(err) = decode_image(Path::new("corrupt.jpg"), bytes) {
+            let err = format!("{err:#}");
+            assert!(err.starts_with("corrupt.jpg: not a readable"), "{err}");
+        }
     }
 }
