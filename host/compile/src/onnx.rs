@@ -213,6 +213,80 @@ fn tract_step<T>(step: impl FnOnce() -> TractResult<T>) -> Result<T> {
     }
 }
 
+/// The most elements a tensor that a graph sizes from its own constants may have: 16 M,
+/// 64 MiB of `f32`. The largest tensor of an ImageNet ResNet-50 has 2.4 M, and a
+/// microcontroller's model is thousands of times smaller. tract computes the constant
+/// parts of a graph while typing it, and an allocation that fails there aborts the
+/// process (no error, no unwinding): a 3 KB file whose `Pad` asked for 2 × 10^14
+/// columns did. So the sizes such nodes ask for are checked before tract sees them.
+const MAX_TENSOR_ELEMENTS: u128 = 1 << 24;
+
+/// The integer values of the constant `name` (an initializer or a `Constant` node's
+/// output), if it is one.
+fn constant_ints(graph: &tract_onnx::pb::GraphProto, name: &str) -> Option<Vec<i64>> {
+    let tensor = graph
+        .initializer
+        .iter()
+        .find(|t| t.name == name)
+        .or_else(|| {
+            graph
+                .node
+                .iter()
+                .filter(|n| n.op_type == "Constant" && n.output.iter().any(|o| o == name))
+                .find_map(|n| n.attribute.iter().find_map(|a| a.t.as_ref()))
+        })?;
+    if !tensor.int64_data.is_empty() {
+        return Some(tensor.int64_data.clone());
+    }
+    let raw = tensor.raw_data.chunks_exact(8);
+    Some(
+        raw.map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default()))
+            .collect(),
+    )
+}
+
+/// Refuses nodes that ask for a tensor of more than [`MAX_TENSOR_ELEMENTS`] through
+/// their constants: `Pad` (its padding grows every axis), `ConstantOfShape` and
+/// `Expand` (a shape), `Tile` (repeats).
+fn refuse_huge_constants(graph: &tract_onnx::pb::GraphProto) -> Result<()> {
+    for node in &graph.node {
+        let asked = |input: usize| node.input.get(input).and_then(|n| constant_ints(graph, n));
+        let factors: Vec<i64> = match node.op_type.as_str() {
+            "Pad" => {
+                let pads = asked(1).or_else(|| {
+                    let attribute = node.attribute.iter().find(|a| a.name == "pads");
+                    attribute.map(|a| a.ints.clone())
+                });
+                let pads = pads.unwrap_or_default();
+                let (begin, end) = pads.split_at(pads.len() / 2);
+                begin
+                    .iter()
+                    .zip(end)
+                    .map(|(b, e)| 1 + b.max(&0) + e.max(&0))
+                    .collect()
+            }
+            "ConstantOfShape" => asked(0).unwrap_or_default(),
+            "Expand" | "Tile" => asked(1).unwrap_or_default(),
+            _ => continue,
+        };
+        let elements = factors
+            .iter()
+            .try_fold(1u128, |n, &f| n.checked_mul(f.max(0) as u128));
+        // PyTorch leaves most nodes unnamed: then the node is known by its output.
+        let name = match (node.name.as_str(), node.output.first()) {
+            ("", Some(output)) => output.as_str(),
+            (name, _) => name,
+        };
+        ensure!(
+            elements.is_some_and(|n| n <= MAX_TENSOR_ELEMENTS),
+            "{name} ({}) asks for a tensor of more than {MAX_TENSOR_ELEMENTS} elements \
+             (size factors {factors:?}): no model for the engine holds one",
+            node.op_type
+        );
+    }
+    Ok(())
+}
+
 /// Reads an ONNX file with tract and works out its input layout and preprocessing
 /// (metadata first, `flags` override).
 pub fn read_onnx(path: &Path, flags: &PreprocessingFlags) -> Result<OnnxFile> {
@@ -220,6 +294,9 @@ pub fn read_onnx(path: &Path, flags: &PreprocessingFlags) -> Result<OnnxFile> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let proto: ModelProto = tract_step(|| onnx.proto_model_for_read(&mut bytes.as_slice()))
         .map_err(|e| anyhow::anyhow!("{}: not an ONNX model ({e})", path.display()))?;
+    if let Some(graph) = &proto.graph {
+        refuse_huge_constants(graph).with_context(|| format!("{}", path.display()))?;
+    }
     let metadata: HashMap<String, String> = proto
         .metadata_props
         .iter()

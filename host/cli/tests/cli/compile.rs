@@ -508,6 +508,31 @@ fn bad_models_and_options_are_refused_without_output() {
     assert!(e.contains("/nonexistent/data"), "{e}");
 }
 
+/// Regression (the `onnx_import` fuzz target, session 16): a `Pad` whose constant pads
+/// ask for 2.3 × 10^14 columns of a constant; tract computes it while typing the graph,
+/// and the failed allocation aborted `tinyres compile` (exit 134, no message). Now
+/// refused from the file's constants, naming the node, before tract computes anything.
+#[test]
+fn a_node_that_asks_for_a_huge_constant_is_refused_before_tract_computes_it() {
+    let onnx = models().join("regressions/pad-asks-for-2e14-columns.onnx");
+    let out = temp("pad-bomb.trm");
+    let e = err(tinyres(&[
+        "compile",
+        s(&onnx),
+        "--input-range",
+        "0..1",
+        "--dtype",
+        "f32",
+        "-o",
+        s(&out),
+    ]));
+    assert!(
+        e.contains("pad-asks-for-2e14-columns.onnx: s.pad (Pad) asks for a tensor of more than 16777216 elements"),
+        "{e}"
+    );
+    assert!(!out.exists());
+}
+
 /// Regressions (the `onnx_import` fuzz target, session 11): bytes changed in a PyTorch
 /// export make tract panic while it analyses the graph: two give a `Pad` negative pads
 /// (an assertion in its shape facts), one gives a `Slice` a zero step (a division by
