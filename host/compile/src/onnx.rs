@@ -202,14 +202,10 @@ pub struct OnnxFile {
 fn tract_step<T>(step: impl FnOnce() -> TractResult<T>) -> Result<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
         Ok(result) => result.map_err(|e| anyhow::anyhow!("{e:#}")),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            bail!("an internal check of tract's failed on this graph: {message}")
-        }
+        Err(panic) => bail!(
+            "an internal check of tract's failed on this graph: {}",
+            tinyres_data::panic_message(panic.as_ref())
+        ),
     }
 }
 

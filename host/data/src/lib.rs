@@ -458,18 +458,22 @@ pub fn decode_image_at_most(name: &Path, bytes: &[u8], max_side: u32) -> Result<
         Ok(decoded) => decoded
             .map(|image| image.to_rgb8())
             .with_context(unreadable),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            bail!(
-                "{}: not a readable {format:?} image (its decoder failed on it: {message})",
-                name.display()
-            )
-        }
+        Err(panic) => bail!(
+            "{}: not a readable {format:?} image (its decoder failed on it: {})",
+            name.display(),
+            panic_message(panic.as_ref())
+        ),
     }
+}
+
+/// The message a caught panic carries (`panic!` with a literal or with a formatted
+/// string), or nothing: for errors made of the panics of the libraries that read files.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 /// The centre crop's share of the resized image in torchvision's evaluation transform:
