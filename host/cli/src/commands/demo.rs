@@ -273,7 +273,8 @@ fn replace_dir(staging: &Path, out: &Path) -> Result<()> {
 
 /// Makes sure the board's QEMU and the firmware's Rust target are installed. With
 /// `install`, a missing one is installed (QEMU with apt-get, through sudo unless
-/// root; the target with rustup), after saying what will run; otherwise, or where
+/// root, never removing an installed package; the target with rustup), after saying
+/// what will run; otherwise, or where
 /// that is not possible, the error gives the command.
 pub fn ensure_setup(board: &Board, install: bool) -> Result<()> {
     let runs = |program: &str, args: &[&str]| {
@@ -290,9 +291,16 @@ pub fn ensure_setup(board: &Board, install: bool) -> Result<()> {
             .output()
             .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
         let command: &[&str] = if root {
-            &["apt-get", "install", "-y", "qemu-system-arm"]
+            &["apt-get", "install", "-y", "--no-remove", "qemu-system-arm"]
         } else {
-            &["sudo", "apt-get", "install", "-y", "qemu-system-arm"]
+            &[
+                "sudo",
+                "apt-get",
+                "install",
+                "-y",
+                "--no-remove",
+                "qemu-system-arm",
+            ]
         };
         let shown = command.join(" ");
         ensure!(
@@ -312,7 +320,9 @@ pub fn ensure_setup(board: &Board, install: bool) -> Result<()> {
             .is_ok_and(|s| s.success());
         ensure!(
             installed && runs(board.qemu, &["--version"]),
-            "`{shown}` failed; install qemu-system-arm, then run the demo again"
+            "`{shown}` failed (with --no-remove apt refuses to install what would remove an \
+             installed package, such as a newer qemu-utils); `sudo .ci/install-qemu` from the \
+             repository installs QEMU beside what you have; then run the demo again"
         );
     }
     let installed_targets = std::process::Command::new("rustup")
