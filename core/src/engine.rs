@@ -6,7 +6,9 @@ use crate::arch;
 use crate::error::Error;
 use crate::format::{DType, InputRange, SECTION_ALIGN};
 use crate::kernels::{self, ConvShape, Requantize, Shortcut};
-use crate::model::{Bias, Conv, Dense, Layer, MaxPool, Model, Requant, TensorInfo, Weights};
+use crate::model::{
+    Bias, Conv, Dense, Layer, MaxPool, Model, Requant, Softmax, TensorInfo, Weights,
+};
 use crate::quant::{activation_range, dequantize_i8, quantize_i8, AddParams, AddTables};
 use crate::stream::{Group, Step};
 
@@ -121,6 +123,7 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                 Layer::GlobalAvgPool { input, output } => self.pool(input, output)?,
                 Layer::Dense(dense) => self.dense(&dense)?,
                 Layer::MaxPool(pool) => self.max_pool(&pool)?,
+                Layer::Softmax(softmax) => self.softmax(&softmax)?,
             }
             after_step(usize::from(i) + 1);
             i += 1;
@@ -282,16 +285,33 @@ impl<'m, 'a> Interpreter<'m, 'a> {
         Ok(best.0)
     }
 
-    /// The logits of the last run (dequantized for int8 models).
+    /// The output of the last run, dequantized for int8 models: the logits, or the
+    /// probabilities of a model that ends in a softmax.
     pub fn logits(&self, logits: &mut [f32]) -> Result<(), Error> {
         let t = self.output_tensor(self.model.num_layers())?;
         self.read_f32(&t, logits, "logits")
     }
 
-    /// Softmax of the logits of the last run.
+    /// The raw bytes of the last run's output tensor: one int8 value a byte for an
+    /// int8 output, little-endian f32 otherwise (the tensor's quantization is
+    /// `model().tensor(num_layers)`), for comparing with another runtime byte for byte.
+    pub fn output_bytes(&self) -> Result<&[u8], Error> {
+        let t = self.output_tensor(self.model.num_layers())?;
+        self.arena
+            .get(t.arena_offset..t.arena_offset + t.len() * if t.float { 4 } else { 1 })
+            .ok_or(Error::OutOfBounds {
+                what: "output tensor",
+                index: 0,
+            })
+    }
+
+    /// The class probabilities of the last run: the softmax of the logits, or, for a
+    /// model that ends in its own softmax, its output (dequantized for int8).
     pub fn probabilities(&self, probabilities: &mut [f32]) -> Result<(), Error> {
         self.logits(probabilities)?;
-        kernels::softmax_in_place(probabilities);
+        if !self.model.ends_in_softmax()? {
+            kernels::softmax_in_place(probabilities);
+        }
         Ok(())
     }
 
@@ -569,6 +589,26 @@ impl<'m, 'a> Interpreter<'m, 'a> {
         }
     }
 
+    fn softmax(&mut self, softmax: &Softmax) -> Result<(), Error> {
+        let in_t = self.model.tensor(softmax.input)?;
+        let out_t = self.model.tensor(softmax.output)?;
+        let in_range = self.byte_range(&in_t);
+        let split = Split::new(self.arena, self.byte_range(&out_t))?;
+        let input = split.input(in_range)?;
+        match softmax.int8 {
+            Some(params) => kernels::softmax_i8(cast(input)?, &params, cast_mut(split.output)?),
+            None => {
+                let output: &mut [f32] = cast_mut(split.output)?;
+                let input: &[f32] = cast(input)?;
+                for (o, &x) in output.iter_mut().zip(input) {
+                    *o = softmax.beta * x;
+                }
+                kernels::softmax_in_place(output);
+                Ok(())
+            }
+        }
+    }
+
     fn dense(&mut self, dense: &Dense<'_>) -> Result<(), Error> {
         let in_t = self.model.tensor(dense.input)?;
         let out_t = self.model.tensor(dense.output)?;
@@ -588,6 +628,7 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                 w,
                 b,
                 &requantize(dense.requant, dense.relu)?,
+                dense.rounding,
                 cast_mut(split.output)?,
             ),
             _ => Err(type_error()),

@@ -7,8 +7,8 @@ pub const MAGIC: [u8; 4] = *b"TRM\0";
 /// The format version this engine writes. It reads every version from 1 to this one:
 /// version 2 added `header::F32_HEAD` (version 1 blobs have no f32 head), version 3
 /// `tensor::ROWS_HELD` (row windows of streamed groups) and an int8 convolution's
-/// folded biases after its biases.
-pub const VERSION: u16 = 3;
+/// folded biases after its biases, version 4 the `kind::SOFTMAX` layer.
+pub const VERSION: u16 = 4;
 /// Size of the fixed header.
 pub const HEADER_SIZE: usize = 64;
 /// Size of one tensor record.
@@ -93,6 +93,15 @@ pub mod layer {
     pub const ADD_INPUT2_SHIFT: usize = 52;
     pub const ADD_OUTPUT_MULTIPLIER: usize = 56;
     pub const ADD_OUTPUT_SHIFT: usize = 60;
+    /// Since version 4, a softmax's fields (in the place of a convolution's add):
+    /// the Q31 multiplier of the logits' differences (int8).
+    pub const SOFTMAX_INPUT_MULTIPLIER: usize = 36;
+    /// Its left shift (int8).
+    pub const SOFTMAX_INPUT_LEFT_SHIFT: usize = 40;
+    /// The smallest difference from the largest logit that still counts (int8).
+    pub const SOFTMAX_DIFF_MIN: usize = 44;
+    /// The logits' multiplier `beta`, f32 (the int8 fields above include it).
+    pub const SOFTMAX_BETA: usize = 48;
 }
 
 /// Layer kind codes.
@@ -103,6 +112,8 @@ pub mod kind {
     pub const GLOBAL_AVG_POOL: u8 = 2;
     pub const DENSE: u8 = 3;
     pub const MAX_POOL: u8 = 4;
+    /// Since version 4.
+    pub const SOFTMAX: u8 = 5;
 }
 
 /// Layer flag bits.
@@ -113,8 +124,11 @@ pub mod flags {
     pub const RESIDUAL: u8 = 1 << 1;
     /// ReLU after the residual add.
     pub const RESIDUAL_RELU: u8 = 1 << 2;
+    /// Since version 4, an int8 dense layer's requantization rounds once (LiteRT's
+    /// FULLY_CONNECTED), not twice.
+    pub const SINGLE_ROUNDING: u8 = 1 << 3;
     /// Every defined bit.
-    pub const ALL: u8 = RELU | RESIDUAL | RESIDUAL_RELU;
+    pub const ALL: u8 = RELU | RESIDUAL | RESIDUAL_RELU | SINGLE_ROUNDING;
 }
 
 /// Numeric type of a model: how weights are stored and activations computed.

@@ -14,7 +14,10 @@
 use half::f16;
 
 use crate::error::Error;
-use crate::quant::{AddTables, QuantizedMultiplier};
+use crate::quant::{
+    multiply_by_quantized_multiplier_single_rounding, AddTables, QuantizedMultiplier, Rounding,
+    SoftmaxParams,
+};
 
 /// Documented bound on the error of an f32 kernel: relative to the sum of absolute
 /// products of a dot product, `|result − exact| ≤ F32_RELATIVE_TOLERANCE · Σ|x·w|`
@@ -686,13 +689,15 @@ pub fn dense_f32<W: FloatWeight>(
     Ok(())
 }
 
-/// TFLite int8 fully connected layer with per-output-channel requantization.
+/// TFLite int8 fully connected layer with per-output-channel requantization, rounded
+/// as `rounding` says.
 pub fn dense_i8(
     input: &[i8],
     input_zero_point: i32,
     weights: &[i8],
     bias: &[i32],
     requant: &Requantize<'_>,
+    rounding: Rounding,
     output: &mut [i8],
 ) -> Result<(), Error> {
     let n_in = input.len();
@@ -708,7 +713,19 @@ pub fn dense_i8(
         for (&x, &w) in input.iter().zip(row) {
             acc = acc.wrapping_add((i32::from(x) - input_zero_point) * i32::from(w));
         }
-        *o = requant.apply(acc, co);
+        *o = match rounding {
+            Rounding::Double => requant.apply(acc, co),
+            Rounding::Single => {
+                let scaled = multiply_by_quantized_multiplier_single_rounding(
+                    acc,
+                    requant.multipliers[co],
+                    requant.shifts[co],
+                );
+                scaled
+                    .saturating_add(requant.output_zero_point)
+                    .clamp(requant.activation_min, requant.activation_max) as i8
+            }
+        };
     }
     Ok(())
 }
@@ -722,6 +739,14 @@ pub fn argmax(values: &[f32]) -> Option<usize> {
         }
     }
     best.map(|(i, _)| i)
+}
+
+/// TFLite's int8 softmax of `input` into `output` (1/256ths from −128): see
+/// [`crate::quant::softmax_i8`].
+pub fn softmax_i8(input: &[i8], params: &SoftmaxParams, output: &mut [i8]) -> Result<(), Error> {
+    expect("softmax output", input.len(), output.len())?;
+    crate::quant::softmax_i8(params, input, output);
+    Ok(())
 }
 
 /// Numerically stable softmax, in place: logits in, probabilities out.

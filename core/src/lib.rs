@@ -19,4 +19,6 @@ pub use crc::{crc32, crc32_update};
 pub use engine::{Arena, Interpreter};
 pub use error::Error;
 pub use format::{DType, InputRange};
-pub use model::{Bias, Conv, Dense, Layer, MaxPool, Model, Requant, Residual, TensorInfo, Weights};
+pub use model::{
+    Bias, Conv, Dense, Layer, MaxPool, Model, Requant, Residual, Softmax, TensorInfo, Weights,
+};

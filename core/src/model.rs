@@ -7,7 +7,7 @@ use half::f16;
 use crate::crc::crc32;
 use crate::error::Error;
 use crate::format::{self, flags, header, kind, layer as lf, tensor as tf, DType, InputRange};
-use crate::quant::AddParams;
+use crate::quant::{AddParams, Rounding, SoftmaxParams, SOFTMAX_OUTPUT_QUANTIZATION};
 use crate::stream::{Group, Step};
 
 /// Reads little-endian fields of one record; every read is bounds-checked.
@@ -259,6 +259,8 @@ pub struct Dense<'a> {
     pub bias: Bias<'a>,
     /// int8 requantization (int8 models only).
     pub requant: Option<Requant<'a>>,
+    /// How the int8 requantization rounds (flag bit 3).
+    pub rounding: Rounding,
 }
 
 /// A k×k max pool (the ImageNet ResNets' stem): each output value is the largest input
@@ -279,6 +281,19 @@ pub struct MaxPool {
     pub padding: [usize; 4],
 }
 
+/// A softmax over the channels of 1×1×C logits (TFLite's SOFTMAX).
+#[derive(Clone, Copy, Debug)]
+pub struct Softmax {
+    /// Input tensor (the logits).
+    pub input: u16,
+    /// Output tensor (the probabilities; int8: in 1/256ths from −128).
+    pub output: u16,
+    /// The logits' multiplier.
+    pub beta: f32,
+    /// The int8 arithmetic's parameters (int8 layers only).
+    pub int8: Option<SoftmaxParams>,
+}
+
 /// One layer of the model.
 #[derive(Clone, Copy, Debug)]
 pub enum Layer<'a> {
@@ -295,6 +310,8 @@ pub enum Layer<'a> {
     Dense(Dense<'a>),
     /// Max pooling.
     MaxPool(MaxPool),
+    /// Softmax.
+    Softmax(Softmax),
 }
 
 impl Layer<'_> {
@@ -305,6 +322,7 @@ impl Layer<'_> {
             Layer::GlobalAvgPool { output, .. } => *output,
             Layer::Dense(d) => d.output,
             Layer::MaxPool(p) => p.output,
+            Layer::Softmax(s) => s.output,
         }
     }
 
@@ -316,6 +334,7 @@ impl Layer<'_> {
             Layer::GlobalAvgPool { input, .. } => (*input, None),
             Layer::Dense(d) => (d.input, None),
             Layer::MaxPool(p) => (p.input, None),
+            Layer::Softmax(s) => (s.input, None),
         }
     }
 }
@@ -869,6 +888,15 @@ impl<'a> Model<'a> {
         Ok(info)
     }
 
+    /// Whether the last layer is a softmax: the output is then probabilities, not
+    /// logits.
+    pub fn ends_in_softmax(&self) -> Result<bool, Error> {
+        Ok(matches!(
+            self.layer(self.num_layers - 1)?,
+            Layer::Softmax(_)
+        ))
+    }
+
     /// Layer `i`, validated against its tensors.
     pub fn layer(&self, i: u16) -> Result<Layer<'a>, Error> {
         if i >= self.num_layers {
@@ -932,6 +960,9 @@ impl<'a> Model<'a> {
                 }))
             }
             kind::CONV2D => {
+                if flag_bits & flags::SINGLE_ROUNDING != 0 {
+                    return Err(invalid("layer flags", i, flag_bits.into()));
+                }
                 let (kernel_h, kernel_w, stride, padding) = window(&rec, &in_t, &out_t, i)?;
                 let n_weights = out_t
                     .channels
@@ -1045,7 +1076,12 @@ impl<'a> Model<'a> {
                 Ok(Layer::GlobalAvgPool { input, output })
             }
             kind::DENSE => {
-                if flag_bits & !flags::RELU != 0 {
+                let allowed = if self.layer_dtype(i) == DType::Int8 && self.version >= 4 {
+                    flags::RELU | flags::SINGLE_ROUNDING
+                } else {
+                    flags::RELU
+                };
+                if flag_bits & !allowed != 0 {
                     return Err(invalid("layer flags", i, flag_bits.into()));
                 }
                 if out_t.height != 1 || out_t.width != 1 {
@@ -1069,6 +1105,67 @@ impl<'a> Model<'a> {
                     )?,
                     bias: self.bias(&rec, out_t.channels)?,
                     requant: self.requant(&rec, out_t.channels, out_t.zero_point)?,
+                    rounding: if flag_bits & flags::SINGLE_ROUNDING != 0 {
+                        Rounding::Single
+                    } else {
+                        Rounding::Double
+                    },
+                }))
+            }
+            kind::SOFTMAX if self.version >= 4 => {
+                if flag_bits != 0 {
+                    return Err(invalid("layer flags", i, flag_bits.into()));
+                }
+                if (in_t.height, in_t.width) != (1, 1)
+                    || in_t.dims() != out_t.dims()
+                    || in_t.float != out_t.float
+                {
+                    return Err(mismatch(
+                        "softmax input and output must be 1x1xC tensors of one type",
+                    ));
+                }
+                let beta = f32::from_bits(rec.u32(lf::SOFTMAX_BETA)?);
+                if !beta.is_finite() {
+                    return Err(invalid("softmax beta", i, beta.to_bits()));
+                }
+                let int8 = if out_t.float {
+                    None
+                } else {
+                    let (scale, zero_point) = SOFTMAX_OUTPUT_QUANTIZATION;
+                    if (out_t.scale.to_bits(), out_t.zero_point) != (scale.to_bits(), zero_point) {
+                        return Err(mismatch(
+                            "an int8 softmax's output must have scale 1/256 and zero point -128",
+                        ));
+                    }
+                    let params = SoftmaxParams {
+                        input_multiplier: rec.i32(lf::SOFTMAX_INPUT_MULTIPLIER)?,
+                        input_left_shift: rec.i32(lf::SOFTMAX_INPUT_LEFT_SHIFT)?,
+                        diff_min: rec.i32(lf::SOFTMAX_DIFF_MIN)?,
+                    };
+                    if params.input_multiplier < 1 << 30 {
+                        return Err(invalid(
+                            "softmax input multiplier",
+                            i,
+                            params.input_multiplier as u32,
+                        ));
+                    }
+                    if !(0..=31).contains(&params.input_left_shift) {
+                        return Err(invalid(
+                            "softmax input left shift",
+                            i,
+                            params.input_left_shift as u32,
+                        ));
+                    }
+                    if params.diff_min > 0 {
+                        return Err(invalid("softmax diff_min", i, params.diff_min as u32));
+                    }
+                    Some(params)
+                };
+                Ok(Layer::Softmax(Softmax {
+                    input,
+                    output,
+                    beta,
+                    int8,
                 }))
             }
             other => Err(invalid("layer kind", i, other.into())),

@@ -47,6 +47,34 @@ pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> 
     QuantizedMultiplier::new(multiplier, shift).apply(x)
 }
 
+/// How a quantized multiplier rounds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Rounding {
+    /// gemmlowp's two roundings ([`multiply_by_quantized_multiplier`]): TFLite's
+    /// convolutions, ADD, and TFLite Micro's kernels.
+    #[default]
+    Double,
+    /// One rounding of the exact product, ties towards +∞
+    /// ([`multiply_by_quantized_multiplier_single_rounding`]): what LiteRT's reference
+    /// FULLY_CONNECTED computes for int8.
+    Single,
+}
+
+/// `x · multiplier · 2^(shift − 31)` rounded once, to nearest with ties towards +∞,
+/// as TFLite's `MultiplyByQuantizedMultiplier` under `TFLITE_SINGLE_ROUNDING`.
+/// `shift` is clamped to `-31..=30`.
+#[inline]
+pub fn multiply_by_quantized_multiplier_single_rounding(
+    x: i32,
+    multiplier: i32,
+    shift: i32,
+) -> i32 {
+    let total_shift = 31 - shift.clamp(-31, 30);
+    let product = i64::from(x) * i64::from(multiplier) + (1i64 << (total_shift - 1));
+    (product >> total_shift).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+}
+
 /// A quantized multiplier with its shift split once into a left and a right shift,
 /// for kernels that apply it to many values: the same results as
 /// [`multiply_by_quantized_multiplier`].
@@ -364,6 +392,199 @@ pub fn dequantize_i8(q: i8, scale: f32, zero_point: i32) -> f32 {
     (i32::from(q) - zero_point) as f32 * scale
 }
 
+/// `(scale, zero_point)` of an int8 softmax's output: probabilities in 1/256ths from
+/// −128, the only quantization TFLite's int8 SOFTMAX writes.
+pub const SOFTMAX_OUTPUT_QUANTIZATION: (f32, i32) = (1.0 / 256.0, -128);
+
+/// Integer bits of the rescaled logit differences (TFLite's `kScaledDiffIntegerBits`):
+/// differences are Q5.26 fixed-point numbers.
+const SOFTMAX_DIFF_INTEGER_BITS: i32 = 5;
+
+/// Integer bits of the sum of the exponentials (TFLite's `kAccumulationIntegerBits`).
+const SOFTMAX_SUM_INTEGER_BITS: i32 = 12;
+
+/// Parameters of TFLite's int8 softmax (`reference_ops::Softmax`, which TFLite Micro
+/// runs too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SoftmaxParams {
+    /// Q31 multiplier that turns a difference of int8 logits into Q5.26.
+    pub input_multiplier: i32,
+    /// Left shift applied with it (0..=31).
+    pub input_left_shift: i32,
+    /// The smallest difference from the largest logit that counts; a smaller one
+    /// gives probability 0 (int8 −128).
+    pub diff_min: i32,
+}
+
+impl SoftmaxParams {
+    /// The parameters for logits of scale `input_scale` and multiplier `beta`, as
+    /// TFLite's `PreprocessSoftmaxScaling` (with `QuantizeMultiplierGreaterThanOne`)
+    /// and `CalculateInputRadius` derive them; `None` where TFLite refuses:
+    /// `beta · input_scale` at most 2^−26, or not finite.
+    pub fn from_scale(beta: f32, input_scale: f32) -> Option<Self> {
+        let real = (f64::from(beta)
+            * f64::from(input_scale)
+            * f64::from(1u32 << (31 - SOFTMAX_DIFF_INTEGER_BITS)))
+        .min(f64::from(i32::MAX));
+        if real.is_nan() || real <= 1.0 {
+            return None;
+        }
+        let (fraction, mut input_left_shift) = frexp(real);
+        let mut multiplier = libm::round(fraction * (1i64 << 31) as f64) as i64;
+        if multiplier == 1i64 << 31 {
+            multiplier /= 2;
+            input_left_shift += 1;
+        }
+        // real < 2^31 keeps the shift in 1..=31 and the multiplier below 2^31.
+        let max_input_rescaled = f64::from((1 << SOFTMAX_DIFF_INTEGER_BITS) - 1)
+            * (1u64 << (31 - SOFTMAX_DIFF_INTEGER_BITS)) as f64
+            / (1u64 << input_left_shift) as f64;
+        Some(SoftmaxParams {
+            input_multiplier: multiplier as i32,
+            input_left_shift,
+            diff_min: -(libm::floor(max_input_rescaled) as i32),
+        })
+    }
+}
+
+/// gemmlowp's `SaturatingRoundingMultiplyByPOT`: `x · 2^exponent`, rounded (right
+/// shifts) or saturated (left shifts).
+fn multiply_by_pot(x: i32, exponent: i32) -> i32 {
+    if exponent >= 0 {
+        let shifted = i64::from(x) << exponent;
+        shifted.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+    } else {
+        rounding_divide_by_pot(x, (-exponent) as u32)
+    }
+}
+
+/// gemmlowp's `exp_on_interval_between_negative_one_quarter_and_0_excl`: `exp(a)` for
+/// a Q0.31 `a` in `[−1/4, 0)`, a Taylor series around −1/8.
+fn exp_on_interval_between_negative_one_quarter_and_0_excl(a: i32) -> i32 {
+    let mul = saturating_rounding_doubling_high_mul;
+    // exp(−1/8) and 1/3 in Q0.31.
+    const EXP_MINUS_ONE_EIGHTH: i32 = 1_895_147_668;
+    const ONE_THIRD: i32 = 715_827_883;
+    let x = a.wrapping_add(1 << 28);
+    let x2 = mul(x, x);
+    let x3 = mul(x2, x);
+    let x4 = mul(x2, x2);
+    let x4_over_4 = multiply_by_pot(x4, -2);
+    let polynomial = multiply_by_pot(
+        mul(x4_over_4.wrapping_add(x3), ONE_THIRD).wrapping_add(x2),
+        -1,
+    );
+    EXP_MINUS_ONE_EIGHTH.wrapping_add(mul(EXP_MINUS_ONE_EIGHTH, x.wrapping_add(polynomial)))
+}
+
+/// gemmlowp's `exp_on_negative_values` for a Q5.26 `a ≤ 0`: `exp(a)` in Q0.31.
+fn exp_on_negative_values(a: i32) -> i32 {
+    const FRACTIONAL_BITS: i32 = 31 - SOFTMAX_DIFF_INTEGER_BITS;
+    let one_quarter = 1i32 << (FRACTIONAL_BITS - 2);
+    let mask = one_quarter - 1;
+    let a_mod_quarter_minus_one_quarter = (a & mask).wrapping_sub(one_quarter);
+    let mut result = exp_on_interval_between_negative_one_quarter_and_0_excl(multiply_by_pot(
+        a_mod_quarter_minus_one_quarter,
+        SOFTMAX_DIFF_INTEGER_BITS,
+    ));
+    let remainder = a_mod_quarter_minus_one_quarter.wrapping_sub(a);
+    // exp(−2^k) in Q0.31 for k = −2..=4: one factor per bit of the remainder.
+    const BARREL: [(i32, i32); 7] = [
+        (-2, 1_672_461_947),
+        (-1, 1_302_514_674),
+        (0, 790_015_084),
+        (1, 290_630_308),
+        (2, 39_332_535),
+        (3, 720_401),
+        (4, 242),
+    ];
+    for (exponent, multiplier) in BARREL {
+        if remainder & (1 << (FRACTIONAL_BITS + exponent)) != 0 {
+            result = saturating_rounding_doubling_high_mul(result, multiplier);
+        }
+    }
+    if a == 0 {
+        i32::MAX
+    } else {
+        result
+    }
+}
+
+/// gemmlowp's `one_over_one_plus_x_for_x_in_0_1`: `1 / (1 + a)` for a Q0.31 `a` in
+/// `[0, 1)`, as Q0.31, by three Newton-Raphson steps in Q2.29.
+fn one_over_one_plus_x_for_x_in_0_1(a: i32) -> i32 {
+    let mul = saturating_rounding_doubling_high_mul;
+    // RoundingHalfSum(a, One): (a + 1) / 2 rounded away from zero.
+    let sum = i64::from(a) + i64::from(i32::MAX);
+    let half_denominator = ((sum + if sum >= 0 { 1 } else { -1 }) / 2) as i32;
+    // 48/17 and −32/17 in Q2.29.
+    const FORTY_EIGHT_OVER_SEVENTEEN: i32 = 1_515_870_810;
+    const MINUS_THIRTY_TWO_OVER_SEVENTEEN: i32 = -1_010_580_540;
+    const ONE_Q2_29: i32 = 1 << 29;
+    let mut x = FORTY_EIGHT_OVER_SEVENTEEN
+        .wrapping_add(mul(half_denominator, MINUS_THIRTY_TWO_OVER_SEVENTEEN));
+    for _ in 0..3 {
+        let half_denominator_times_x = mul(half_denominator, x);
+        let one_minus = ONE_Q2_29.wrapping_sub(half_denominator_times_x);
+        x = x.wrapping_add(multiply_by_pot(mul(x, one_minus), 2));
+    }
+    multiply_by_pot(x, 1)
+}
+
+/// TFLite's `GetReciprocal`: `1 / x` for a Q12.19 `x > 0`, as a Q0.31 scale and the
+/// number of bits `x` has above 1.
+fn reciprocal(x: i32) -> (i32, i32) {
+    let headroom_plus_one = (x as u32).leading_zeros();
+    let bits_over_unit = SOFTMAX_SUM_INTEGER_BITS - headroom_plus_one as i32;
+    let shifted_sum_minus_one =
+        ((x as u32).wrapping_shl(headroom_plus_one)).wrapping_sub(1 << 31) as i32;
+    (
+        one_over_one_plus_x_for_x_in_0_1(shifted_sum_minus_one),
+        bits_over_unit,
+    )
+}
+
+/// TFLite's int8 softmax (`reference_ops::Softmax`) of `input` into `output` (same
+/// length; output scale 1/256, zero point −128).
+pub fn softmax_i8(params: &SoftmaxParams, input: &[i8], output: &mut [i8]) {
+    let Some(&max) = input.iter().max() else {
+        return;
+    };
+    let rescaled = |x: i8| -> Option<i32> {
+        let diff = i32::from(x) - i32::from(max);
+        (diff >= params.diff_min).then(|| {
+            saturating_rounding_doubling_high_mul(
+                diff.wrapping_shl(params.input_left_shift as u32),
+                params.input_multiplier,
+            )
+        })
+    };
+    let mut sum_of_exps: i32 = 0;
+    for &x in input {
+        if let Some(diff) = rescaled(x) {
+            sum_of_exps = sum_of_exps.wrapping_add(multiply_by_pot(
+                exp_on_negative_values(diff),
+                -SOFTMAX_SUM_INTEGER_BITS,
+            ));
+        }
+    }
+    let (scale, bits_over_unit) = reciprocal(sum_of_exps);
+    for (o, &x) in output.iter_mut().zip(input) {
+        *o = match rescaled(x) {
+            Some(diff) => {
+                let exp = exp_on_negative_values(diff);
+                let unsaturated = rounding_divide_by_pot(
+                    saturating_rounding_doubling_high_mul(scale, exp),
+                    (bits_over_unit + 31 - 8).clamp(0, 31) as u32,
+                );
+                (unsaturated - 128).clamp(-128, 127) as i8
+            }
+            None => -128,
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,5 +628,81 @@ mod tests {
         assert_eq!(p.add(100, 100), 127);
         let relu = AddParams::from_scales((0.5, 0), (0.5, 0), (0.5, 0), true);
         assert_eq!(relu.add(-3, 1), 0);
+    }
+}
+
+#[cfg(test)]
+mod softmax_tests {
+    use super::*;
+
+    /// `(scale, logits, TFLite's reference output)`, from TFLite's
+    /// `reference_ops::Softmax` compiled with gemmlowp, and (the last) from LiteRT's
+    /// BUILTIN_REF interpreter on the MLPerf Tiny ResNet-8's logits of CIFAR-10 test
+    /// image 32.
+    #[allow(clippy::type_complexity)]
+    const CASES: &[(f32, &[i8], &[i8])] = &[
+        (0.1, &[10, 20, 30, -128], &[-105, -65, 42, -128]),
+        (
+            0.0625,
+            &[127, 100, 0, -50, 126, -128],
+            &[-8, -106, -128, -128, -15, -128],
+        ),
+        (
+            1.0 / 256.0,
+            &[-128, 0, 127, 64, -1],
+            &[-100, -82, -52, -69, -82],
+        ),
+        (
+            0.25,
+            &[1, 2, 3, 4, 5, 6, 7, 8],
+            &[-117, -113, -109, -104, -97, -88, -77, -63],
+        ),
+        (20.0, &[5, 5, 4], &[0, 0, -128]),
+        (0.1, &[-7], &[127]),
+        (
+            0.171_853_51,
+            &[-22, -19, 18, 12, 31, -13, 19, -12, -1, -22],
+            &[-128, -128, -107, -120, 72, -128, -103, -128, -127, -128],
+        ),
+    ];
+
+    #[test]
+    fn softmax_params_are_tflites() {
+        let p = |scale| SoftmaxParams::from_scale(1.0, scale).unwrap();
+        assert_eq!(
+            p(0.1),
+            SoftmaxParams {
+                input_multiplier: 1_717_986_944,
+                input_left_shift: 23,
+                diff_min: -248
+            }
+        );
+        assert_eq!(
+            p(1.0 / 256.0),
+            SoftmaxParams {
+                input_multiplier: 1 << 30,
+                input_left_shift: 19,
+                diff_min: -3968
+            }
+        );
+        assert_eq!(
+            p(20.0),
+            SoftmaxParams {
+                input_multiplier: 1_342_177_280,
+                input_left_shift: 31,
+                diff_min: 0
+            }
+        );
+        assert_eq!(SoftmaxParams::from_scale(1.0, 1e-9), None);
+    }
+
+    #[test]
+    fn int8_softmax_gives_tflites_reference_bytes() {
+        for &(scale, input, expected) in CASES {
+            let params = SoftmaxParams::from_scale(1.0, scale).unwrap();
+            let mut output = vec![0i8; input.len()];
+            softmax_i8(&params, input, &mut output);
+            assert_eq!(output, expected, "scale {scale}, logits {input:?}");
+        }
     }
 }

@@ -480,7 +480,7 @@ proptest! {
         let (min, max) = quant::activation_range(out_zp, relu);
         let rq = Requantize { multipliers: &mults, shifts: &shifts, output_zero_point: out_zp, activation_min: min, activation_max: max, folded_bias: None };
         let mut out = vec![0i8; n_out];
-        kernels::dense_i8(&x, in_zp, &w, &bias, &rq, &mut out).unwrap();
+        kernels::dense_i8(&x, in_zp, &w, &bias, &rq, quant::Rounding::Double, &mut out).unwrap();
         for o in 0..n_out {
             let acc: i32 = bias[o] + (0..n_in).map(|i| (i32::from(x[i]) - in_zp) * i32::from(w[o * n_in + i])).sum::<i32>();
             let want = (ref_requant(acc, mults[o], shifts[o]) + out_zp).clamp(min, max) as i8;

@@ -492,6 +492,7 @@ impl NetBuilder {
             LayerSpec::GlobalAvgPool { input } => *input,
             LayerSpec::Dense(d) => d.input,
             LayerSpec::MaxPool(p) => p.input,
+            LayerSpec::Softmax { input, .. } => *input,
         };
         let out = shape(self.shapes[input]);
         self.layers.push(layer);
@@ -544,7 +545,9 @@ mod tests {
             .map(|l| match l {
                 LayerSpec::Conv(c) => c.weights.len() + c.bias.len(),
                 LayerSpec::Dense(d) => d.weights.len() + d.bias.len(),
-                LayerSpec::GlobalAvgPool { .. } | LayerSpec::MaxPool(_) => 0,
+                LayerSpec::GlobalAvgPool { .. }
+                | LayerSpec::MaxPool(_)
+                | LayerSpec::Softmax { .. } => 0,
             })
             .sum()
     }

@@ -1095,6 +1095,7 @@ impl Lowering<'_> {
                     LayerSpec::GlobalAvgPool { .. } | LayerSpec::MaxPool(_) => {
                         bail!("{name} after a pooling layer")
                     }
+                    LayerSpec::Softmax { .. } => bail!("{name} after a softmax"),
                 };
                 ensure!(fresh, "{name} by a constant after a ReLU or an add");
                 let per_output = weights.len() / channels;

@@ -130,6 +130,7 @@ pub fn describe(model: &Model<'_>) -> Result<ModelReport> {
                 let bytes = parameter_bytes(d.weights, d.bias.len(), d.requant.is_some());
                 (op, d.weights.len() as u64, n, bytes)
             }
+            Layer::Softmax(_) => ("softmax".to_string(), out_len, 0, 0),
         };
         // An int8 model's classifier head runs in f32 (see `Network::f32_head`).
         let op = if dtype == DType::Int8 && out_t.float {

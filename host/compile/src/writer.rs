@@ -15,7 +15,9 @@ use tinyres_core::format::{
     self, flags, header, kind, layer as lf, tensor as tf, DType, InputRange,
 };
 use tinyres_core::kernels::ConvShape;
-use tinyres_core::quant::{quantize_multiplier, AddParams};
+use tinyres_core::quant::{
+    quantize_multiplier, AddParams, SoftmaxParams, SOFTMAX_OUTPUT_QUANTIZATION,
+};
 
 /// The input image and how raw pixels are normalised.
 #[derive(Clone, Debug, PartialEq)]
@@ -130,6 +132,14 @@ pub enum LayerSpec {
     Dense(DenseSpec),
     /// Max pooling.
     MaxPool(MaxPoolSpec),
+    /// Softmax over the channels of a 1×1×C tensor (TFLite's SOFTMAX): the
+    /// probabilities of `exp(beta · x)`. An int8 model computes it in int8.
+    Softmax {
+        /// Input tensor.
+        input: usize,
+        /// The logits' multiplier (1 for a plain softmax).
+        beta: f32,
+    },
 }
 
 impl LayerSpec {
@@ -139,6 +149,7 @@ impl LayerSpec {
             LayerSpec::GlobalAvgPool { input } => (*input, None),
             LayerSpec::Dense(d) => (d.input, None),
             LayerSpec::MaxPool(p) => (p.input, None),
+            LayerSpec::Softmax { input, .. } => (*input, None),
         }
     }
 }
@@ -247,6 +258,9 @@ pub enum Encoding<'a> {
     F16,
     /// TFLite int8 with the given activation ranges.
     Int8(&'a ActivationRanges),
+    /// TFLite int8 with the quantization a `.tflite` file gives, taken as it is: the
+    /// whole network, its head included, computes in int8.
+    Quantized(&'a GivenQuantization),
 }
 
 impl Encoding<'_> {
@@ -255,9 +269,33 @@ impl Encoding<'_> {
         match self {
             Encoding::F32 => DType::F32,
             Encoding::F16 => DType::F16,
-            Encoding::Int8(_) => DType::Int8,
+            Encoding::Int8(_) | Encoding::Quantized(_) => DType::Int8,
         }
     }
+}
+
+/// int8 quantization as a `.tflite` file states it, for [`Encoding::Quantized`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct GivenQuantization {
+    /// `(scale, zero_point)` of every tensor (index = tensor id).
+    pub tensors: Vec<(f32, i32)>,
+    /// For each layer that adds a residual, the `(scale, zero_point)` of its
+    /// convolution's output before the add (`None` for the other layers).
+    pub pre_add: Vec<Option<(f32, i32)>>,
+    /// Each convolution's and dense layer's stored parameters (`None` for the other
+    /// layers).
+    pub parameters: Vec<Option<QuantizedParameters>>,
+}
+
+/// A layer's int8 weights, as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantizedParameters {
+    /// Weights in the layer's order (OHWI, or `[out][in]`).
+    pub weights: Vec<i8>,
+    /// One symmetric scale per output channel.
+    pub weight_scales: Vec<f32>,
+    /// int32 biases on the scale `input_scale · weight_scale` of each channel.
+    pub bias: Vec<i32>,
 }
 
 /// int8 scale and zero point covering `[min, max]` (widened to include 0, as
@@ -350,6 +388,14 @@ impl Network {
                         .map_err(|e| WriteError(at(e)))?;
                     (oh, ow, c)
                 }
+                LayerSpec::Softmax { beta, .. } => {
+                    if (h, w) != (1, 1) || !beta.is_finite() {
+                        return fail(at(&format!(
+                            "softmax over a {h}x{w}x{c} tensor with beta {beta}: the engine's softmax takes 1x1xC logits and a finite beta"
+                        )));
+                    }
+                    (1, 1, c)
+                }
                 LayerSpec::Dense(d) => {
                     let n = d.out_features * h * w * c;
                     if d.weights.len() != n || d.bias.len() != d.out_features {
@@ -422,6 +468,7 @@ impl Network {
                         (oh * ow * oc * pool.kernel.0 * pool.kernel.1) as u64
                     }
                     LayerSpec::Dense(d) => d.weights.len() as u64,
+                    LayerSpec::Softmax { .. } => oc as u64,
                 }
             })
             .collect())
@@ -447,10 +494,18 @@ impl Network {
         }
     }
 
+    /// The first layer a blob of `encoding` computes in f32: [`Network::f32_head`] for
+    /// a calibrated int8 blob, none (the number of layers) otherwise.
+    fn first_f32_layer(&self, encoding: Encoding<'_>) -> usize {
+        match encoding {
+            Encoding::Int8(_) => self.f32_head(),
+            _ => self.layers.len(),
+        }
+    }
+
     /// Bytes of one element of every tensor in a blob of `dtype`: 4 for f32 and f16
-    /// models; for int8, 1 except in the f32 head ([`Network::f32_head`]).
-    fn element_bytes(&self, dtype: DType) -> Vec<usize> {
-        let head = self.f32_head();
+    /// models; for int8, 1 except in the f32 head, which starts at layer `head`.
+    fn element_bytes(&self, dtype: DType, head: usize) -> Vec<usize> {
         (0..=self.layers.len())
             .map(|t| match dtype {
                 DType::Int8 if t <= head => 1,
@@ -531,16 +586,18 @@ impl Network {
     /// that `leads` does not switch off (`None`), placing each group's output
     /// `leads[g]` of its rows before its input so that it can be written over the
     /// input rows nothing reads any more.
+    #[allow(clippy::too_many_arguments)]
     fn plan_arena(
         &self,
         dtype: DType,
+        head: usize,
         groups: &[(usize, usize)],
         image_window: bool,
         leads: &[Option<usize>],
         rows_per_step: &[usize],
     ) -> Result<ArenaPlan, WriteError> {
         let shapes = self.tensor_shapes()?;
-        let element_bytes = self.element_bytes(dtype);
+        let element_bytes = self.element_bytes(dtype, head);
         let n_layers = self.layers.len();
         let end = n_layers + 1;
         let row_bytes = |t: usize| shapes[t].1 * shapes[t].2 * element_bytes[t];
@@ -751,6 +808,13 @@ impl Network {
                     tinyres_core::kernels::dense_f32(x, &d.weights, &d.bias, d.relu, &mut out)
                         .map_err(|e| kernel_error(k, e))?;
                 }
+                LayerSpec::Softmax { beta, .. } => {
+                    pre_add.push(None);
+                    for (o, &v) in out.iter_mut().zip(x) {
+                        *o = beta * v;
+                    }
+                    tinyres_core::kernels::softmax_in_place(&mut out);
+                }
             }
             tensors.push(out);
         }
@@ -814,7 +878,9 @@ impl Network {
                     .map_err(|e| kernel_error(k, e))?;
                     &mut d.bias
                 }
-                LayerSpec::GlobalAvgPool { .. } | LayerSpec::MaxPool(_) => continue,
+                LayerSpec::GlobalAvgPool { .. }
+                | LayerSpec::MaxPool(_)
+                | LayerSpec::Softmax { .. } => continue,
             };
             let positions = (oh * ow) as f32;
             for (c, b) in bias.iter_mut().enumerate() {
@@ -879,6 +945,7 @@ impl Network {
         memory: Memory,
     ) -> Result<Vec<u8>, WriteError> {
         let dtype = encoding.dtype();
+        let head = self.first_f32_layer(encoding);
         let (groups, image_window) = match memory {
             Memory::Min => self.stream_groups(),
             Memory::Fast => (Vec::new(), false),
@@ -886,7 +953,7 @@ impl Network {
         let mut leads: Vec<Option<usize>> = vec![Some(0); groups.len()];
         let mut rows_per_step = vec![1; groups.len()];
         let write = |leads: &[Option<usize>], rows_per_step: &[usize]| {
-            let plan = self.plan_arena(dtype, &groups, image_window, leads, rows_per_step)?;
+            let plan = self.plan_arena(dtype, head, &groups, image_window, leads, rows_per_step)?;
             let blob = self.encode(encoding, &plan)?;
             let parsed = tinyres_core::Model::parse(AlignedBlob::new(&blob).as_bytes())
                 .map(|model| model.arena_size());
@@ -911,6 +978,7 @@ impl Network {
                                 // raises it.
                                 let plan = self.plan_arena(
                                     dtype,
+                                    head,
                                     &groups,
                                     image_window,
                                     &leads,
@@ -1001,13 +1069,14 @@ impl Network {
         let dtype = encoding.dtype();
         let quant = match encoding {
             Encoding::Int8(ranges) => Some(self.tensor_quantization(ranges, shapes.len())?),
+            Encoding::Quantized(given) => {
+                self.check_given(given, shapes.len())?;
+                Some(given.tensors.clone())
+            }
             _ => None,
         };
         let (offsets, peak) = (&plan.offsets, plan.peak);
-        let f32_head = match dtype {
-            DType::Int8 => self.f32_head(),
-            _ => self.layers.len(),
-        };
+        let f32_head = self.first_f32_layer(encoding);
         let n_tensors = shapes.len();
         let n_layers = self.layers.len();
         if n_tensors > 0xFFFE {
@@ -1082,11 +1151,18 @@ impl Network {
                             at + lf::RESIDUAL_CHANNEL_OFFSET,
                             &(r.channel_offset as u16).to_le_bytes(),
                         );
-                        if let (Some(q), Encoding::Int8(ranges)) = (&quant, encoding) {
-                            let Some(Some((lo, hi))) = ranges.pre_add.get(k).copied() else {
-                                return fail(format!("layer {k}: int8 needs the range of the convolution before its residual add"));
+                        if let Some(q) = &quant {
+                            produced = match encoding {
+                                Encoding::Quantized(given) => match given.pre_add[k] {
+                                    Some(pre_add) => pre_add,
+                                    None => return fail(format!("layer {k}: the quantization gives no scale and zero point for the convolution before its residual add")),
+                                },
+                                Encoding::Int8(ranges) => match ranges.pre_add.get(k).copied() {
+                                    Some(Some((lo, hi))) => quantization_for_range(lo, hi),
+                                    _ => return fail(format!("layer {k}: int8 needs the range of the convolution before its residual add")),
+                                },
+                                Encoding::F32 | Encoding::F16 => unreachable!("float blobs have no quantization"),
                             };
-                            produced = quantization_for_range(lo, hi);
                             let add =
                                 AddParams::from_scales(produced, q[r.tensor], q[k + 1], r.relu);
                             for (field, v) in [
@@ -1106,11 +1182,13 @@ impl Network {
                     w.parameters(
                         at,
                         dtype,
-                        &conv.weights,
-                        &conv.bias,
+                        Parameters {
+                            weights: &conv.weights,
+                            bias: &conv.bias,
+                            given: given_parameters(encoding, k),
+                        },
                         conv.out_channels,
-                        scale_of(input),
-                        produced.0,
+                        (scale_of(input), produced.0),
                         quant.as_ref().map(|q| q[input].1),
                     );
                 }
@@ -1123,17 +1201,45 @@ impl Network {
                 }
                 LayerSpec::Dense(d) => {
                     w.put(at + lf::KIND, &[kind::DENSE]);
-                    w.put(at + lf::FLAGS, &[if d.relu { flags::RELU } else { 0 }]);
+                    let mut bits = if d.relu { flags::RELU } else { 0 };
+                    // TFLite's own FULLY_CONNECTED rounds once (LiteRT's reference kernel).
+                    if matches!(encoding, Encoding::Quantized(_)) {
+                        bits |= flags::SINGLE_ROUNDING;
+                    }
+                    w.put(at + lf::FLAGS, &[bits]);
                     w.parameters(
                         at,
                         layer_dtype,
-                        &d.weights,
-                        &d.bias,
+                        Parameters {
+                            weights: &d.weights,
+                            bias: &d.bias,
+                            given: given_parameters(encoding, k),
+                        },
                         d.out_features,
-                        scale_of(input),
-                        scale_of(k + 1),
+                        (scale_of(input), scale_of(k + 1)),
                         None,
                     );
+                }
+                LayerSpec::Softmax { beta, .. } => {
+                    w.put(at + lf::KIND, &[kind::SOFTMAX]);
+                    w.put(at + lf::SOFTMAX_BETA, &beta.to_le_bytes());
+                    if layer_dtype == DType::Int8 {
+                        let Some(p) = SoftmaxParams::from_scale(*beta, scale_of(input)) else {
+                            return fail(format!(
+                                "layer {k}: an int8 softmax of beta {beta} over logits of scale {} (TFLite needs beta times the scale above 2^-26)",
+                                scale_of(input)
+                            ));
+                        };
+                        w.put(
+                            at + lf::SOFTMAX_INPUT_MULTIPLIER,
+                            &p.input_multiplier.to_le_bytes(),
+                        );
+                        w.put(
+                            at + lf::SOFTMAX_INPUT_LEFT_SHIFT,
+                            &p.input_left_shift.to_le_bytes(),
+                        );
+                        w.put(at + lf::SOFTMAX_DIFF_MIN, &p.diff_min.to_le_bytes());
+                    }
                 }
             }
         }
@@ -1209,14 +1315,58 @@ impl Network {
             .map(|&(lo, hi)| quantization_for_range(lo, hi))
             .collect();
         for (k, layer) in self.layers.iter().enumerate() {
-            // Pools keep their input's quantization (TFLite's int8 pools require it).
-            if let LayerSpec::GlobalAvgPool { input }
-            | LayerSpec::MaxPool(MaxPoolSpec { input, .. }) = layer
-            {
-                q[k + 1] = q[*input];
+            match layer {
+                // Pools keep their input's quantization (TFLite's int8 pools require it).
+                LayerSpec::GlobalAvgPool { input }
+                | LayerSpec::MaxPool(MaxPoolSpec { input, .. }) => q[k + 1] = q[*input],
+                // Probabilities in 1/256ths from −128 (TFLite's int8 softmax output).
+                LayerSpec::Softmax { .. } => q[k + 1] = SOFTMAX_OUTPUT_QUANTIZATION,
+                _ => {}
             }
         }
         Ok(q)
+    }
+
+    /// Checks that `given` has a quantization for every tensor and the parameters of
+    /// every convolution and dense layer, of the sizes they need.
+    fn check_given(&self, given: &GivenQuantization, n_tensors: usize) -> Result<(), WriteError> {
+        let layers = self.layers.len();
+        if given.tensors.len() != n_tensors
+            || given.pre_add.len() != layers
+            || given.parameters.len() != layers
+        {
+            return fail(format!(
+                "the quantization covers {} tensors and {} layers, the network has {n_tensors} and {layers}",
+                given.tensors.len(),
+                given.parameters.len()
+            ));
+        }
+        for (t, &(scale, zero_point)) in given.tensors.iter().enumerate() {
+            if !(scale.is_finite() && scale > 0.0 && (-128..=127).contains(&zero_point)) {
+                return fail(format!(
+                    "tensor {t}: scale {scale} and zero point {zero_point} (int8 needs a positive scale and a zero point in -128..=127)"
+                ));
+            }
+        }
+        for (k, (layer, parameters)) in self.layers.iter().zip(&given.parameters).enumerate() {
+            let (weights, outputs) = match layer {
+                LayerSpec::Conv(c) => (c.weights.len(), c.out_channels),
+                LayerSpec::Dense(d) => (d.weights.len(), d.out_features),
+                _ => continue,
+            };
+            let fits = parameters.as_ref().is_some_and(|p| {
+                p.weights.len() == weights
+                    && p.bias.len() == outputs
+                    && p.weight_scales.len() == outputs
+                    && p.weight_scales.iter().all(|s| s.is_finite() && *s > 0.0)
+            });
+            if !fits {
+                return fail(format!(
+                    "layer {k}: the quantization needs {weights} int8 weights, {outputs} positive weight scales and {outputs} int32 biases"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1262,18 +1412,22 @@ impl BlobBuilder {
     }
 
     /// Writes a layer's weights, biases and (int8) requantization and records their
-    /// offsets in the layer record at `at`. An int8 convolution whose input has zero
-    /// point `folding_zero_point` gets its folded biases after its biases (FORMAT.md).
-    #[allow(clippy::too_many_arguments)]
+    /// offsets in the layer record at `at`. int8 weights are the given ones, or else
+    /// the float ones quantized; the requantization goes from `input_scale` times each
+    /// channel's weight scale to `output_scale`, derived as TFLite derives it. An int8
+    /// convolution whose input has zero point `folding_zero_point` gets its folded
+    /// biases after its biases (FORMAT.md).
     fn parameters(
         &mut self,
         at: usize,
         dtype: DType,
-        weights: &[f32],
-        bias: &[f32],
+        Parameters {
+            weights,
+            bias,
+            given,
+        }: Parameters<'_>,
         out_channels: usize,
-        input_scale: f32,
-        output_scale: f32,
+        (input_scale, output_scale): (f32, f32),
         folding_zero_point: Option<i32>,
     ) {
         let (weights_off, bias_off) = match dtype {
@@ -1293,14 +1447,31 @@ impl BlobBuilder {
                 let mut q_bias = Vec::with_capacity(out_channels);
                 let mut multipliers = Vec::with_capacity(out_channels);
                 let mut shifts = Vec::with_capacity(out_channels);
-                for (row, &b) in weights.chunks(per_channel.max(1)).zip(bias) {
-                    let w_scale = weight_scale(row);
-                    q_weights.extend(row.iter().map(|&w| quantize_weight(w, w_scale) as u8));
+                let mut requantize = |w_scale: f32| {
+                    // TFLite: f64(input_scale) · f64(weight_scale) / f64(output_scale).
                     let bias_scale = f64::from(input_scale) * f64::from(w_scale);
-                    q_bias.push(libm::round(f64::from(b) / bias_scale) as i32);
                     let (m, s) = quantize_multiplier(bias_scale / f64::from(output_scale));
                     multipliers.push(m);
                     shifts.push(s);
+                    bias_scale
+                };
+                match given {
+                    Some(given) => {
+                        q_weights.extend(given.weights.iter().map(|&w| w as u8));
+                        q_bias.extend_from_slice(&given.bias);
+                        for &w_scale in &given.weight_scales {
+                            requantize(w_scale);
+                        }
+                    }
+                    None => {
+                        for (row, &b) in weights.chunks(per_channel.max(1)).zip(bias) {
+                            let w_scale = weight_scale(row);
+                            q_weights
+                                .extend(row.iter().map(|&w| quantize_weight(w, w_scale) as u8));
+                            let bias_scale = requantize(w_scale);
+                            q_bias.push(libm::round(f64::from(b) / bias_scale) as i32);
+                        }
+                    }
                 }
                 if let Some(zero_point) = folding_zero_point {
                     let folded: Vec<i32> = q_weights
@@ -1324,6 +1495,21 @@ impl BlobBuilder {
         };
         self.put(at + lf::WEIGHTS, &(weights_off as u32).to_le_bytes());
         self.put(at + lf::BIAS, &(bias_off as u32).to_le_bytes());
+    }
+}
+
+/// A layer's weights: float, and the stored int8 ones when the model gives them.
+struct Parameters<'a> {
+    weights: &'a [f32],
+    bias: &'a [f32],
+    given: Option<&'a QuantizedParameters>,
+}
+
+/// Layer `k`'s stored int8 parameters, when `encoding` gives them.
+fn given_parameters<'a>(encoding: Encoding<'a>, k: usize) -> Option<&'a QuantizedParameters> {
+    match encoding {
+        Encoding::Quantized(given) => given.parameters.get(k)?.as_ref(),
+        _ => None,
     }
 }
 

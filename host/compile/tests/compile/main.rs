@@ -7,3 +7,4 @@ mod common;
 mod learn;
 mod network;
 mod streaming;
+mod tflite;

@@ -1,0 +1,157 @@
+//! TensorFlow Lite models: int8 files compiled with their own quantization give the
+//! output bytes of LiteRT's reference kernels (the oracle, `tests/models/litert_run.py`;
+//! NOT CHECKED where it is not installed, required in CI by
+//! `TINYRES_REQUIRE_LITERT=1`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tinyres_compile::onnx::PreprocessingFlags;
+use tinyres_compile::tflite::{import_tflite, ImportedTflite};
+use tinyres_compile::writer::{AlignedBlob, Encoding, Memory};
+use tinyres_core::quant::quantize_i8;
+use tinyres_core::{InputRange, Interpreter, Model};
+use tinyres_data::{Dataset, Split};
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
+}
+
+fn models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/models")
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tinyres-tflite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// The blob of an int8 `.tflite` with its own quantization.
+fn int8_blob(imported: &ImportedTflite) -> AlignedBlob {
+    let given = imported.quantization.as_ref().expect("an int8 model");
+    AlignedBlob::new(
+        &imported
+            .network
+            .to_blob_with(Encoding::Quantized(given), Memory::Min)
+            .expect("writes"),
+    )
+}
+
+/// The engine's raw output bytes for every image.
+fn engine_outputs(blob: &AlignedBlob, data: &Dataset) -> Vec<Vec<u8>> {
+    let model = Model::parse(blob.as_bytes()).expect("valid blob");
+    let mut arena = vec![0u8; model.required_arena()];
+    let mut interpreter = Interpreter::new(model, &mut arena).expect("arena fits");
+    (0..data.len())
+        .map(|i| {
+            interpreter.run(data.image(i)).expect("runs");
+            interpreter.output_bytes().unwrap().to_vec()
+        })
+        .collect()
+}
+
+/// The int8 input tensor the engine computes from each image: what LiteRT is fed.
+fn int8_inputs(blob: &AlignedBlob, data: &Dataset) -> Vec<u8> {
+    let model = Model::parse(blob.as_bytes()).unwrap();
+    let input = model.tensor(0).unwrap();
+    let channels = input.channels;
+    let mut bytes = Vec::with_capacity(data.len() * input.len());
+    for i in 0..data.len() {
+        for (p, &px) in data.image(i).iter().enumerate() {
+            let (mean, std) = model.preprocessing(p % channels).unwrap();
+            let scaled = match model.input_range() {
+                InputRange::Byte => f32::from(px),
+                InputRange::Unit => f32::from(px) / 255.0,
+            };
+            let q = quantize_i8((scaled - mean) / std, input.scale, input.zero_point);
+            bytes.push(q as u8);
+        }
+    }
+    bytes
+}
+
+/// LiteRT's output bytes for each input (`inputs` back to back), or `None` (with a
+/// note) where Python lacks it and CI has not asked for it.
+fn litert(tflite: &Path, inputs: &[u8], count: usize) -> Option<Vec<Vec<u8>>> {
+    let stem = tflite.file_stem().unwrap().to_string_lossy().into_owned();
+    let (input_path, output_path) = (temp(&format!("{stem}.in")), temp(&format!("{stem}.out")));
+    std::fs::write(&input_path, inputs).unwrap();
+    let run = Command::new("python3")
+        .arg(models().join("litert_run.py"))
+        .args([tflite, &input_path, &output_path])
+        .output()
+        .expect("python3 runs");
+    let text =
+        String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
+    if run.status.code() == Some(3) && std::env::var_os("TINYRES_REQUIRE_LITERT").is_none() {
+        eprintln!(
+            "NOT CHECKED with LiteRT: {text} (pip install ai-edge-litert; CI sets TINYRES_REQUIRE_LITERT)"
+        );
+        return None;
+    }
+    assert!(run.status.success(), "{text}");
+    let bytes = std::fs::read(&output_path).unwrap();
+    Some(
+        bytes
+            .chunks(bytes.len() / count)
+            .map(<[u8]>::to_vec)
+            .collect(),
+    )
+}
+
+fn argmax(bytes: &[u8]) -> usize {
+    (0..bytes.len()).fold(0, |b, i| {
+        if bytes[i] as i8 > bytes[b] as i8 {
+            i
+        } else {
+            b
+        }
+    })
+}
+
+/// An MLPerf Tiny int8 model on the 1,000 lossless CIFAR-10 test images: every output
+/// byte equals LiteRT's reference kernels'; returns the top-1 accuracy.
+fn mlperf_byte_exact(file: &str) -> Option<f64> {
+    let tflite = shared().join("mlperf-tiny-ic/models").join(file);
+    if !tflite.exists() {
+        eprintln!("NOT CHECKED: {} is not there", tflite.display());
+        return None;
+    }
+    let imported = import_tflite(&tflite, &PreprocessingFlags::default()).unwrap();
+    let blob = int8_blob(&imported);
+    let data = Dataset::load(
+        &shared().join("cifar10/lossless_reference/test_batch_first1000.bin.gz"),
+        Split::Test,
+    )
+    .unwrap();
+    let ours = engine_outputs(&blob, &data);
+    let theirs = litert(&tflite, &int8_inputs(&blob, &data), data.len())?;
+    let differing: Vec<usize> = (0..data.len()).filter(|&i| ours[i] != theirs[i]).collect();
+    assert!(
+        differing.is_empty(),
+        "{file}: {} of {} images differ from LiteRT; the first, image {}: ours {:?}, LiteRT {:?}",
+        differing.len(),
+        data.len(),
+        differing[0],
+        ours[differing[0]],
+        theirs[differing[0]]
+    );
+    let correct = (0..data.len())
+        .filter(|&i| argmax(&ours[i]) == usize::from(data.labels[i]))
+        .count();
+    Some(correct as f64 / data.len() as f64)
+}
+
+#[test]
+fn mlperf_tiny_int8_resnet8_tflite_is_byte_exact_with_litert() {
+    if let Some(accuracy) = mlperf_byte_exact("pretrainedResnet_quant.tflite") {
+        // LiteRT's top-1 on these images: 88.0 %.
+        assert!((accuracy - 0.880).abs() < 1e-9, "top-1 {accuracy}");
+    }
+}
+
+#[test]
+fn mlperf_tiny_large_int8_resnet_tflite_is_byte_exact_with_litert() {
+    mlperf_byte_exact("pretrainedResnet_large_int8.tflite");
+}
