@@ -1,8 +1,10 @@
 //! Classifies the images QEMU loaded, one defmt line each, then exits.
 //!
-//! Output (`defmt::println!`, always on): `image=I label=L class=C ticks=T` (Cortex-M:
-//! core-clock ticks) or `... instructions=N` (Cortex-A: retired instructions) per
-//! image, counting the inference alone, then `done count=N`.
+//! Output (`defmt::println!`, always on): `image=I label=L class=C ticks=T
+//! output_crc=X` (Cortex-M: core-clock ticks) or `... instructions=N ...` (Cortex-A:
+//! retired instructions) per image, counting the inference alone, and the CRC-32 of
+//! the output tensor's raw bytes (the host compares them with its own engine's), then
+//! `done count=N`.
 //!
 //! Before that, image 0 runs once more with a counter reading after each step (the
 //! input, then every layer): `step=S ticks=T` lines, which `tinyres run --profile`
@@ -12,7 +14,7 @@
 #![no_std]
 #![no_main]
 
-use tinyres_core::{Arena, Error, Interpreter, Model};
+use tinyres_core::{crc32, Arena, Error, Interpreter, Model};
 use tinyres_firmware::{
     counter_elapsed, counter_read, counter_start, exit, image_region, model_partition, stack_paint,
     stack_used, static_ram, Images, ARENA_BYTES, COUNTER,
@@ -70,12 +72,13 @@ fn classify_all(arena: &mut [u8]) -> bool {
         let (class, elapsed) = timed_run(&mut interpreter, pixels);
         match class {
             Ok(class) => defmt::println!(
-                "image={=usize} label={=u8} class={=usize} {=str}={=u64}",
+                "image={=usize} label={=u8} class={=usize} {=str}={=u64} output_crc={=u32:#x}",
                 i,
                 label,
                 class,
                 COUNTER,
-                elapsed
+                elapsed,
+                interpreter.output_bytes().map_or(0, crc32)
             ),
             Err(e) => {
                 defmt::error!("image {}: {}", i, e);

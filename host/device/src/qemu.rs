@@ -314,6 +314,9 @@ pub struct DevicePrediction {
     pub class: usize,
     /// Instructions the inference took.
     pub instructions: u64,
+    /// CRC-32 of the raw bytes of the output tensor (`tinyres_core::crc32`), to compare
+    /// with the host engine's output byte for byte (the classify firmware reports it).
+    pub output_crc: Option<u32>,
 }
 
 /// The image region the firmware reads (see `Images` in firmware/src/lib.rs): the
@@ -908,8 +911,8 @@ fn log_field<'l>(line: &'l str, name: &str) -> Option<&'l str> {
         .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
 }
 
-/// Parses `image=I label=L class=C ticks=T` (or `instructions=N`); `offset` is the
-/// batch's first index.
+/// Parses `image=I label=L class=C ticks=T` (or `instructions=N`), with an optional
+/// `output_crc=X` (hex); `offset` is the batch's first index.
 fn parse_prediction(board: &Board, line: &str, offset: usize) -> Result<Option<DevicePrediction>> {
     if !line.starts_with("image=") {
         return Ok(None);
@@ -933,6 +936,12 @@ fn parse_prediction(board: &Board, line: &str, offset: usize) -> Result<Option<D
         label: required("label")? as u8,
         class: required("class")? as usize,
         instructions: board.instructions(count),
+        output_crc: log_field(line, "output_crc")
+            .map(|v| {
+                u32::from_str_radix(v.trim_start_matches("0x"), 16)
+                    .with_context(|| format!("bad output_crc in firmware line: {line}"))
+            })
+            .transpose()?,
     }))
 }
 
@@ -953,25 +962,35 @@ mod tests {
     #[test]
     fn parses_prediction_lines() {
         let m4 = Board::by_name("mps2-an386").unwrap();
-        let p = parse_prediction(&m4, "image=3 label=7 class=2 ticks=1600", 100)
-            .unwrap()
-            .unwrap();
+        let p = parse_prediction(
+            &m4,
+            "image=3 label=7 class=2 ticks=1600 output_crc=0x1a2b3c4d",
+            100,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(
             p,
             DevicePrediction {
                 index: 103,
                 label: 7,
                 class: 2,
-                instructions: 1000
+                instructions: 1000,
+                output_crc: Some(0x1a2b_3c4d)
             }
         );
         let a53 = Board::by_name("virt-a53").unwrap();
-        let p = parse_prediction(&a53, "image=0 label=1 class=1 instructions=1234", 0)
-            .unwrap()
-            .unwrap();
+        let p = parse_prediction(
+            &a53,
+            "image=0 label=1 class=1 instructions=1234 output_crc=0",
+            0,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(p.instructions, 1234);
         assert_eq!(parse_prediction(&m4, "done count=4", 0).unwrap(), None);
-        assert!(parse_prediction(&m4, "image=x label=1 class=1 ticks=1", 0).is_err());
+        assert!(parse_prediction(&m4, "image=x label=1 class=1 ticks=1 output_crc=0", 0).is_err());
+        assert!(parse_prediction(&m4, "image=1 label=1 class=1 ticks=1 output_crc=z", 0).is_err());
     }
 
     #[test]

@@ -26,11 +26,12 @@ pub struct Args {
     /// beside the repository.
     #[arg(long, value_name = "FILE.onnx", conflicts_with = "model")]
     onnx: Option<PathBuf>,
-    /// A compiled blob to benchmark instead of compiling one.
-    #[arg(long, value_name = "FILE.trm")]
+    /// A compiled blob, or an int8 TensorFlow Lite model (compiled with its own
+    /// quantization), to benchmark instead of compiling the ONNX model.
+    #[arg(long, value_name = "FILE.trm|FILE.tflite")]
     model: Option<PathBuf>,
     /// Memory plan of the compiled model (see `tinyres compile --memory`).
-    #[arg(long, value_enum, default_value_t = Memory::Min, conflicts_with = "model")]
+    #[arg(long, value_enum, default_value_t = Memory::Min)]
     memory: Memory,
     /// Calibration images for the int8 compile. Default: `../shared/data/cifar10`.
     #[arg(long, value_name = "DATA")]
@@ -59,6 +60,9 @@ pub fn command(args: &Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| shared_data("cifar10/lossless_reference/test_batch_first1000.bin.gz"));
     let bytes = match &args.model {
+        Some(path) if super::compile::holds_tflite(path)? => {
+            super::compile::tflite_blob(path, args.memory)?
+        }
         Some(path) => load_blob(path)?.as_bytes().to_vec(),
         None => {
             let onnx = args
@@ -165,7 +169,8 @@ pub struct BoardResult {
     /// `.text` of the engine size probe (`firmware/src/bin/engine_size.rs`: parser,
     /// planner, every kernel, the runtime's start-up code) built for this board.
     pub engine_text_bytes: u64,
-    /// Whether every prediction equals the host engine's.
+    /// Whether every prediction, and every output tensor byte for byte, equals the
+    /// host engine's.
     pub matches_host: bool,
     /// Images classified.
     pub images: usize,
@@ -184,9 +189,12 @@ pub fn bench(
     let layers = report::describe(&model)?;
     let mut arena = vec![0u8; model.required_arena()];
     let mut host = Interpreter::new(model, &mut arena)?;
-    let host_classes = (0..data.len())
-        .map(|i| host.run(data.image(i)))
-        .collect::<Result<Vec<usize>, _>>()?;
+    let host_runs = (0..data.len())
+        .map(|i| {
+            let class = host.run(data.image(i))?;
+            Ok((class, tinyres_core::crc32(host.output_bytes()?)))
+        })
+        .collect::<Result<Vec<(usize, u32)>, tinyres_core::Error>>()?;
     let mut results = Vec::new();
     for board in boards {
         eprintln!("bench: {} ({})", board.name, board.cpu);
@@ -212,10 +220,10 @@ pub fn bench(
             ram: classified.ram,
             blob_bytes: blob.len(),
             engine_text_bytes: engine_text_bytes(board)?,
-            matches_host: classified
-                .predictions
-                .iter()
-                .all(|p| host_classes[p.index] == p.class),
+            matches_host: classified.predictions.iter().all(|p| {
+                let (class, crc) = host_runs[p.index];
+                class == p.class && p.output_crc.is_none_or(|c| c == crc)
+            }),
             images: count,
             profile: report::profile(&layers, &classified.profile)?,
         });

@@ -58,9 +58,22 @@ pub struct Args {
     json: bool,
 }
 
+/// The blob an int8 `.tflite` compiles to with its own quantization (a float one:
+/// f32), for the commands that take a `.tflite` where they take a blob.
+pub fn tflite_blob(path: &std::path::Path, memory: Memory) -> Result<Vec<u8>> {
+    let imported = import_tflite(path, &Default::default())?;
+    let written = match &imported.quantization {
+        Some(given) => imported
+            .network
+            .to_blob_with(Encoding::Quantized(given), memory),
+        None => imported.network.to_blob_with(Encoding::F32, memory),
+    };
+    written.map_err(|e| anyhow::anyhow!("{}: writing the blob: {e}", path.display()))
+}
+
 /// Whether `path` holds a TensorFlow Lite flatbuffer (by its identifier, whatever
 /// its name).
-fn holds_tflite(path: &std::path::Path) -> Result<bool> {
+pub fn holds_tflite(path: &std::path::Path) -> Result<bool> {
     use std::io::Read;
     let mut head = [0u8; 8];
     let mut file =

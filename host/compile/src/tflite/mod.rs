@@ -524,15 +524,38 @@ pub fn lower_tflite(bytes: &[u8], flags: &PreprocessingFlags) -> Result<Imported
         input,
         softmax_dropped: false,
     };
+    // Operators that could not be lowered, and those downstream of them (not reported
+    // again: the first failure is the one to fix).
     let mut refused = Vec::new();
+    let mut failed = std::collections::HashSet::new();
+    let mut downstream = 0;
     for (index, operator) in graph.operators.iter().enumerate() {
+        let outputs = operator
+            .outputs
+            .iter()
+            .filter_map(|&t| usize::try_from(t).ok());
+        if operator
+            .inputs
+            .iter()
+            .any(|&t| usize::try_from(t).is_ok_and(|t| failed.contains(&t)))
+        {
+            failed.extend(outputs);
+            downstream += 1;
+            continue;
+        }
         if let Err(e) = lowering.lower(index, operator) {
+            failed.extend(outputs);
             refused.push(format!("operator {index} ({}): {e:#}", operator.name));
         }
     }
     if !refused.is_empty() {
+        let after = if downstream > 0 {
+            format!(" (and {downstream} operator(s) that read their outputs)")
+        } else {
+            String::new()
+        };
         bail!(
-            "{} operator(s) the engine cannot run:\n  {}",
+            "{} operator(s) the engine cannot run{after}:\n  {}",
             refused.len(),
             refused.join("\n  ")
         );
@@ -548,6 +571,10 @@ fn tflite_padding(
     (kh, kw): (usize, usize),
     stride: usize,
 ) -> Result<([usize; 4], (usize, usize))> {
+    ensure!(
+        h >= 1 && w >= 1 && kh >= 1 && kw >= 1 && stride >= 1,
+        "a {kh}x{kw} window of stride {stride} over a {h}x{w} input"
+    );
     match padding {
         // SAME: the output is ceil(in / stride); the odd pixel of padding goes at the
         // bottom and the right.

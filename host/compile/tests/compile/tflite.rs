@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tinyres_compile::onnx::PreprocessingFlags;
-use tinyres_compile::tflite::{import_tflite, ImportedTflite};
+use tinyres_compile::tflite::{import_tflite, lower_tflite, ImportedTflite};
 use tinyres_compile::writer::{AlignedBlob, Encoding, Memory};
 use tinyres_core::quant::quantize_i8;
 use tinyres_core::{InputRange, Interpreter, Model};
@@ -100,6 +100,31 @@ fn litert(tflite: &Path, inputs: &[u8], count: usize) -> Option<Vec<Vec<u8>>> {
     )
 }
 
+/// `count` seeded random 8×8 RGB images.
+fn random_images(count: usize) -> Dataset {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let pixels = (0..count * 8 * 8 * 3)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    Dataset {
+        height: 8,
+        width: 8,
+        channels: 3,
+        pixels,
+        labels: vec![0; count],
+        class_names: (0..4).map(|c| c.to_string()).collect(),
+    }
+}
+
+fn own_model(name: &str) -> PathBuf {
+    models().join("tflite").join(name)
+}
+
 fn argmax(bytes: &[u8]) -> usize {
     (0..bytes.len()).fold(0, |b, i| {
         if bytes[i] as i8 > bytes[b] as i8 {
@@ -154,4 +179,119 @@ fn mlperf_tiny_int8_resnet8_tflite_is_byte_exact_with_litert() {
 #[test]
 fn mlperf_tiny_large_int8_resnet_tflite_is_byte_exact_with_litert() {
     mlperf_byte_exact("pretrainedResnet_large_int8.tflite");
+}
+
+/// `tests/models/tflite/` (written by `tests/models/make_tflite.py`): a residual block,
+/// a PAD folded into a stride-2 convolution with a fused RELU6, a max pool, and the
+/// int8 head, as LiteRT computes them.
+#[test]
+fn own_int8_resnet_tflite_is_byte_exact_with_litert() {
+    let tflite = own_model("tiny_resnet_int8.tflite");
+    let imported = import_tflite(&tflite, &PreprocessingFlags::default()).unwrap();
+    let blob = int8_blob(&imported);
+    let data = random_images(500);
+    let ours = engine_outputs(&blob, &data);
+    let Some(theirs) = litert(&tflite, &int8_inputs(&blob, &data), data.len()) else {
+        return;
+    };
+    let differing = (0..data.len()).filter(|&i| ours[i] != theirs[i]).count();
+    assert_eq!(differing, 0, "{differing} of {} images differ", data.len());
+    // Not saturated: the outputs vary from image to image.
+    let distinct: std::collections::HashSet<&Vec<u8>> = ours.iter().collect();
+    assert!(distinct.len() >= 50, "{} distinct outputs", distinct.len());
+}
+
+/// The same network behind a float input (QUANTIZE) and output (DEQUANTIZE): the
+/// engine's quantized input and dequantized output equal LiteRT's.
+#[test]
+fn a_float_interface_int8_tflite_is_exact_with_litert() {
+    let tflite = own_model("tiny_float_io_int8.tflite");
+    let flags = PreprocessingFlags {
+        range: Some(InputRange::Byte),
+        ..Default::default()
+    };
+    let imported = import_tflite(&tflite, &flags).unwrap();
+    let blob = int8_blob(&imported);
+    let data = random_images(200);
+    let model = Model::parse(blob.as_bytes()).unwrap();
+    let mut arena = vec![0u8; model.required_arena()];
+    let mut interpreter = Interpreter::new(model, &mut arena).unwrap();
+    let mut probabilities = vec![0.0f32; 4];
+    let ours: Vec<Vec<u8>> = (0..data.len())
+        .map(|i| {
+            interpreter.run(data.image(i)).unwrap();
+            interpreter.probabilities(&mut probabilities).unwrap();
+            probabilities.iter().flat_map(|p| p.to_le_bytes()).collect()
+        })
+        .collect();
+    let inputs: Vec<u8> = data
+        .pixels
+        .iter()
+        .flat_map(|&p| f32::from(p).to_le_bytes())
+        .collect();
+    let Some(theirs) = litert(&tflite, &inputs, data.len()) else {
+        return;
+    };
+    assert_eq!(ours, theirs);
+}
+
+#[test]
+fn refused_tflite_models_name_the_operator_and_tensor() {
+    let error = |name: &str| {
+        format!(
+            "{:#}",
+            import_tflite(&own_model(name), &PreprocessingFlags::default()).unwrap_err()
+        )
+    };
+    let tanh = error("tiny_with_tanh.tflite");
+    assert!(
+        tanh.contains("operator 1 (TANH): no engine equivalent")
+            && tanh.contains("and 9 operator(s) that read their outputs"),
+        "{tanh}"
+    );
+    let int16 = error("tiny_int16_activations.tflite");
+    assert!(
+        int16.contains("operator 0 (CONV_2D)") && int16.contains("\"conv0\" is INT16"),
+        "{int16}"
+    );
+    let onnx = error("../torch_option_b.onnx");
+    assert!(onnx.contains("not a TensorFlow Lite model"), "{onnx}");
+}
+
+/// Every truncation and thousands of byte corruptions of a model give a model or an
+/// error, never a panic, and whatever lowers writes a blob that parses.
+#[test]
+fn corrupt_tflite_files_are_errors_not_panics() {
+    let bytes = std::fs::read(own_model("tiny_resnet_int8.tflite")).unwrap();
+    let flags = PreprocessingFlags::default();
+    let check = |candidate: &[u8]| {
+        if let Ok(imported) = lower_tflite(candidate, &flags) {
+            if let Some(given) = &imported.quantization {
+                if let Ok(blob) = imported
+                    .network
+                    .to_blob_with(Encoding::Quantized(given), Memory::Min)
+                {
+                    Model::parse(AlignedBlob::new(&blob).as_bytes()).expect("parses");
+                }
+            }
+        }
+    };
+    for len in 0..bytes.len() {
+        check(&bytes[..len]);
+    }
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..5000 {
+        let mut corrupt = bytes.clone();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() % corrupt.len() as u64) as usize;
+            corrupt[at] = next() as u8;
+        }
+        check(&corrupt);
+    }
 }
