@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::format::{DType, InputRange, SECTION_ALIGN};
 use crate::kernels::{self, ConvShape, Requantize, Shortcut};
 use crate::model::{
-    Bias, Conv, Dense, Layer, MaxPool, Model, Requant, Softmax, TensorInfo, Weights,
+    Bias, Conv, Dense, Layer, MaxPool, Mean, Model, Requant, Softmax, TensorInfo, Weights,
 };
 use crate::quant::{activation_range, dequantize_i8, quantize_i8, AddParams, AddTables};
 use crate::stream::{Group, Step};
@@ -124,6 +124,7 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                 Layer::Dense(dense) => self.dense(&dense)?,
                 Layer::MaxPool(pool) => self.max_pool(&pool)?,
                 Layer::Softmax(softmax) => self.softmax(&softmax)?,
+                Layer::Mean(mean) => self.mean(&mean)?,
             }
             after_step(usize::from(i) + 1);
             i += 1;
@@ -587,6 +588,25 @@ impl<'m, 'a> Interpreter<'m, 'a> {
             (false, false) => arch::max_pool::<i8>(&shape, cast(input)?, cast_mut(split.output)?),
             _ => Err(type_error()),
         }
+    }
+
+    fn mean(&mut self, mean: &Mean) -> Result<(), Error> {
+        let Some(requant) = mean.requant else {
+            return self.pool(mean.input, mean.output);
+        };
+        let in_t = self.model.tensor(mean.input)?;
+        let out_t = self.model.tensor(mean.output)?;
+        let in_range = self.byte_range(&in_t);
+        let split = Split::new(self.arena, self.byte_range(&out_t))?;
+        let input = split.input(in_range)?;
+        kernels::mean_i8(
+            cast(input)?,
+            in_t.height * in_t.width,
+            in_t.zero_point,
+            requant,
+            out_t.zero_point,
+            cast_mut(split.output)?,
+        )
     }
 
     fn softmax(&mut self, softmax: &Softmax) -> Result<(), Error> {

@@ -102,6 +102,10 @@ pub mod layer {
     pub const SOFTMAX_DIFF_MIN: usize = 44;
     /// The logits' multiplier `beta`, f32 (the int8 fields above include it).
     pub const SOFTMAX_BETA: usize = 48;
+    /// Since version 4, an int8 mean's Q31 multiplier (the element count folded in).
+    pub const MEAN_MULTIPLIER: usize = 36;
+    /// Its shift (−31..=30).
+    pub const MEAN_SHIFT: usize = 40;
 }
 
 /// Layer kind codes.
@@ -114,6 +118,8 @@ pub mod kind {
     pub const MAX_POOL: u8 = 4;
     /// Since version 4.
     pub const SOFTMAX: u8 = 5;
+    /// Since version 4: TFLite's MEAN over height and width.
+    pub const MEAN: u8 = 6;
 }
 
 /// Layer flag bits.

@@ -741,6 +741,34 @@ pub fn argmax(values: &[f32]) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
+/// TFLite's int8 MEAN over the `pixels` positions of an NHWC `input` into
+/// `output.len()` channels (`reference_ops::QuantizedMeanOrSum`): the i32 sum of each
+/// channel's raw values, minus `input_zero_point` per value, times the quantized
+/// multiplier (`multiplier`, `shift`, the pixel count folded in), plus the output zero
+/// point, saturated.
+pub fn mean_i8(
+    input: &[i8],
+    pixels: usize,
+    input_zero_point: i32,
+    (multiplier, shift): (i32, i32),
+    output_zero_point: i32,
+    output: &mut [i8],
+) -> Result<(), Error> {
+    let channels = output.len();
+    expect("mean input", pixels * channels, input.len())?;
+    for (c, o) in output.iter_mut().enumerate() {
+        let sum = input
+            .iter()
+            .skip(c)
+            .step_by(channels.max(1))
+            .fold(0i32, |s, &x| s.wrapping_add(i32::from(x)));
+        let shifted = (i64::from(sum) - i64::from(input_zero_point) * pixels as i64) as i32;
+        let scaled = crate::quant::multiply_by_quantized_multiplier(shifted, multiplier, shift);
+        *o = scaled.saturating_add(output_zero_point).clamp(-128, 127) as i8;
+    }
+    Ok(())
+}
+
 /// TFLite's int8 softmax of `input` into `output` (1/256ths from −128): see
 /// [`crate::quant::softmax_i8`].
 pub fn softmax_i8(input: &[i8], params: &SoftmaxParams, output: &mut [i8]) -> Result<(), Error> {

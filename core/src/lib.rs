@@ -20,5 +20,5 @@ pub use engine::{Arena, Interpreter};
 pub use error::Error;
 pub use format::{DType, InputRange};
 pub use model::{
-    Bias, Conv, Dense, Layer, MaxPool, Model, Requant, Residual, Softmax, TensorInfo, Weights,
+    Bias, Conv, Dense, Layer, MaxPool, Mean, Model, Requant, Residual, Softmax, TensorInfo, Weights,
 };

@@ -294,6 +294,18 @@ pub struct Softmax {
     pub int8: Option<SoftmaxParams>,
 }
 
+/// TFLite's MEAN over height and width: a global average that may requantize.
+#[derive(Clone, Copy, Debug)]
+pub struct Mean {
+    /// Input tensor.
+    pub input: u16,
+    /// Output tensor, 1×1×C.
+    pub output: u16,
+    /// int8: the Q31 multiplier (input scale over output scale, divided by the pixel
+    /// count) and its shift.
+    pub requant: Option<(i32, i32)>,
+}
+
 /// One layer of the model.
 #[derive(Clone, Copy, Debug)]
 pub enum Layer<'a> {
@@ -312,6 +324,8 @@ pub enum Layer<'a> {
     MaxPool(MaxPool),
     /// Softmax.
     Softmax(Softmax),
+    /// Mean over height and width (TFLite's MEAN).
+    Mean(Mean),
 }
 
 impl Layer<'_> {
@@ -323,6 +337,7 @@ impl Layer<'_> {
             Layer::Dense(d) => d.output,
             Layer::MaxPool(p) => p.output,
             Layer::Softmax(s) => s.output,
+            Layer::Mean(m) => m.output,
         }
     }
 
@@ -335,6 +350,7 @@ impl Layer<'_> {
             Layer::Dense(d) => (d.input, None),
             Layer::MaxPool(p) => (p.input, None),
             Layer::Softmax(s) => (s.input, None),
+            Layer::Mean(m) => (m.input, None),
         }
     }
 }
@@ -1110,6 +1126,34 @@ impl<'a> Model<'a> {
                     } else {
                         Rounding::Double
                     },
+                }))
+            }
+            kind::MEAN if self.version >= 4 => {
+                if flag_bits != 0 {
+                    return Err(invalid("layer flags", i, flag_bits.into()));
+                }
+                if (out_t.height, out_t.width, out_t.channels) != (1, 1, in_t.channels)
+                    || in_t.float != out_t.float
+                {
+                    return Err(mismatch("mean output must be 1x1xC of its input's type"));
+                }
+                let requant = if out_t.float {
+                    None
+                } else {
+                    let m = rec.i32(lf::MEAN_MULTIPLIER)?;
+                    let s = rec.i32(lf::MEAN_SHIFT)?;
+                    if m < 0 {
+                        return Err(invalid("mean multiplier", i, m as u32));
+                    }
+                    if !(-31..=30).contains(&s) {
+                        return Err(invalid("mean shift", i, s as u32));
+                    }
+                    Some((m, s))
+                };
+                Ok(Layer::Mean(Mean {
+                    input,
+                    output,
+                    requant,
                 }))
             }
             kind::SOFTMAX if self.version >= 4 => {

@@ -706,3 +706,17 @@ mod softmax_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod mean_tests {
+    /// TFLite's worked case: equal scales and zero points −128, 7×7 values, ten of them
+    /// 127 and 39 of −128: `(2^30 · 2^5) / 49` and shift `1 − 5`, output −76.
+    #[test]
+    fn int8_mean_gives_tflites_reference_value() {
+        let mut input = [-128i8; 49];
+        input[..10].fill(127);
+        let mut output = [0i8; 1];
+        crate::kernels::mean_i8(&input, 49, -128, (701_219_150, -4), -128, &mut output).unwrap();
+        assert_eq!(output, [-76]);
+    }
+}

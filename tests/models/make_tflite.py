@@ -12,6 +12,9 @@ usage: make_tflite.py OUT_DIR
   TFLite's converter calibrates.
 - `tiny_float_io_int8.tflite`: the same network behind a float32 input (QUANTIZE) and
   output (DEQUANTIZE).
+- `tiny_mean_int8.tflite`: the global AVERAGE_POOL_2D and RESHAPE replaced by a MEAN
+  over height and width (what newer converters emit for GlobalAveragePooling2D) whose
+  output has a quantization of its own.
 - `tiny_with_tanh.tflite`: a TANH after the first convolution (refused: no engine
   equivalent).
 - `tiny_int16_activations.tflite`: the first convolution's output typed INT16
@@ -29,7 +32,7 @@ import numpy as np
 FLOAT32, INT32, INT8, INT16 = 0, 2, 9, 7
 ADD, AVERAGE_POOL_2D, CONV_2D, DEQUANTIZE = 0, 1, 3, 6
 FULLY_CONNECTED, MAX_POOL_2D, RESHAPE, SOFTMAX = 9, 17, 22, 25
-TANH, PAD, QUANTIZE = 28, 34, 114
+TANH, PAD, MEAN, QUANTIZE = 28, 34, 40, 114
 OPT_CONV, OPT_POOL, OPT_FC, OPT_SOFTMAX, OPT_ADD, OPT_RESHAPE = 1, 5, 8, 9, 11, 17
 SAME, VALID = 0, 1
 NONE, RELU, RELU6 = 0, 1, 3
@@ -132,12 +135,19 @@ def build(variant):
     m = g.tensor("maxpool", [1, 2, 2, 16], INT8, scales=[sd], zps=[zd])
     g.op(MAX_POOL_2D, [d], [m], (OPT_POOL, ("pool", VALID, 2, 2)))
     ym = yd.reshape(-1, 2, 2, 2, 2, 16).max(axis=(2, 4))
-    gp = g.tensor("gap", [1, 1, 1, 16], INT8, scales=[sd], zps=[zd])
-    g.op(AVERAGE_POOL_2D, [m], [gp], (OPT_POOL, ("pool", VALID, 2, 2)))
     yg = ym.mean(axis=(1, 2))
-    shape = g.tensor("shape", [2], INT32, np.array([1, 16], np.int32).tobytes())
-    r = g.tensor("flat", [1, 16], INT8, scales=[sd], zps=[zd])
-    g.op(RESHAPE, [gp, shape], [r], (OPT_RESHAPE, ("reshape", [1, 16])))
+    if variant == "mean":
+        sg, zg = quant_params(yg.min(), yg.max())
+        axes = g.tensor("axes", [2], INT32, np.array([1, 2], np.int32).tobytes())
+        r = g.tensor("mean", [1, 16], INT8, scales=[sg], zps=[zg])
+        g.op(MEAN, [m, axes], [r])
+        sd = sg
+    else:
+        gp = g.tensor("gap", [1, 1, 1, 16], INT8, scales=[sd], zps=[zd])
+        g.op(AVERAGE_POOL_2D, [m], [gp], (OPT_POOL, ("pool", VALID, 2, 2)))
+        shape = g.tensor("shape", [2], INT32, np.array([1, 16], np.int32).tobytes())
+        r = g.tensor("flat", [1, 16], INT8, scales=[sd], zps=[zd])
+        g.op(RESHAPE, [gp, shape], [r], (OPT_RESHAPE, ("reshape", [1, 16])))
     wf = rng.normal(0, 0.05, (4, 16))
     swf = np.float32(np.abs(wf).max() / 127)
     qwf = np.clip(np.round(wf / swf), -127, 127).astype(np.int8)
@@ -248,7 +258,7 @@ def serialize(g, graph_input, graph_output):
 out_dir = sys.argv[1]
 os.makedirs(out_dir, exist_ok=True)
 for variant, name in [("plain", "tiny_resnet_int8"), ("float_io", "tiny_float_io_int8"),
-                      ("tanh", "tiny_with_tanh"), ("int16", "tiny_int16_activations")]:
+                      ("mean", "tiny_mean_int8"), ("tanh", "tiny_with_tanh"), ("int16", "tiny_int16_activations")]:
     rng = np.random.default_rng(7)
     graph, graph_input, graph_output = build(variant)
     with open(os.path.join(out_dir, name + ".tflite"), "wb") as f:

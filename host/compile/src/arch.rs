@@ -492,7 +492,7 @@ impl NetBuilder {
             LayerSpec::GlobalAvgPool { input } => *input,
             LayerSpec::Dense(d) => d.input,
             LayerSpec::MaxPool(p) => p.input,
-            LayerSpec::Softmax { input, .. } => *input,
+            LayerSpec::Softmax { input, .. } | LayerSpec::Mean { input } => *input,
         };
         let out = shape(self.shapes[input]);
         self.layers.push(layer);
@@ -546,6 +546,7 @@ mod tests {
                 LayerSpec::Conv(c) => c.weights.len() + c.bias.len(),
                 LayerSpec::Dense(d) => d.weights.len() + d.bias.len(),
                 LayerSpec::GlobalAvgPool { .. }
+                | LayerSpec::Mean { .. }
                 | LayerSpec::MaxPool(_)
                 | LayerSpec::Softmax { .. } => 0,
             })

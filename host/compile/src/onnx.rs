@@ -1092,7 +1092,9 @@ impl Lowering<'_> {
                         (&mut c.weights, &mut c.bias, !c.relu && c.residual.is_none())
                     }
                     LayerSpec::Dense(d) => (&mut d.weights, &mut d.bias, !d.relu),
-                    LayerSpec::GlobalAvgPool { .. } | LayerSpec::MaxPool(_) => {
+                    LayerSpec::GlobalAvgPool { .. }
+                    | LayerSpec::Mean { .. }
+                    | LayerSpec::MaxPool(_) => {
                         bail!("{name} after a pooling layer")
                     }
                     LayerSpec::Softmax { .. } => bail!("{name} after a softmax"),

@@ -131,6 +131,12 @@ pub fn describe(model: &Model<'_>) -> Result<ModelReport> {
                 (op, d.weights.len() as u64, n, bytes)
             }
             Layer::Softmax(_) => ("softmax".to_string(), out_len, 0, 0),
+            Layer::Mean(_) => (
+                "mean".to_string(),
+                (in_shape.iter().product::<usize>()) as u64,
+                0,
+                0,
+            ),
         };
         // An int8 model's classifier head runs in f32 (see `Network::f32_head`).
         let op = if dtype == DType::Int8 && out_t.float {

@@ -132,6 +132,12 @@ pub enum LayerSpec {
     Dense(DenseSpec),
     /// Max pooling.
     MaxPool(MaxPoolSpec),
+    /// The mean over height and width, 1×1×C (TFLite's MEAN): a global average
+    /// pool whose int8 output may have a quantization of its own.
+    Mean {
+        /// Input tensor.
+        input: usize,
+    },
     /// Softmax over the channels of a 1×1×C tensor (TFLite's SOFTMAX): the
     /// probabilities of `exp(beta · x)`. An int8 model computes it in int8.
     Softmax {
@@ -149,7 +155,7 @@ impl LayerSpec {
             LayerSpec::GlobalAvgPool { input } => (*input, None),
             LayerSpec::Dense(d) => (d.input, None),
             LayerSpec::MaxPool(p) => (p.input, None),
-            LayerSpec::Softmax { input, .. } => (*input, None),
+            LayerSpec::Softmax { input, .. } | LayerSpec::Mean { input } => (*input, None),
         }
     }
 }
@@ -382,7 +388,7 @@ impl Network {
                     }
                     (oh, ow, conv.out_channels)
                 }
-                LayerSpec::GlobalAvgPool { .. } => (1, 1, c),
+                LayerSpec::GlobalAvgPool { .. } | LayerSpec::Mean { .. } => (1, 1, c),
                 LayerSpec::MaxPool(pool) => {
                     let (oh, ow) = window_output((h, w), pool.kernel, pool.stride, pool.padding)
                         .map_err(|e| WriteError(at(e)))?;
@@ -459,7 +465,7 @@ impl Network {
                     LayerSpec::Conv(conv) => {
                         (oh * ow * oc * conv.kernel.0 * conv.kernel.1 * c_in) as u64
                     }
-                    LayerSpec::GlobalAvgPool { .. } => {
+                    LayerSpec::GlobalAvgPool { .. } | LayerSpec::Mean { .. } => {
                         let (h, w, c) = shapes[layer.inputs().0];
                         (h * w * c) as u64
                     }
@@ -792,7 +798,7 @@ impl Network {
                         }
                     }
                 }
-                LayerSpec::GlobalAvgPool { .. } => {
+                LayerSpec::GlobalAvgPool { .. } | LayerSpec::Mean { .. } => {
                     pre_add.push(None);
                     tinyres_core::kernels::global_avg_pool_f32(x, ih * iw, &mut out)
                         .map_err(|e| kernel_error(k, e))?;
@@ -879,6 +885,7 @@ impl Network {
                     &mut d.bias
                 }
                 LayerSpec::GlobalAvgPool { .. }
+                | LayerSpec::Mean { .. }
                 | LayerSpec::MaxPool(_)
                 | LayerSpec::Softmax { .. } => continue,
             };
@@ -1195,6 +1202,15 @@ impl Network {
                 LayerSpec::GlobalAvgPool { .. } => {
                     w.put(at + lf::KIND, &[kind::GLOBAL_AVG_POOL]);
                 }
+                LayerSpec::Mean { .. } => {
+                    w.put(at + lf::KIND, &[kind::MEAN]);
+                    if layer_dtype == DType::Int8 {
+                        let (h, wd, _) = shapes[input];
+                        let (m, s) = mean_multiplier(scale_of(input), scale_of(k + 1), h * wd);
+                        w.put(at + lf::MEAN_MULTIPLIER, &m.to_le_bytes());
+                        w.put(at + lf::MEAN_SHIFT, &s.to_le_bytes());
+                    }
+                }
                 LayerSpec::MaxPool(pool) => {
                     w.put(at + lf::KIND, &[kind::MAX_POOL]);
                     w.put_window(at, pool.kernel, pool.stride, pool.padding);
@@ -1498,6 +1514,20 @@ impl BlobBuilder {
     }
 }
 
+/// The quantized multiplier of TFLite's int8 MEAN over `count` values from
+/// `input_scale` to `output_scale`, the count folded in as `reference_ops::
+/// QuantizedMeanOrSum` folds it: `(multiplier · 2^s) / count` with `2^s` the largest
+/// power of two up to the count (at most 2^32 and 2^(31 + shift)).
+fn mean_multiplier(input_scale: f32, output_scale: f32, count: usize) -> (i32, i32) {
+    let (multiplier, shift) = quantize_multiplier(f64::from(input_scale) / f64::from(output_scale));
+    let count = count.max(1) as i64;
+    let s = (63 - count.leading_zeros() as i32)
+        .min(32)
+        .min(31 + shift)
+        .max(0);
+    (((i64::from(multiplier) << s) / count) as i32, shift - s)
+}
+
 /// A layer's weights: float, and the stored int8 ones when the model gives them.
 struct Parameters<'a> {
     weights: &'a [f32],
@@ -1573,5 +1603,21 @@ impl AlignedBlob {
     /// The blob's bytes, mutably (tests corrupt blobs through this).
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
         &mut bytemuck::cast_slice_mut::<u128, u8>(&mut self.words)[..self.len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// TFLite's folding for equal scales over 7×7: 2^30 and shift 1, then s = 5.
+    #[test]
+    fn the_mean_multiplier_folds_the_count_as_tflite_does() {
+        assert_eq!(
+            mean_multiplier(0.023_529_412, 0.023_529_412, 49),
+            (701_219_150, -4)
+        );
+        // One value: plain requantization.
+        assert_eq!(mean_multiplier(1.0, 2.0, 1), (1 << 30, 0));
     }
 }

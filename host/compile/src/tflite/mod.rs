@@ -1051,12 +1051,15 @@ impl Lowering<'_, '_> {
                     axes == [1, 2],
                     "a MEAN over axes {axes:?}: the engine averages over height and width (axes 1 and 2)"
                 );
-                ensure!(
-                    !self.int8,
-                    "an int8 MEAN: TFLite's int8 MEAN rounds unlike its AVERAGE_POOL_2D, which the engine implements; convert with a global AVERAGE_POOL_2D (Keras AveragePooling2D over the whole input)"
-                );
                 self.check_elements(output, c)?;
-                self.push(index, LayerSpec::GlobalAvgPool { input: x }, output);
+                // int8: TFLite's MEAN arithmetic (it rounds unlike AVERAGE_POOL_2D and
+                // may requantize); float: a global average pool.
+                let layer = if self.int8 {
+                    LayerSpec::Mean { input: x }
+                } else {
+                    LayerSpec::GlobalAvgPool { input: x }
+                };
+                self.push(index, layer, output);
             }
             op::FULLY_CONNECTED => {
                 let output = self.output_of(operator)?;
@@ -1249,9 +1252,9 @@ impl Lowering<'_, '_> {
                         r.tensor = engine_id(r.tensor)?;
                     }
                 }
-                LayerSpec::GlobalAvgPool { input } | LayerSpec::Softmax { input, .. } => {
-                    *input = engine_id(*input)?
-                }
+                LayerSpec::GlobalAvgPool { input }
+                | LayerSpec::Mean { input }
+                | LayerSpec::Softmax { input, .. } => *input = engine_id(*input)?,
                 LayerSpec::Dense(d) => d.input = engine_id(d.input)?,
                 LayerSpec::MaxPool(p) => p.input = engine_id(p.input)?,
             }
@@ -1263,7 +1266,7 @@ impl Lowering<'_, '_> {
         );
         let features = layers
             .iter()
-            .rposition(|l| matches!(l, LayerSpec::GlobalAvgPool { .. }))
+            .rposition(|l| matches!(l, LayerSpec::GlobalAvgPool { .. } | LayerSpec::Mean { .. }))
             .map(|k| k + 1);
 
         let input = self.tensor(self.input);

@@ -186,7 +186,17 @@ fn mlperf_tiny_large_int8_resnet_tflite_is_byte_exact_with_litert() {
 /// int8 head, as LiteRT computes them.
 #[test]
 fn own_int8_resnet_tflite_is_byte_exact_with_litert() {
-    let tflite = own_model("tiny_resnet_int8.tflite");
+    own_byte_exact("tiny_resnet_int8.tflite");
+}
+
+/// The same with a requantizing int8 MEAN for the global average pool.
+#[test]
+fn own_int8_resnet_with_a_mean_is_byte_exact_with_litert() {
+    own_byte_exact("tiny_mean_int8.tflite");
+}
+
+fn own_byte_exact(name: &str) {
+    let tflite = own_model(name);
     let imported = import_tflite(&tflite, &PreprocessingFlags::default()).unwrap();
     let blob = int8_blob(&imported);
     let data = random_images(500);
