@@ -152,6 +152,7 @@ mod op {
     pub const PAD: i32 = 34;
     pub const MEAN: i32 = 40;
     pub const SQUEEZE: i32 = 43;
+    pub const STRIDED_SLICE: i32 = 45;
     pub const QUANTIZE: i32 = 114;
 }
 
@@ -455,6 +456,17 @@ struct Node {
     pre_add: Option<usize>,
 }
 
+/// A shortcut view: output `(y, x, c)` reads `(y · stride, x · stride, c −
+/// channel_offset)` of `source`, zero (the zero point in int8) in the padded channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shortcut {
+    source: usize,
+    stride: usize,
+    channel_offset: usize,
+    /// `(height, width, channels)` of the view.
+    dims: (usize, usize, usize),
+}
+
 /// The state of the lowering.
 struct Lowering<'g, 'a> {
     graph: &'g Graph<'a>,
@@ -468,6 +480,9 @@ struct Lowering<'g, 'a> {
     flattened: std::collections::HashSet<usize>,
     /// PAD outputs: the padded tensor and `[top, left, bottom, right]`.
     pads: HashMap<usize, (usize, [usize; 4])>,
+    /// Option-A shortcuts (a STRIDED_SLICE subsampling height and width, a PAD of
+    /// channels, or both): the tensor they map and how, for the ADD that reads them.
+    shortcuts: HashMap<usize, Shortcut>,
     /// How many operators (and graph outputs) read each file tensor.
     readers: Vec<usize>,
     /// The file tensor the engine's input is (the graph's input, or its QUANTIZE).
@@ -520,6 +535,7 @@ pub fn lower_tflite(bytes: &[u8], flags: &PreprocessingFlags) -> Result<Imported
         alias: HashMap::new(),
         flattened: Default::default(),
         pads: HashMap::new(),
+        shortcuts: HashMap::new(),
         readers,
         input,
         softmax_dropped: false,
@@ -638,6 +654,11 @@ impl Lowering<'_, '_> {
         ensure!(
             !self.pads.contains_key(&t),
             "{} is the output of a PAD, which the engine folds into a CONV_2D only",
+            tensor.describe(t)
+        );
+        ensure!(
+            !self.shortcuts.contains_key(&t),
+            "{} subsamples or pads channels, which the engine does only in a residual ADD's shortcut",
             tensor.describe(t)
         );
         let resolved = self.resolve(t);
@@ -952,8 +973,13 @@ impl Lowering<'_, '_> {
                 let output = self.output_of(operator)?;
                 let a = self.input_of(operator, 0)?;
                 let b = self.input_of(operator, 1)?;
-                let (ra, da) = self.activation(a, true)?;
-                let (rb, db) = self.activation(b, true)?;
+                // A side is an activation, or an option-A shortcut view of one.
+                let side = |t: usize| match self.shortcuts.get(&t) {
+                    Some(view) => Ok((view.source, view.dims, Some(*view))),
+                    None => self.activation(t, true).map(|(r, d)| (r, d, None)),
+                };
+                let (ra, da, va) = side(a)?;
+                let (rb, db, vb) = side(b)?;
                 ensure!(
                     da == db,
                     "an ADD of a {da:?} and a {db:?} tensor: the engine adds tensors of one shape"
@@ -978,10 +1004,10 @@ impl Lowering<'_, '_> {
                     LayerSpec::Conv(c) => (c.kernel.0 * c.kernel.1, n),
                     _ => (0, n),
                 };
-                let (node, shortcut) = match (candidate(ra, a), candidate(rb, b)) {
-                    (Some(na), Some(nb)) if kernel(nb) > kernel(na) => (nb, ra),
-                    (Some(na), _) => (na, rb),
-                    (None, Some(nb)) => (nb, ra),
+                let (node, shortcut, view) = match (candidate(ra, a), candidate(rb, b)) {
+                    (Some(na), Some(nb)) if kernel(nb) > kernel(na) => (nb, ra, va),
+                    (Some(na), _) => (na, rb, vb),
+                    (None, Some(nb)) => (nb, ra, va),
                     (None, None) => bail!(
                         "neither input is a convolution's output read only by this ADD: the engine adds a residual in the convolution that produces one side"
                     ),
@@ -993,8 +1019,8 @@ impl Lowering<'_, '_> {
                 if let LayerSpec::Conv(conv) = &mut entry.layer {
                     conv.residual = Some(ResidualSpec {
                         tensor: shortcut,
-                        stride: 1,
-                        channel_offset: 0,
+                        stride: view.map_or(1, |v| v.stride),
+                        channel_offset: view.map_or(0, |v| v.channel_offset),
                         relu,
                     });
                 }
@@ -1174,10 +1200,17 @@ impl Lowering<'_, '_> {
             op::PAD => {
                 let output = self.output_of(operator)?;
                 let raw = self.input_of(operator, 0)?;
-                let (x, (h, w, c)) = self.activation(raw, true)?;
                 let pads = self.constant_ints(self.input_of(operator, 1)?)?;
+                if let [0, 0, 0, 0, 0, 0, before, after] = pads[..] {
+                    if before != 0 || after != 0 {
+                        return self.pad_channels(raw, (before, after), output);
+                    }
+                }
+                let (x, (h, w, c)) = self.activation(raw, true)?;
                 let [0, 0, top, bottom, left, right, 0, 0] = pads[..] else {
-                    bail!("paddings {pads:?}: the engine pads height and width only");
+                    bail!(
+                        "paddings {pads:?}: the engine pads height and width before a convolution, or channels in a residual shortcut"
+                    );
                 };
                 ensure!(
                     [top, bottom, left, right]
@@ -1193,8 +1226,137 @@ impl Lowering<'_, '_> {
                 );
                 self.pads.insert(output, (x, pad));
             }
+            op::STRIDED_SLICE => self.subsample(operator)?,
             _ => bail!("no engine equivalent"),
         }
+        Ok(())
+    }
+
+    /// The activation or shortcut view `t` as a shortcut view.
+    fn shortcut_view(&self, t: usize) -> Result<Shortcut> {
+        if let Some(view) = self.shortcuts.get(&t) {
+            return Ok(*view);
+        }
+        let (source, dims) = self.activation(t, true)?;
+        Ok(Shortcut {
+            source,
+            stride: 1,
+            channel_offset: 0,
+            dims,
+        })
+    }
+
+    /// A PAD of channels only (option A's zero channels): a shortcut view.
+    fn pad_channels(
+        &mut self,
+        raw: usize,
+        (before, after): (i32, i32),
+        output: usize,
+    ) -> Result<()> {
+        let view = self.shortcut_view(raw)?;
+        let (h, w, c) = view.dims;
+        ensure!(
+            (0..=255).contains(&before) && (0..=4096).contains(&after),
+            "channel paddings {before} and {after}: each must be in 0..=255 before and 0..=4096 after"
+        );
+        let channels = c + before as usize + after as usize;
+        self.check_output(output, (h, w, channels))?;
+        ensure!(
+            self.same_quantization(raw, output)?,
+            "the output is quantized differently from the input"
+        );
+        self.shortcuts.insert(
+            output,
+            Shortcut {
+                channel_offset: view.channel_offset + before as usize,
+                dims: (h, w, channels),
+                ..view
+            },
+        );
+        Ok(())
+    }
+
+    /// A STRIDED_SLICE that keeps every `stride`-th row and column from the first and
+    /// every channel (option A's subsampling): a shortcut view.
+    fn subsample(&mut self, operator: &Operator<'_>) -> Result<()> {
+        let output = self.output_of(operator)?;
+        let raw = self.input_of(operator, 0)?;
+        let view = self.shortcut_view(raw)?;
+        let (h, w, c) = view.dims;
+        let begin = self.constant_ints(self.input_of(operator, 1)?)?;
+        let end = self.constant_ints(self.input_of(operator, 2)?)?;
+        let strides = self.constant_ints(self.input_of(operator, 3)?)?;
+        ensure!(
+            begin.len() == 4 && end.len() == 4 && strides.len() == 4,
+            "begin, end and strides of {}, {} and {} values (expected 4 each)",
+            begin.len(),
+            end.len(),
+            strides.len()
+        );
+        let options = operator.options;
+        let option = |id| options.map_or(Ok(0), |o| o.i32(id, 0));
+        let (begin_mask, end_mask) = (option(0)?, option(1)?);
+        for (name, id) in [("ellipsis", 2), ("new_axis", 3), ("shrink_axis", 4)] {
+            ensure!(
+                option(id)? == 0,
+                "a {name}_mask: the engine subsamples without reshaping"
+            );
+        }
+        ensure!(
+            options.map_or(Ok(0), |o| o.u8(5, 0))? == 0,
+            "end given as an offset from begin"
+        );
+        // TFLite's StridedSlice for positive strides: negative indices count from the
+        // end, a masked begin is 0 and a masked end the dimension, both clamped.
+        let dims = [1, h, w, c];
+        let mut counts = [0usize; 4];
+        for axis in 0..4 {
+            let dim = dims[axis] as i64;
+            let resolve = |i: i32| {
+                let i = i64::from(i);
+                (if i < 0 { i + dim } else { i }).clamp(0, dim)
+            };
+            let first = if begin_mask >> axis & 1 == 1 {
+                0
+            } else {
+                resolve(begin[axis])
+            };
+            let last = if end_mask >> axis & 1 == 1 {
+                dim
+            } else {
+                resolve(end[axis])
+            };
+            let stride = i64::from(strides[axis]);
+            ensure!(
+                first == 0 && stride >= 1,
+                "begin {begin:?} and strides {strides:?}: the engine subsamples from the first row, column and channel, forwards"
+            );
+            counts[axis] = ((last - first).max(0) as usize).div_ceil(stride as usize);
+        }
+        let stride = strides[1] as usize;
+        ensure!(
+            strides[2] == strides[1] && strides[3] == 1 && counts[0] == 1 && counts[3] == c,
+            "strides {strides:?} over a {h}x{w}x{c} tensor: the engine subsamples rows and columns by one stride and keeps every channel"
+        );
+        ensure!(
+            counts[1] == h.div_ceil(stride) && counts[2] == w.div_ceil(stride),
+            "a slice of {}x{} of a {h}x{w} tensor: the engine subsamples whole rows and columns",
+            counts[1],
+            counts[2]
+        );
+        self.check_output(output, (counts[1], counts[2], c))?;
+        ensure!(
+            self.same_quantization(raw, output)?,
+            "the output is quantized differently from the input"
+        );
+        self.shortcuts.insert(
+            output,
+            Shortcut {
+                stride: view.stride * stride,
+                dims: (counts[1], counts[2], c),
+                ..view
+            },
+        );
         Ok(())
     }
 
@@ -1325,19 +1487,17 @@ impl Lowering<'_, '_> {
             Some(range) => range,
             None => {
                 let input = self.tensor(self.input);
-                let given = if input.dtype == dtype::INT8 {
-                    let (scale, zero_point) = input.per_tensor(self.input)?;
-                    match (zero_point, scale) {
-                        (-128, 1.0) => Some(InputRange::Byte),
-                        (-128, s) if (s - 1.0 / 255.0).abs() < 1e-9 => Some(InputRange::Unit),
-                        _ => None,
-                    }
-                } else {
-                    None
-                };
-                given.context(
-                    "the model does not say how its input is scaled: give --input-range 0..255 or 0..1 (and --mean / --std if it normalises)",
-                )?
+                ensure!(
+                    input.dtype == dtype::INT8,
+                    "the model's float input does not say how pixels are scaled: give --input-range 0..255 or 0..1 (and --mean / --std if it normalises)"
+                );
+                match input.per_tensor(self.input)? {
+                    (1.0, -128) => InputRange::Byte,
+                    (scale, -128) if (scale - 1.0 / 255.0).abs() < 1e-9 => InputRange::Unit,
+                    (scale, zero_point) => bail!(
+                        "the int8 input's scale {scale} and zero point {zero_point} are neither raw pixels' (1, -128) nor pixels / 255's (1/255, -128): give --input-range 0..255 or 0..1 and --mean / --std to say what the model expects"
+                    ),
+                }
             }
         };
         let mean = flags.mean.clone().unwrap_or_else(|| vec![0.0; channels]);
