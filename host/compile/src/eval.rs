@@ -235,12 +235,32 @@ impl Evaluation {
         s
     }
 
-    /// Writes `index,label,predicted` rows.
-    pub fn write_predictions(&self, path: &Path) -> Result<()> {
-        let mut csv = String::from("index,label,predicted\n");
-        for (i, (l, p)) in self.labels.iter().zip(&self.predictions).enumerate() {
-            let _ = writeln!(csv, "{i},{l},{p}");
+    /// Writes `index,file,label,predicted,label_name,predicted_name` rows: `file`
+    /// names each image where `files` gives them (an image folder's), and is empty
+    /// otherwise.
+    pub fn write_predictions(&self, path: &Path, files: Option<&[String]>) -> Result<()> {
+        let name = |class: usize| {
+            self.class_names
+                .get(class)
+                .map_or_else(String::new, |n| csv_field(n))
+        };
+        let mut csv = String::from("index,file,label,predicted,label_name,predicted_name\n");
+        for (i, (&l, &p)) in self.labels.iter().zip(&self.predictions).enumerate() {
+            let file = files
+                .and_then(|f| f.get(i))
+                .map_or_else(String::new, |f| csv_field(f));
+            let _ = writeln!(csv, "{i},{file},{l},{p},{},{}", name(l), name(p));
         }
         std::fs::write(path, csv).with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// A CSV field: quoted (with quotes doubled) where it holds a comma, a quote or a
+/// line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
     }
 }

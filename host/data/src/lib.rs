@@ -158,75 +158,54 @@ impl Dataset {
     /// [`Dataset::load_folder`], with each image fitted to `fit` ([`fit_image`]) where
     /// given, so that images of any sizes can be read.
     fn read_folder(dir: &Path, split: Split, fit: Option<(usize, usize)>) -> Result<Self> {
-        let root = dir.join(match split {
-            Split::Train => "train",
-            Split::Test => "test",
-        });
-        let mut classes: Vec<PathBuf> = std::fs::read_dir(&root)
-            .with_context(|| format!("cannot read {}", root.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_dir())
-            .collect();
-        classes.sort();
-        if classes.is_empty() || classes.len() > 256 {
-            bail!(
-                "{}: expected 1 to 256 class subdirectories, found {}",
-                root.display(),
-                classes.len()
-            );
+        Self::read_images(folder_images(dir, split)?, fit)
+    }
+
+    /// Images to calibrate on (their labels are not used), each fitted to `height ×
+    /// width`: `synthetic` or CIFAR-10 (the training batches), or any folder of PNG
+    /// or JPEG images: a data set folder (its `train/`, else its `test/`), a folder of
+    /// class subdirectories, or a folder of loose images.
+    pub fn load_unlabeled(spec: &Path, (height, width): (usize, usize)) -> Result<Self> {
+        if spec.join("test").is_dir() && !spec.join("train").is_dir() {
+            return Self::load_fitted(spec, Split::Test, (height, width));
         }
+        if spec.is_dir() && !Self::is_image_folder(spec) && holds_images(spec) {
+            return Self::read_images(list_images(spec, true)?, Some((height, width)));
+        }
+        Self::load_fitted(spec, Split::Train, (height, width))
+    }
+
+    /// Reads a folder's images as RGB, fitted to `fit` where given.
+    fn read_images(images: FolderImages, fit: Option<(usize, usize)>) -> Result<Self> {
+        let FolderImages { class_names, files } = images;
         let mut data = Dataset {
             height: 0,
             width: 0,
             channels: 3,
             pixels: Vec::new(),
             labels: Vec::new(),
-            class_names: classes
-                .iter()
-                .map(|c| {
-                    c.file_name()
-                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-                })
-                .collect(),
+            class_names,
         };
-        for (label, class) in classes.iter().enumerate() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(class)
-                .with_context(|| format!("cannot read {}", class.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                        matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
-                    })
-                })
-                .collect();
-            files.sort();
-            for file in files {
-                let bytes = std::fs::read(&file)
-                    .with_context(|| format!("cannot read {}", file.display()))?;
-                let mut image = decode_image(&file, &bytes)?;
-                if let Some((height, width)) = fit {
-                    image = fit_image(image, height, width);
-                }
-                let (w, h) = (image.width() as usize, image.height() as usize);
-                if data.labels.is_empty() {
-                    (data.height, data.width) = (h, w);
-                } else if (h, w) != (data.height, data.width) {
-                    bail!(
-                        "{}: {w}x{h} pixels, but the data set's images are {}x{} (all must be one size)",
-                        file.display(),
-                        data.width,
-                        data.height
-                    );
-                }
-                data.pixels.extend_from_slice(image.as_raw());
-                data.labels.push(label as u8);
+        for (label, file) in files {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let mut image = decode_image(&file, &bytes)?;
+            if let Some((height, width)) = fit {
+                image = fit_image(image, height, width);
             }
-        }
-        if data.is_empty() {
-            bail!(
-                "{}: no .png or .jpg images in the class subdirectories",
-                root.display()
-            );
+            let (w, h) = (image.width() as usize, image.height() as usize);
+            if data.labels.is_empty() {
+                (data.height, data.width) = (h, w);
+            } else if (h, w) != (data.height, data.width) {
+                bail!(
+                    "{}: {w}x{h} pixels, but the data set's images are {}x{} (all must be one size)",
+                    file.display(),
+                    data.width,
+                    data.height
+                );
+            }
+            data.pixels.extend_from_slice(image.as_raw());
+            data.labels.push(label);
         }
         Ok(data)
     }
@@ -303,6 +282,97 @@ impl Dataset {
         }
         Ok(data)
     }
+}
+
+/// The image files of a folder, in the order [`Dataset::load`] reads them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FolderImages {
+    /// The class subdirectories' names, sorted (label 0 is the first).
+    pub class_names: Vec<String>,
+    /// `(label, file)` of every image: by class, then by file name.
+    pub files: Vec<(u8, PathBuf)>,
+}
+
+/// The images of an image folder's split: class subdirectories sorted by name, files
+/// sorted by name within each.
+pub fn folder_images(dir: &Path, split: Split) -> Result<FolderImages> {
+    let root = dir.join(match split {
+        Split::Train => "train",
+        Split::Test => "test",
+    });
+    list_images(&root, false)
+}
+
+/// The class subdirectories of `root` and their images; with `loose`, images directly
+/// in `root` too, as one more class named after `root`.
+fn list_images(root: &Path, loose: bool) -> Result<FolderImages> {
+    let mut classes: Vec<PathBuf> = std::fs::read_dir(root)
+        .with_context(|| format!("cannot read {}", root.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    classes.sort();
+    if loose && !image_files(root)?.is_empty() {
+        classes.push(root.to_path_buf());
+    }
+    if classes.is_empty() || classes.len() > 256 {
+        bail!(
+            "{}: expected 1 to 256 class subdirectories, found {}",
+            root.display(),
+            classes.len()
+        );
+    }
+    let mut names = Vec::with_capacity(classes.len());
+    let mut files = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        names.push(
+            class
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        );
+        files.extend(image_files(class)?.into_iter().map(|f| (label as u8, f)));
+    }
+    if files.is_empty() {
+        bail!(
+            "{}: no .png or .jpg images in the class subdirectories",
+            root.display()
+        );
+    }
+    Ok(FolderImages {
+        class_names: names,
+        files,
+    })
+}
+
+/// The PNG and JPEG files directly in `dir`, sorted by name.
+fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_image_name(p))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn is_image_name(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+}
+
+/// Whether `dir` holds PNG or JPEG images, directly or in a subdirectory.
+fn holds_images(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.filter_map(|e| e.ok().map(|e| e.path())).any(|p| {
+        if p.is_dir() {
+            image_files(&p).is_ok_and(|f| !f.is_empty())
+        } else {
+            is_image_name(&p)
+        }
+    })
 }
 
 /// Images in the synthetic training split.

@@ -82,8 +82,7 @@ pub fn command(args: &Args) -> Result<()> {
             };
             let imported = import_onnx(&onnx, &flags)?;
             let input = &imported.network.input;
-            let mut images =
-                Dataset::load_fitted(&calib, Split::Train, (input.height, input.width))?;
+            let mut images = Dataset::load_unlabeled(&calib, (input.height, input.width))?;
             images.truncate(500);
             to_blob(
                 &imported.network,

@@ -11,7 +11,7 @@ use tinyres_compile::writer::AlignedBlob;
 use tinyres_compile::writer::Encoding;
 use tinyres_compile::{import_onnx, to_blob, Calibration, Dtype, Int8Options, Memory};
 use tinyres_core::Model;
-use tinyres_data::{write_atomically, Dataset, Split};
+use tinyres_data::{write_atomically, Dataset};
 
 use super::{print_json, PreprocessingArgs};
 
@@ -97,7 +97,7 @@ fn calibration_images(
             args.model.display()
         )
     })?;
-    let mut images = Dataset::load_fitted(&spec, Split::Train, input)?;
+    let mut images = Dataset::load_unlabeled(&spec, input)?;
     images.truncate(args.calib_count);
     if images.is_empty() || args.calib_count == 0 {
         bail!("{}: the calibration set is empty", spec.display());

@@ -1,7 +1,7 @@
 //! `tinyres eval`: a blob (or the blob a `.tflite` compiles to) on the host engine,
 //! or an ONNX file through tract.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -10,13 +10,13 @@ use tinyres_compile::onnx::read_onnx;
 use tinyres_compile::writer::AlignedBlob;
 use tinyres_compile::Memory;
 use tinyres_core::Model;
-use tinyres_data::{write_atomically, Dataset, Split};
+use tinyres_data::{folder_images, write_atomically, Dataset, Split};
 
 use super::compile::{holds_tflite, tflite_blob};
 use super::{load_blob, print_json, PreprocessingArgs};
 
 /// Writes every image's raw output tensor (see `--outputs`).
-fn write_outputs(blob: &[u8], data: &Dataset, path: &std::path::Path) -> Result<()> {
+fn write_outputs(blob: &[u8], data: &Dataset, path: &Path) -> Result<()> {
     use std::fmt::Write;
     let model = Model::parse(blob)?;
     let out = model.tensor(model.num_layers())?;
@@ -65,7 +65,9 @@ pub struct Args {
     /// Evaluate at most this many images.
     #[arg(long)]
     limit: Option<usize>,
-    /// Write `index,label,predicted` rows to this CSV file.
+    /// Write `index,file,label,predicted,label_name,predicted_name` rows to this CSV
+    /// file (`file`: the image's path in an image folder's test/, empty for CIFAR-10
+    /// and synthetic data).
     #[arg(long, value_name = "FILE.csv")]
     predictions: Option<PathBuf>,
     /// Write each image's raw output tensor to this CSV file: `index`, then the int8
@@ -81,6 +83,29 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// The names of the first `count` images of an image folder's test split, relative to
+/// it (`cat/0001.png`), or `None` for data that does not come from image files.
+fn image_names(data: &Path, count: usize) -> Result<Option<Vec<String>>> {
+    if !Dataset::is_image_folder(data) {
+        return Ok(None);
+    }
+    let root = data.join("test");
+    let images = folder_images(data, Split::Test)?;
+    Ok(Some(
+        images
+            .files
+            .iter()
+            .take(count)
+            .map(|(_, f)| {
+                f.strip_prefix(&root)
+                    .unwrap_or(f)
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect(),
+    ))
 }
 
 pub fn command(args: &Args) -> Result<()> {
@@ -120,7 +145,8 @@ pub fn command(args: &Args) -> Result<()> {
 
     let seconds = started.elapsed().as_secs_f64();
     if let Some(path) = &args.predictions {
-        evaluation.write_predictions(path)?;
+        let files = image_names(&args.data, data.len())?;
+        evaluation.write_predictions(path, files.as_deref())?;
     }
     if let Some(path) = &args.plot {
         let title = format!(

@@ -188,8 +188,13 @@ fn eval_reports_accuracy_per_class_and_writes_predictions() {
     assert_eq!(confusion, 30);
     let rows = std::fs::read_to_string(&csv).unwrap();
     let mut lines = rows.lines();
-    assert_eq!(lines.next(), Some("index,label,predicted"));
-    assert_eq!(lines.count(), 30);
+    assert_eq!(
+        lines.next(),
+        Some("index,file,label,predicted,label_name,predicted_name")
+    );
+    let first = lines.next().unwrap();
+    assert!(first.starts_with("0,,"), "{first}");
+    assert_eq!(lines.count(), 29);
 
     let out = tinyres(&["eval", "/nonexistent/model.onnx", "--data", "synthetic"]);
     assert!(
@@ -203,6 +208,93 @@ fn eval_reports_accuracy_per_class_and_writes_predictions() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `n` synthetic 32×32 images as PNG files: in `dir/<class>/` or, with `loose`,
+/// directly in `dir`.
+fn write_pngs(dir: &std::path::Path, n: usize, loose: bool) {
+    let data = tinyres_data::synthetic(n, 3);
+    for i in 0..n {
+        let class_dir = if loose {
+            dir.to_path_buf()
+        } else {
+            dir.join(&data.class_names[usize::from(data.labels[i])])
+        };
+        std::fs::create_dir_all(&class_dir).unwrap();
+        image::RgbImage::from_raw(32, 32, data.image(i).to_vec())
+            .unwrap()
+            .save(class_dir.join(format!("{i:03}.png")))
+            .unwrap();
+    }
+}
+
+/// An image folder's predictions name each image's file, and calibration takes any
+/// folder of images: one with only a test split, class folders alone, loose images.
+#[test]
+fn image_folders_name_their_files_in_predictions_and_any_folder_calibrates() {
+    let blob = temp("folder-resnet8.trm");
+    let out = tinyres(&["plan", "--arch", "resnet8", "-o", blob.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let test_only = temp("test-only");
+    write_pngs(&test_only.join("test"), 12, false);
+    let csv = temp("folder-predictions.csv");
+    let out = tinyres(&[
+        "eval",
+        blob.to_str().unwrap(),
+        "--data",
+        test_only.to_str().unwrap(),
+        "--predictions",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = std::fs::read_to_string(&csv).unwrap();
+    let files: Vec<&str> = rows
+        .lines()
+        .skip(1)
+        .map(|row| row.split(',').nth(1).unwrap())
+        .collect();
+    assert_eq!(files.len(), 12);
+    for file in &files {
+        let (class, name) = file.split_once('/').unwrap();
+        let path = test_only.join("test").join(class).join(name);
+        assert!(path.is_file(), "{rows}");
+    }
+
+    let classes_only = temp("classes-only");
+    write_pngs(&classes_only, 12, false);
+    let loose = temp("loose-images");
+    write_pngs(&loose, 12, true);
+    let empty = temp("no-images");
+    std::fs::create_dir_all(&empty).unwrap();
+    let onnx = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/models/torch_option_a.onnx");
+    let compile = |calib: &std::path::Path| {
+        tinyres(&[
+            "compile",
+            onnx.to_str().unwrap(),
+            "--dtype",
+            "int8",
+            "--calib",
+            calib.to_str().unwrap(),
+            "-o",
+            temp("calibrated.trm").to_str().unwrap(),
+            "--json",
+        ])
+    };
+    for calib in [&test_only, &classes_only, &loose] {
+        let out = compile(calib);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            calib.display(),
+            stderr(&out)
+        );
+        let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(v["calibration"]["images"], 12, "{v}");
+    }
+    let out = compile(&empty);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no-images"), "{}", stderr(&out));
 }
 
 #[test]

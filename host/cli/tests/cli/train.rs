@@ -266,10 +266,6 @@ fn resnet20_option_a_exports_onnx_that_tract_and_onnxruntime_agree_on() {
     export_and_check_with_onnxruntime(trained_resnet20());
 }
 
-/// The paper's ImageNet layout (7×7/2 stem, 3×3/2 max pool, stages of 2 blocks, option
-/// B) at a sixteenth of ResNet-18's width and CIFAR-10's size: it trains, its ONNX
-/// export agrees with onnxruntime, and its f32 blob classifies every test image as the
-/// ONNX file does under tract.
 /// An image folder (`DIR/{train,test}/c<label>/*.png`) of synthetic images scaled to
 /// three sizes, none of them 32×32: the readers must fit them to the network's input.
 fn image_folder_of_mixed_sizes(dir: &Path, train: usize, test: usize) {
@@ -286,6 +282,10 @@ fn image_folder_of_mixed_sizes(dir: &Path, train: usize, test: usize) {
     }
 }
 
+/// The paper's ImageNet layout (7×7/2 stem, 3×3/2 max pool, stages of 2 blocks, option
+/// B) at a sixteenth of ResNet-18's width and CIFAR-10's size: it trains, its ONNX
+/// export agrees with onnxruntime, and its f32 blob classifies every test image as the
+/// ONNX file does under tract.
 #[test]
 fn resnet18_imagenet_layout_trains_exports_and_compiles() {
     // On an image folder of other sizes than the input's: torchvision's random resized
