@@ -268,17 +268,203 @@ fn refuse_huge_constants(graph: &tract_onnx::pb::GraphProto) -> Result<()> {
         let elements = factors
             .iter()
             .try_fold(1u128, |n, &f| n.checked_mul(f.max(0) as u128));
-        // PyTorch leaves most nodes unnamed: then the node is known by its output.
-        let name = match (node.name.as_str(), node.output.first()) {
-            ("", Some(output)) => output.as_str(),
-            (name, _) => name,
-        };
+        let name = node_label(node);
         ensure!(
             elements.is_some_and(|n| n <= MAX_TENSOR_ELEMENTS),
             "{name} ({}) asks for a tensor of more than {MAX_TENSOR_ELEMENTS} elements \
              (size factors {factors:?}): no model for the engine holds one",
             node.op_type
         );
+    }
+    Ok(())
+}
+
+/// How a node is known in messages: its name, or, as PyTorch leaves most nodes
+/// unnamed, its first output.
+fn node_label(node: &tract_onnx::pb::NodeProto) -> &str {
+    match (node.name.as_str(), node.output.first()) {
+        ("", Some(output)) => output.as_str(),
+        (name, _) => name,
+    }
+}
+
+/// The lowest rank of its data input (input 0) that an operator's shape rules in tract
+/// assume. tract-onnx 0.23.9 reads the axes of that input through `DataFormat::shape`
+/// (tract-core, `ops/nn/data_formats.rs`), which does not check the rank, and
+/// `BaseDataShape` reads them with `get_unchecked`: the channel axis (1, so rank 2) for
+/// `BatchNormalization`, and the spatial axes after it (rank 3: `hw_rank` is the rank
+/// less 2, and one below that it wraps) for the convolutions and the pools. A rank below
+/// this is a read past the end of the shape while tract analyses the graph: undefined
+/// behaviour in a release build, an abort (not a panic) in a debug one. The global pools
+/// index their input's axes 0 and 1 through tract's solver, which checks, but ONNX
+/// defines them on N, C and spatial axes too, and no model for the engine has fewer.
+fn min_data_rank(op_type: &str) -> Option<usize> {
+    match op_type {
+        "BatchNormalization" => Some(2),
+        "Conv" | "ConvInteger" | "QLinearConv" | "ConvTranspose" | "MaxPool" | "AveragePool"
+        | "GlobalAveragePool" | "GlobalMaxPool" | "GlobalLpPool" => Some(3),
+        _ => None,
+    }
+}
+
+/// The rank a value's declared type states, if it states a shape.
+fn declared_rank(info: &tract_onnx::pb::ValueInfoProto) -> Option<usize> {
+    let tract_onnx::pb::type_proto::Value::TensorType(tensor) =
+        info.r#type.as_ref()?.value.as_ref()?;
+    Some(tensor.shape.as_ref()?.dim.len())
+}
+
+/// The rank of `node`'s first output, if it follows from its inputs' known ranks (`rank`),
+/// its attributes and its constant inputs, as tract reads them at operator set `opset`;
+/// `None` when it does not, or for an operator not listed.
+fn output_rank(
+    graph: &tract_onnx::pb::GraphProto,
+    opset: i64,
+    node: &tract_onnx::pb::NodeProto,
+    rank: impl Fn(&str) -> Option<usize>,
+) -> Option<usize> {
+    let input = |i: usize| node.input.get(i).filter(|n| !n.is_empty());
+    let input_rank = |i: usize| rank(input(i)?);
+    let attribute = |name: &str| node.attribute.iter().find(|a| a.name == name);
+    // Squeeze, Unsqueeze and the reductions took their axes as an attribute, then as an
+    // input from some operator set on; tract reads the one its operator set says.
+    let axes = |input_since: i64| -> Option<usize> {
+        if opset >= input_since {
+            Some(constant_ints(graph, input(1)?)?.len())
+        } else {
+            Some(attribute("axes")?.ints.len())
+        }
+    };
+    match node.op_type.as_str() {
+        // tract's order of precedence among the value attributes.
+        "Constant" => [
+            "value",
+            "value_int",
+            "value_float",
+            "value_ints",
+            "value_floats",
+        ]
+        .iter()
+        .find_map(|&name| {
+            let a = attribute(name)?;
+            Some(match name {
+                "value" => a.t.as_ref()?.dims.len(),
+                "value_int" | "value_float" => 0,
+                _ => 1,
+            })
+        }),
+        "Abs" | "Acos" | "Acosh" | "Asin" | "Asinh" | "Atan" | "Atanh" | "Cast" | "Ceil"
+        | "Clip" | "Cos" | "Cosh" | "Dropout" | "Elu" | "Erf" | "Exp" | "Floor" | "HardSigmoid"
+        | "HardSwish" | "Identity" | "LeakyRelu" | "Log" | "Neg" | "Not" | "PRelu"
+        | "Reciprocal" | "Relu" | "Round" | "Selu" | "Sigmoid" | "Sign" | "Sin" | "Sinh"
+        | "Softplus" | "Softsign" | "Sqrt" | "Tan" | "Tanh" => input_rank(0),
+        "BatchNormalization" | "Conv" | "MaxPool" | "AveragePool" | "GlobalAveragePool"
+        | "GlobalMaxPool" | "Pad" | "Slice" | "Transpose" | "Softmax" | "LogSoftmax" | "Concat" => {
+            input_rank(0)
+        }
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Sum" | "Mean" => {
+            let inputs = node.input.iter().filter(|n| !n.is_empty());
+            inputs
+                .map(|n| rank(n))
+                .collect::<Option<Vec<usize>>>()?
+                .into_iter()
+                .max()
+        }
+        "Flatten" | "Gemm" => Some(2),
+        // NumPy's rule: a vector operand gains an axis for the product and loses it after.
+        "MatMul" => {
+            let (a, b) = (input_rank(0)?, input_rank(1)?);
+            if a == 0 || b == 0 {
+                return None;
+            }
+            Some(a.max(b).max(2) - usize::from(a == 1) - usize::from(b == 1))
+        }
+        "Reshape" => Some(constant_ints(graph, input(1)?)?.len()),
+        "Shape" => Some(1),
+        "Squeeze" => input_rank(0)?.checked_sub(axes(13)?),
+        "Unsqueeze" => Some(input_rank(0)? + axes(13)?),
+        op if op.starts_with("Reduce") => {
+            let keepdims = attribute("keepdims").map_or(1, |a| a.i) == 1;
+            if keepdims {
+                return input_rank(0);
+            }
+            let since = if op == "ReduceSum" { 13 } else { 18 };
+            let axes = axes(since).filter(|&n| n > 0)?;
+            input_rank(0)?.checked_sub(axes)
+        }
+        _ => None,
+    }
+}
+
+/// Refuses nodes whose data input has a rank below what tract's shape rules for them
+/// index ([`min_data_rank`]), before tract analyses the graph: the `onnx_import` fuzz
+/// target found a `BatchNormalization` of a rank-1 constant, on which tract read past
+/// the end of a shape. Ranks are those the file states (initializers, `Constant` nodes,
+/// the declared shapes of the graph's inputs and of its `value_info`, which tract
+/// imposes on the values too) and those that follow from them through the operators of
+/// a ResNet export ([`output_rank`]); an unknown rank passes, and tract sees that value
+/// as it would have. Subgraphs (`If`, `Loop`, `Scan`) are checked too, seeing the ranks
+/// of the graphs around them.
+fn refuse_data_of_too_low_rank<'g>(
+    graph: &'g tract_onnx::pb::GraphProto,
+    opset: i64,
+    outer: &HashMap<&'g str, usize>,
+) -> Result<()> {
+    let mut ranks = outer.clone();
+    let declared = graph.input.iter().chain(&graph.value_info);
+    let declared = declared.filter_map(|info| Some((info.name.as_str(), declared_rank(info)?)));
+    let initializers = graph
+        .initializer
+        .iter()
+        .map(|t| (t.name.as_str(), t.dims.len()));
+    // An initializer is the value of a graph input of its name (tract makes it a
+    // constant), so it comes last and wins.
+    ranks.extend(declared.chain(initializers));
+    // Nodes are in any order in a file: each is tried once, then again whenever one of
+    // its inputs gets a rank.
+    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, node) in graph.node.iter().enumerate() {
+        for input in &node.input {
+            readers.entry(input.as_str()).or_default().push(i);
+        }
+    }
+    let mut pending: Vec<usize> = (0..graph.node.len()).rev().collect();
+    while let Some(i) = pending.pop() {
+        let node = &graph.node[i];
+        let Some(output) = node.output.first().filter(|o| !o.is_empty()) else {
+            continue;
+        };
+        if ranks.contains_key(output.as_str()) {
+            continue;
+        }
+        if let Some(rank) = output_rank(graph, opset, node, |n| ranks.get(n).copied()) {
+            ranks.insert(output, rank);
+            pending.extend(readers.get(output.as_str()).into_iter().flatten());
+        }
+    }
+    for node in &graph.node {
+        let data = node.input.first().filter(|n| !n.is_empty());
+        let min = min_data_rank(&node.op_type);
+        if let (Some(data), Some(min)) = (data, min) {
+            if let Some(&rank) = ranks.get(data.as_str()) {
+                ensure!(
+                    rank >= min,
+                    "{} ({}) reads {data}, of rank {rank}, as its data: it needs rank {min} \
+                     or more (a batch axis, a channel axis{}), and tract would read past the \
+                     end of the shape",
+                    node_label(node),
+                    node.op_type,
+                    if min > 2 { ", spatial axes" } else { "" }
+                );
+            }
+        }
+        let subgraphs = node
+            .attribute
+            .iter()
+            .flat_map(|a| a.g.iter().chain(&a.graphs));
+        for subgraph in subgraphs {
+            refuse_data_of_too_low_rank(subgraph, opset, &ranks)?;
+        }
     }
     Ok(())
 }
@@ -292,6 +478,13 @@ pub fn read_onnx(path: &Path, flags: &PreprocessingFlags) -> Result<OnnxFile> {
         .map_err(|e| anyhow::anyhow!("{}: not an ONNX model ({e})", path.display()))?;
     if let Some(graph) = &proto.graph {
         refuse_huge_constants(graph).with_context(|| format!("{}", path.display()))?;
+        let opset = proto
+            .opset_import
+            .iter()
+            .find(|import| import.domain.is_empty() || import.domain == "ai.onnx")
+            .map_or(0, |import| import.version);
+        refuse_data_of_too_low_rank(graph, opset, &HashMap::new())
+            .with_context(|| format!("{}", path.display()))?;
     }
     let metadata: HashMap<String, String> = proto
         .metadata_props

@@ -508,10 +508,11 @@ fn bad_models_and_options_are_refused_without_output() {
     assert!(e.contains("/nonexistent/data"), "{e}");
 }
 
-/// Regression (the `onnx_import` fuzz target, session 16): a `Pad` whose constant pads
-/// ask for 2.3 × 10^14 columns of a constant; tract computes it while typing the graph,
-/// and the failed allocation aborted `tinyres compile` (exit 134, no message). Now
-/// refused from the file's constants, naming the node, before tract computes anything.
+/// Regression (found by the `onnx_import` fuzz target): a `Pad` whose constant pads
+/// ask for 2.3 × 10^14 columns of a constant. tract would compute it while typing the
+/// graph and abort `tinyres compile` on the failed allocation (exit 134, no message);
+/// the import refuses it from the file's constants, naming the node, before tract
+/// computes anything.
 #[test]
 fn a_node_that_asks_for_a_huge_constant_is_refused_before_tract_computes_it() {
     let onnx = models().join("regressions/pad-asks-for-2e14-columns.onnx");
@@ -533,7 +534,116 @@ fn a_node_that_asks_for_a_huge_constant_is_refused_before_tract_computes_it() {
     assert!(!out.exists());
 }
 
-/// Regressions (the `onnx_import` fuzz target, session 11): bytes changed in a PyTorch
+/// Regression (found by the `onnx_import` fuzz target): PyTorch's option-B export with a
+/// `BatchNormalization` whose data input is the rank-1 `fc.b`. tract-onnx 0.23.9's shape
+/// rules read the channel axis of that input with `get_unchecked`, past the end of its
+/// shape: a release build of `tinyres compile` read out of bounds, a debug one aborted.
+/// The import refuses the node from the ranks the file states, before tract analyses
+/// the graph, naming the node, its input and the rank.
+#[test]
+fn a_batchnorm_of_a_rank_1_constant_is_refused_before_tract_reads_its_shape() {
+    let onnx = models().join("regressions/batchnorm-of-a-rank-1-constant.onnx");
+    let out = temp("batchnorm-of-a-rank-1-constant.trm");
+    let e = err(tinyres(&[
+        "compile",
+        s(&onnx),
+        "--input-range",
+        "0..1",
+        "--dtype",
+        "f32",
+        "-o",
+        s(&out),
+    ]));
+    assert!(
+        e.contains(
+            "batchnorm-of-a-rank-1-constant.onnx: b.bn2 (BatchNormalization) reads fc.b, \
+             of rank 1, as its data: it needs rank 2 or more"
+        ),
+        "{e}"
+    );
+    assert!(!out.exists());
+}
+
+/// A protobuf field of wire type 2: a message, a string or packed numbers.
+fn pb(field: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![(field << 3) | 2];
+    let mut n = bytes.len();
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// A protobuf varint field of a value below 128.
+fn pb_int(field: u8, value: u8) -> Vec<u8> {
+    assert!(value < 0x80);
+    vec![field << 3, value]
+}
+
+/// The same read from a declared shape rather than a constant: a graph whose one node is
+/// a `BatchNormalization` of its input, declared of rank 1 (`[3]`), written here field by
+/// field (ONNX's `ModelProto`).
+#[test]
+fn a_batchnorm_of_a_rank_1_graph_input_is_refused_before_tract_reads_its_shape() {
+    // ValueInfoProto { name, type: TypeProto { tensor_type { elem_type: FLOAT, shape } } }
+    let value_info = |name: &str, dims: &[u8]| {
+        let shape: Vec<u8> = dims.iter().flat_map(|&d| pb(1, &pb_int(1, d))).collect();
+        let tensor_type = [pb_int(1, 1), pb(2, &shape)].concat();
+        [pb(1, name.as_bytes()), pb(2, &pb(1, &tensor_type))].concat()
+    };
+    // TensorProto { dims: [3], data_type: FLOAT, float_data: [1, 1, 1], name }
+    let initializer = |name: &str| {
+        let data: Vec<u8> = [1f32; 3].iter().flat_map(|v| v.to_le_bytes()).collect();
+        [
+            pb_int(1, 3),
+            pb_int(2, 1),
+            pb(4, &data),
+            pb(8, name.as_bytes()),
+        ]
+        .concat()
+    };
+    let params = ["scale", "bias", "mean", "var"];
+    let mut node: Vec<u8> = ["x"]
+        .iter()
+        .chain(&params)
+        .flat_map(|i| pb(1, i.as_bytes()))
+        .collect();
+    node.extend([pb(2, b"y"), pb(3, b"bn"), pb(4, b"BatchNormalization")].concat());
+    let mut graph = [pb(1, &node), pb(2, b"rank-1-input")].concat();
+    for param in params {
+        graph.extend(pb(5, &initializer(param)));
+    }
+    graph.extend(pb(11, &value_info("x", &[3])));
+    graph.extend(pb(12, &value_info("y", &[3])));
+    // ModelProto { ir_version: 8, opset_import: [{ version: 13 }], graph }
+    let model = [pb_int(1, 8), pb(8, &pb_int(2, 13)), pb(7, &graph)].concat();
+    let onnx = temp("batchnorm-of-a-rank-1-input.onnx");
+    std::fs::write(&onnx, model).unwrap();
+    let out = temp("batchnorm-of-a-rank-1-input.trm");
+    let e = err(tinyres(&[
+        "compile",
+        s(&onnx),
+        "--input-range",
+        "0..1",
+        "--dtype",
+        "f32",
+        "-o",
+        s(&out),
+    ]));
+    assert!(
+        e.contains(
+            "batchnorm-of-a-rank-1-input.onnx: bn (BatchNormalization) reads x, of rank 1, \
+             as its data: it needs rank 2 or more"
+        ),
+        "{e}"
+    );
+    assert!(!out.exists());
+}
+
+/// Regressions (found by the `onnx_import` fuzz target): bytes changed in a PyTorch
 /// export make tract panic while it analyses the graph: two give a `Pad` negative pads
 /// (an assertion in its shape facts), one gives a `Slice` a zero step (a division by
 /// zero). The compiler must say so, naming the file, and write nothing.
