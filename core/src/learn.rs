@@ -5,8 +5,8 @@
 //! The parameters live in a [`LastLayer`] whose capacity (`F` features, `C` classes)
 //! is in its type, so its RAM is known when the firmware is built:
 //! `size_of::<LastLayer<F, C>>() ≈ 4·C·(F + 1)` bytes. SGD's momentum lives in a
-//! [`Momentum`] that the caller holds for one training session, over only the rows it
-//! trains (`4·R·(F + 1)` bytes): a device that teaches one new class keeps one row of
+//! [`Momentum`] that the caller holds while it trains, over only the rows it trains
+//! (`4·R·(F + 1)` bytes): a device that teaches one new class keeps one row of
 //! momentum, not one per class. The arithmetic is plain f32 in a fixed order, so the
 //! host reproduces the device bit-for-bit.
 
@@ -450,11 +450,11 @@ impl<const F: usize, const C: usize> LastLayer<F, C> {
     }
 }
 
-/// SGD's momentum (PyTorch's velocity `v`, one per parameter) for one training
-/// session of a [`LastLayer`]: rows `first_row..first_row + R` and their biases, zero
-/// at the start. A session that trains every row of a `LastLayer<F, C>` holds a
-/// `Momentum<F, C>` from row 0; one that teaches a new class holds one row from the
-/// new class's index.
+/// SGD's momentum (PyTorch's velocity `v`, one per parameter) for the rows of a
+/// [`LastLayer`] that a round of training updates: rows `first_row..first_row + R` and
+/// their biases, zero at the start. Training every row of a `LastLayer<F, C>` takes a
+/// `Momentum<F, C>` from row 0; teaching a new class takes one row from the new
+/// class's index.
 #[derive(Clone, Debug)]
 pub struct Momentum<const F: usize, const R: usize> {
     first_row: usize,

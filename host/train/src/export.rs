@@ -50,7 +50,7 @@ pub struct ExportReport {
 pub fn export(run_dir: &Path, output: &Path, check: usize) -> Result<ExportReport> {
     let config = TrainConfig::load(run_dir)?;
     // Two copies: the exporter moves its clone to a capture device, and clones share
-    // batch-norm state (docs/burn-0.22-notes.md, pitfall 6).
+    // batch-norm state (CONTRIBUTING.md, "burn 0.22 notes", pitfall 6).
     let reference = train::load_model(run_dir, &config)?;
     let for_export = train::load_model(run_dir, &config)?;
     let bytes = onnx_bytes(&for_export, &config)?;

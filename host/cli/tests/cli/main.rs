@@ -6,4 +6,5 @@ mod commands;
 mod common;
 mod compile;
 mod demo;
+mod guides;
 mod train;

@@ -205,7 +205,7 @@ fn learning_state_ram_is_known_at_build_time() {
     let bytes = size_of::<LastLayer<64, 12>>();
     // Weights for every row and bias; counts, settings and padding on top.
     assert!((4 * 12 * 65..4 * 12 * 65 + 64).contains(&bytes), "{bytes}");
-    // The momentum of the rows a session trains: one row to teach a new class.
+    // The momentum of the rows being trained: one row to teach a new class.
     let momentum = size_of::<Momentum<64, 1>>();
     assert!((4 * 65..4 * 65 + 16).contains(&momentum), "{momentum}");
 }
