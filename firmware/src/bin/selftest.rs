@@ -4,7 +4,14 @@
 //!    instructions) between two counter reads; the host converts the reading with the
 //!    board's clock and must find 3,000,000 plus the few instructions of the reads
 //!    (`calibration loop=3000000 ticks=T`, or `instructions=N` on Cortex-A).
-//! 2. The kernels: every kernel of `tinyres_core::arch` against the portable one in
+//! 2. On Cortex-M, the cycle model's checks: short sequences whose cycles the core's
+//!    Technical Reference Manual states exactly (pipelined loads, a load feeding the
+//!    next load's address, an address computed by the instruction before, a store with
+//!    a register offset after a load, LDM, a folded IT, MLA, SMLAD on DSP cores), each
+//!    in a loop run for `TIMING_ITERATIONS` and twice that between two counter reads
+//!    (`timing name=S iterations=N ticks=T`): the host subtracts the two, which leaves
+//!    exactly the loop's body and its `subs; bne` per iteration (the reads cancel).
+//! 3. The kernels: every kernel of `tinyres_core::arch` against the portable one in
 //!    `tinyres_core::kernels`, bit for bit, on named edge cases (the ResNet-8 layers,
 //!    windows at the column buffer's capacity and past it, extreme zero points, wrapping
 //!    accumulators, every residual form) and on pseudo-random shapes and data, on this
@@ -21,6 +28,9 @@ use tinyres_firmware::{counter_elapsed, counter_read, counter_start, exit, COUNT
 
 /// Iterations of the calibration loop (three instructions each).
 const CALIBRATION_ITERATIONS: u32 = 1_000_000;
+/// Iterations of each timing sequence (run once, then twice as many).
+const TIMING_ITERATIONS: u32 = 1000;
+
 /// Pseudo-random cases after the named ones.
 const RANDOM_CASES: usize = 300;
 
@@ -55,6 +65,8 @@ fn selftest() -> bool {
         COUNTER,
         elapsed
     );
+    #[cfg(target_arch = "arm")]
+    timings();
     let mut buffers = Buffers {
         input: [0; MAX_INPUT + 16],
         weights: [0; MAX_WEIGHTS + 16],
@@ -119,6 +131,219 @@ fn calibration_loop(iterations: u32) {
             n = inout(reg) iterations => _,
             options(nomem, nostack),
         );
+    }
+}
+
+/// A timing sequence: its name and a loop of it run `iterations` times.
+#[cfg(target_arch = "arm")]
+type Timed = (&'static str, fn(u32, *mut u32));
+
+/// Runs and logs every timing sequence (see the module's documentation).
+#[cfg(target_arch = "arm")]
+fn timings() {
+    // Word 0 holds the buffer's own address (a pointer for the load-use chain); the
+    // rest are data for the loads and the register-offset store.
+    let mut buffer = [0u32; 8];
+    buffer[0] = buffer.as_ptr() as u32;
+    let dsp = arch::CONV2D_I8_KERNEL != "portable";
+    let sequences: [Timed; 8] = [
+        ("loads", timed::loads),
+        ("load_use_address", timed::load_use_address),
+        ("computed_address", timed::computed_address),
+        ("store_after_load", timed::store_after_load),
+        ("ldm", timed::ldm),
+        ("folded_it", timed::folded_it),
+        ("mla", timed::mla),
+        ("smlad", timed::smlad),
+    ];
+    for (name, sequence) in sequences {
+        if name == "smlad" && !dsp {
+            continue;
+        }
+        for iterations in [TIMING_ITERATIONS, 2 * TIMING_ITERATIONS] {
+            let elapsed = time(sequence, iterations, buffer.as_mut_ptr());
+            defmt::println!(
+                "timing name={=str} iterations={=u32} {=str}={=u64}",
+                name,
+                iterations,
+                COUNTER,
+                elapsed
+            );
+        }
+    }
+}
+
+/// The count of one run of `sequence`. Not inlined: both runs of a sequence go through
+/// the same instructions around it, which cancel exactly in their difference.
+#[cfg(target_arch = "arm")]
+#[inline(never)]
+fn time(sequence: fn(u32, *mut u32), iterations: u32, buffer: *mut u32) -> u64 {
+    let start = counter_read();
+    sequence(core::hint::black_box(iterations), buffer);
+    counter_elapsed(start, counter_read())
+}
+
+/// The timing sequences: each a loop of its body and `subs; bne`, `n` ≥ 1 times.
+#[cfg(target_arch = "arm")]
+mod timed {
+    use core::arch::asm;
+
+    /// Four loads in a row: the first 2 cycles, the others 1 (pipelined).
+    #[inline(never)]
+    pub fn loads(n: u32, buffer: *mut u32) {
+        // SAFETY: reads the first four words of the caller's eight-word buffer.
+        unsafe {
+            asm!(
+                ".p2align 2",
+                "2:",
+                "ldr {a}, [{p}]",
+                "ldr {b}, [{p}, #4]",
+                "ldr {a}, [{p}, #8]",
+                "ldr {b}, [{p}, #12]",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                n = inout(reg) n => _, p = in(reg) buffer, a = out(reg) _, b = out(reg) _,
+                options(readonly, nostack),
+            );
+        }
+    }
+
+    /// A load whose result is the next load's address: 2 + 2.
+    #[inline(never)]
+    pub fn load_use_address(n: u32, buffer: *mut u32) {
+        // SAFETY: word 0 of the buffer holds the buffer's own address.
+        unsafe {
+            asm!(
+                ".p2align 2",
+                "2:",
+                "ldr {a}, [{p}]",
+                "ldr {b}, [{a}]",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                n = inout(reg) n => _, p = in(reg) buffer, a = out(reg) _, b = out(reg) _,
+                options(readonly, nostack),
+            );
+        }
+    }
+
+    /// An address computed by the instruction before the load: 1 + 2 + 1 (no
+    /// forwarding to the address).
+    #[inline(never)]
+    pub fn computed_address(n: u32, buffer: *mut u32) {
+        // SAFETY: reads word 1 of the buffer.
+        unsafe {
+            asm!(
+                ".p2align 2",
+                "2:",
+                "add {a}, {p}, #4",
+                "ldr {b}, [{a}]",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                n = inout(reg) n => _, p = in(reg) buffer, a = out(reg) _, b = out(reg) _,
+                options(readonly, nostack),
+            );
+        }
+    }
+
+    /// A store with a register offset right after a load: 2 + 1.
+    #[inline(never)]
+    pub fn store_after_load(n: u32, buffer: *mut u32) {
+        // SAFETY: reads word 1 and writes word 2 (offset 8) of the buffer.
+        unsafe {
+            asm!(
+                "movs {o}, #8",
+                ".p2align 2",
+                "2:",
+                "ldr {a}, [{p}, #4]",
+                "str {a}, [{p}, {o}]",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                n = inout(reg) n => _, p = in(reg) buffer, a = out(reg) _, o = out(reg) _,
+                options(nostack),
+            );
+        }
+    }
+
+    /// LDM of four registers: 1 + 4.
+    #[inline(never)]
+    pub fn ldm(n: u32, buffer: *mut u32) {
+        // SAFETY: reads the first four words of the buffer.
+        unsafe {
+            asm!(
+                ".p2align 2",
+                "2:",
+                "ldm {p}, {{r2, r3, r4, r5}}",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                n = inout(reg) n => _, p = in(reg) buffer,
+                out("r2") _, out("r3") _, out("r4") _, out("r5") _,
+                options(readonly, nostack),
+            );
+        }
+    }
+
+    /// An IT after a 16-bit instruction is folded into it: CMP 1, IT 0, ADD 1.
+    #[inline(never)]
+    pub fn folded_it(n: u32, _buffer: *mut u32) {
+        // SAFETY: registers only.
+        unsafe {
+            asm!(
+                "movs r1, #0",
+                ".p2align 2",
+                "2:",
+                // Low registers: 16-bit encodings.
+                "cmp r0, r0",
+                "it eq",
+                "addeq r1, r1, #1",
+                "subs r0, r0, #1",
+                "bne 2b",
+                inout("r0") n => _, out("r1") _,
+                options(nomem, nostack),
+            );
+        }
+    }
+
+    /// Four multiply-accumulates: 1 each on the M4, 2 on the M3.
+    #[inline(never)]
+    pub fn mla(n: u32, _buffer: *mut u32) {
+        // SAFETY: registers only.
+        unsafe {
+            asm!(
+                "movs {x}, #3",
+                ".p2align 2",
+                "2:",
+                "mla {a}, {x}, {x}, {a}",
+                "mla {a}, {x}, {x}, {a}",
+                "mla {a}, {x}, {x}, {a}",
+                "mla {a}, {x}, {x}, {a}",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                n = inout(reg) n => _, a = inout(reg) 0u32 => _, x = out(reg) _,
+                options(nomem, nostack),
+            );
+        }
+    }
+
+    /// Four SMLADs: 1 each. Encoded (SMLAD r3, r4, r5, r3): the ARMv7-M assembler of
+    /// the M3's build does not take the DSP instructions, and only DSP cores run this.
+    #[inline(never)]
+    pub fn smlad(n: u32, _buffer: *mut u32) {
+        // SAFETY: registers only; called on cores with the DSP extension.
+        unsafe {
+            asm!(
+                ".p2align 2",
+                "2:",
+                ".inst.w 0xfb243305",
+                ".inst.w 0xfb243305",
+                ".inst.w 0xfb243305",
+                ".inst.w 0xfb243305",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                n = inout(reg) n => _,
+                inout("r3") 0u32 => _, in("r4") 0x0001_0002u32, in("r5") 0x0003_0004u32,
+                options(nomem, nostack),
+            );
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use commands::{bench, compile, eval, inspect, plan, run};
+use commands::{bench, compile, cycles, eval, inspect, plan, run};
 
 /// tinyres: residual networks trained on the workstation, run and fine-tuned on
 /// microcontrollers.
@@ -66,6 +66,10 @@ enum Command {
     Flash(commands::flash::Args),
     /// Validate a model blob (.trm) and show what it holds.
     Inspect(inspect::Args),
+    /// Estimate the cycles of any bare-metal ELF on an emulated Cortex-M4 or M3: the
+    /// core's pipeline model applied to the instructions QEMU executes, for the whole
+    /// run and between the program's reads of SysTick.
+    Cycles(cycles::Args),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "flash")]
         Command::Flash(args) => commands::flash::command(&args),
         Command::Inspect(args) => inspect::command(&args),
+        Command::Cycles(args) => cycles::command(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

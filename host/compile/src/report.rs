@@ -377,43 +377,59 @@ pub struct StepProfile {
     pub macs: u64,
     /// Instructions the step took (including one counter read, a few instructions).
     pub instructions: u64,
+    /// The step's cycles as the board's cycle model estimates them, where it has one.
+    pub cycles: Option<u64>,
     /// `macs / instructions`.
     pub macs_per_instruction: f64,
     /// Share of the whole inference's instructions.
     pub share: f64,
 }
 
-/// The device's per-step counts (`steps[0]` the input, `steps[i + 1]` layer `i`)
-/// joined with the model's layers; an error if the counts do not cover every layer.
-/// A streamed group's layers are one row: the device counts the group at its first
-/// layer (its other layers read a few instructions, the counter's own).
-pub fn profile(model: &ModelReport, steps: &[u64]) -> Result<Vec<StepProfile>> {
+/// The device's per-step counts (`steps[0]` the input, `steps[i + 1]` layer `i`), and
+/// their estimated cycles where the board has a cycle model, joined with the model's
+/// layers; an error if the counts do not cover every layer. A streamed group's layers
+/// are one row: the device counts the group at its first layer (its other layers read
+/// a few instructions, the counter's own).
+pub fn profile(
+    model: &ModelReport,
+    steps: &[u64],
+    cycles: Option<&[u64]>,
+) -> Result<Vec<StepProfile>> {
     anyhow::ensure!(
         steps.len() == model.layers.len() + 1,
         "the device profiled {} steps; the model has {} layers and the input",
         steps.len(),
         model.layers.len()
     );
+    anyhow::ensure!(
+        cycles.is_none_or(|c| c.len() == steps.len()),
+        "cycles for {} steps, instructions for {}",
+        cycles.map_or(0, <[u64]>::len),
+        steps.len()
+    );
+    let cycles_of = |step: usize| cycles.map(|c| c[step]);
     let total: u64 = steps.iter().sum();
-    let row = |op: String, layer: Option<usize>, macs: u64, instructions: u64| StepProfile {
+    let row = |op: String, layer: Option<usize>, macs: u64, step: usize| StepProfile {
         op,
         layer,
         group_end: None,
         macs,
-        instructions,
+        instructions: steps[step],
+        cycles: cycles_of(step),
         macs_per_instruction: 0.0,
         share: 0.0,
     };
-    let mut rows = vec![row("input".to_string(), None, 0, steps[0])];
-    for (l, &instructions) in model.layers.iter().zip(&steps[1..]) {
+    let mut rows = vec![row("input".to_string(), None, 0, 0)];
+    for (step, l) in (1..).zip(&model.layers) {
         match rows.last_mut() {
             Some(group) if l.group.is_some() && group.layer == l.group => {
                 group.op = format!("{} + {}", group.op, l.op);
                 group.group_end = Some(l.index);
                 group.macs += l.macs;
-                group.instructions += instructions;
+                group.instructions += steps[step];
+                group.cycles = group.cycles.zip(cycles_of(step)).map(|(a, b)| a + b);
             }
-            _ => rows.push(row(l.op.clone(), Some(l.index), l.macs, instructions)),
+            _ => rows.push(row(l.op.clone(), Some(l.index), l.macs, step)),
         }
     }
     for r in &mut rows {
@@ -423,41 +439,72 @@ pub fn profile(model: &ModelReport, steps: &[u64]) -> Result<Vec<StepProfile>> {
     Ok(rows)
 }
 
-/// A profile as an aligned text table with its total.
+/// A profile as an aligned text table with its total; with estimated cycles and MACs
+/// per cycle where the rows have them.
 pub fn profile_table(rows: &[StepProfile]) -> String {
+    let estimated = rows.iter().all(|r| r.cycles.is_some());
     let mut s = String::new();
-    let _ = writeln!(
+    let _ = write!(
         s,
         "{:>5}  {:<28} {:>12} {:>14} {:>9} {:>7}",
         "layer", "op", "MACs", "instructions", "MAC/inst", "share"
     );
-    for r in rows {
-        let _ = writeln!(
+    if estimated {
+        let _ = write!(s, " {:>14} {:>10}", "cycles (est.)", "MAC/cycle");
+    }
+    let _ = writeln!(s);
+    let line = |s: &mut String,
+                layer: String,
+                op: &str,
+                macs: u64,
+                instructions: u64,
+                share: f64,
+                cycles: Option<u64>| {
+        let _ = write!(
             s,
-            "{:>5}  {:<28} {:>12} {:>14} {:>9.2} {:>6.1}%",
-            match (r.layer, r.group_end) {
-                (None, _) => "-".to_string(),
-                (Some(i), None) => i.to_string(),
-                (Some(i), Some(end)) => format!("{i}-{end}"),
-            },
-            r.op,
-            thousands(r.macs),
-            thousands(r.instructions),
-            r.macs_per_instruction,
-            100.0 * r.share
+            "{layer:>5}  {op:<28} {:>12} {:>14} {:>9.2} {:>6.1}%",
+            thousands(macs),
+            thousands(instructions),
+            macs as f64 / instructions.max(1) as f64,
+            100.0 * share
+        );
+        if let (true, Some(c)) = (estimated, cycles) {
+            let _ = write!(
+                s,
+                " {:>14} {:>10.2}",
+                thousands(c),
+                macs as f64 / c.max(1) as f64
+            );
+        }
+        let _ = writeln!(s);
+    };
+    for r in rows {
+        let layer = match (r.layer, r.group_end) {
+            (None, _) => "-".to_string(),
+            (Some(i), None) => i.to_string(),
+            (Some(i), Some(end)) => format!("{i}-{end}"),
+        };
+        line(
+            &mut s,
+            layer,
+            &r.op,
+            r.macs,
+            r.instructions,
+            r.share,
+            r.cycles,
         );
     }
     let macs: u64 = rows.iter().map(|r| r.macs).sum();
     let instructions: u64 = rows.iter().map(|r| r.instructions).sum();
-    let _ = writeln!(
-        s,
-        "{:>5}  {:<28} {:>12} {:>14} {:>9.2} {:>6.1}%",
-        "",
+    let cycles = rows.iter().map(|r| r.cycles).sum::<Option<u64>>();
+    line(
+        &mut s,
+        String::new(),
         "total",
-        thousands(macs),
-        thousands(instructions),
-        macs as f64 / instructions.max(1) as f64,
-        100.0
+        macs,
+        instructions,
+        1.0,
+        cycles,
     );
     s
 }

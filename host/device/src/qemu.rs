@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
+
+use crate::cycles;
 
 use tinyres_data::Dataset;
 
@@ -64,6 +66,9 @@ pub struct Board {
     pub memory: Option<&'static str>,
     /// How instructions are counted.
     pub counter: Counter,
+    /// The core the cycle model estimates for this board (`m4`, `m3`; see
+    /// [`crate::cycles`]), or `None` where there is no model of it.
+    pub cycle_model: Option<&'static str>,
 }
 
 /// SysTick under `-icount shift=6` on a core clocked at `clock_hz`.
@@ -87,12 +92,16 @@ const fn mps2(name: &'static str, cpu: &'static str, target: &'static str) -> Bo
         images_capacity: 0x0020_0000,
         memory: None,
         counter: systick(25_000_000),
+        cycle_model: None,
     }
 }
 
 /// Boards `tinyres run` supports; the first is the default.
 pub const BOARDS: [Board; 6] = [
-    mps2("mps2-an386", "cortex-m4", "thumbv7em-none-eabihf"),
+    Board {
+        cycle_model: Some("m4"),
+        ..mps2("mps2-an386", "cortex-m4", "thumbv7em-none-eabihf")
+    },
     mps2("mps2-an500", "cortex-m7", "thumbv7em-none-eabihf"),
     // Secure aliases: the 0x0 map locks up on this board.
     Board {
@@ -111,7 +120,10 @@ pub const BOARDS: [Board; 6] = [
         counter: systick(32_000_000),
         ..mps2("mps3-an547", "cortex-m55", "thumbv8m.main-none-eabihf")
     },
-    mps2("mps2-an385", "cortex-m3", "thumbv7m-none-eabi"),
+    Board {
+        cycle_model: Some("m3"),
+        ..mps2("mps2-an385", "cortex-m3", "thumbv7m-none-eabi")
+    },
     Board {
         name: "virt-a53",
         qemu: "qemu-system-aarch64",
@@ -127,6 +139,7 @@ pub const BOARDS: [Board; 6] = [
         images_capacity: 0x0380_0000,
         memory: Some("256M"),
         counter: Counter::Pmu,
+        cycle_model: None,
     },
 ];
 
@@ -314,6 +327,9 @@ pub struct DevicePrediction {
     pub class: usize,
     /// Instructions the inference took.
     pub instructions: u64,
+    /// Cycles the inference would take on the board's core, as the cycle model
+    /// estimates them ([`crate::cycles`]); `None` without a model of the core.
+    pub cycles: Option<u64>,
     /// CRC-32 of the raw bytes of the output tensor (`tinyres_core::crc32`), to compare
     /// with the host engine's output byte for byte (the classify firmware reports it).
     pub output_crc: Option<u32>,
@@ -434,17 +450,53 @@ impl<'a> Device<'a> {
 
     /// Boots the `classify` firmware with the images `range` of `data`; returns the
     /// device's predictions for them.
+    /// On a board with a cycle model (and a C compiler to build it), each count also
+    /// gets its estimated cycles.
     pub fn classify(&self, data: &Dataset, range: std::ops::Range<usize>) -> Result<ClassifyBoot> {
         let indices: Vec<usize> = range.collect();
         let work = tempdir()?;
-        let lines = self.boot(&image_region(data, &[], &indices), &work);
+        let trace_path = cycle_plugin(&self.board).map(|_| work.join("cycles.txt"));
+        let run = self
+            .boot(
+                &image_region(data, &[], &indices),
+                &work,
+                trace_path.as_deref(),
+            )
+            .and_then(|lines| {
+                let trace = trace_path.as_deref().map(cycles::read_trace).transpose()?;
+                Ok((lines, trace))
+            });
         let _ = std::fs::remove_dir_all(&work);
-        let lines = lines?;
-        Ok(ClassifyBoot {
+        let (lines, trace) = run?;
+        let mut boot = ClassifyBoot {
             predictions: predictions(&self.board, &lines, &indices)?,
             ram: ram_use(&lines)?,
             profile: profile_steps(&self.board, &lines)?,
-        })
+            profile_cycles: None,
+        };
+        if let Some(trace) = trace {
+            // The firmware's counts in the order it took them: the profile's steps,
+            // then the images (as its log has them).
+            let steps = boot.profile.len();
+            let counts: Vec<u64> = boot
+                .profile
+                .iter()
+                .copied()
+                .chain(boot.predictions.iter().map(|p| p.instructions))
+                .collect();
+            ensure!(
+                lines.iter().position(|l| l.starts_with("step="))
+                    <= lines.iter().position(|l| l.starts_with("image=")),
+                "the firmware logged an image before its profile"
+            );
+            let estimated = cycles::intervals(&trace, &counts, 2)
+                .with_context(|| format!("estimating cycles on {}", self.board.name))?;
+            for (p, &c) in boot.predictions.iter_mut().zip(&estimated[steps..]) {
+                p.cycles = Some(c);
+            }
+            boot.profile_cycles = Some(estimated[..steps].to_vec());
+        }
+        Ok(boot)
     }
 
     /// Boots the `finetune` (or `teach`) firmware in `flash_dir` (which holds the flash
@@ -463,7 +515,7 @@ impl<'a> Device<'a> {
             std::fs::write(&flash, vec![0xFF; FLASH_IMAGE_BYTES])
                 .with_context(|| format!("cannot write {}", flash.display()))?;
         }
-        let lines = self.boot(&image_region(data, train, test), flash_dir)?;
+        let lines = self.boot(&image_region(data, train, test), flash_dir, None)?;
         let numbers = |line: &str, keys: &[&str]| -> Option<Vec<u32>> {
             keys.iter()
                 .map(|k| log_field(line, k).and_then(|v| v.parse().ok()))
@@ -497,7 +549,12 @@ impl<'a> Device<'a> {
     /// Boots with an image region, QEMU running in `workdir` (where semihosting finds
     /// the flash image); returns the decoded log, or the log in an error if the
     /// firmware failed.
-    fn boot(&self, region: &[u8], workdir: &Path) -> Result<Vec<String>> {
+    fn boot(
+        &self,
+        region: &[u8],
+        workdir: &Path,
+        cycle_trace: Option<&Path>,
+    ) -> Result<Vec<String>> {
         let board = &self.board;
         if self.model.len() > board.model_capacity {
             bail!(
@@ -535,6 +592,7 @@ impl<'a> Device<'a> {
             workdir,
             self.timeout,
             self.transport,
+            cycle_trace,
         )?;
         let lines = decode_defmt(&self.elf, &log)?;
         if !success {
@@ -558,6 +616,8 @@ pub struct ClassifyBoot {
     /// Instructions of each step of the first image's profiled run: the input, then
     /// one per layer (empty when the boot had no images).
     pub profile: Vec<u64>,
+    /// The estimated cycles of the same steps, on a board with a cycle model.
+    pub profile_cycles: Option<Vec<u64>>,
 }
 
 /// The `step=S ticks=T` (or `instructions=N`) lines of a classify log, in
@@ -594,6 +654,22 @@ pub struct SelfTest {
     pub kernel: String,
     /// Kernel cases that matched the portable kernel bit for bit.
     pub cases: usize,
+    /// The cycle model's check sequences (Cortex-M), each run for some iterations and
+    /// for twice as many.
+    pub timings: Vec<Timing>,
+}
+
+/// One run of a timing sequence of the `selftest` firmware.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Timing {
+    /// The sequence.
+    pub name: String,
+    /// Iterations of its loop.
+    pub iterations: u64,
+    /// Instructions between the counter reads around it.
+    pub instructions: u64,
+    /// Their cycles as the board's cycle model estimates them, where it has one.
+    pub cycles: Option<u64>,
 }
 
 /// Builds and boots the `selftest` firmware on `board`: the counter against a loop of
@@ -607,9 +683,22 @@ pub fn selftest(board: &Board, timeout: Duration) -> Result<SelfTest> {
         Transport::Semihosting,
     )?;
     let work = tempdir()?;
-    let run = run_qemu(board, &elf, &[], &work, timeout, Transport::Semihosting);
+    let trace_path = cycle_plugin(board).map(|_| work.join("cycles.txt"));
+    let run = run_qemu(
+        board,
+        &elf,
+        &[],
+        &work,
+        timeout,
+        Transport::Semihosting,
+        trace_path.as_deref(),
+    )
+    .and_then(|run| {
+        let trace = trace_path.as_deref().map(cycles::read_trace).transpose()?;
+        Ok((run, trace))
+    });
     let _ = std::fs::remove_dir_all(&work);
-    let (log, success) = run?;
+    let ((log, success), trace) = run?;
     let lines = decode_defmt(&elf, &log)?;
     if !success {
         bail!(
@@ -635,13 +724,103 @@ pub fn selftest(board: &Board, timeout: Duration) -> Result<SelfTest> {
             .and_then(|v| v.parse().ok())
             .with_context(|| format!("no {name} in selftest line: {line}"))
     };
-    let count = number(calibration, "ticks").or_else(|_| number(calibration, "instructions"))?;
+    let count = |line: &str| {
+        number(line, "ticks")
+            .or_else(|_| number(line, "instructions"))
+            .map(|c| board.instructions(c))
+    };
     let summary = find("selftest ")?;
+    let mut timings = lines
+        .iter()
+        .filter(|l| l.starts_with("timing "))
+        .map(|line| {
+            Ok(Timing {
+                name: log_field(line, "name").unwrap_or_default().to_string(),
+                iterations: number(line, "iterations")?,
+                instructions: count(line)?,
+                cycles: None,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let calibration_instructions = count(calibration)?;
+    if let Some(trace) = trace {
+        // The calibration loop, then the timings, in the order the firmware ran them.
+        let counts: Vec<u64> = std::iter::once(calibration_instructions)
+            .chain(timings.iter().map(|t| t.instructions))
+            .collect();
+        let estimated = cycles::intervals(&trace, &counts, 2)
+            .with_context(|| format!("estimating the selftest's cycles on {}", board.name))?;
+        for (t, &c) in timings.iter_mut().zip(&estimated[1..]) {
+            t.cycles = Some(c);
+        }
+    }
     Ok(SelfTest {
-        calibration_instructions: board.instructions(count),
+        calibration_instructions,
         calibration_expected: number(calibration, "loop")?,
         kernel: log_field(summary, "kernel").unwrap_or_default().to_string(),
         cases: number(summary, "cases")? as usize,
+        timings,
+    })
+}
+
+/// What the cycle model saw of one run of any bare-metal ELF on a board ([`estimate_elf`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ElfCycles {
+    /// Instructions of the whole run.
+    pub instructions: u64,
+    /// Its estimated cycles.
+    pub cycles: u64,
+    /// `(instructions, cycles)` between each two consecutive reads of SysTick's
+    /// counter: the spans a firmware measures with it.
+    pub intervals: Vec<(u64, u64)>,
+    /// Whether the program exited with success (semihosting).
+    pub success: bool,
+}
+
+/// Runs `elf` on `board` with the cycle model: whole-run totals, and the spans between
+/// the program's reads of SysTick's counter. Any bare-metal program for the board's
+/// memory map runs (another runtime's build, say); its output is not read.
+pub fn estimate_elf(board: &Board, elf: &Path, timeout: Duration) -> Result<ElfCycles> {
+    ensure!(
+        board.cycle_model.is_some(),
+        "{} ({}) has no cycle model: boards with one are {}",
+        board.name,
+        board.cpu,
+        BOARDS
+            .iter()
+            .filter(|b| b.cycle_model.is_some())
+            .map(|b| b.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let plugin = cycles::plugin(&firmware_dir().join("target").join("qemu-plugin"))?;
+    ensure!(plugin.exists(), "the cycle model is missing");
+    let elf = &std::path::absolute(elf)
+        .with_context(|| format!("{}: cannot make the path absolute", elf.display()))?;
+    ensure!(elf.is_file(), "{}: no such file", elf.display());
+    let work = tempdir()?;
+    let trace_path = work.join("cycles.txt");
+    let run = run_qemu(
+        board,
+        elf,
+        &[],
+        &work,
+        timeout,
+        Transport::Semihosting,
+        Some(&trace_path),
+    )
+    .and_then(|(_, success)| Ok((cycles::read_trace(&trace_path)?, success)));
+    let _ = std::fs::remove_dir_all(&work);
+    let (trace, success) = run?;
+    Ok(ElfCycles {
+        instructions: trace.instructions,
+        cycles: trace.cycles,
+        intervals: trace
+            .reads
+            .windows(2)
+            .map(|w| (w[1].0 - w[0].0, w[1].1 - w[0].1))
+            .collect(),
+        success,
     })
 }
 
@@ -721,8 +900,20 @@ fn run_qemu(
     workdir: &Path,
     timeout: Duration,
     transport: Transport,
+    cycle_trace: Option<&Path>,
 ) -> Result<(Vec<u8>, bool)> {
     let mut cmd = Command::new(board.qemu);
+    if let Some(out) = cycle_trace {
+        let (Some(plugin), Some(core)) = (cycle_plugin(board), board.cycle_model) else {
+            bail!("{} has no cycle model", board.name);
+        };
+        cmd.arg("-plugin").arg(format!(
+            "{},core={core},watch={:#x},out={}",
+            plugin.display(),
+            cycles::SYSTICK_CURRENT,
+            out.display()
+        ));
+    }
     // RTT: QEMU starts halted and waits on a gdbstub socket, which a reader thread
     // polls (crate::rtt). Unix socket paths are short: this one lives in the temp dir.
     let gdb_socket = std::env::temp_dir().join(format!(
@@ -936,6 +1127,7 @@ fn parse_prediction(board: &Board, line: &str, offset: usize) -> Result<Option<D
         label: required("label")? as u8,
         class: required("class")? as usize,
         instructions: board.instructions(count),
+        cycles: None,
         output_crc: log_field(line, "output_crc")
             .map(|v| {
                 u32::from_str_radix(v.trim_start_matches("0x"), 16)
@@ -943,6 +1135,20 @@ fn parse_prediction(board: &Board, line: &str, offset: usize) -> Result<Option<D
             })
             .transpose()?,
     }))
+}
+
+/// The cycle model for `board`, built on first use: `None` where the board has no
+/// model of its core, or where it cannot be built (said once, on stderr).
+fn cycle_plugin(board: &Board) -> Option<PathBuf> {
+    board.cycle_model?;
+    match cycles::plugin(&firmware_dir().join("target").join("qemu-plugin")) {
+        Ok(path) => Some(path),
+        Err(e) => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| eprintln!("warning: cycles are not estimated: {e:#}"));
+            None
+        }
+    }
 }
 
 fn tempdir() -> Result<PathBuf> {
@@ -976,6 +1182,7 @@ mod tests {
                 label: 7,
                 class: 2,
                 instructions: 1000,
+                cycles: None,
                 output_crc: Some(0x1a2b_3c4d)
             }
         );
@@ -1017,6 +1224,7 @@ pub fn classify_all(
         stack_bytes: 0,
     };
     let mut profile = Vec::new();
+    let mut profile_cycles = None;
     let mut start = 0;
     while start < data.len() {
         let end = (start + per_boot).min(data.len());
@@ -1024,6 +1232,7 @@ pub fn classify_all(
         let boot = device.classify(data, start..end)?;
         if profile.is_empty() {
             profile = boot.profile;
+            profile_cycles = boot.profile_cycles;
         }
         predictions.extend(boot.predictions);
         ram.static_bytes = ram.static_bytes.max(boot.ram.static_bytes);
@@ -1034,6 +1243,7 @@ pub fn classify_all(
         predictions,
         ram,
         profile,
+        profile_cycles,
     })
 }
 
@@ -1046,6 +1256,8 @@ pub struct Classified {
     pub ram: RamUse,
     /// The first image's instructions per step (input, then each layer).
     pub profile: Vec<u64>,
+    /// The estimated cycles of the same steps, on a board with a cycle model.
+    pub profile_cycles: Option<Vec<u64>>,
 }
 
 /// What the device learned in [`learning_scenario`], measured.

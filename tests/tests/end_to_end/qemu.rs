@@ -237,6 +237,78 @@ fn selftest_counter_and_kernels_on_every_board() {
         );
         assert_eq!(result.kernel, expected_kernel(board.name), "{}", board.name);
         assert!(result.cases >= 300, "{}: {result:?}", board.name);
+        check_timings(&board, &result.timings);
+    }
+}
+
+/// The cycle model against the Technical Reference Manuals' timings, on the sequences
+/// of the selftest firmware (firmware/src/bin/selftest.rs): per iteration, the body
+/// and `subs` (1) and a taken `bne` (1 + P, P = 2 from a word-aligned target). The runs
+/// of N and 2N iterations differ by exactly N iterations: the counter reads and the
+/// last, untaken branch cancel. The instruction counts are checked too (body + 2; the
+/// cycle model counts exactly, the counter to the nearest instruction).
+fn check_timings(board: &Board, timings: &[qemu::Timing]) {
+    if board.target.starts_with("aarch64") {
+        assert!(timings.is_empty());
+        return;
+    }
+    let m3 = board.cycle_model == Some("m3");
+    // (name, instructions of the body, its cycles on the M4, on the M3)
+    let expected: [(&str, u64, u64, u64); 8] = [
+        // LDR 2, then three pipelined LDRs 1 each.
+        ("loads", 4, 5, 5),
+        // The second LDR's address is the first's result: no pipelining, 2 + 2.
+        ("load_use_address", 2, 4, 4),
+        // ADD 1, then LDR 2 + 1 (an address from the instruction before: no forwarding).
+        ("computed_address", 2, 4, 4),
+        // LDR 2, STR with a register offset pipelined after it 1.
+        ("store_after_load", 2, 3, 3),
+        // LDM 1 + N.
+        ("ldm", 1, 5, 5),
+        // CMP 1, IT folded 0, ADD 1.
+        ("folded_it", 3, 2, 2),
+        // MLA: 1 on the M4, 2 on the M3.
+        ("mla", 4, 4, 8),
+        // SMLAD 1 (DSP cores only).
+        ("smlad", 4, 4, 4),
+    ];
+    let names: Vec<&str> = timings.iter().map(|t| t.name.as_str()).collect();
+    for (name, body_instructions, m4_cycles, m3_cycles) in expected {
+        let runs: Vec<&qemu::Timing> = timings.iter().filter(|t| t.name == name).collect();
+        if name == "smlad" && m3 {
+            assert!(runs.is_empty(), "{}: {names:?}", board.name);
+            continue;
+        }
+        let [once, twice] = runs[..] else {
+            panic!("{}: {name} ran {} times: {names:?}", board.name, runs.len());
+        };
+        let n = once.iterations;
+        assert_eq!(twice.iterations, 2 * n);
+        // Each count is converted from the board's ticks and rounded: within 1 each.
+        assert!(
+            (twice.instructions - once.instructions).abs_diff(n * (body_instructions + 2)) <= 2,
+            "{}: {name}: {} instructions for {n} iterations of {}",
+            board.name,
+            twice.instructions - once.instructions,
+            body_instructions + 2
+        );
+        match board.cycle_model {
+            None => assert!(once.cycles.is_none() && twice.cycles.is_none()),
+            Some(_) => {
+                let body = if m3 { m3_cycles } else { m4_cycles };
+                let (Some(c1), Some(c2)) = (once.cycles, twice.cycles) else {
+                    panic!("{}: {name}: no cycles", board.name);
+                };
+                assert_eq!(
+                    c2 - c1,
+                    n * (body + 1 + 3),
+                    "{}: {name}: estimated cycles per iteration {} (the TRM: {})",
+                    board.name,
+                    (c2 - c1) as f64 / n as f64,
+                    body + 4
+                );
+            }
+        }
     }
 }
 
@@ -260,6 +332,7 @@ fn the_profile_covers_every_layer_and_adds_up() {
     let rows = tinyres_compile::report::profile(
         &tinyres_compile::report::describe(&model).unwrap(),
         &boot.profile,
+        boot.profile_cycles.as_deref(),
     )
     .unwrap();
     // The input, then every layer once (a streamed group's layers in one row).
@@ -284,6 +357,20 @@ fn the_profile_covers_every_layer_and_adds_up() {
         "profile sum {sum} vs inference {whole}"
     );
     assert!(rows.iter().skip(1).all(|r| r.instructions > 0));
+    // The cycle model's estimates cover the same steps and the inference: at least one
+    // cycle per instruction but for folded ITs, and less than three on average.
+    let cycles = boot.predictions[0]
+        .cycles
+        .expect("the M4 has a cycle model");
+    assert!(
+        (whole..3 * whole).contains(&cycles),
+        "{cycles} cycles for {whole} instructions"
+    );
+    let step_cycles: u64 = rows.iter().map(|r| r.cycles.unwrap()).sum();
+    assert!(
+        step_cycles.abs_diff(cycles) < 3 * tolerance,
+        "profile {step_cycles} cycles vs inference {cycles}"
+    );
 }
 
 #[test]

@@ -126,6 +126,15 @@ pub fn command(args: &Args) -> Result<()> {
             data.len(),
             data_spec.display()
         );
+        println!(
+            "cycles (est.): {}\nMLPerf best: the best published MLPerf Tiny ResNet-8 latency on that core times its clock, measured on real chips: {}",
+            tinyres_device::cycles::ASSUMPTIONS,
+            PUBLISHED_RESNET8_CYCLES
+                .iter()
+                .map(|(board, _, whose)| format!("{board}: {whose}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
     }
     if let Some(r) = results.iter().find(|r| !r.matches_host) {
         bail!(
@@ -148,6 +157,15 @@ pub const CMSIS_NN_RESNET8: [(&str, u64); 4] = [
     ("mps3-an547", 4_810_000),
 ];
 
+/// The best published MLPerf Tiny image-classification (ResNet-8) result on each
+/// core, in cycles (latency × clock; v1.2/v1.3, from `../shared/DESIGN.md`): measured on
+/// real chips, where tinyres's cycles are estimated. The M3 has none.
+pub const PUBLISHED_RESNET8_CYCLES: [(&str, u64, &str); 3] = [
+    ("mps2-an386", 19_800_000, "X-CUBE-AI, STM32L4R5 at 120 MHz"),
+    ("mps2-an500", 11_400_000, "X-CUBE-AI, STM32H7A3"),
+    ("mps2-an505", 16_700_000, "Plumerai, STM32U575"),
+];
+
 /// One board's figures.
 #[derive(Clone, Debug, Serialize)]
 pub struct BoardResult {
@@ -159,6 +177,12 @@ pub struct BoardResult {
     pub instructions: u64,
     /// CMSIS-NN's count for the MLPerf ResNet-8 on this core, if measured.
     pub cmsis_nn_instructions: Option<u64>,
+    /// Mean cycles per inference as the board's cycle model estimates them, where it
+    /// has one.
+    pub cycles_estimated: Option<u64>,
+    /// The best published MLPerf Tiny ResNet-8 result on this core, in cycles, and
+    /// whose it is.
+    pub published_cycles: Option<(u64, &'static str)>,
     /// The model's arena (the plan's peak).
     pub arena_bytes: usize,
     /// Static RAM and deepest stack of the classify firmware.
@@ -207,6 +231,12 @@ pub fn bench(
             .map(|p| p.instructions)
             .sum::<u64>()
             / count.max(1) as u64;
+        let cycles_estimated = classified
+            .predictions
+            .iter()
+            .map(|p| p.cycles)
+            .sum::<Option<u64>>()
+            .map(|c| c / count.max(1) as u64);
         results.push(BoardResult {
             board: *board,
             kernel: selftest.kernel,
@@ -215,6 +245,11 @@ pub fn bench(
                 .iter()
                 .find(|(name, _)| *name == board.name)
                 .map(|&(_, n)| n),
+            cycles_estimated,
+            published_cycles: PUBLISHED_RESNET8_CYCLES
+                .iter()
+                .find(|(name, ..)| *name == board.name)
+                .map(|&(_, n, whose)| (n, whose)),
             arena_bytes: model.arena_size(),
             ram: classified.ram,
             blob_bytes: blob.len(),
@@ -224,7 +259,11 @@ pub fn bench(
                 class == p.class && p.output_crc.is_none_or(|c| c == crc)
             }),
             images: count,
-            profile: report::profile(&layers, &classified.profile)?,
+            profile: report::profile(
+                &layers,
+                &classified.profile,
+                classified.profile_cycles.as_deref(),
+            )?,
         });
     }
     Ok(results)
@@ -233,13 +272,15 @@ pub fn bench(
 /// The results as a text table.
 pub fn table(results: &[BoardResult]) -> String {
     let mut s = format!(
-        "{:<11} {:<11} {:<13} {:>14} {:>14} {:>7} {:>9} {:>12} {:>12} {:>6}\n",
+        "{:<11} {:<11} {:<13} {:>14} {:>14} {:>7} {:>14} {:>14} {:>9} {:>12} {:>12} {:>6}\n",
         "board",
         "core",
         "kernel",
         "instructions",
         "CMSIS-NN",
         "ratio",
+        "cycles (est.)",
+        "MLPerf best",
         "arena B",
         "blob B",
         "engine .text",
@@ -253,14 +294,17 @@ pub fn table(results: &[BoardResult]) -> String {
             ),
             None => ("-".to_string(), "-".to_string()),
         };
+        let or_dash = |n: Option<u64>| n.map_or("-".to_string(), report::thousands);
         s += &format!(
-            "{:<11} {:<11} {:<13} {:>14} {:>14} {:>7} {:>9} {:>12} {:>12} {:>6}\n",
+            "{:<11} {:<11} {:<13} {:>14} {:>14} {:>7} {:>14} {:>14} {:>9} {:>12} {:>12} {:>6}\n",
             r.board.name,
             r.board.cpu,
             r.kernel,
             report::thousands(r.instructions),
             cmsis,
             ratio,
+            or_dash(r.cycles_estimated),
+            or_dash(r.published_cycles.map(|(n, _)| n)),
             report::thousands(r.arena_bytes as u64),
             report::thousands(r.blob_bytes as u64),
             report::thousands(r.engine_text_bytes),

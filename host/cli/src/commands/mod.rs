@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod compile;
+pub mod cycles;
 #[cfg(feature = "train")]
 pub mod demo;
 pub mod eval;

@@ -11,6 +11,7 @@ use tinyres_core::{Interpreter, Model};
 use tinyres_data::{write_atomically, Dataset, Split};
 use tinyres_device::qemu::{self, Board};
 
+use super::compile::{holds_tflite, tflite_blob};
 use super::{load_blob, print_json};
 
 /// The firmware that learns on the device in `tinyres run --finetune`.
@@ -28,7 +29,8 @@ pub struct Args {
     /// mps3-an547 (M55), mps2-an385 (M3, soft float), virt-a53 (Cortex-A53).
     #[arg(long, default_value = "mps2-an386")]
     board: String,
-    /// The model blob (.trm).
+    /// The model: a blob (.trm), or an int8 TensorFlow Lite file (compiled with its own
+    /// quantization, as `tinyres compile` does).
     #[arg(long)]
     model: PathBuf,
     /// Images: `synthetic`, an image folder (DIR/test/<class>/*.png|jpg), or a CIFAR-10
@@ -162,7 +164,11 @@ fn finetune_on_device(
 
 pub fn command(args: &Args) -> Result<()> {
     let board = Board::by_name(&args.board)?;
-    let blob = load_blob(&args.model)?;
+    let blob = if holds_tflite(&args.model)? {
+        AlignedBlob::new(&tflite_blob(&args.model, tinyres_compile::Memory::Min)?)
+    } else {
+        load_blob(&args.model)?
+    };
     let model = Model::parse(blob.as_bytes())?;
     let (height, width, _) = model.input_shape();
     let mut data = Dataset::load_fitted(&args.data, Split::Test, (height, width))?;
@@ -206,7 +212,11 @@ pub fn command(args: &Args) -> Result<()> {
         )
     })?;
     let profile = if args.profile {
-        Some(report::profile(&describe(&model)?, &classified.profile)?)
+        Some(report::profile(
+            &describe(&model)?,
+            &classified.profile,
+            classified.profile_cycles.as_deref(),
+        )?)
     } else {
         None
     };
@@ -240,6 +250,11 @@ pub fn command(args: &Args) -> Result<()> {
     let (min, max) = predictions.iter().fold((u64::MAX, 0), |(lo, hi), p| {
         (lo.min(p.instructions), hi.max(p.instructions))
     });
+    // Estimated cycles, where the board has a cycle model.
+    let cycles: Option<Vec<u64>> = predictions.iter().map(|p| p.cycles).collect();
+    let mean_cycles = cycles
+        .as_ref()
+        .map(|c| c.iter().sum::<u64>() / c.len() as u64);
     if args.json {
         let value = serde_json::json!({
             "board": board,
@@ -251,6 +266,11 @@ pub fn command(args: &Args) -> Result<()> {
             "instructions_min": min,
             "instructions_max": max,
             "total_instructions": total,
+            "cycles_per_inference_estimated": mean_cycles,
+            "cycle_model": board.cycle_model.map(|core| serde_json::json!({
+                "core": core,
+                "assumptions": tinyres_device::cycles::ASSUMPTIONS,
+            })),
             "matches_host": mismatches.is_empty(),
             "ram": ram,
             "profile": profile,
@@ -258,16 +278,17 @@ pub fn command(args: &Args) -> Result<()> {
         print_json(&value)?;
     } else {
         println!(
-            "{:>6} {:>6} {:>6} {:>14}",
-            "index", "label", "class", "instructions"
+            "{:>6} {:>6} {:>6} {:>14} {:>14}",
+            "index", "label", "class", "instructions", "cycles (est.)"
         );
         for p in &predictions {
             println!(
-                "{:>6} {:>6} {:>6} {:>14}",
+                "{:>6} {:>6} {:>6} {:>14} {:>14}",
                 p.index,
                 p.label,
                 p.class,
-                report::thousands(p.instructions)
+                report::thousands(p.instructions),
+                p.cycles.map_or("-".to_string(), report::thousands)
             );
         }
         println!();
@@ -288,6 +309,18 @@ pub fn command(args: &Args) -> Result<()> {
             report::thousands(min),
             report::thousands(max)
         );
+        match mean_cycles {
+            Some(c) => println!(
+                "cycles        {} per inference, estimated for the {}: {}",
+                report::thousands(c),
+                board.cpu,
+                tinyres_device::cycles::ASSUMPTIONS
+            ),
+            None => println!(
+                "cycles        not estimated: no cycle model of the {}",
+                board.cpu
+            ),
+        }
         println!(
             "RAM           {} static (arena {}) + {} stack",
             report::bytes(ram.static_bytes as u64),
