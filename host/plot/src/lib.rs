@@ -302,14 +302,22 @@ pub fn profile_chart(bars: &[ProfileBar], title: &str) -> Result<Vec<u8>> {
     let x_max = most as f64 / 1e6 * 1.3;
     let n = bars.len().max(1);
     let height = (120 + 30 * n) as u32;
-    png(960, height, |root| {
+    // Room for the longest step name (a streamed group names all its layers), about 8
+    // pixels a character at 14 points; the bars keep 730 pixels.
+    let longest = bars
+        .iter()
+        .map(|b| b.label.chars().count())
+        .max()
+        .unwrap_or(0);
+    let label_area = (8 * longest as u32 + 24).max(230);
+    png(730 + label_area, height, |root| {
         drawing(root.fill(&WHITE))?;
         let mut chart = drawing(
             ChartBuilder::on(root)
                 .caption(title, (FONT, 20))
                 .margin(16)
                 .x_label_area_size(44)
-                .y_label_area_size(230)
+                .y_label_area_size(label_area)
                 .build_cartesian_2d(0.0..x_max, 0.0..n as f64),
         )?;
         drawing(
