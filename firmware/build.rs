@@ -27,9 +27,21 @@ struct Board {
 /// The QEMU boards' arena: any ResNet-8 or ResNet-20 in f32 or int8 fits.
 const QEMU_ARENA: u32 = 256 * 1024;
 
-const BOARDS: [Board; 7] = [
+const BOARDS: [Board; 8] = [
     Board {
         name: "mps2-an385",
+        arch: "arm",
+        code: (0x0000_0000, 0x10_0000),
+        ram: (0x2000_0000, 0x40_0000),
+        model: (0x0010_0000, 0x10_0000),
+        images: (0x0020_0000, 0x20_0000),
+        head_store: None,
+        default_arena: QEMU_ARENA,
+    },
+    // The Cortex-M0+ build (ARMv6-M, thumbv6m-none-eabi: the RP2040's instruction set)
+    // on the same M3 board, which executes the ARMv6-M subset of its instruction set.
+    Board {
+        name: "mps2-an385-v6m",
         arch: "arm",
         code: (0x0000_0000, 0x10_0000),
         ram: (0x2000_0000, 0x40_0000),

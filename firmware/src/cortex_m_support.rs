@@ -29,7 +29,9 @@ unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
 
 #[exception]
 fn SysTick() {
-    WRAPS.fetch_add(1, Ordering::Relaxed);
+    // A load and a store, not `fetch_add`: ARMv6-M has no atomic read-modify-write,
+    // and this handler is the only writer.
+    WRAPS.store(WRAPS.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
 /// Starts SysTick on the core clock, free running, counting wraps in its interrupt.

@@ -5,12 +5,13 @@
 //!    board's clock and must find 3,000,000 plus the few instructions of the reads
 //!    (`calibration loop=3000000 ticks=T`, or `instructions=N` on Cortex-A).
 //! 2. On Cortex-M, the cycle model's checks: short sequences whose cycles the core's
-//!    Technical Reference Manual states exactly (pipelined loads, a load feeding the
-//!    next load's address, an address computed by the instruction before, a store with
-//!    a register offset after a load, LDM, a folded IT, MLA, SMLAD on DSP cores), each
-//!    in a loop run for `TIMING_ITERATIONS` and twice that between two counter reads
-//!    (`timing name=S iterations=N ticks=T`): the host subtracts the two, which leaves
-//!    exactly the loop's body and its `subs; bne` per iteration (the reads cancel).
+//!    Technical Reference Manual states exactly (ARMv7-M and later: pipelined loads, a
+//!    load feeding the next load's address, an address computed by the instruction
+//!    before, a store with a register offset after a load, LDM, a folded IT, MLA, SMLAD
+//!    on DSP cores; an ARMv6-M build: loads, stores, LDM, MULS), each in a loop run for
+//!    `TIMING_ITERATIONS` and twice that between two counter reads (`timing name=S
+//!    iterations=N ticks=T`): the host subtracts the two, which leaves exactly the
+//!    loop's body and its `subs; bne` per iteration (the reads cancel).
 //! 3. The kernels: every kernel of `tinyres_core::arch` against the portable one in
 //!    `tinyres_core::kernels`, bit for bit, on named edge cases (the ResNet-8 layers,
 //!    windows at the column buffer's capacity and past it, extreme zero points, wrapping
@@ -138,6 +139,27 @@ fn calibration_loop(iterations: u32) {
 #[cfg(target_arch = "arm")]
 type Timed = (&'static str, fn(u32, *mut u32));
 
+/// The timing sequences of this build's instruction set. ARMv6-M (the one Arm target
+/// without atomic read-modify-write) has no Thumb-2: its own, shorter set.
+#[cfg(all(target_arch = "arm", target_has_atomic = "32"))]
+const SEQUENCES: [Timed; 8] = [
+    ("loads", timed::loads),
+    ("load_use_address", timed::load_use_address),
+    ("computed_address", timed::computed_address),
+    ("store_after_load", timed::store_after_load),
+    ("ldm", timed::ldm),
+    ("folded_it", timed::folded_it),
+    ("mla", timed::mla),
+    ("smlad", timed::smlad),
+];
+#[cfg(all(target_arch = "arm", not(target_has_atomic = "32")))]
+const SEQUENCES: [Timed; 4] = [
+    ("loads", timed_v6m::loads),
+    ("stores", timed_v6m::stores),
+    ("ldm", timed_v6m::ldm),
+    ("muls", timed_v6m::muls),
+];
+
 /// Runs and logs every timing sequence (see the module's documentation).
 #[cfg(target_arch = "arm")]
 fn timings() {
@@ -146,17 +168,7 @@ fn timings() {
     let mut buffer = [0u32; 8];
     buffer[0] = buffer.as_ptr() as u32;
     let dsp = arch::CONV2D_I8_KERNEL != "portable";
-    let sequences: [Timed; 8] = [
-        ("loads", timed::loads),
-        ("load_use_address", timed::load_use_address),
-        ("computed_address", timed::computed_address),
-        ("store_after_load", timed::store_after_load),
-        ("ldm", timed::ldm),
-        ("folded_it", timed::folded_it),
-        ("mla", timed::mla),
-        ("smlad", timed::smlad),
-    ];
-    for (name, sequence) in sequences {
+    for (name, sequence) in SEQUENCES {
         if name == "smlad" && !dsp {
             continue;
         }
@@ -183,8 +195,94 @@ fn time(sequence: fn(u32, *mut u32), iterations: u32, buffer: *mut u32) -> u64 {
     counter_elapsed(start, counter_read())
 }
 
+/// The ARMv6-M timing sequences: each a loop of its body and `subs; bne`, `n` ≥ 1
+/// times, in 16-bit instructions on low registers.
+#[cfg(all(target_arch = "arm", not(target_has_atomic = "32")))]
+mod timed_v6m {
+    use core::arch::asm;
+
+    /// Four loads: 2 each on the M0+ (no pipelining).
+    #[inline(never)]
+    pub fn loads(n: u32, buffer: *mut u32) {
+        // SAFETY: reads the first four words of the caller's eight-word buffer.
+        unsafe {
+            asm!(
+                ".p2align 2",
+                "2:",
+                "ldr r2, [r1]",
+                "ldr r3, [r1, #4]",
+                "ldr r2, [r1, #8]",
+                "ldr r3, [r1, #12]",
+                "subs r0, r0, #1",
+                "bne 2b",
+                inout("r0") n => _, in("r1") buffer, out("r2") _, out("r3") _,
+                options(readonly, nostack),
+            );
+        }
+    }
+
+    /// Two stores: 2 each.
+    #[inline(never)]
+    pub fn stores(n: u32, buffer: *mut u32) {
+        // SAFETY: writes words 4 and 5 of the buffer.
+        unsafe {
+            asm!(
+                ".p2align 2",
+                "2:",
+                "str r0, [r1, #16]",
+                "str r0, [r1, #20]",
+                "subs r0, r0, #1",
+                "bne 2b",
+                inout("r0") n => _, in("r1") buffer,
+                options(nostack),
+            );
+        }
+    }
+
+    /// A copy of the pointer, then LDM of three registers with writeback: 1 + (1 + 3).
+    #[inline(never)]
+    pub fn ldm(n: u32, buffer: *mut u32) {
+        // SAFETY: reads the first three words of the buffer.
+        unsafe {
+            asm!(
+                ".p2align 2",
+                "2:",
+                "mov r2, r1",
+                "ldm r2!, {{r3, r4, r5}}",
+                "subs r0, r0, #1",
+                "bne 2b",
+                inout("r0") n => _, in("r1") buffer,
+                out("r2") _, out("r3") _, out("r4") _, out("r5") _,
+                options(readonly, nostack),
+            );
+        }
+    }
+
+    /// Four multiplies: 1 each with the single-cycle multiplier.
+    #[inline(never)]
+    pub fn muls(n: u32, _buffer: *mut u32) {
+        // SAFETY: registers only.
+        unsafe {
+            asm!(
+                "movs r2, #3",
+                "movs r3, #1",
+                ".p2align 2",
+                "2:",
+                "muls r3, r2, r3",
+                "muls r3, r2, r3",
+                "muls r3, r2, r3",
+                "muls r3, r2, r3",
+                "subs r0, r0, #1",
+                "bne 2b",
+                inout("r0") n => _, out("r2") _, out("r3") _,
+                options(nomem, nostack),
+            );
+        }
+    }
+}
+
 /// The timing sequences: each a loop of its body and `subs; bne`, `n` ≥ 1 times.
-#[cfg(target_arch = "arm")]
+#[cfg(all(target_arch = "arm", target_has_atomic = "32"))]
 mod timed {
     use core::arch::asm;
 

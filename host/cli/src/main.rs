@@ -66,7 +66,7 @@ enum Command {
     Flash(commands::flash::Args),
     /// Validate a model blob (.trm) and show what it holds.
     Inspect(inspect::Args),
-    /// Estimate the cycles of any bare-metal ELF on an emulated Cortex-M4 or M3: the
+    /// Estimate the cycles of any bare-metal ELF on an emulated Cortex-M4, M3 or M0+: the
     /// core's pipeline model applied to the instructions QEMU executes, for the whole
     /// run and between the program's reads of SysTick.
     Cycles(cycles::Args),

@@ -1,6 +1,7 @@
 /*
- * tinyres cycle model: a QEMU TCG plugin that estimates the cycles a Cortex-M4 (or
- * Cortex-M3) core would take for the exact instruction stream QEMU executes.
+ * tinyres cycle model: a QEMU TCG plugin that estimates the cycles a Cortex-M4 (or a
+ * Cortex-M3, or a Cortex-M0+) core would take for the exact instruction stream QEMU
+ * executes.
  *
  * Every executed instruction adds its cost from the core's Technical Reference Manual
  * timing tables (Cortex-M4 TRM r0p1, 3.3.1 "Cortex-M4 instructions"; Cortex-M3 TRM
@@ -33,12 +34,17 @@
  *   - MRS, MSR, CPS, ISB, DSB, DMB: 2 (the M3's and M4's figures for their common
  *     cases); exception entry and exit (12 cycles each on both cores) are not counted.
  *
+ * The Cortex-M0+ (TRM r0p1, 3.3; two-stage pipeline, ARMv6-M, the single-cycle
+ * multiplier as in the RP2040): 1 cycle but for loads and stores 2 (no pipelining),
+ * LDM, STM, PUSH, POP 1 + N, POP with the PC 3 + N, a taken branch 2 (P = 1), BL 3, and
+ * MRS, MSR 3.
+ *
  * Taken branches are found at run time: a translation block whose last instruction is
  * a branch, followed by a block that does not start where it ends. How an instruction
  * pairs with the one before it is decided when its block is translated, and for a
  * block's first instruction when the block runs, after the block that ran before.
  *
- * Arguments: core=m4|m3 (default m4); out=FILE (required): at exit the plugin writes
+ * Arguments: core=m4|m3|m0plus (default m4); out=FILE (required): at exit the plugin writes
  * `total INSNS CYCLES`, then one line `read INSNS CYCLES` for every load from the
  * address watch=ADDR (default 0xe000e018, SysTick's current value register), the totals
  * counted up to and including that load: the host pairs consecutive reads with the
@@ -91,7 +97,7 @@ EXPORT int qemu_plugin_version = 1;
 
 /* The emulated system has one core: plain counters suffice. */
 static uint64_t insns, cycles;
-static bool m3;
+static enum { M4, M3, M0PLUS } core = M4;
 static uint64_t watch = 0xe000e018;
 static FILE *out;
 
@@ -273,6 +279,8 @@ static struct decoded decode(const char *text, const struct decoded *before, boo
         is(mnemonic, "cbz") || is(mnemonic, "cbnz")) {
         d.branch = true;
         d.kind = BRANCH;
+        /* The M0+'s BL is 3 cycles: 2 and the refill. */
+        d.cost = core == M0PLUS && strcmp(mnemonic, "bl") == 0 ? 2 : 1;
         return d;
     }
     if (is(mnemonic, "tbb") || is(mnemonic, "tbh")) {
@@ -289,7 +297,11 @@ static struct decoded decode(const char *text, const struct decoded *before, boo
         address_registers(operands, d.address);
         /* No forwarding from a data-processing result to an address. */
         unsigned stall = before && before->kind == OTHER && uses(d.address, before->written);
-        if (is_load) {
+        if (core == M0PLUS) {
+            d.kind = is_load ? LOAD : OTHER;
+            d.cost = 2;
+            d.branch = is_load && writes_pc;
+        } else if (is_load) {
             d.kind = LOAD;
             d.written = first_operand;
             bool pipelined = before && before->kind == LOAD && !uses(d.address, before->written);
@@ -308,6 +320,8 @@ static struct decoded decode(const char *text, const struct decoded *before, boo
         bool has_pc = false;
         d.cost = 1 + list_words(operands, &has_pc);
         d.branch = has_pc;
+        /* The M0+'s POP {..., pc}: 3 + N, the refill included. */
+        d.cost += core == M0PLUS && has_pc ? 1 : 0;
         return d;
     }
     if (mnemonic[0] == 'i' && mnemonic[1] == 't' &&
@@ -332,12 +346,12 @@ static struct decoded decode(const char *text, const struct decoded *before, boo
         }
         d.cost = commas == 2 ? 2 : 1;
     } else if (is_any(mnemonic, system)) {
+        d.cost = core == M0PLUS ? 3 : 2;
+    } else if (core == M3 && (is(mnemonic, "mla") || is(mnemonic, "mls"))) {
         d.cost = 2;
-    } else if (m3 && (is(mnemonic, "mla") || is(mnemonic, "mls"))) {
-        d.cost = 2;
-    } else if (m3 && is_any(mnemonic, m3_long_multiply)) {
+    } else if (core == M3 && is_any(mnemonic, m3_long_multiply)) {
         d.cost = 4;
-    } else if (m3 && is_any(mnemonic, m3_long_accumulate)) {
+    } else if (core == M3 && is_any(mnemonic, m3_long_accumulate)) {
         d.cost = 5;
     } else if (writes_pc && d.written == 15) {
         /* mov pc, rN; add pc, ...: a write of the PC. */
@@ -356,7 +370,7 @@ static void block_start(unsigned int vcpu, void *userdata) {
     struct block *current = userdata;
     if (previous) {
         if (previous->ends_in_branch && current->start != previous->end) {
-            cycles += 2 + (current->wide_unaligned_start ? 1 : 0);
+            cycles += core == M0PLUS ? 1 : 2 + (current->wide_unaligned_start ? 1 : 0);
         }
         if (current->adjusted_for != previous) {
             struct decoded after = decode(current->first, &previous->last, previous->last_wide);
@@ -456,10 +470,12 @@ EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int
     (void)info;
     const char *path = NULL;
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "core=m3") == 0) {
-            m3 = true;
-        } else if (strcmp(argv[i], "core=m4") == 0) {
-            m3 = false;
+        if (strcmp(argv[i], "core=m4") == 0) {
+            core = M4;
+        } else if (strcmp(argv[i], "core=m3") == 0) {
+            core = M3;
+        } else if (strcmp(argv[i], "core=m0plus") == 0) {
+            core = M0PLUS;
         } else if (strncmp(argv[i], "out=", 4) == 0) {
             path = argv[i] + 4;
         } else if (strncmp(argv[i], "watch=", 6) == 0) {

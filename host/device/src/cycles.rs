@@ -15,7 +15,7 @@ use anyhow::{bail, ensure, Context, Result};
 const SOURCE: &str = include_str!("../qemu-plugin/cycles.c");
 
 /// What the estimates assume, for reports.
-pub const ASSUMPTIONS: &str = "the core's pipeline as its Technical Reference Manual times it, with zero-wait-state code and data memory, taken branches 3 cycles, division 7, exception entry not counted: an estimate, not a measurement";
+pub const ASSUMPTIONS: &str = "the core's pipeline as its Technical Reference Manual times it, with zero-wait-state code and data memory and exception entry not counted (qemu-plugin/cycles.c has every rule): an estimate, not a measurement";
 
 /// SysTick's current value register: the firmware's counter reads load it.
 pub const SYSTICK_CURRENT: u32 = 0xE000_E018;

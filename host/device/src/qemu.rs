@@ -44,6 +44,9 @@ pub struct Board {
     pub machine: &'static str,
     /// QEMU `-cpu`.
     pub cpu: &'static str,
+    /// The core the firmware is built for, as reports name it (the QEMU CPU, or the
+    /// core whose instruction set a build restricts itself to).
+    pub core: &'static str,
     /// Rust target the firmware is built for.
     pub target: &'static str,
     /// Extra `-C` flags for this board's CPU.
@@ -84,6 +87,7 @@ const fn mps2(name: &'static str, cpu: &'static str, target: &'static str) -> Bo
         qemu: "qemu-system-arm",
         machine: name,
         cpu,
+        core: cpu,
         target,
         rustflags: "",
         model_address: 0x0010_0000,
@@ -97,7 +101,7 @@ const fn mps2(name: &'static str, cpu: &'static str, target: &'static str) -> Bo
 }
 
 /// Boards `tinyres run` supports; the first is the default.
-pub const BOARDS: [Board; 6] = [
+pub const BOARDS: [Board; 7] = [
     Board {
         cycle_model: Some("m4"),
         ..mps2("mps2-an386", "cortex-m4", "thumbv7em-none-eabihf")
@@ -124,11 +128,21 @@ pub const BOARDS: [Board; 6] = [
         cycle_model: Some("m3"),
         ..mps2("mps2-an385", "cortex-m3", "thumbv7m-none-eabi")
     },
+    // A Cortex-M0+ build (ARMv6-M: the RP2040's and STM32G0's instruction set) on the
+    // M3, which executes that subset of its own instruction set the same way; the
+    // cycle model times it as an M0+.
+    Board {
+        name: "mps2-an385-v6m",
+        core: "cortex-m0+",
+        cycle_model: Some("m0plus"),
+        ..mps2("mps2-an385", "cortex-m3", "thumbv6m-none-eabi")
+    },
     Board {
         name: "virt-a53",
         qemu: "qemu-system-aarch64",
         machine: "virt",
         cpu: "cortex-a53",
+        core: "cortex-a53",
         target: "aarch64-unknown-none",
         rustflags: "",
         // 56 MiB each, for an ImageNet ResNet-50 in int8 (31 MiB) and hundreds of
@@ -785,7 +799,7 @@ pub fn estimate_elf(board: &Board, elf: &Path, timeout: Duration) -> Result<ElfC
         board.cycle_model.is_some(),
         "{} ({}) has no cycle model: boards with one are {}",
         board.name,
-        board.cpu,
+        board.core,
         BOARDS
             .iter()
             .filter(|b| b.cycle_model.is_some())

@@ -252,6 +252,10 @@ fn check_timings(board: &Board, timings: &[qemu::Timing]) {
         assert!(timings.is_empty());
         return;
     }
+    if board.target.starts_with("thumbv6m") {
+        check_armv6m_timings(board, timings);
+        return;
+    }
     let m3 = board.cycle_model == Some("m3");
     // (name, instructions of the body, its cycles on the M4, on the M3)
     let expected: [(&str, u64, u64, u64); 8] = [
@@ -309,6 +313,50 @@ fn check_timings(board: &Board, timings: &[qemu::Timing]) {
                 );
             }
         }
+    }
+}
+
+/// The ARMv6-M build's sequences, timed as a Cortex-M0+ (TRM r0p1, 3.3): loads and
+/// stores 2, LDM 1 + N, MULS 1 (single-cycle multiplier), and per iteration `subs` 1 and
+/// a taken `bne` 2.
+fn check_armv6m_timings(board: &Board, timings: &[qemu::Timing]) {
+    assert_eq!(board.cycle_model, Some("m0plus"));
+    // (name, instructions of the body, its cycles)
+    let expected: [(&str, u64, u64); 4] = [
+        ("loads", 4, 8),
+        ("stores", 2, 4),
+        // MOV 1, LDM of three registers 1 + 3.
+        ("ldm", 2, 5),
+        ("muls", 4, 4),
+    ];
+    assert_eq!(
+        timings.len(),
+        2 * expected.len(),
+        "{}: {timings:?}",
+        board.name
+    );
+    for (name, body_instructions, body_cycles) in expected {
+        let runs: Vec<&qemu::Timing> = timings.iter().filter(|t| t.name == name).collect();
+        let [once, twice] = runs[..] else {
+            panic!("{}: {name} ran {} times", board.name, runs.len());
+        };
+        let n = once.iterations;
+        assert!(
+            (twice.instructions - once.instructions).abs_diff(n * (body_instructions + 2)) <= 2,
+            "{}: {name}: instructions",
+            board.name
+        );
+        let (Some(c1), Some(c2)) = (once.cycles, twice.cycles) else {
+            panic!("{}: {name}: no cycles", board.name);
+        };
+        assert_eq!(
+            c2 - c1,
+            n * (body_cycles + 1 + 2),
+            "{}: {name}: estimated cycles per iteration {} (the TRM: {})",
+            board.name,
+            (c2 - c1) as f64 / n as f64,
+            body_cycles + 3
+        );
     }
 }
 

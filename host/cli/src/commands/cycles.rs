@@ -17,8 +17,8 @@ pub struct Args {
     /// A bare-metal ELF for the board's memory map (code at 0x0, RAM at 0x20000000 on
     /// the mps2 boards), ending with a semihosting exit.
     elf: PathBuf,
-    /// The board: mps2-an386 (Cortex-M4) or mps2-an385 (Cortex-M3), the boards with a
-    /// cycle model.
+    /// The board: mps2-an386 (Cortex-M4), mps2-an385 (Cortex-M3) or mps2-an385-v6m (an
+    /// ARMv6-M program on the M3, timed as a Cortex-M0+): the boards with a cycle model.
     #[arg(long, default_value = "mps2-an386")]
     board: String,
     /// Seconds the run may take.
@@ -45,7 +45,12 @@ pub fn command(args: &Args) -> Result<()> {
             "assumptions": ASSUMPTIONS,
         }))?;
     } else {
-        println!("{} on {} ({})\n", args.elf.display(), board.name, board.cpu);
+        println!(
+            "{} on {} ({})\n",
+            args.elf.display(),
+            board.name,
+            board.core
+        );
         println!(
             "{:>8} {:>16} {:>16} {:>8}",
             "span", "instructions", "cycles (est.)", "CPI"

@@ -498,7 +498,7 @@ fn run_in(
         5,
         &format!(
             "classify {} images on {} ({}) in QEMU",
-            sizes.device_images, board.name, board.cpu
+            sizes.device_images, board.name, board.core
         ),
     );
     let timeout = Duration::from_secs(600);
@@ -646,7 +646,7 @@ impl DemoReport {
                 format!(
                     "{} ({}): {:.1} % on {} images, identical to the host, {} instructions/inference",
                     self.device.board.name,
-                    self.device.board.cpu,
+                    self.device.board.core,
                     100.0 * self.device.accuracy,
                     self.device.images,
                     thousands(self.device.instructions_per_inference)

@@ -26,7 +26,8 @@ enum LearnWith {
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Emulated board: mps2-an386 (Cortex-M4F), mps2-an500 (M7), mps2-an505 (M33),
-    /// mps3-an547 (M55), mps2-an385 (M3, soft float), virt-a53 (Cortex-A53).
+    /// mps3-an547 (M55), mps2-an385 (M3, soft float), mps2-an385-v6m (a Cortex-M0+
+    /// build, ARMv6-M, on the M3), virt-a53 (Cortex-A53).
     #[arg(long, default_value = "mps2-an386")]
     board: String,
     /// The model: a blob (.trm), or an int8 TensorFlow Lite file (compiled with its own
@@ -225,7 +226,7 @@ pub fn command(args: &Args) -> Result<()> {
             "{} on {} ({}): instructions per step of one inference",
             args.model.file_name().unwrap_or_default().to_string_lossy(),
             board.name,
-            board.cpu
+            board.core
         );
         write_atomically(path, &profile_chart(rows, &title)?)?;
     }
@@ -295,7 +296,7 @@ pub fn command(args: &Args) -> Result<()> {
         println!(
             "board         {} ({}, QEMU -icount shift={})",
             board.name,
-            board.cpu,
+            board.core,
             board.icount_shift()
         );
         println!(
@@ -313,12 +314,12 @@ pub fn command(args: &Args) -> Result<()> {
             Some(c) => println!(
                 "cycles        {} per inference, estimated for the {}: {}",
                 report::thousands(c),
-                board.cpu,
+                board.core,
                 tinyres_device::cycles::ASSUMPTIONS
             ),
             None => println!(
                 "cycles        not estimated: no cycle model of the {}",
-                board.cpu
+                board.core
             ),
         }
         println!(
