@@ -39,6 +39,15 @@ pub fn counter_start() {
     let Some(peripherals) = cortex_m::Peripherals::take() else {
         return;
     };
+    // An ARMv6-M build (the one Arm target without atomic read-modify-write) runs on an
+    // ARMv7-M core in QEMU, which would allow unaligned word and halfword accesses that
+    // a Cortex-M0+ faults on: trap them, as the M0+ would (CCR.UNALIGN_TRP).
+    #[cfg(not(target_has_atomic = "32"))]
+    // SAFETY: sets one trap bit of the configuration register, before any code that
+    // could depend on the others.
+    unsafe {
+        peripherals.SCB.ccr.modify(|ccr| ccr | 1 << 3);
+    }
     let mut syst = peripherals.SYST;
     syst.set_clock_source(SystClkSource::Core);
     syst.set_reload(RELOAD);
