@@ -155,6 +155,9 @@ pub struct DeviceReport {
     pub identical_to_host: usize,
     /// Mean instructions per inference.
     pub instructions_per_inference: u64,
+    /// Mean cycles per inference as the board's cycle model estimates them, where it
+    /// has one.
+    pub cycles_per_inference_estimated: Option<u64>,
     /// RAM the firmware used.
     pub ram: qemu::RamUse,
 }
@@ -530,6 +533,11 @@ fn run_in(
         identical_to_host: identical,
         instructions_per_inference: predictions.iter().map(|p| p.instructions).sum::<u64>()
             / predictions.len() as u64,
+        cycles_per_inference_estimated: predictions
+            .iter()
+            .map(|p| p.cycles)
+            .sum::<Option<u64>>()
+            .map(|c| c / predictions.len() as u64),
         ram,
     };
     eprintln!(
@@ -644,12 +652,15 @@ impl DemoReport {
             (
                 "device",
                 format!(
-                    "{} ({}): {:.1} % on {} images, identical to the host, {} instructions/inference",
+                    "{} ({}): {:.1} % on {} images, identical to the host, {} instructions/inference{}",
                     self.device.board.name,
                     self.device.board.core,
                     100.0 * self.device.accuracy,
                     self.device.images,
-                    thousands(self.device.instructions_per_inference)
+                    thousands(self.device.instructions_per_inference),
+                    self.device
+                        .cycles_per_inference_estimated
+                        .map_or(String::new(), |c| format!(" ({} cycles, estimated)", thousands(c)))
                 ),
                 seconds("device"),
             ),
