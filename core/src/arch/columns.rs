@@ -325,7 +325,7 @@ impl<'a> ShortcutRow<'a> {
 
 /// Finishes output channels `channels` of one pixel: with `i = c − channels.start`,
 /// `out[c] = finish(acc[i] + bases[i])`, requantized and added to the shortcut as
-/// [`kernels::finish_i8`] defines. The portable version; an arch module may pass
+/// `kernels::finish_i8` defines. The portable version; an arch module may pass
 /// a vectorised one to [`conv2d_i8_by_columns`].
 pub fn finish_row_scalar(
     acc: &[i32],

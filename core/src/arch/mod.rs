@@ -11,11 +11,11 @@
 //!
 //! | `cfg` | cores | int8 convolution |
 //! |---|---|---|
-//! | `tinyres_arm_dsp` | Cortex-M4, M7, M33 (`-C target-cpu=cortex-m33`) | [`cortex_m_dsp`]: SMLAD on pairs of pixels and channels |
-//! | `tinyres_arm_mve` | Cortex-M55 (`-C target-cpu=cortex-m55`) | [`helium`]: VMLADAVA over 16 bytes |
-//! | `target_arch = "aarch64"` | Cortex-A53 and later | [`neon`]: SMULL + SADALP over 16 bytes |
+//! | `tinyres_arm_dsp` | Cortex-M4, M7, M33 (`-C target-cpu=cortex-m33`) | `cortex_m_dsp` (built for those targets only): SMLAD on pairs of pixels and channels |
+//! | `tinyres_arm_mve` | Cortex-M55 (`-C target-cpu=cortex-m55`) | `helium`: VMLADAVA over 16 bytes |
+//! | `target_arch = "aarch64"` | Cortex-A53 and later | `neon`: SMULL + SADALP over 16 bytes |
 //! | `target_arch = "x86_64"` | hosts (`tinyres eval`) | [`x86`]: AVX2 (detected at run time) or SSE2, `PMADDWD` |
-//! | anything else | M3 | the portable kernel |
+//! | anything else | M3, M0+ (ARMv6-M) | the portable kernel |
 //!
 //! On x86-64 the kernels (AVX2 and SSE2) are tested against the portable ones by the
 //! proptest suite (`core/tests/kernels.rs`), which runs on the host.

@@ -6,6 +6,7 @@
 mod app;
 mod common;
 mod corrupt_boots;
+mod examples;
 mod family_on_engine;
 mod finetune;
 mod linux;

@@ -57,7 +57,7 @@ pub struct Args {
     /// `tinyres compile` does, then run by the engine) or an ONNX file (.onnx, run by
     /// tract).
     model: PathBuf,
-    /// `synthetic`, an image folder (DIR/test/<class>/*.png|jpg, any sizes: resized and
+    /// `synthetic`, an image folder (`DIR/test/<class>/*.png|jpg`, any sizes: resized and
     /// centre-cropped to the model's input), or a CIFAR-10 batch (.bin/.bin.gz) or
     /// directory (test_batch).
     #[arg(long)]

@@ -34,7 +34,7 @@ pub struct Args {
     /// quantization, as `tinyres compile` does).
     #[arg(long)]
     model: PathBuf,
-    /// Images: `synthetic`, an image folder (DIR/test/<class>/*.png|jpg), or a CIFAR-10
+    /// Images: `synthetic`, an image folder (`DIR/test/<class>/*.png|jpg`), or a CIFAR-10
     /// batch (.bin/.bin.gz) or directory (test_batch).
     #[arg(long)]
     data: PathBuf,

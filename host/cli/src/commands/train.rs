@@ -13,7 +13,7 @@ pub struct Args {
     #[command(flatten)]
     arch: ArchArgs,
     /// Training data: `synthetic` (built in), a CIFAR-10 directory (data_batch_*.bin,
-    /// test_batch.bin, plain or .gz), or an image folder (DIR/{train,test}/<class>/).
+    /// test_batch.bin, plain or .gz), or an image folder (`DIR/{train,test}/<class>/`).
     #[arg(long, default_value = "synthetic")]
     data: PathBuf,
     /// Test data, if not the test split of --data (e.g. a single CIFAR-10 batch file).
