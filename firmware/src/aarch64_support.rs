@@ -113,6 +113,12 @@ extern "C" {
     static __stack_top: u8;
 }
 
+/// Bytes of RAM taken by static data: from the start of RAM to the stack, which
+/// aarch64.ld places after it.
+pub fn static_ram() -> usize {
+    stack_bounds().0 - crate::RAM_ORIGIN
+}
+
 /// The stack's extent: lowest address and top.
 pub fn stack_bounds() -> (usize, usize) {
     // Only the addresses of the linker symbols are taken; nothing is read.

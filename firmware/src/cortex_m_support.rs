@@ -73,13 +73,23 @@ pub fn counter_elapsed(start: u64, end: u64) -> u64 {
 }
 
 extern "C" {
-    /// Lowest stack address (end of the static RAM), from cortex-m-rt's link.x.
+    /// Lowest stack address: the start of RAM (firmware/build.rs's memory.x).
     static _stack_end: u32;
-    /// Initial stack pointer (top of RAM).
+    /// Initial stack pointer: the top of the stack region, below the static data.
     static _stack_start: u32;
+    /// Start of .data, the first static data, from cortex-m-rt's link.x.
+    static __sdata: u32;
+    /// End of the static data (.data, .bss, .uninit), from cortex-m-rt's link.x.
+    static __sheap: u32;
 }
 
-/// The stack's extent: lowest address (just above the static data) and top.
+/// Bytes of RAM taken by static data (.data, .bss: the arena included).
+pub fn static_ram() -> usize {
+    // Only the addresses of the linker symbols are taken; nothing is read.
+    core::ptr::addr_of!(__sheap) as usize - core::ptr::addr_of!(__sdata) as usize
+}
+
+/// The stack's extent: lowest address (the start of RAM) and top.
 pub fn stack_bounds() -> (usize, usize) {
     // Only the addresses of the linker symbols are taken; nothing is read.
     (

@@ -210,11 +210,11 @@ mod aarch64_support;
 mod cortex_m_support;
 
 #[cfg(target_arch = "aarch64")]
-pub use aarch64_support::{counter_elapsed, counter_read, counter_start, COUNTER};
+pub use aarch64_support::{counter_elapsed, counter_read, counter_start, static_ram, COUNTER};
 #[cfg(target_arch = "aarch64")]
 use aarch64_support::{stack_bounds, stack_pointer};
 #[cfg(target_arch = "arm")]
-pub use cortex_m_support::{counter_elapsed, counter_read, counter_start, COUNTER};
+pub use cortex_m_support::{counter_elapsed, counter_read, counter_start, static_ram, COUNTER};
 #[cfg(target_arch = "arm")]
 use cortex_m_support::{stack_bounds, stack_pointer};
 
@@ -248,10 +248,4 @@ pub fn stack_used() -> usize {
         at += 4;
     }
     top - at
-}
-
-/// Bytes of RAM taken by static data (.data, .bss: the arena included).
-#[cfg(target_os = "none")]
-pub fn static_ram() -> usize {
-    stack_bounds().0 - RAM_ORIGIN
 }

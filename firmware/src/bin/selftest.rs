@@ -30,6 +30,7 @@ use tinyres_firmware::{counter_elapsed, counter_read, counter_start, exit, COUNT
 /// Iterations of the calibration loop (three instructions each).
 const CALIBRATION_ITERATIONS: u32 = 1_000_000;
 /// Iterations of each timing sequence (run once, then twice as many).
+#[cfg(target_arch = "arm")]
 const TIMING_ITERATIONS: u32 = 1000;
 
 /// Pseudo-random cases after the named ones.

@@ -1048,6 +1048,16 @@ fn run_qemu(
     if let Some(mut e) = child.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
     }
+    // A fault while entering the fault handler locks an M-profile core up, and QEMU
+    // stops on it: what a stack overflow does, the stack sitting at the bottom of RAM
+    // (firmware/build.rs) so that it runs off into unmapped memory.
+    if let Some(lockup) = stderr.lines().find(|l| l.contains("Lockup")) {
+        bail!(
+            "the firmware on {} locked up ({}): a fault while handling a fault, as a stack overflow causes",
+            board.name,
+            lockup.trim_start_matches("qemu: fatal: ")
+        );
+    }
     if !status.success() && log.is_empty() {
         bail!(
             "QEMU ({}) failed: {}{}",

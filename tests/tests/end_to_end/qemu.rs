@@ -421,6 +421,30 @@ fn the_profile_covers_every_layer_and_adds_up() {
     );
 }
 
+/// A stack overflow stops the firmware with a fault, reported as such: the stack sits
+/// at the bottom of RAM, below the static data, so an overflow runs off into unmapped
+/// memory instead of overwriting the statics (and the arena among them).
+#[test]
+fn a_stack_overflow_faults_instead_of_overwriting_data() {
+    for name in ["mps2-an386", "mps2-an385-v6m"] {
+        let board = Board::by_name(name).unwrap();
+        let blob = int8_blob(&resnet8());
+        let device = qemu::Device::build(
+            board,
+            "stack_overflow",
+            blob.as_bytes(),
+            qemu::DEFAULT_ARENA_BYTES,
+            Duration::from_secs(120),
+        )
+        .unwrap();
+        let error = format!("{:#}", device.classify(&images(1, 1), 0..1).unwrap_err());
+        assert!(
+            error.contains("locked up") && error.contains("stack overflow"),
+            "{name}: {error}"
+        );
+    }
+}
+
 #[test]
 fn f32_model_on_the_soft_float_cortex_m3_matches_the_host_engine() {
     let blob = AlignedBlob::new(&resnet8().to_blob(Encoding::F32).unwrap());
