@@ -363,6 +363,8 @@ fn read_graph(bytes: &[u8]) -> Result<Graph<'_>> {
             shape.iter().all(|&d| d >= 0) && shape.len() <= 8,
             "tensor {i} {name:?} has shape {shape:?}: the engine needs fixed, non-negative dimensions"
         );
+        // Bounded here, so that no product of a tensor's dimensions overflows later.
+        element_count(&shape).with_context(|| format!("tensor {i} {name:?}"))?;
         tensors.push(Tensor {
             name,
             shape,

@@ -315,6 +315,20 @@ fn refused_tflite_models_name_the_operator_and_tensor() {
     assert!(onnx.contains("not a TensorFlow Lite model"), "{onnx}");
 }
 
+/// Regression (found by the `tflite_import` fuzz target after 1.47 million inputs): a
+/// tensor whose dimensions multiply past 2^64 overflowed the FULLY_CONNECTED check of
+/// its input count (a panic with overflow checks, a wrong comparison without). Every
+/// tensor's element count is bounded when the file is read.
+#[test]
+fn a_tensor_whose_dimensions_overflow_is_refused() {
+    let tflite = models().join("regressions/tflite-dimensions-whose-product-overflows.tflite");
+    let error = format!(
+        "{:#}",
+        import_tflite(&tflite, &PreprocessingFlags::default()).unwrap_err()
+    );
+    assert!(error.contains("is too large"), "{error}");
+}
+
 /// Every truncation and thousands of byte corruptions of a model give a model or an
 /// error, never a panic, and whatever lowers writes a blob that parses.
 #[test]
