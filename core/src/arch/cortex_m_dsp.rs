@@ -83,7 +83,7 @@ pub const WINDOW_CAPACITY: usize = 576;
 /// Words of the column buffer: two pixels, two words per four taps.
 pub const COLUMN_WORDS: usize = WINDOW_CAPACITY;
 /// Taps per pixel of the byte staging used when the channels are not a multiple of
-/// four (the first layer's 3×3×3 window and the like).
+/// four (the first layer's 3×3×3 window and the like), rounded up to whole groups.
 const STAGING_CAPACITY: usize = 160;
 
 /// `acc[c][p] += Σ col_p[k]·w_c[k]` over `groups` groups of four taps, with
@@ -217,9 +217,9 @@ unsafe fn mac_2x2(
 }
 
 /// Widens the windows of output pixels `(oy, ox[0])` and `(oy, ox[1])` into
-/// `columns` (see the module's doc) and, when the channels are not a multiple of
-/// four, keeps the window bytes in `staging` (padding as the zero point) for the
-/// taps past the last whole group. The caller has checked that the window fits.
+/// `columns` (see the module's doc); when the channels are not a multiple of four,
+/// through the window's bytes in `staging`, the window rounded up to whole groups
+/// with taps that widen to zero. The caller has checked that the window fits.
 #[allow(clippy::too_many_arguments)]
 fn widen_pair(
     shape: &ConvShape,
@@ -264,10 +264,11 @@ fn widen_pair(
             }
         }
     } else {
-        // Stage the window's bytes first (padding as the zero point, which widens
-        // to zero), then widen them four at a time.
+        // Stage the window's bytes first (padding, and the taps that round the window
+        // up to a whole group, as the zero point, which widens to zero), then widen
+        // them four at a time.
         for (p, &x) in ox.iter().enumerate() {
-            let bytes = &mut staging[p][..window];
+            let bytes = &mut staging[p][..window.next_multiple_of(4)];
             bytes.fill(input_zero_point as i8);
             for ky in 0..shape.kernel_h {
                 let Some(iy) = (oy * shape.stride + ky).checked_sub(shape.pad_top) else {
@@ -348,10 +349,13 @@ pub fn conv2d_i8_with(
     output: &mut [i8],
 ) -> Result<(), Error> {
     let window = shape.kernel_h * shape.kernel_w * shape.in_c;
+    // Taps in whole groups of four: a window whose channels are not a multiple of
+    // four is rounded up with taps of zero (their weights then multiply zero).
+    let padded = window.next_multiple_of(4);
     let fits = if shape.in_c % 4 == 0 {
         window <= WINDOW_CAPACITY
     } else {
-        window <= STAGING_CAPACITY
+        padded <= STAGING_CAPACITY
     };
     let offset = lane_offset(input_zero_point);
     let (true, Some(offset)) = (fits, offset) else {
@@ -369,8 +373,10 @@ pub fn conv2d_i8_with(
     kernels::check_conv_i8(shape, input, weights, bias, requant, residual, output)?;
     let out_c = shape.out_c;
     let add = residual.map(|(_, add)| add);
-    let groups = window / 4;
-    let whole = groups * 4;
+    let groups = padded / 4;
+    // A rounded-up window reads up to three bytes past a filter: the next filter's,
+    // or past the weights for the last ones, which then go through a padded copy.
+    let mut tail = [[0i8; STAGING_CAPACITY]; 2];
     // `acc`: a block of channels' accumulators for the two pixels, finished a row at
     // a time.
     let ConvScratch {
@@ -401,31 +407,22 @@ pub fn conv2d_i8_with(
                 let channels = block..(block + CHANNEL_BLOCK).min(out_c);
                 for co in channels.clone().step_by(2) {
                     let pair = [co, (co + 1).min(channels.end - 1)];
-                    let filters = pair.map(|c| &weights[c * window..(c + 1) * window]);
+                    let (first, stride) = if pair[1] * window + padded <= weights.len() {
+                        (&weights[pair[0] * window..], (pair[1] - pair[0]) * window)
+                    } else {
+                        for (copy, c) in tail.iter_mut().zip(pair) {
+                            copy[..window].copy_from_slice(&weights[c * window..][..window]);
+                        }
+                        (&tail[0][..], STAGING_CAPACITY)
+                    };
                     let mut sums = [[0i32; 2]; 2];
                     // SAFETY: `columns` is a u32 array holding `4 · groups` widened
-                    // words (`groups · 4 ≤ window ≤ COLUMN_WORDS` taps); both filters
-                    // are `window ≥ 4 · groups` bytes long and the second starts
-                    // `(pair[1] − pair[0]) · window` bytes after the first.
+                    // words (`groups · 4 = padded ≤ COLUMN_WORDS` taps); `first` and
+                    // `first + stride` are readable for `padded` bytes: in `weights`,
+                    // the second filter's end checked just above, or in `tail`, whose
+                    // rows are `STAGING_CAPACITY ≥ padded` bytes, `stride` apart.
                     unsafe {
-                        mac_2x2(
-                            columns.as_ptr(),
-                            filters[0].as_ptr(),
-                            (pair[1] - pair[0]) * window,
-                            groups,
-                            &mut sums,
-                        );
-                    }
-                    // The taps past the last whole group (channels not a multiple of
-                    // four: the window bytes are staged).
-                    for (p, sums) in sums.iter_mut().enumerate().filter(|_| whole < window) {
-                        let x = &staging[p][whole..window];
-                        for (sum, filter) in sums.iter_mut().zip(filters) {
-                            for (&x, &w) in x.iter().zip(&filter[whole..]) {
-                                *sum = sum
-                                    .wrapping_add((i32::from(x) - input_zero_point) * i32::from(w));
-                            }
-                        }
+                        mac_2x2(columns.as_ptr(), first.as_ptr(), stride, groups, &mut sums);
                     }
                     for (row, sums) in acc.iter_mut().zip(sums) {
                         row[co - block] = sums[0];
