@@ -48,7 +48,9 @@
  * `total INSNS CYCLES`, then one line `read INSNS CYCLES` for every load from the
  * address watch=ADDR (default 0xe000e018, SysTick's current value register), the totals
  * counted up to and including that load: the host pairs consecutive reads with the
- * firmware's own instruction counts between counter reads.
+ * firmware's own instruction counts between counter reads; then `block ADDRESS INSNS
+ * CYCLES` for every translation block that ran, its totals (a block translated twice
+ * has two lines): the host sums them by function.
  *
  * QEMU 7.2 exports the plugin API (version 1) but Debian ships no header: the few
  * declarations used are below, as qemu-plugin.h has them.
@@ -128,8 +130,14 @@ struct block {
     bool last_wide;
     const struct block *adjusted_for; /* the block `adjustment` was computed after */
     int64_t adjustment;        /* the first instruction's cost after it, less first_alone */
+    uint64_t instructions;     /* instructions, and their cycles as translated, of one */
+    uint64_t cost;             /* run of the block */
+    uint64_t runs;             /* times the block ran */
+    uint64_t extra;            /* cycles decided as it ran: refills, its first instruction */
+    struct block *next;        /* every block translated, for the report at exit */
 };
 static const struct block *previous;
+static struct block *blocks;
 
 static const char *const conditions[] = {"eq", "ne", "cs", "hs", "cc", "lo", "mi", "pl",
                                          "vs", "vc", "hi", "ls", "ge", "lt", "gt", "le",
@@ -368,16 +376,20 @@ static struct decoded decode(const char *text, const struct decoded *before, boo
 static void block_start(unsigned int vcpu, void *userdata) {
     (void)vcpu;
     struct block *current = userdata;
+    current->runs++;
     if (previous) {
+        uint64_t extra = 0;
         if (previous->ends_in_branch && current->start != previous->end) {
-            cycles += core == M0PLUS ? 1 : 2 + (current->wide_unaligned_start ? 1 : 0);
+            extra += core == M0PLUS ? 1 : 2 + (current->wide_unaligned_start ? 1 : 0);
         }
         if (current->adjusted_for != previous) {
             struct decoded after = decode(current->first, &previous->last, previous->last_wide);
             current->adjustment = (int64_t)after.cost - (int64_t)current->first_alone;
             current->adjusted_for = previous;
         }
-        cycles += (uint64_t)current->adjustment;
+        extra += (uint64_t)current->adjustment;
+        cycles += extra;
+        current->extra += extra;
     }
     previous = current;
 }
@@ -441,6 +453,8 @@ static void translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
             qemu_plugin_register_vcpu_insn_exec_inline(insn, QEMU_PLUGIN_INLINE_ADD_U64,
                                                        &cycles, d.cost);
         }
+        block->instructions++;
+        block->cost += d.cost;
         if (d.kind == LOAD) {
             /* Reads and writes: QEMU 7.2 calls a callback registered for reads alone
              * (QEMU_PLUGIN_MEM_R) for some loads only; the callback skips stores. */
@@ -452,6 +466,8 @@ static void translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
         have_before = true;
         before_wide = wide;
     }
+    block->next = blocks;
+    blocks = block;
     qemu_plugin_register_vcpu_tb_exec_cb(tb, block_start, QEMU_PLUGIN_CB_NO_REGS, block);
 }
 
@@ -461,6 +477,12 @@ static void finish(qemu_plugin_id_t id, void *userdata) {
     fprintf(out, "total %" PRIu64 " %" PRIu64 "\n", insns, cycles);
     for (size_t i = 0; i < read_count; i++) {
         fprintf(out, "read %" PRIu64 " %" PRIu64 "\n", reads[i][0], reads[i][1]);
+    }
+    for (const struct block *b = blocks; b; b = b->next) {
+        if (b->runs) {
+            fprintf(out, "block %#" PRIx64 " %" PRIu64 " %" PRIu64 "\n", b->start,
+                    b->runs * b->instructions, b->runs * b->cost + b->extra);
+        }
     }
     fclose(out);
 }

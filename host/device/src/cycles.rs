@@ -72,6 +72,59 @@ pub struct Trace {
     pub cycles: u64,
     /// `(instructions, cycles)` so far at each read of the counter.
     pub reads: Vec<(u64, u64)>,
+    /// `(address, instructions, cycles)` of every translation block that ran.
+    pub blocks: Vec<(u64, u64, u64)>,
+}
+
+/// What one function of the firmware cost over a run.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FunctionCost {
+    /// The function (demangled, without its hash), or `?` for code outside any symbol.
+    pub name: String,
+    /// Instructions executed in it.
+    pub instructions: u64,
+    /// Their estimated cycles.
+    pub cycles: u64,
+}
+
+/// The trace's blocks summed by the function of `elf` they start in, the costliest
+/// first.
+pub fn by_function(elf: &Path, trace: &Trace) -> Result<Vec<FunctionCost>> {
+    use object::{Object, ObjectSymbol, SymbolKind};
+    let bytes = std::fs::read(elf).with_context(|| format!("cannot read {}", elf.display()))?;
+    let file = object::File::parse(&*bytes)
+        .with_context(|| format!("{}: not an ELF file", elf.display()))?;
+    // Thumb functions' symbols have bit 0 set.
+    let mut functions: Vec<(u64, u64, String)> = file
+        .symbols()
+        .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0)
+        .filter_map(|s| {
+            let name = format!("{:#}", rustc_demangle::demangle(s.name().ok()?));
+            Some((s.address() & !1, s.size(), name))
+        })
+        .collect();
+    functions.sort();
+    let mut costs: std::collections::HashMap<&str, (u64, u64)> = Default::default();
+    for &(address, instructions, cycles) in &trace.blocks {
+        let at = functions.partition_point(|f| f.0 <= address);
+        let name = match at.checked_sub(1).map(|i| &functions[i]) {
+            Some((start, size, name)) if address < start + size => name.as_str(),
+            _ => "?",
+        };
+        let cost = costs.entry(name).or_default();
+        cost.0 += instructions;
+        cost.1 += cycles;
+    }
+    let mut costs: Vec<FunctionCost> = costs
+        .into_iter()
+        .map(|(name, (instructions, cycles))| FunctionCost {
+            name: name.to_string(),
+            instructions,
+            cycles,
+        })
+        .collect();
+    costs.sort_by(|a, b| b.cycles.cmp(&a.cycles).then_with(|| a.name.cmp(&b.name)));
+    Ok(costs)
 }
 
 /// Reads the plugin's output file.
@@ -82,6 +135,7 @@ pub fn read_trace(path: &Path) -> Result<Trace> {
         instructions: 0,
         cycles: 0,
         reads: Vec::new(),
+        blocks: Vec::new(),
     };
     let mut total = false;
     for line in text.lines() {
@@ -98,6 +152,13 @@ pub fn read_trace(path: &Path) -> Result<Trace> {
                 total = true;
             }
             Some(&"read") => trace.reads.push((numbers(1)?, numbers(2)?)),
+            Some(&"block") => {
+                let address = fields
+                    .get(1)
+                    .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+                    .with_context(|| format!("bad line from the cycle model: {line:?}"))?;
+                trace.blocks.push((address, numbers(2)?, numbers(3)?));
+            }
             _ => bail!("bad line from the cycle model: {line:?}"),
         }
     }
@@ -145,6 +206,7 @@ mod tests {
             instructions: 0,
             cycles: 0,
             reads: reads.to_vec(),
+            blocks: Vec::new(),
         }
     }
 
@@ -168,10 +230,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tinyres-cycles-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("trace.txt");
-        std::fs::write(&path, "total 10 20\nread 1 2\nread 5 9\n").unwrap();
+        std::fs::write(&path, "total 10 20\nread 1 2\nread 5 9\nblock 0x1f4 6 9\n").unwrap();
         let t = read_trace(&path).unwrap();
         assert_eq!((t.instructions, t.cycles), (10, 20));
         assert_eq!(t.reads, vec![(1, 2), (5, 9)]);
+        assert_eq!(t.blocks, vec![(0x1f4, 6, 9)]);
         std::fs::write(&path, "read 1 2\n").unwrap();
         assert!(read_trace(&path).is_err());
         std::fs::write(&path, "total x 1\n").unwrap();

@@ -487,6 +487,7 @@ impl<'a> Device<'a> {
             ram: ram_use(&lines)?,
             profile: profile_steps(&self.board, &lines)?,
             profile_cycles: None,
+            functions: None,
         };
         if let Some(trace) = trace {
             // The firmware's counts in the order it took them: the profile's steps,
@@ -509,6 +510,7 @@ impl<'a> Device<'a> {
                 p.cycles = Some(c);
             }
             boot.profile_cycles = Some(estimated[..steps].to_vec());
+            boot.functions = Some(cycles::by_function(&self.elf, &trace)?);
         }
         Ok(boot)
     }
@@ -632,6 +634,9 @@ pub struct ClassifyBoot {
     pub profile: Vec<u64>,
     /// The estimated cycles of the same steps, on a board with a cycle model.
     pub profile_cycles: Option<Vec<u64>>,
+    /// The whole boot's instructions and estimated cycles by function, the costliest
+    /// first, on a board with a cycle model.
+    pub functions: Option<Vec<cycles::FunctionCost>>,
 }
 
 /// The `step=S ticks=T` (or `instructions=N`) lines of a classify log, in
@@ -789,6 +794,8 @@ pub struct ElfCycles {
     pub intervals: Vec<(u64, u64)>,
     /// Whether the program exited with success (semihosting).
     pub success: bool,
+    /// Instructions and estimated cycles by function, the costliest first.
+    pub functions: Vec<cycles::FunctionCost>,
 }
 
 /// Runs `elf` on `board` with the cycle model: whole-run totals, and the spans between
@@ -826,7 +833,9 @@ pub fn estimate_elf(board: &Board, elf: &Path, timeout: Duration) -> Result<ElfC
     .and_then(|(_, success)| Ok((cycles::read_trace(&trace_path)?, success)));
     let _ = std::fs::remove_dir_all(&work);
     let (trace, success) = run?;
+    let functions = cycles::by_function(elf, &trace)?;
     Ok(ElfCycles {
+        functions,
         instructions: trace.instructions,
         cycles: trace.cycles,
         intervals: trace
@@ -1249,6 +1258,7 @@ pub fn classify_all(
     };
     let mut profile = Vec::new();
     let mut profile_cycles = None;
+    let mut functions = None;
     let mut start = 0;
     while start < data.len() {
         let end = (start + per_boot).min(data.len());
@@ -1257,6 +1267,7 @@ pub fn classify_all(
         if profile.is_empty() {
             profile = boot.profile;
             profile_cycles = boot.profile_cycles;
+            functions = boot.functions;
         }
         predictions.extend(boot.predictions);
         ram.static_bytes = ram.static_bytes.max(boot.ram.static_bytes);
@@ -1268,6 +1279,7 @@ pub fn classify_all(
         ram,
         profile,
         profile_cycles,
+        functions,
     })
 }
 
@@ -1282,6 +1294,9 @@ pub struct Classified {
     pub profile: Vec<u64>,
     /// The estimated cycles of the same steps, on a board with a cycle model.
     pub profile_cycles: Option<Vec<u64>>,
+    /// The first boot's instructions and estimated cycles by function (see
+    /// [`ClassifyBoot::functions`]).
+    pub functions: Option<Vec<cycles::FunctionCost>>,
 }
 
 /// What the device learned in [`learning_scenario`], measured.

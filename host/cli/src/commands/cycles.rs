@@ -24,6 +24,9 @@ pub struct Args {
     /// Seconds the run may take.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Functions listed, the costliest first (all of them with --json).
+    #[arg(long, default_value_t = 12)]
+    functions: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -42,6 +45,7 @@ pub fn command(args: &Args) -> Result<()> {
                 "instructions": i, "cycles_estimated": c,
             })).collect::<Vec<_>>(),
             "exit_success": run.success,
+            "functions": run.functions,
             "assumptions": ASSUMPTIONS,
         }))?;
     } else {
@@ -71,11 +75,41 @@ pub fn command(args: &Args) -> Result<()> {
             report::thousands(run.cycles),
             run.cycles as f64 / run.instructions.max(1) as f64
         );
-        println!("\nspans: between consecutive reads of SysTick's counter (0xE000E018)");
+        println!("\nspans: between consecutive reads of SysTick's counter (0xE000E018)\n");
+        print!(
+            "{}",
+            function_table(&run.functions, run.cycles, args.functions)
+        );
         println!("cycles: {ASSUMPTIONS}");
     }
     if !run.success {
         bail!("{} did not exit with success", args.elf.display());
     }
     Ok(())
+}
+
+/// The costliest `count` functions: cycles, share of the run's, instructions, CPI.
+pub fn function_table(
+    functions: &[tinyres_device::cycles::FunctionCost],
+    total_cycles: u64,
+    count: usize,
+) -> String {
+    let mut s = format!(
+        "{:>14} {:>7} {:>14} {:>7}  function\n",
+        "cycles (est.)", "share", "instructions", "CPI"
+    );
+    for f in functions.iter().take(count) {
+        s += &format!(
+            "{:>14} {:>6.1}% {:>14} {:>7.3}  {}\n",
+            report::thousands(f.cycles),
+            100.0 * f.cycles as f64 / total_cycles.max(1) as f64,
+            report::thousands(f.instructions),
+            f.cycles as f64 / f.instructions.max(1) as f64,
+            f.name
+        );
+    }
+    if functions.len() > count {
+        s += &format!("{:>14} ({} more functions)\n", "", functions.len() - count);
+    }
+    s
 }

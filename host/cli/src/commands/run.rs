@@ -230,6 +230,7 @@ pub fn command(args: &Args) -> Result<()> {
         );
         write_atomically(path, &profile_chart(rows, &title)?)?;
     }
+    let classified_functions = classified.functions.filter(|_| args.profile);
     let (predictions, ram) = (classified.predictions, classified.ram);
     // The engine on the host: the device must agree with it on every image.
     let mut host_arena = vec![0u8; model.required_arena()];
@@ -275,6 +276,7 @@ pub fn command(args: &Args) -> Result<()> {
             "matches_host": mismatches.is_empty(),
             "ram": ram,
             "profile": profile,
+            "functions": classified_functions,
         });
         print_json(&value)?;
     } else {
@@ -342,6 +344,14 @@ pub fn command(args: &Args) -> Result<()> {
                 predictions[0].index, board.name
             );
             print!("{}", report::profile_table(rows));
+            if let Some(functions) = &classified_functions {
+                let total = functions.iter().map(|f| f.cycles).sum();
+                println!(
+                    "\nwhere the first boot's cycles went ({} images and the profiled run), by function:\n",
+                    predictions.len().min(qemu::images_per_boot(&board, data.image_len()))
+                );
+                print!("{}", super::cycles::function_table(functions, total, 12));
+            }
         }
     }
     if let Some(&(index, device, host)) = mismatches.first() {
