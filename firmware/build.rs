@@ -33,76 +33,55 @@ const QEMU_ARENA: u32 = 256 * 1024;
 /// the selftest's kernel cases keep about 85 KiB of tensors on it.
 const QEMU_STACK: u32 = 128 * 1024;
 
+/// The mps2 boards' common memory map (QEMU's mps2-an385/an386/an500).
+const MPS2: Board = Board {
+    name: "",
+    arch: "arm",
+    code: (0x0000_0000, 0x10_0000),
+    ram: (0x2000_0000, 0x40_0000),
+    model: (0x0010_0000, 0x10_0000),
+    images: (0x0020_0000, 0x20_0000),
+    head_store: None,
+    default_arena: QEMU_ARENA,
+    stack: QEMU_STACK,
+};
+
 const BOARDS: [Board; 8] = [
     Board {
         name: "mps2-an385",
-        arch: "arm",
-        code: (0x0000_0000, 0x10_0000),
-        ram: (0x2000_0000, 0x40_0000),
-        model: (0x0010_0000, 0x10_0000),
-        images: (0x0020_0000, 0x20_0000),
-        head_store: None,
-        default_arena: QEMU_ARENA,
-        stack: QEMU_STACK,
+        ..MPS2
     },
     // The Cortex-M0+ build (ARMv6-M, thumbv6m-none-eabi: the RP2040's instruction set)
     // on the same M3 board, which executes the ARMv6-M subset of its instruction set.
     Board {
         name: "mps2-an385-v6m",
-        arch: "arm",
-        code: (0x0000_0000, 0x10_0000),
-        ram: (0x2000_0000, 0x40_0000),
-        model: (0x0010_0000, 0x10_0000),
-        images: (0x0020_0000, 0x20_0000),
-        head_store: None,
-        default_arena: QEMU_ARENA,
-        stack: QEMU_STACK,
+        ..MPS2
     },
     Board {
         name: "mps2-an386",
-        arch: "arm",
-        code: (0x0000_0000, 0x10_0000),
-        ram: (0x2000_0000, 0x40_0000),
-        model: (0x0010_0000, 0x10_0000),
-        images: (0x0020_0000, 0x20_0000),
-        head_store: None,
-        default_arena: QEMU_ARENA,
-        stack: QEMU_STACK,
+        ..MPS2
     },
     Board {
         name: "mps2-an500",
-        arch: "arm",
-        code: (0x0000_0000, 0x10_0000),
-        ram: (0x2000_0000, 0x40_0000),
-        model: (0x0010_0000, 0x10_0000),
-        images: (0x0020_0000, 0x20_0000),
-        head_store: None,
-        default_arena: QEMU_ARENA,
-        stack: QEMU_STACK,
+        ..MPS2
     },
     // The secure aliases: the 0x0 map locks up on this board.
     Board {
         name: "mps2-an505",
-        arch: "arm",
         code: (0x1000_0000, 0x10_0000),
         ram: (0x3800_0000, 0x40_0000),
         model: (0x1010_0000, 0x10_0000),
         images: (0x1020_0000, 0x20_0000),
-        head_store: None,
-        default_arena: QEMU_ARENA,
-        stack: QEMU_STACK,
+        ..MPS2
     },
     // ITCM for code, DTCM for data; model and images in the 2 MiB FPGA SRAM and in DDR.
     Board {
         name: "mps3-an547",
-        arch: "arm",
         code: (0x0000_0000, 0x8_0000),
         ram: (0x2000_0000, 0x8_0000),
         model: (0x0100_0000, 0x10_0000),
         images: (0x6000_0000, 0x20_0000),
-        head_store: None,
-        default_arena: QEMU_ARENA,
-        stack: QEMU_STACK,
+        ..MPS2
     },
     // Linked at 0x40080000, leaving QEMU room for the device tree at the start of RAM;
     // RAM (data, and the stack that holds the arena) up to the model partition; model

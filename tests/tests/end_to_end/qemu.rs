@@ -243,46 +243,61 @@ fn selftest_counter_and_kernels_on_every_board() {
 
 /// The cycle model against the Technical Reference Manuals' timings, on the sequences
 /// of the selftest firmware (firmware/src/bin/selftest.rs): per iteration, the body
-/// and `subs` (1) and a taken `bne` (1 + P, P = 2 from a word-aligned target). The runs
-/// of N and 2N iterations differ by exactly N iterations: the counter reads and the
-/// last, untaken branch cancel. The instruction counts are checked too (body + 2; the
-/// cycle model counts exactly, the counter to the nearest instruction).
+/// and `subs` (1) and a taken `bne` (1 + P: P = 2 on the M3 and M4 from a word-aligned
+/// target, 1 on the M0+). The runs of N and 2N iterations differ by exactly N
+/// iterations: the counter reads and the last, untaken branch cancel. The instruction
+/// counts are checked too (body + 2; the cycle model counts exactly, the counter to
+/// the nearest instruction).
 fn check_timings(board: &Board, timings: &[qemu::Timing]) {
     if board.target.starts_with("aarch64") {
         assert!(timings.is_empty());
         return;
     }
-    if board.target.starts_with("thumbv6m") {
-        check_armv6m_timings(board, timings);
-        return;
-    }
     let m3 = board.cycle_model == Some("m3");
-    // (name, instructions of the body, its cycles on the M4, on the M3)
-    let expected: [(&str, u64, u64, u64); 8] = [
-        // LDR 2, then three pipelined LDRs 1 each.
-        ("loads", 4, 5, 5),
-        // The second LDR's address is the first's result: no pipelining, 2 + 2.
-        ("load_use_address", 2, 4, 4),
-        // ADD 1, then LDR 2 + 1 (an address from the instruction before: no forwarding).
-        ("computed_address", 2, 4, 4),
-        // LDR 2, STR with a register offset pipelined after it 1.
-        ("store_after_load", 2, 3, 3),
-        // LDM 1 + N.
-        ("ldm", 1, 5, 5),
-        // CMP 1, IT folded 0, ADD 1.
-        ("folded_it", 3, 2, 2),
-        // MLA: 1 on the M4, 2 on the M3.
-        ("mla", 4, 4, 8),
-        // SMLAD 1 (DSP cores only).
-        ("smlad", 4, 4, 4),
-    ];
+    // (name, instructions of the body, its cycles), and the loop's `subs; bne`.
+    let (expected, loop_cycles): (Vec<(&str, u64, u64)>, u64) =
+        if board.target.starts_with("thumbv6m") {
+            // The M0+ (TRM r0p1, 3.3): loads and stores 2, LDM 1 + N (after a MOV),
+            // MULS 1 with the single-cycle multiplier.
+            let sequences = vec![
+                ("loads", 4, 8),
+                ("stores", 2, 4),
+                ("ldm", 2, 5),
+                ("muls", 4, 4),
+            ];
+            (sequences, 1 + 2)
+        } else {
+            let mut sequences = vec![
+                // LDR 2, then three pipelined LDRs 1 each.
+                ("loads", 4, 5),
+                // The second LDR's address is the first's result: no pipelining, 2 + 2.
+                ("load_use_address", 2, 4),
+                // ADD 1, then LDR 2 + 1 (an address from the instruction before).
+                ("computed_address", 2, 4),
+                // LDR 2, STR with a register offset pipelined after it 1.
+                ("store_after_load", 2, 3),
+                // LDM 1 + N.
+                ("ldm", 1, 5),
+                // CMP 1, IT folded 0, ADD 1.
+                ("folded_it", 3, 2),
+                // MLA: 1 on the M4, 2 on the M3.
+                ("mla", 4, if m3 { 8 } else { 4 }),
+            ];
+            if !m3 {
+                // SMLAD 1 (the cores with the DSP extension).
+                sequences.push(("smlad", 4, 4));
+            }
+            (sequences, 1 + 3)
+        };
     let names: Vec<&str> = timings.iter().map(|t| t.name.as_str()).collect();
-    for (name, body_instructions, m4_cycles, m3_cycles) in expected {
+    assert_eq!(
+        timings.len(),
+        2 * expected.len(),
+        "{}: {names:?}",
+        board.name
+    );
+    for (name, body_instructions, body_cycles) in expected {
         let runs: Vec<&qemu::Timing> = timings.iter().filter(|t| t.name == name).collect();
-        if name == "smlad" && m3 {
-            assert!(runs.is_empty(), "{}: {names:?}", board.name);
-            continue;
-        }
         let [once, twice] = runs[..] else {
             panic!("{}: {name} ran {} times: {names:?}", board.name, runs.len());
         };
@@ -296,67 +311,18 @@ fn check_timings(board: &Board, timings: &[qemu::Timing]) {
             twice.instructions - once.instructions,
             body_instructions + 2
         );
-        match board.cycle_model {
-            None => assert!(once.cycles.is_none() && twice.cycles.is_none()),
-            Some(_) => {
-                let body = if m3 { m3_cycles } else { m4_cycles };
-                let (Some(c1), Some(c2)) = (once.cycles, twice.cycles) else {
-                    panic!("{}: {name}: no cycles", board.name);
-                };
-                assert_eq!(
-                    c2 - c1,
-                    n * (body + 1 + 3),
-                    "{}: {name}: estimated cycles per iteration {} (the TRM: {})",
-                    board.name,
-                    (c2 - c1) as f64 / n as f64,
-                    body + 4
-                );
-            }
+        match (board.cycle_model, once.cycles, twice.cycles) {
+            (None, None, None) => {}
+            (Some(_), Some(c1), Some(c2)) => assert_eq!(
+                c2 - c1,
+                n * (body_cycles + loop_cycles),
+                "{}: {name}: estimated cycles per iteration {} (the TRM: {})",
+                board.name,
+                (c2 - c1) as f64 / n as f64,
+                body_cycles + loop_cycles
+            ),
+            other => panic!("{}: {name}: cycles {other:?}", board.name),
         }
-    }
-}
-
-/// The ARMv6-M build's sequences, timed as a Cortex-M0+ (TRM r0p1, 3.3): loads and
-/// stores 2, LDM 1 + N, MULS 1 (single-cycle multiplier), and per iteration `subs` 1 and
-/// a taken `bne` 2.
-fn check_armv6m_timings(board: &Board, timings: &[qemu::Timing]) {
-    assert_eq!(board.cycle_model, Some("m0plus"));
-    // (name, instructions of the body, its cycles)
-    let expected: [(&str, u64, u64); 4] = [
-        ("loads", 4, 8),
-        ("stores", 2, 4),
-        // MOV 1, LDM of three registers 1 + 3.
-        ("ldm", 2, 5),
-        ("muls", 4, 4),
-    ];
-    assert_eq!(
-        timings.len(),
-        2 * expected.len(),
-        "{}: {timings:?}",
-        board.name
-    );
-    for (name, body_instructions, body_cycles) in expected {
-        let runs: Vec<&qemu::Timing> = timings.iter().filter(|t| t.name == name).collect();
-        let [once, twice] = runs[..] else {
-            panic!("{}: {name} ran {} times", board.name, runs.len());
-        };
-        let n = once.iterations;
-        assert!(
-            (twice.instructions - once.instructions).abs_diff(n * (body_instructions + 2)) <= 2,
-            "{}: {name}: instructions",
-            board.name
-        );
-        let (Some(c1), Some(c2)) = (once.cycles, twice.cycles) else {
-            panic!("{}: {name}: no cycles", board.name);
-        };
-        assert_eq!(
-            c2 - c1,
-            n * (body_cycles + 1 + 2),
-            "{}: {name}: estimated cycles per iteration {} (the TRM: {})",
-            board.name,
-            (c2 - c1) as f64 / n as f64,
-            body_cycles + 3
-        );
     }
 }
 
