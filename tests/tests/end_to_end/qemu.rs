@@ -476,9 +476,11 @@ fn the_rtt_transport_carries_the_same_results_as_semihosting() {
         );
         // The two firmware builds start counting at different phases of the SysTick,
         // whose tick (40 ns at 25 MHz) is 0.625 of an instruction's 64 ns under
-        // `-icount shift=6`: a count can round one instruction apart.
+        // `-icount shift=6`: a count can round one instruction apart. And the counter's
+        // wrap interrupt (every 2^24 ticks, about 10 M instructions) can fall inside
+        // one build's inference and not the other's: its handler's few instructions.
         assert!(
-            rtt.instructions.abs_diff(semihosting.instructions) <= 1,
+            rtt.instructions.abs_diff(semihosting.instructions) <= 16,
             "{rtt:?} vs {semihosting:?}"
         );
     }
