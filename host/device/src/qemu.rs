@@ -469,17 +469,8 @@ impl<'a> Device<'a> {
     pub fn classify(&self, data: &Dataset, range: std::ops::Range<usize>) -> Result<ClassifyBoot> {
         let indices: Vec<usize> = range.collect();
         let work = tempdir()?;
-        let trace_path = cycle_plugin(&self.board).map(|_| work.join("cycles.txt"));
-        let run = self
-            .boot(
-                &image_region(data, &[], &indices),
-                &work,
-                trace_path.as_deref(),
-            )
-            .and_then(|lines| {
-                let trace = trace_path.as_deref().map(cycles::read_trace).transpose()?;
-                Ok((lines, trace))
-            });
+        let model = optional_cycle_model(&self.board);
+        let run = self.boot(&image_region(data, &[], &indices), &work, model.as_ref());
         let _ = std::fs::remove_dir_all(&work);
         let (lines, trace) = run?;
         let mut boot = ClassifyBoot {
@@ -531,7 +522,7 @@ impl<'a> Device<'a> {
             std::fs::write(&flash, vec![0xFF; FLASH_IMAGE_BYTES])
                 .with_context(|| format!("cannot write {}", flash.display()))?;
         }
-        let lines = self.boot(&image_region(data, train, test), flash_dir, None)?;
+        let (lines, _) = self.boot(&image_region(data, train, test), flash_dir, None)?;
         let numbers = |line: &str, keys: &[&str]| -> Option<Vec<u32>> {
             keys.iter()
                 .map(|k| log_field(line, k).and_then(|v| v.parse().ok()))
@@ -563,14 +554,14 @@ impl<'a> Device<'a> {
     }
 
     /// Boots with an image region, QEMU running in `workdir` (where semihosting finds
-    /// the flash image); returns the decoded log, or the log in an error if the
-    /// firmware failed.
+    /// the flash image), with `cycle_model` if given; returns the decoded log and the
+    /// model's trace, or the log in an error if the firmware failed.
     fn boot(
         &self,
         region: &[u8],
         workdir: &Path,
-        cycle_trace: Option<&Path>,
-    ) -> Result<Vec<String>> {
+        cycle_model: Option<&CycleModel>,
+    ) -> Result<(Vec<String>, Option<cycles::Trace>)> {
         let board = &self.board;
         if self.model.len() > board.model_capacity {
             bail!(
@@ -598,7 +589,7 @@ impl<'a> Device<'a> {
         std::fs::write(&images_path, region)
             .with_context(|| format!("cannot write {}", images_path.display()))?;
         let board = &self.board;
-        let (log, success) = run_qemu(
+        let (log, success, trace) = run_qemu(
             board,
             &self.elf,
             &[
@@ -608,7 +599,7 @@ impl<'a> Device<'a> {
             workdir,
             self.timeout,
             self.transport,
-            cycle_trace,
+            cycle_model,
         )?;
         let lines = decode_defmt(&self.elf, &log)?;
         if !success {
@@ -618,7 +609,7 @@ impl<'a> Device<'a> {
                 lines.join("\n")
             );
         }
-        Ok(lines)
+        Ok((lines, trace))
     }
 }
 
@@ -702,7 +693,7 @@ pub fn selftest(board: &Board, timeout: Duration) -> Result<SelfTest> {
         Transport::Semihosting,
     )?;
     let work = tempdir()?;
-    let trace_path = cycle_plugin(board).map(|_| work.join("cycles.txt"));
+    let model = optional_cycle_model(board);
     let run = run_qemu(
         board,
         &elf,
@@ -710,14 +701,10 @@ pub fn selftest(board: &Board, timeout: Duration) -> Result<SelfTest> {
         &work,
         timeout,
         Transport::Semihosting,
-        trace_path.as_deref(),
-    )
-    .and_then(|run| {
-        let trace = trace_path.as_deref().map(cycles::read_trace).transpose()?;
-        Ok((run, trace))
-    });
+        model.as_ref(),
+    );
     let _ = std::fs::remove_dir_all(&work);
-    let ((log, success), trace) = run?;
+    let (log, success, trace) = run?;
     let lines = decode_defmt(&elf, &log)?;
     if !success {
         bail!(
@@ -802,25 +789,11 @@ pub struct ElfCycles {
 /// the program's reads of SysTick's counter. Any bare-metal program for the board's
 /// memory map runs (another runtime's build, say); its output is not read.
 pub fn estimate_elf(board: &Board, elf: &Path, timeout: Duration) -> Result<ElfCycles> {
-    ensure!(
-        board.cycle_model.is_some(),
-        "{} ({}) has no cycle model: boards with one are {}",
-        board.name,
-        board.core,
-        BOARDS
-            .iter()
-            .filter(|b| b.cycle_model.is_some())
-            .map(|b| b.name)
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let plugin = cycles::plugin(&firmware_dir().join("target").join("qemu-plugin"))?;
-    ensure!(plugin.exists(), "the cycle model is missing");
+    let model = cycle_model(board)?;
     let elf = &std::path::absolute(elf)
         .with_context(|| format!("{}: cannot make the path absolute", elf.display()))?;
     ensure!(elf.is_file(), "{}: no such file", elf.display());
     let work = tempdir()?;
-    let trace_path = work.join("cycles.txt");
     let run = run_qemu(
         board,
         elf,
@@ -828,11 +801,11 @@ pub fn estimate_elf(board: &Board, elf: &Path, timeout: Duration) -> Result<ElfC
         &work,
         timeout,
         Transport::Semihosting,
-        Some(&trace_path),
-    )
-    .and_then(|(_, success)| Ok((cycles::read_trace(&trace_path)?, success)));
+        Some(&model),
+    );
     let _ = std::fs::remove_dir_all(&work);
-    let (trace, success) = run?;
+    let (_, success, trace) = run?;
+    let trace = trace.context("the cycle model recorded nothing")?;
     let functions = cycles::by_function(elf, &trace)?;
     Ok(ElfCycles {
         functions,
@@ -914,8 +887,9 @@ pub const FLASH_IMAGE_BYTES: usize = 8192;
 /// Its file name, in the directory QEMU runs in.
 pub const FLASH_IMAGE: &str = "tinyres-flash.bin";
 
-/// Runs QEMU; returns the firmware's defmt frames (the semihosting console, or what
-/// RTT carried) and whether the firmware exited with success.
+/// Runs QEMU, with `cycle_model` loaded if given (its trace written into `workdir`);
+/// returns the firmware's defmt frames (the semihosting console, or what RTT carried),
+/// whether the firmware exited with success, and the cycle model's trace.
 fn run_qemu(
     board: &Board,
     elf: &Path,
@@ -923,18 +897,17 @@ fn run_qemu(
     workdir: &Path,
     timeout: Duration,
     transport: Transport,
-    cycle_trace: Option<&Path>,
-) -> Result<(Vec<u8>, bool)> {
+    cycle_model: Option<&CycleModel>,
+) -> Result<(Vec<u8>, bool, Option<cycles::Trace>)> {
     let mut cmd = Command::new(board.qemu);
-    if let Some(out) = cycle_trace {
-        let (Some(plugin), Some(core)) = (cycle_plugin(board), board.cycle_model) else {
-            bail!("{} has no cycle model", board.name);
-        };
+    let trace_path = workdir.join("cycles.txt");
+    if let Some(model) = cycle_model {
         cmd.arg("-plugin").arg(format!(
-            "{},core={core},watch={:#x},out={}",
-            plugin.display(),
+            "{},core={},watch={:#x},out={}",
+            model.plugin.display(),
+            model.core,
             cycles::SYSTICK_CURRENT,
-            out.display()
+            trace_path.display()
         ));
     }
     // RTT: QEMU starts halted and waits on a gdbstub socket, which a reader thread
@@ -1079,7 +1052,10 @@ fn run_qemu(
             }
         );
     }
-    Ok((log, status.success()))
+    let trace = cycle_model
+        .map(|_| cycles::read_trace(&trace_path))
+        .transpose()?;
+    Ok((log, status.success(), trace))
 }
 
 /// Numbers the gdbstub sockets of one process's concurrent boots.
@@ -1170,18 +1146,43 @@ fn parse_prediction(board: &Board, line: &str, offset: usize) -> Result<Option<D
     }))
 }
 
-/// The cycle model for `board`, built on first use: `None` where the board has no
-/// model of its core, or where it cannot be built (said once, on stderr).
-fn cycle_plugin(board: &Board) -> Option<PathBuf> {
+/// The cycle model of a board's core, ready to load into QEMU.
+struct CycleModel {
+    /// The plugin, built ([`cycles::plugin`]).
+    plugin: PathBuf,
+    /// Its `core=` argument.
+    core: &'static str,
+}
+
+/// The cycle model for `board`, built on first use, or why there is none.
+fn cycle_model(board: &Board) -> Result<CycleModel> {
+    let core = board.cycle_model.with_context(|| {
+        let boards: Vec<&str> = BOARDS
+            .iter()
+            .filter(|b| b.cycle_model.is_some())
+            .map(|b| b.name)
+            .collect();
+        format!(
+            "{} ({}) has no cycle model: boards with one are {}",
+            board.name,
+            board.core,
+            boards.join(", ")
+        )
+    })?;
+    let plugin = cycles::plugin(&firmware_dir().join("target").join("qemu-plugin"))?;
+    Ok(CycleModel { plugin, core })
+}
+
+/// [`cycle_model`] where the board has one: `None` for the others, and where it cannot
+/// be built (said once, on stderr).
+fn optional_cycle_model(board: &Board) -> Option<CycleModel> {
     board.cycle_model?;
-    match cycles::plugin(&firmware_dir().join("target").join("qemu-plugin")) {
-        Ok(path) => Some(path),
-        Err(e) => {
+    cycle_model(board)
+        .map_err(|e| {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| eprintln!("warning: cycles are not estimated: {e:#}"));
-            None
-        }
-    }
+        })
+        .ok()
 }
 
 fn tempdir() -> Result<PathBuf> {

@@ -975,13 +975,10 @@ impl Lowering<'_, '_> {
                 let output = self.output_of(operator)?;
                 let a = self.input_of(operator, 0)?;
                 let b = self.input_of(operator, 1)?;
-                // A side is an activation, or an option-A shortcut view of one.
-                let side = |t: usize| match self.shortcuts.get(&t) {
-                    Some(view) => Ok((view.source, view.dims, Some(*view))),
-                    None => self.activation(t, true).map(|(r, d)| (r, d, None)),
-                };
-                let (ra, da, va) = side(a)?;
-                let (rb, db, vb) = side(b)?;
+                // A side is an activation (a view of itself), or an option-A shortcut
+                // view of one.
+                let (va, vb) = (self.shortcut_view(a)?, self.shortcut_view(b)?);
+                let (da, db) = (va.dims, vb.dims);
                 ensure!(
                     da == db,
                     "an ADD of a {da:?} and a {db:?} tensor: the engine adds tensors of one shape"
@@ -1006,10 +1003,10 @@ impl Lowering<'_, '_> {
                     LayerSpec::Conv(c) => (c.kernel.0 * c.kernel.1, n),
                     _ => (0, n),
                 };
-                let (node, shortcut, view) = match (candidate(ra, a), candidate(rb, b)) {
-                    (Some(na), Some(nb)) if kernel(nb) > kernel(na) => (nb, ra, va),
-                    (Some(na), _) => (na, rb, vb),
-                    (None, Some(nb)) => (nb, ra, va),
+                let (node, shortcut) = match (candidate(va.source, a), candidate(vb.source, b)) {
+                    (Some(na), Some(nb)) if kernel(nb) > kernel(na) => (nb, va),
+                    (Some(na), _) => (na, vb),
+                    (None, Some(nb)) => (nb, va),
                     (None, None) => bail!(
                         "neither input is a convolution's output read only by this ADD: the engine adds a residual in the convolution that produces one side"
                     ),
@@ -1020,9 +1017,9 @@ impl Lowering<'_, '_> {
                 let entry = &mut self.nodes[node];
                 if let LayerSpec::Conv(conv) = &mut entry.layer {
                     conv.residual = Some(ResidualSpec {
-                        tensor: shortcut,
-                        stride: view.map_or(1, |v| v.stride),
-                        channel_offset: view.map_or(0, |v| v.channel_offset),
+                        tensor: shortcut.source,
+                        stride: shortcut.stride,
+                        channel_offset: shortcut.channel_offset,
                         relu,
                     });
                 }
@@ -1234,7 +1231,8 @@ impl Lowering<'_, '_> {
         Ok(())
     }
 
-    /// The activation or shortcut view `t` as a shortcut view.
+    /// The activation or shortcut view `t` as a shortcut view (an activation maps
+    /// itself: stride 1, no channel offset).
     fn shortcut_view(&self, t: usize) -> Result<Shortcut> {
         if let Some(view) = self.shortcuts.get(&t) {
             return Ok(*view);
@@ -1262,19 +1260,24 @@ impl Lowering<'_, '_> {
             "channel paddings {before} and {after}: each must be in 0..=255 before and 0..=4096 after"
         );
         let channels = c + before as usize + after as usize;
-        self.check_output(output, (h, w, channels))?;
+        let padded = Shortcut {
+            channel_offset: view.channel_offset + before as usize,
+            dims: (h, w, channels),
+            ..view
+        };
+        self.add_shortcut(raw, output, padded)
+    }
+
+    /// Records `output` as the shortcut view `view` of the operator's input `raw`: the
+    /// output has the view's shape and the input's quantization (TFLite's STRIDED_SLICE
+    /// and PAD keep it).
+    fn add_shortcut(&mut self, raw: usize, output: usize, view: Shortcut) -> Result<()> {
+        self.check_output(output, view.dims)?;
         ensure!(
             self.same_quantization(raw, output)?,
             "the output is quantized differently from the input"
         );
-        self.shortcuts.insert(
-            output,
-            Shortcut {
-                channel_offset: view.channel_offset + before as usize,
-                dims: (h, w, channels),
-                ..view
-            },
-        );
+        self.shortcuts.insert(output, view);
         Ok(())
     }
 
@@ -1346,20 +1349,12 @@ impl Lowering<'_, '_> {
             counts[1],
             counts[2]
         );
-        self.check_output(output, (counts[1], counts[2], c))?;
-        ensure!(
-            self.same_quantization(raw, output)?,
-            "the output is quantized differently from the input"
-        );
-        self.shortcuts.insert(
-            output,
-            Shortcut {
-                stride: view.stride * stride,
-                dims: (counts[1], counts[2], c),
-                ..view
-            },
-        );
-        Ok(())
+        let subsampled = Shortcut {
+            stride: view.stride * stride,
+            dims: (counts[1], counts[2], c),
+            ..view
+        };
+        self.add_shortcut(raw, output, subsampled)
     }
 
     /// Checks that an operator's output tensor is `[1, h, w, c]`.
