@@ -3,6 +3,8 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+#[cfg(feature = "app")]
+pub mod app;
 pub mod arch;
 mod crc;
 mod engine;

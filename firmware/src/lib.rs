@@ -158,10 +158,10 @@ pub type BoardApp<'a, 'h> = app::App<'static, 'a, 'h, board::Button, board::Led,
 pub fn open_app<'a, 'h>(
     arena: &'a mut [u8],
     head: &'h mut app::Head,
-) -> Result<(BoardApp<'a, 'h>, Images<'static>), app::AppError> {
+) -> Result<(BoardApp<'a, 'h>, Images<'static>), app::FirmwareError> {
     use tinyres_core::persist::LayerStore;
     let model = tinyres_core::Model::parse(model_partition())?;
-    let images = Images::parse(image_region()).map_err(app::AppError::Images)?;
+    let images = Images::parse(image_region()).map_err(app::FirmwareError::Images)?;
     let (button, led, flash) = board::take()?;
     let store = LayerStore::new(flash, 0, app::SLOT_BYTES)?;
     let net = tinyres_core::Interpreter::new(model, arena)?;
@@ -176,7 +176,7 @@ pub fn open_app<'a, 'h>(
 /// Logs why `program` failed, if it did (`program: error`); whether it succeeded, for
 /// [`exit`].
 #[cfg(target_os = "none")]
-pub fn report(program: &str, result: Result<(), app::AppError>) -> bool {
+pub fn report(program: &str, result: Result<(), app::FirmwareError>) -> bool {
     match result {
         Ok(()) => true,
         Err(e) => {

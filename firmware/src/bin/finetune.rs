@@ -13,7 +13,7 @@
 #![no_main]
 
 use tinyres_core::Arena;
-use tinyres_firmware::app::{AppError, Head, FINETUNE_EPOCHS};
+use tinyres_firmware::app::{FirmwareError, Head, FINETUNE_EPOCHS};
 use tinyres_firmware::{
     counter_elapsed, counter_read, counter_start, exit, open_app, report, stack_paint, stack_used,
     static_ram, ARENA_BYTES, COUNTER,
@@ -44,7 +44,7 @@ extern "C" fn main() -> ! {
     ))
 }
 
-fn finetune(arena: &mut [u8], head: &mut Head) -> Result<(), AppError> {
+fn finetune(arena: &mut [u8], head: &mut Head) -> Result<(), FirmwareError> {
     // Borrowed where `open_app` returned it: moving the 0.9 KiB app out of the
     // `Result` would keep a second copy on the stack.
     let mut opened = open_app(arena, head);
@@ -63,7 +63,7 @@ fn finetune(arena: &mut [u8], head: &mut Head) -> Result<(), AppError> {
     }
 
     for i in train..images.len() {
-        let (pixels, label) = images.get(i).ok_or(AppError::NoFrame { index: i })?;
+        let (pixels, label) = images.get(i).ok_or(FirmwareError::NoFrame { index: i })?;
         let start = counter_read();
         let class = app.classify(pixels)?;
         let elapsed = counter_elapsed(start, counter_read());

@@ -16,7 +16,7 @@
 #![no_main]
 
 use tinyres_core::Arena;
-use tinyres_firmware::app::{AppError, Head, Labeled};
+use tinyres_firmware::app::{FirmwareError, Head, Labeled};
 use tinyres_firmware::{
     board, counter_elapsed, counter_read, counter_start, exit, open_app, report, stack_paint,
     stack_used, static_ram, BoardApp, ARENA_BYTES, COUNTER,
@@ -44,7 +44,7 @@ extern "C" fn main() -> ! {
     exit(report("teach", teach(arena.as_mut_slice(), &mut head)))
 }
 
-fn teach(arena: &mut [u8], head: &mut Head) -> Result<(), AppError> {
+fn teach(arena: &mut [u8], head: &mut Head) -> Result<(), FirmwareError> {
     // Borrowed where `open_app` returned it: moving the 0.9 KiB app out of the
     // `Result` would keep a second copy on the stack.
     let mut opened = open_app(arena, head);
@@ -57,7 +57,7 @@ fn teach(arena: &mut [u8], head: &mut Head) -> Result<(), AppError> {
     let mut unsaved_labels = false;
     loop {
         for i in 0..images.len() {
-            let (pixels, label) = images.get(i).ok_or(AppError::NoFrame { index: i })?;
+            let (pixels, label) = images.get(i).ok_or(FirmwareError::NoFrame { index: i })?;
             board::press_for_label(i < train && usize::from(label) == taught);
             let start = counter_read();
             let step = app.step(pixels)?;
@@ -98,7 +98,7 @@ fn teach(arena: &mut [u8], head: &mut Head) -> Result<(), AppError> {
     Ok(())
 }
 
-fn save(app: &mut BoardApp<'_, '_>) -> Result<(), AppError> {
+fn save(app: &mut BoardApp<'_, '_>) -> Result<(), FirmwareError> {
     let saved = app.save()?;
     defmt::println!(
         "saved slot={=u32} seq={=u32} class={=usize}",
