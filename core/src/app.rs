@@ -14,7 +14,7 @@
 
 use core::fmt;
 
-use embedded_hal::digital::{InputPin, OutputPin};
+use embedded_hal::digital::{ErrorType, InputPin, OutputPin};
 use embedded_storage::nor_flash::NorFlash;
 
 use crate::learn::{FeatureMean, LastLayer, Momentum, Sgd};
@@ -67,6 +67,33 @@ impl fmt::Display for AppError {
             AppError::NoExample { index } => write!(f, "no example {index} to learn from"),
             AppError::NoShot => f.write_str("no example of the new class to learn from"),
         }
+    }
+}
+
+/// A pin wired active low, read and driven as active high, as [`App`] expects (pressed
+/// = high, lit = high): most boards' buttons pull to ground, and many LEDs sink.
+#[derive(Clone, Copy, Debug)]
+pub struct ActiveLow<P>(pub P);
+
+impl<P: ErrorType> ErrorType for ActiveLow<P> {
+    type Error = P::Error;
+}
+
+impl<P: InputPin> InputPin for ActiveLow<P> {
+    fn is_high(&mut self) -> Result<bool, Self::Error> {
+        self.0.is_low()
+    }
+    fn is_low(&mut self) -> Result<bool, Self::Error> {
+        self.0.is_high()
+    }
+}
+
+impl<P: OutputPin> OutputPin for ActiveLow<P> {
+    fn set_low(&mut self) -> Result<(), Self::Error> {
+        self.0.set_high()
+    }
+    fn set_high(&mut self) -> Result<(), Self::Error> {
+        self.0.set_low()
     }
 }
 

@@ -3,40 +3,15 @@
 //! written through the NVMC flash controller (`nrf52840-hal`'s `NorFlash`). defmt goes
 //! out over RTT; the model and images are the flash partitions `tinyres flash` writes.
 
-use embedded_hal::digital::{ErrorType, InputPin, OutputPin};
 use nrf52840_hal::gpio::{p0, Input, Level, Output, Pin, PullUp, PushPull};
 use nrf52840_hal::nvmc::Nvmc;
 use nrf52840_hal::pac;
+use tinyres_core::app::ActiveLow;
 
 use crate::app::{AppError, SLOT_BYTES};
 use crate::{HEAD_STORE_ADDRESS, HEAD_STORE_BYTES};
 
 const _: () = assert!(HEAD_STORE_BYTES == 2 * SLOT_BYTES as usize);
-
-/// A pin wired active low, read and driven as active high (pressed = high, lit = high).
-pub struct ActiveLow<P>(P);
-
-impl<P: ErrorType> ErrorType for ActiveLow<P> {
-    type Error = P::Error;
-}
-
-impl<P: InputPin> InputPin for ActiveLow<P> {
-    fn is_high(&mut self) -> Result<bool, Self::Error> {
-        self.0.is_low()
-    }
-    fn is_low(&mut self) -> Result<bool, Self::Error> {
-        self.0.is_high()
-    }
-}
-
-impl<P: OutputPin> OutputPin for ActiveLow<P> {
-    fn set_low(&mut self) -> Result<(), Self::Error> {
-        self.0.set_high()
-    }
-    fn set_high(&mut self) -> Result<(), Self::Error> {
-        self.0.set_low()
-    }
-}
 
 /// The frames cycle for ever: the device keeps classifying (and learning).
 pub const FRAMES_CYCLE: bool = true;
