@@ -16,6 +16,7 @@
 pub mod arch;
 pub mod calibrate;
 pub mod eval;
+pub mod fit;
 pub mod onnx;
 pub mod plan;
 pub mod report;

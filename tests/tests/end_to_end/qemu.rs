@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use tinyres_compile::arch::Architecture;
+use tinyres_compile::fit::Chip;
 use tinyres_compile::writer::{AlignedBlob, Encoding, LayerSpec, Network};
 use tinyres_core::{Interpreter, Model};
 use tinyres_data::Dataset;
@@ -147,6 +148,19 @@ fn device_over(
     // stack: measured on the device.
     let total = boot.ram.static_bytes + boot.ram.stack_bytes;
     let arena = qemu::DEFAULT_ARENA_BYTES;
+    // The stack `--board` fit checks count on (tinyres_compile::fit) is what the
+    // engine takes, within 1 KiB; the A53 firmware keeps the arena on its stack.
+    let engine_stack = if board.target.starts_with("aarch64") {
+        boot.ram.stack_bytes - arena
+    } else {
+        boot.ram.stack_bytes
+    } as u64;
+    let figure = Chip::by_name(board.name).unwrap().core.stack;
+    assert!(
+        (figure.saturating_sub(1024)..=figure).contains(&engine_stack),
+        "{}: the engine took {engine_stack} B of stack; the fit check counts {figure} B",
+        board.name
+    );
     assert!(
         (arena + 256..arena + 64 * 1024).contains(&total),
         "{}: {:?}",

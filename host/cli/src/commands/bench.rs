@@ -43,7 +43,7 @@ pub struct Args {
     /// Images per board.
     #[arg(long, default_value_t = 5)]
     images: usize,
-    /// Boards (repeat the flag); default: all six.
+    /// Boards (repeat the flag); default: every board.
     #[arg(long = "board")]
     boards: Vec<String>,
     /// Seconds one QEMU boot may take.

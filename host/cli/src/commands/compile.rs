@@ -13,7 +13,7 @@ use tinyres_compile::{import_onnx, to_blob, Calibration, Dtype, Int8Options, Mem
 use tinyres_core::Model;
 use tinyres_data::{write_atomically, Dataset};
 
-use super::{print_json, PreprocessingArgs};
+use super::{check_fit, print_json, FitArgs, PreprocessingArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -53,6 +53,8 @@ pub struct Args {
     no_bias_correction: bool,
     #[command(flatten)]
     preprocessing: PreprocessingArgs,
+    #[command(flatten)]
+    fit: FitArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -142,6 +144,8 @@ pub fn command(args: &Args) -> Result<()> {
     let model = Model::parse(blob.as_bytes())
         .map_err(|e| anyhow::anyhow!("the compiled blob does not validate: {e}"))?;
     let report = describe(&model)?;
+    let fit = args.fit.fit(&model, bytes.len())?;
+    check_fit(&fit)?;
     write_atomically(&args.output, &bytes)?;
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
@@ -159,6 +163,7 @@ pub fn command(args: &Args) -> Result<()> {
             "calibration_seconds": calibration_seconds,
             "seconds": seconds,
             "model": report,
+            "fit": fit,
         }));
     }
     let softmax = if imported.softmax_dropped {
@@ -182,6 +187,9 @@ pub fn command(args: &Args) -> Result<()> {
     }
     println!("compiled in {seconds:.2} s (lowering {lowered:.2} s)\n");
     print!("{}", report.to_table());
+    if let Some(fit) = &fit {
+        println!("\n{fit}");
+    }
     Ok(())
 }
 
@@ -235,6 +243,8 @@ fn compile_tflite(args: &Args) -> Result<()> {
     let model = Model::parse(blob.as_bytes())
         .map_err(|e| anyhow::anyhow!("the compiled blob does not validate: {e}"))?;
     let report = describe(&model)?;
+    let fit = args.fit.fit(&model, bytes.len())?;
+    check_fit(&fit)?;
     write_atomically(&args.output, &bytes)?;
     let seconds = started.elapsed().as_secs_f64();
     let quantization = if given.is_some() {
@@ -260,6 +270,7 @@ fn compile_tflite(args: &Args) -> Result<()> {
             "calibration_seconds": calibration_seconds,
             "seconds": seconds,
             "model": report,
+            "fit": fit,
         }));
     }
     let softmax = if imported.softmax_dropped {
@@ -285,5 +296,8 @@ fn compile_tflite(args: &Args) -> Result<()> {
     }
     println!("compiled in {seconds:.2} s (lowering {lowered:.2} s)\n");
     print!("{}", report.to_table());
+    if let Some(fit) = &fit {
+        println!("\n{fit}");
+    }
     Ok(())
 }

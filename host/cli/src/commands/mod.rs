@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tinyres_compile::arch::{Architecture, Block, Shortcut, StageBlocks, NAMES};
+use tinyres_compile::fit::{Chip, Fit};
 use tinyres_compile::onnx::parse_range;
 use tinyres_compile::writer::AlignedBlob;
 use tinyres_compile::PreprocessingFlags;
@@ -43,6 +44,52 @@ pub fn load_blob(path: &Path) -> Result<AlignedBlob> {
         bail!("{}: {e}", path.display());
     }
     Ok(blob)
+}
+
+/// The chip a model must fit (`compile`, `plan`, `inspect`).
+#[derive(clap::Args, Debug)]
+pub struct FitArgs {
+    /// Check that the model fits this chip or QEMU board: its arena and the engine's
+    /// stack in RAM, its blob and the engine's code in flash (the engine's figures
+    /// measured on the chip's core). A model that does not fit is refused, naming the
+    /// figures. Chips: stm32f411, stm32f446, stm32l4r5, stm32h743, nrf52840, rp2040,
+    /// stm32g071, and the QEMU boards of `tinyres run`.
+    #[arg(long, value_name = "CHIP")]
+    board: Option<String>,
+    /// RAM the model may use, instead of the chip's (e.g. 96K: what your firmware
+    /// leaves). Needs --board, for the core.
+    #[arg(long, value_name = "BYTES", requires = "board", value_parser = tinyres_compile::fit::parse_size)]
+    ram: Option<u64>,
+    /// Flash the model and the engine may use, instead of the chip's (e.g. 256K).
+    /// Needs --board.
+    #[arg(long, value_name = "BYTES", requires = "board", value_parser = tinyres_compile::fit::parse_size)]
+    flash: Option<u64>,
+}
+
+impl FitArgs {
+    /// What `model` (its blob `blob_bytes` long) needs of the chip, if one was named.
+    pub fn fit(&self, model: &Model<'_>, blob_bytes: usize) -> Result<Option<Fit>> {
+        let Some(name) = &self.board else {
+            return Ok(None);
+        };
+        let chip = Chip::by_name(name).map_err(anyhow::Error::msg)?;
+        Ok(Some(Fit::new(
+            model,
+            blob_bytes as u64,
+            Some(chip.name),
+            chip.core,
+            self.ram.unwrap_or(chip.ram),
+            self.flash.unwrap_or(chip.flash),
+        )))
+    }
+}
+
+/// Refuses a model that does not fit (`bail!` with the figures).
+pub fn check_fit(fit: &Option<Fit>) -> Result<()> {
+    match fit {
+        Some(fit) => fit.check().map_err(anyhow::Error::msg),
+        None => Ok(()),
+    }
 }
 
 /// How raw pixels become an ONNX model's input, where its metadata does not say.

@@ -9,7 +9,7 @@ use tinyres_compile::{Dtype, Memory};
 use tinyres_core::Model;
 use tinyres_data::write_atomically;
 
-use super::{print_json, ArchArgs};
+use super::{check_fit, print_json, ArchArgs, FitArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -27,6 +27,8 @@ pub struct Args {
     /// testing firmware and seeding the fuzzer, not for predictions.
     #[arg(short, long, value_name = "FILE.trm")]
     output: Option<PathBuf>,
+    #[command(flatten)]
+    fit: FitArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -45,17 +47,23 @@ pub fn command(args: &Args) -> Result<()> {
     };
     let bytes = network.to_blob_with(encoding, args.memory)?;
     let blob = AlignedBlob::new(&bytes);
-    let report = describe(&Model::parse(blob.as_bytes())?)?;
+    let model = Model::parse(blob.as_bytes())?;
+    let report = describe(&model)?;
+    let fit = args.fit.fit(&model, bytes.len())?;
+    check_fit(&fit)?;
     if let Some(path) = &args.output {
         write_atomically(path, &bytes)?;
     }
     if args.json {
         print_json(&serde_json::json!({
-            "architecture": arch.name, "depth": arch.depth(), "model": report,
+            "architecture": arch.name, "depth": arch.depth(), "model": report, "fit": fit,
         }))
     } else {
         println!("{arch}\n");
         print!("{}", report.to_table());
+        if let Some(fit) = &fit {
+            println!("\n{fit}");
+        }
         Ok(())
     }
 }

@@ -61,6 +61,70 @@ fn plan_resnet8_int8_reports_the_mlperf_budget() {
 }
 
 #[test]
+fn board_fit_checks_report_the_figures_and_refuse_what_does_not_fit() {
+    // ResNet-8 int8 on an STM32F411: 18 KiB of arena and the M4's 11 KiB of stack in
+    // 128 KiB of RAM; blob and engine in 512 KiB of flash.
+    let out = tinyres(&["plan", "--board", "stm32f411", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let fit = &v["fit"];
+    assert_eq!(fit["arena"], 18 * 1024);
+    assert_eq!(fit["stack"], fit["core"]["stack"]);
+    assert_eq!(fit["ram"], 128 * 1024);
+    assert_eq!(fit["blob"], v["model"]["flash_bytes"]);
+    assert_eq!(fit["core"]["kernel"], "cortex-m-dsp");
+
+    // A budget too small for the arena and the stack: refused, with the figures, and
+    // the blob is not written.
+    let blob = temp("does-not-fit.trm");
+    let out = tinyres(&[
+        "plan",
+        "--board",
+        "rp2040",
+        "--ram",
+        "20K",
+        "-o",
+        blob.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let error = stderr(&out);
+    assert!(
+        error.contains("does not fit rp2040")
+            && error.contains("arena 18,432 + stack")
+            && error.contains("of 20,480 B")
+            && !error.contains("flash"),
+        "{error}"
+    );
+    assert!(!blob.exists());
+
+    // inspect shows the verdict, then exits with failure.
+    let fits = temp("fits.trm");
+    assert!(tinyres(&["plan", "-o", fits.to_str().unwrap()])
+        .status
+        .success());
+    let out = tinyres(&[
+        "inspect",
+        fits.to_str().unwrap(),
+        "--board",
+        "stm32g071",
+        "--flash",
+        "64K",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).contains("does not fit stm32g071"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("blob "), "{}", stderr(&out));
+
+    let out = tinyres(&["plan", "--board", "stm32f999"]);
+    assert!(stderr(&out).contains("unknown board 'stm32f999'; known: stm32f411"));
+    let out = tinyres(&["plan", "--ram", "64K"]);
+    assert!(stderr(&out).contains("--board"), "{}", stderr(&out));
+}
+
+#[test]
 fn plan_accepts_every_family_member_and_option() {
     for args in [
         &["plan", "--arch", "resnet110", "--dtype", "f16"][..],
