@@ -15,7 +15,8 @@
 //! | `tinyres_arm_mve` | Cortex-M55 (`-C target-cpu=cortex-m55`) | `helium`: VMLADAVA over 16 bytes |
 //! | `target_arch = "aarch64"` | Cortex-A53 and later | `neon`: SMULL + SADALP over 16 bytes |
 //! | `target_arch = "x86_64"` | hosts (`tinyres eval`) | [`x86`]: AVX2 (detected at run time) or SSE2, `PMADDWD` |
-//! | anything else | M3, M0+ (ARMv6-M) | the portable kernel |
+//! | `target_arch = "arm"` without the above | Cortex-M0, M0+ (ARMv6-M), M3 | `armv6m`: four pixels per weight load, accumulators in r8–r12 |
+//! | anything else | | the portable kernel |
 //!
 //! On x86-64 the kernels (AVX2 and SSE2) are tested against the portable ones by the
 //! proptest suite (`core/tests/kernels.rs`), which runs on the host.
@@ -29,6 +30,10 @@ use crate::{
 #[cfg(tinyres_columns)]
 #[allow(unsafe_code)]
 pub mod columns;
+
+#[cfg(all(target_arch = "arm", not(tinyres_arm_dsp)))]
+#[allow(unsafe_code)]
+pub mod armv6m;
 
 #[cfg(all(target_arch = "arm", tinyres_arm_dsp))]
 #[allow(unsafe_code)]
@@ -57,6 +62,9 @@ pub use helium::conv2d_i8_with;
 
 #[cfg(all(target_arch = "arm", tinyres_arm_dsp, not(tinyres_arm_mve)))]
 pub use cortex_m_dsp::{conv2d_i8_with, ConvScratch};
+
+#[cfg(all(target_arch = "arm", not(tinyres_arm_dsp)))]
+pub use armv6m::{conv2d_i8_with, ConvScratch};
 
 #[cfg(target_arch = "aarch64")]
 pub use neon::conv2d_i8_with;
@@ -97,20 +105,12 @@ pub fn conv2d_i8(
     )
 }
 
-#[cfg(not(any(
-    all(target_arch = "arm", tinyres_arm_dsp),
-    target_arch = "aarch64",
-    target_arch = "x86_64"
-)))]
+#[cfg(not(any(target_arch = "arm", target_arch = "aarch64", target_arch = "x86_64")))]
 pub use portable::{conv2d_i8_with, ConvScratch};
 
-/// The portable kernel needs no scratch: the seam's types and names, for the cores
-/// without an optimised kernel (the M3).
-#[cfg(not(any(
-    all(target_arch = "arm", tinyres_arm_dsp),
-    target_arch = "aarch64",
-    target_arch = "x86_64"
-)))]
+/// The portable kernel needs no scratch: the seam's types and names, for the targets
+/// without an optimised kernel.
+#[cfg(not(any(target_arch = "arm", target_arch = "aarch64", target_arch = "x86_64")))]
 mod portable {
     use super::{AddTables, ConvShape, Error, Requantize, Shortcut};
     use crate::kernels;
@@ -163,6 +163,8 @@ pub const CONV2D_I8_KERNEL: &str = if cfg!(all(target_arch = "arm", tinyres_arm_
     "helium"
 } else if cfg!(all(target_arch = "arm", tinyres_arm_dsp)) {
     "cortex-m-dsp"
+} else if cfg!(target_arch = "arm") {
+    "armv6m"
 } else if cfg!(target_arch = "aarch64") {
     "neon"
 } else if cfg!(target_arch = "x86_64") {

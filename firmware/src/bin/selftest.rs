@@ -168,7 +168,8 @@ fn timings() {
     // rest are data for the loads and the register-offset store.
     let mut buffer = [0u32; 8];
     buffer[0] = buffer.as_ptr() as u32;
-    let dsp = arch::CONV2D_I8_KERNEL != "portable";
+    // The cores with the DSP extension (SMLAD) run one of these kernels.
+    let dsp = matches!(arch::CONV2D_I8_KERNEL, "cortex-m-dsp" | "helium");
     for (name, sequence) in SEQUENCES {
         if name == "smlad" && !dsp {
             continue;

@@ -1,0 +1,290 @@
+//! The int8 convolution for Arm cores without the DSP extension: the Cortex-M0 and
+//! M0+ (ARMv6-M: the RP2040, the STM32G0) and the Cortex-M3. ARMv6-M has no SIMD, no
+//! multiply-accumulate and no sign-extending load with an immediate offset, and most
+//! of its instructions reach only r0–r7.
+//!
+//! Four output pixels of a row go together. Their windows are copied into a column
+//! buffer tap by tap, `[tap][pixel]`, each byte stored as `x + 128` (`x ^ 0x80`), an
+//! unsigned byte that `LDRB` loads with an immediate offset: one pointer walks the
+//! four pixels' bytes. Each weight is loaded once (`LDRSB`, indexed by a counter that
+//! runs up to zero and ends the loop) and multiplied into the four pixels'
+//! accumulators, kept in r8, r10, r11 and r12, which `ADD` reaches. Four taps a turn:
+//! 3.6 instructions per multiply-accumulate.
+//!
+//! The `+ 128` comes out with the zero point, once per call: with padding stored as
+//! `zp + 128`, `Σ (x − zp)·w = Σ (x + 128)·w − (zp + 128)·Σ w`, so each channel's
+//! `bias − (zp + 128)·Σ w` is a constant added before requantizing; in wrapping 32-bit
+//! arithmetic this equals the portable kernel's accumulator bit for bit.
+
+use core::arch::asm;
+
+use crate::error::Error;
+use crate::kernels::{self, ConvShape, Requantize, Shortcut};
+use crate::quant::AddTables;
+
+/// Output pixels per group.
+const PIXELS: usize = 4;
+/// Taps per pixel the column buffer holds: a 3×3 window over 64 channels (2.3 KiB of
+/// stack). A larger window goes to the portable kernel.
+const WINDOW_CAPACITY: usize = 576;
+/// Output channels whose bases are kept (256 B of stack). More go to the portable
+/// kernel.
+const CHANNEL_CAPACITY: usize = 64;
+
+/// The memory a convolution works in besides its input and output (2.5 KiB): the
+/// column buffer and the channels' bases. The caller owns it and passes it to every
+/// call; its contents between calls do not matter.
+#[derive(Clone, Debug)]
+pub struct ConvScratch {
+    columns: [u8; PIXELS * WINDOW_CAPACITY],
+    bases: [i32; CHANNEL_CAPACITY],
+}
+
+impl ConvScratch {
+    /// A zeroed scratch.
+    pub const fn new() -> Self {
+        ConvScratch {
+            columns: [0; PIXELS * WINDOW_CAPACITY],
+            bases: [0; CHANNEL_CAPACITY],
+        }
+    }
+}
+
+impl Default for ConvScratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// TFLite int8 convolution, as [`kernels::conv2d_i8`] computes it (same arguments,
+/// same checks, bit-identical results).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_i8_with(
+    scratch: &mut ConvScratch,
+    shape: &ConvShape,
+    input: &[i8],
+    input_zero_point: i32,
+    weights: &[i8],
+    bias: &[i32],
+    requant: &Requantize<'_>,
+    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
+    output: &mut [i8],
+) -> Result<(), Error> {
+    let window = shape.kernel_h * shape.kernel_w * shape.in_c;
+    let out_c = shape.out_c;
+    if window > WINDOW_CAPACITY || window == 0 || out_c > CHANNEL_CAPACITY {
+        return kernels::conv2d_i8(
+            shape,
+            input,
+            input_zero_point,
+            weights,
+            bias,
+            requant,
+            residual,
+            output,
+        );
+    }
+    kernels::check_conv_i8(shape, input, weights, bias, requant, residual, output)?;
+    let ConvScratch { columns, bases } = scratch;
+    let columns = &mut columns[..PIXELS * window];
+    // The padding's stored byte, and the zero point it stands for with the 128.
+    let padding = (input_zero_point as i8 as u8) ^ 0x80;
+    let offset_zero_point = input_zero_point.wrapping_add(128);
+    for ((base, filter), &bias) in bases.iter_mut().zip(weights.chunks_exact(window)).zip(bias) {
+        let sum = filter
+            .iter()
+            .fold(0i32, |s, &w| s.wrapping_add(i32::from(w)));
+        *base = bias.wrapping_sub(offset_zero_point.wrapping_mul(sum));
+    }
+    let add = residual.map(|(_, add)| add);
+    for oy in 0..shape.out_h {
+        for ox in (0..shape.out_w).step_by(PIXELS) {
+            // The last group of a row repeats its last pixel and keeps what it needs.
+            let pixels: [usize; PIXELS] = core::array::from_fn(|p| (ox + p).min(shape.out_w - 1));
+            let distinct = (shape.out_w - ox).min(PIXELS);
+            for (p, &x) in pixels.iter().enumerate() {
+                gather(shape, input, padding, oy, x, p, columns);
+            }
+            let shortcuts = pixels.map(|x| residual.as_ref().and_then(|(s, _)| s.row(oy, x)));
+            for (co, filter) in weights.chunks_exact(window).enumerate() {
+                let sums = dot4(columns, filter);
+                for p in 0..distinct {
+                    let at = (oy * shape.out_w + pixels[p]) * out_c + co;
+                    let acc = sums[p].wrapping_add(bases[co]);
+                    output[at] = kernels::finish_i8(
+                        acc,
+                        co,
+                        &requant.channel(co),
+                        add,
+                        shortcuts[p],
+                        output[at],
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies the window of output pixel `(oy, ox)` into slot `p` of `columns` (`[tap][p]`,
+/// as `x ^ 0x80`), padding as `padding`.
+fn gather(
+    shape: &ConvShape,
+    input: &[i8],
+    padding: u8,
+    oy: usize,
+    ox: usize,
+    p: usize,
+    columns: &mut [u8],
+) {
+    let c_in = shape.in_c;
+    let top = oy * shape.stride;
+    let left = ox * shape.stride;
+    let inside = top >= shape.pad_top
+        && top + shape.kernel_h <= shape.pad_top + shape.in_h
+        && left >= shape.pad_left
+        && left + shape.kernel_w <= shape.pad_left + shape.in_w;
+    if !inside {
+        for byte in columns[p..].iter_mut().step_by(PIXELS) {
+            *byte = padding;
+        }
+    }
+    shape.for_each_kernel_row(oy, ox, |pixel, tap, taps| {
+        let source = &input[pixel * c_in..(pixel + taps) * c_in];
+        let slots = columns[tap * c_in * PIXELS + p..]
+            .iter_mut()
+            .step_by(PIXELS);
+        for (slot, &x) in slots.zip(source) {
+            *slot = (x as u8) ^ 0x80;
+        }
+    });
+}
+
+/// `Σ_k columns[4k + p] · filter[k]` for the four pixels `p`.
+#[inline(always)]
+fn dot4(columns: &[u8], filter: &[i8]) -> [i32; PIXELS] {
+    let taps = filter.len();
+    if taps == 0 || columns.len() < PIXELS * taps {
+        return [0; PIXELS];
+    }
+    // The weight loads index back from the filter's end: the index runs up to zero.
+    // The first `taps % 4` taps go one at a time, the rest four at a time.
+    let end = filter.as_ptr_range().end;
+    let index = -(taps as isize);
+    let stop = index + (taps % 4) as isize;
+    let (acc0, acc1, acc2, acc3): (i32, i32, i32, i32);
+    // SAFETY: `index` runs over `-taps..0`, so every `end + index` is a byte of
+    // `filter`; `column` advances 4 bytes a tap over the first `4 · taps` bytes of
+    // `columns`, and each load reads at most 3 bytes past it within the same tap's 4
+    // (16 in the 4-tap loop: its 4 taps). Registers r8, r10-r12 hold the four
+    // accumulators (Thumb-1 names them only as clobbers; `add` reaches them); nothing
+    // is stored.
+    unsafe {
+        asm!(
+            "movs {x}, #0",
+            "mov r8, {x}",
+            "mov r10, {x}",
+            "mov r11, {x}",
+            "mov r12, {x}",
+            "cmp {index}, {stop}",
+            "beq 3f",
+            "2:",
+            "ldrsb {w}, [{end}, {index}]",
+            "ldrb {x}, [{column}, #0]",
+            "muls {x}, {w}, {x}",
+            "add r8, {x}",
+            "ldrb {x}, [{column}, #1]",
+            "muls {x}, {w}, {x}",
+            "add r10, {x}",
+            "ldrb {x}, [{column}, #2]",
+            "muls {x}, {w}, {x}",
+            "add r11, {x}",
+            "ldrb {x}, [{column}, #3]",
+            "muls {x}, {w}, {x}",
+            "add r12, {x}",
+            "adds {column}, #4",
+            "adds {index}, #1",
+            "cmp {index}, {stop}",
+            "bne 2b",
+            "3:",
+            "cmp {index}, #0",
+            "beq 5f",
+            "4:",
+            "ldrsb {w}, [{end}, {index}]",
+            "ldrb {x}, [{column}, #0]",
+            "muls {x}, {w}, {x}",
+            "add r8, {x}",
+            "ldrb {x}, [{column}, #1]",
+            "muls {x}, {w}, {x}",
+            "add r10, {x}",
+            "ldrb {x}, [{column}, #2]",
+            "muls {x}, {w}, {x}",
+            "add r11, {x}",
+            "ldrb {x}, [{column}, #3]",
+            "muls {x}, {w}, {x}",
+            "add r12, {x}",
+            "adds {index}, #1",
+            "ldrsb {w}, [{end}, {index}]",
+            "ldrb {x}, [{column}, #4]",
+            "muls {x}, {w}, {x}",
+            "add r8, {x}",
+            "ldrb {x}, [{column}, #5]",
+            "muls {x}, {w}, {x}",
+            "add r10, {x}",
+            "ldrb {x}, [{column}, #6]",
+            "muls {x}, {w}, {x}",
+            "add r11, {x}",
+            "ldrb {x}, [{column}, #7]",
+            "muls {x}, {w}, {x}",
+            "add r12, {x}",
+            "adds {index}, #1",
+            "ldrsb {w}, [{end}, {index}]",
+            "ldrb {x}, [{column}, #8]",
+            "muls {x}, {w}, {x}",
+            "add r8, {x}",
+            "ldrb {x}, [{column}, #9]",
+            "muls {x}, {w}, {x}",
+            "add r10, {x}",
+            "ldrb {x}, [{column}, #10]",
+            "muls {x}, {w}, {x}",
+            "add r11, {x}",
+            "ldrb {x}, [{column}, #11]",
+            "muls {x}, {w}, {x}",
+            "add r12, {x}",
+            "adds {index}, #1",
+            "ldrsb {w}, [{end}, {index}]",
+            "ldrb {x}, [{column}, #12]",
+            "muls {x}, {w}, {x}",
+            "add r8, {x}",
+            "ldrb {x}, [{column}, #13]",
+            "muls {x}, {w}, {x}",
+            "add r10, {x}",
+            "ldrb {x}, [{column}, #14]",
+            "muls {x}, {w}, {x}",
+            "add r11, {x}",
+            "ldrb {x}, [{column}, #15]",
+            "muls {x}, {w}, {x}",
+            "add r12, {x}",
+            "adds {column}, #16",
+            "adds {index}, #1",
+            "bne 4b",
+            "5:",
+            "mov {w}, r8",
+            "mov {x}, r10",
+            "mov {end}, r11",
+            "mov {stop}, r12",
+            w = out(reg) acc0,
+            x = out(reg) acc1,
+            end = inout(reg) end => acc2,
+            stop = inout(reg) stop => acc3,
+            index = inout(reg) index => _,
+            column = inout(reg) columns.as_ptr() => _,
+            out("r8") _,
+            out("r10") _,
+            out("r11") _,
+            out("r12") _,
+            options(nostack, readonly),
+        );
+    }
+    [acc0, acc1, acc2, acc3]
+}
