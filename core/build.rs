@@ -12,6 +12,10 @@
 //!   with `-C target-cpu=cortex-m55` / `cortex-m85` or `-C target-feature=+mve`.
 //! - `tinyres_columns`: any of the above, AArch64 or x86-64: the targets with arch
 //!   kernels, which share `arch::columns`.
+//! - `tinyres_arm_m_base`: the Cortex-M targets without the DSP extension (M0, M0+,
+//!   M3, M23, and `thumbv8m.main` without a CPU flag): the `armv6m` kernel.
+//! - `tinyres_thumb1`: ARMv6-M and ARMv8-M Baseline, whose Thumb-1 instruction set
+//!   the `armv6m` kernel's assembly is written for (Thumb-2 cores get `MLA`).
 
 use std::env;
 
@@ -19,6 +23,8 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(tinyres_arm_dsp)");
     println!("cargo::rustc-check-cfg=cfg(tinyres_arm_mve)");
     println!("cargo::rustc-check-cfg=cfg(tinyres_columns)");
+    println!("cargo::rustc-check-cfg=cfg(tinyres_thumb1)");
+    println!("cargo::rustc-check-cfg=cfg(tinyres_arm_m_base)");
     println!("cargo::rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
     let target = env::var("TARGET").unwrap_or_default();
     let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
@@ -75,5 +81,14 @@ fn main() {
     }
     if mve {
         println!("cargo::rustc-cfg=tinyres_arm_mve");
+    }
+    // The M-profile cores without the DSP extension: the `armv6m` kernel.
+    if target.starts_with("thumb") && !dsp {
+        println!("cargo::rustc-cfg=tinyres_arm_m_base");
+    }
+    // Thumb-1 only (ARMv6-M, ARMv8-M Baseline): no MLA, and most instructions reach
+    // only r0-r7 (the `armv6m` kernel's assembly differs).
+    if target.starts_with("thumbv6m") || target.starts_with("thumbv8m.base") {
+        println!("cargo::rustc-cfg=tinyres_thumb1");
     }
 }

@@ -25,6 +25,32 @@ pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
     ((product + (1 << 30)) >> 31) as i32
 }
 
+/// [`saturating_rounding_doubling_high_mul`] for `b != i32::MIN` (so that nothing
+/// saturates) in 32-bit arithmetic: the 64-bit product from four 16×16-bit multiplies
+/// (Hacker's Delight's `mulhs`), then the rounding. For cores without a 32×32→64-bit
+/// multiply (ARMv6-M), where `i64` arithmetic is a library call.
+#[cfg(any(test, tinyres_arm_m_base))]
+#[inline(always)]
+pub(crate) fn doubling_high_mul_32(a: i32, b: i32) -> i32 {
+    let (a_low, a_high) = ((a as u32 & 0xFFFF) as i32, a >> 16);
+    let (b_low, b_high) = ((b as u32 & 0xFFFF) as i32, b >> 16);
+    // Each partial product and sum fits in i32: |high · low| < 2^31 − 2^16.
+    let low = (a_low as u32).wrapping_mul(b_low as u32);
+    let middle = a_high.wrapping_mul(b_low).wrapping_add((low >> 16) as i32);
+    let cross = a_low.wrapping_mul(b_high).wrapping_add(middle & 0xFFFF);
+    let high = a_high
+        .wrapping_mul(b_high)
+        .wrapping_add(middle >> 16)
+        .wrapping_add(cross >> 16);
+    let product_low = ((cross as u32) << 16) | (low & 0xFFFF);
+    // (product + 2^30) >> 31, the high word carrying the low word's overflow.
+    let nudged = product_low.wrapping_add(1 << 30);
+    let carry = i32::from(nudged < product_low);
+    high.wrapping_add(carry)
+        .wrapping_shl(1)
+        .wrapping_add((nudged >> 31) as i32)
+}
+
 /// `x / 2^exponent` rounded to nearest with ties away from zero (gemmlowp
 /// `RoundingDivideByPOT`). `exponent` must be in `0..=31`.
 #[inline]
@@ -101,7 +127,7 @@ impl QuantizedMultiplier {
     /// `i32::MIN` (true of every blob that validates): [`Self::apply_checked_layer`]
     /// then skips the clamp and the one overflowing case, and gives the same results
     /// as [`Self::apply`].
-    #[cfg(tinyres_columns)]
+    #[cfg(any(tinyres_columns, tinyres_arm_m_base))]
     #[inline(always)]
     pub(crate) fn new_checked_layer(multiplier: i32, shift: i32) -> Self {
         debug_assert!((-31..=30).contains(&shift) && multiplier != i32::MIN);
@@ -119,6 +145,17 @@ impl QuantizedMultiplier {
     pub(crate) fn apply_checked_layer(self, x: i32) -> i32 {
         let product = i64::from(x.wrapping_shl(self.left_shift)) * i64::from(self.multiplier);
         rounding_divide_by_pot(((product + (1 << 30)) >> 31) as i32, self.right_shift)
+    }
+
+    /// [`Self::apply_checked_layer`] in 32-bit arithmetic ([`doubling_high_mul_32`]),
+    /// for the cores without a 32×32→64-bit multiply.
+    #[cfg(tinyres_arm_m_base)]
+    #[inline(always)]
+    pub(crate) fn apply_checked_layer_32(self, x: i32) -> i32 {
+        rounding_divide_by_pot(
+            doubling_high_mul_32(x.wrapping_shl(self.left_shift), self.multiplier),
+            self.right_shift,
+        )
     }
 
     /// `x` times the multiplier, with TFLite's roundings.
@@ -351,6 +388,28 @@ impl AddTables {
             prepared.input2,
         );
         self.output = prepared.output;
+    }
+
+    /// Whether [`Self::add_32`] applies: the output shift in `-31..=30` and the output
+    /// multiplier not `i32::MIN` (true of every blob that validates).
+    #[cfg(tinyres_arm_m_base)]
+    pub(crate) fn output_is_checked(&self) -> bool {
+        (-31..=30).contains(&self.params.output_shift) && self.params.output_multiplier != i32::MIN
+    }
+
+    /// [`Self::add`] in 32-bit arithmetic, for tables whose
+    /// [`Self::output_is_checked`], on the cores without a 32×32→64-bit multiply.
+    #[cfg(tinyres_arm_m_base)]
+    #[inline(always)]
+    pub(crate) fn add_32(&self, a: i8, b: i8) -> i8 {
+        let a = self.input1[usize::from(a as u8)];
+        let b = self.input2[usize::from(b as u8)];
+        let sum = self
+            .output
+            .apply_checked_layer_32(a.saturating_add(b))
+            .saturating_add(self.params.output_zero_point);
+        sum.max(self.params.activation_min)
+            .min(self.params.activation_max) as i8
     }
 
     /// Adds two int8 values (TFLite reference `AddElementwise` for int8).
@@ -588,6 +647,47 @@ pub fn softmax_i8(params: &SoftmaxParams, input: &[i8], output: &mut [i8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_32_bit_high_multiply_equals_the_64_bit_one(a: i32, b in (i32::MIN + 1)..=i32::MAX) {
+            prop_assert_eq!(doubling_high_mul_32(a, b), saturating_rounding_doubling_high_mul(a, b));
+        }
+    }
+
+    #[test]
+    fn the_32_bit_high_multiply_at_the_edges() {
+        let edges = [
+            i32::MIN,
+            i32::MIN + 1,
+            -65537,
+            -65536,
+            -65535,
+            -32769,
+            -32768,
+            -1,
+            0,
+            1,
+            32767,
+            32768,
+            65535,
+            65536,
+            1 << 30,
+            (1 << 30) + 1,
+            i32::MAX - 1,
+            i32::MAX,
+        ];
+        for a in edges {
+            for b in edges.into_iter().filter(|&b| b != i32::MIN) {
+                assert_eq!(
+                    doubling_high_mul_32(a, b),
+                    saturating_rounding_doubling_high_mul(a, b),
+                    "{a} · {b}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn frexp_matches_definition() {

@@ -19,7 +19,7 @@
 use core::arch::asm;
 
 use crate::error::Error;
-use crate::kernels::{self, ConvShape, Requantize, Shortcut};
+use crate::kernels::{self, ChannelRequantize, ConvShape, Requantize, Shortcut};
 use crate::quant::AddTables;
 
 /// Output pixels per group.
@@ -36,7 +36,8 @@ const CHANNEL_CAPACITY: usize = 64;
 /// call; its contents between calls do not matter.
 #[derive(Clone, Debug)]
 pub struct ConvScratch {
-    columns: [u8; PIXELS * WINDOW_CAPACITY],
+    /// `[tap]`: the four pixels' bytes of the tap, pixel `p` in byte `p`.
+    columns: [u32; WINDOW_CAPACITY],
     bases: [i32; CHANNEL_CAPACITY],
 }
 
@@ -44,7 +45,7 @@ impl ConvScratch {
     /// A zeroed scratch.
     pub const fn new() -> Self {
         ConvScratch {
-            columns: [0; PIXELS * WINDOW_CAPACITY],
+            columns: [0; WINDOW_CAPACITY],
             bases: [0; CHANNEL_CAPACITY],
         }
     }
@@ -86,7 +87,7 @@ pub fn conv2d_i8_with(
     }
     kernels::check_conv_i8(shape, input, weights, bias, requant, residual, output)?;
     let ConvScratch { columns, bases } = scratch;
-    let columns = &mut columns[..PIXELS * window];
+    let columns = &mut columns[..window];
     // The padding's stored byte, and the zero point it stands for with the 128.
     let padding = (input_zero_point as i8 as u8) ^ 0x80;
     let offset_zero_point = input_zero_point.wrapping_add(128);
@@ -97,33 +98,89 @@ pub fn conv2d_i8_with(
         *base = bias.wrapping_sub(offset_zero_point.wrapping_mul(sum));
     }
     let add = residual.map(|(_, add)| add);
+    // Requantized in 32-bit arithmetic where every blob that validates allows it.
+    let checked_layer = kernels::layer_is_checked(requant);
+    let checked_add = add.is_some_and(AddTables::output_is_checked);
     for oy in 0..shape.out_h {
         for ox in (0..shape.out_w).step_by(PIXELS) {
             // The last group of a row repeats its last pixel and keeps what it needs.
             let pixels: [usize; PIXELS] = core::array::from_fn(|p| (ox + p).min(shape.out_w - 1));
             let distinct = (shape.out_w - ox).min(PIXELS);
-            for (p, &x) in pixels.iter().enumerate() {
-                gather(shape, input, padding, oy, x, p, columns);
+            if distinct < PIXELS || !gather_inside(shape, input, oy, pixels, columns) {
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(columns);
+                for (p, &x) in pixels.iter().enumerate() {
+                    gather(shape, input, padding, oy, x, p, bytes);
+                }
             }
             let shortcuts = pixels.map(|x| residual.as_ref().and_then(|(s, _)| s.row(oy, x)));
-            for (co, filter) in weights.chunks_exact(window).enumerate() {
-                let sums = dot4(columns, filter);
+            let channels = weights
+                .chunks_exact(window)
+                .zip(requant.multipliers.iter().zip(requant.shifts))
+                .zip(bases.iter());
+            for (co, ((filter, (&multiplier, &shift)), &base)) in channels.enumerate() {
+                let sums = dot4(bytemuck::cast_slice(columns), filter);
+                let checked = ChannelRequantize::new_checked_layer(multiplier, shift, requant);
                 for p in 0..distinct {
                     let at = (oy * shape.out_w + pixels[p]) * out_c + co;
-                    let acc = sums[p].wrapping_add(bases[co]);
-                    output[at] = kernels::finish_i8(
-                        acc,
-                        co,
-                        &requant.channel(co),
-                        add,
-                        shortcuts[p],
-                        output[at],
-                    );
+                    let acc = sums[p].wrapping_add(base);
+                    let value = if checked_layer {
+                        checked.apply_checked_layer_32(acc)
+                    } else {
+                        requant.channel(co).apply(acc)
+                    };
+                    output[at] = match add {
+                        None => value,
+                        Some(add) => {
+                            let shortcut =
+                                kernels::shortcut_value(co, add, shortcuts[p], output[at]);
+                            if checked_add {
+                                add.add_32(value, shortcut)
+                            } else {
+                                add.add(value, shortcut)
+                            }
+                        }
+                    };
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Copies the windows of four output pixels of row `oy` into `columns` a tap at a
+/// time, if all four lie inside the input (no padding); `false` if one does not (the
+/// caller then gathers pixel by pixel).
+fn gather_inside(
+    shape: &ConvShape,
+    input: &[i8],
+    oy: usize,
+    pixels: [usize; PIXELS],
+    columns: &mut [u32],
+) -> bool {
+    let top = oy * shape.stride;
+    let (first, last) = (pixels[0] * shape.stride, pixels[PIXELS - 1] * shape.stride);
+    if top < shape.pad_top
+        || top + shape.kernel_h > shape.pad_top + shape.in_h
+        || first < shape.pad_left
+        || last + shape.kernel_w > shape.pad_left + shape.in_w
+    {
+        return false;
+    }
+    let c_in = shape.in_c;
+    let row_bytes = shape.kernel_w * c_in;
+    // Pixel p's window starts `p · stride · c_in` bytes after pixel 0's.
+    let step = shape.stride * c_in;
+    for (ky, taps) in columns.chunks_exact_mut(row_bytes).enumerate() {
+        let start = ((top + ky - shape.pad_top) * shape.in_w + first - shape.pad_left) * c_in;
+        let Some(run) = input.get(start..start + 3 * step + row_bytes) else {
+            return false;
+        };
+        let (r0, r1, r2, r3) = (run, &run[step..], &run[2 * step..], &run[3 * step..]);
+        for ((((tap, &x0), &x1), &x2), &x3) in taps.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
+            *tap = u32::from_le_bytes([x0 as u8, x1 as u8, x2 as u8, x3 as u8]) ^ 0x8080_8080;
+        }
+    }
+    true
 }
 
 /// Copies the window of output pixel `(oy, ox)` into slot `p` of `columns` (`[tap][p]`,
@@ -160,6 +217,21 @@ fn gather(
     });
 }
 
+/// One multiply-accumulate into a high register: `MULS` then `ADD` in Thumb-1
+/// (ARMv6-M has no `MLA`, and `MULS` reaches only r0-r7); `MLA` in Thumb-2 (the M3).
+#[cfg(tinyres_thumb1)]
+macro_rules! mac {
+    ($acc:literal) => {
+        concat!("muls {x}, {w}, {x}\n", "add ", $acc, ", {x}")
+    };
+}
+#[cfg(not(tinyres_thumb1))]
+macro_rules! mac {
+    ($acc:literal) => {
+        concat!("mla ", $acc, ", {x}, {w}, ", $acc)
+    };
+}
+
 /// `Σ_k columns[4k + p] · filter[k]` for the four pixels `p`.
 #[inline(always)]
 fn dot4(columns: &[u8], filter: &[i8]) -> [i32; PIXELS] {
@@ -176,9 +248,9 @@ fn dot4(columns: &[u8], filter: &[i8]) -> [i32; PIXELS] {
     // SAFETY: `index` runs over `-taps..0`, so every `end + index` is a byte of
     // `filter`; `column` advances 4 bytes a tap over the first `4 · taps` bytes of
     // `columns`, and each load reads at most 3 bytes past it within the same tap's 4
-    // (16 in the 4-tap loop: its 4 taps). Registers r8, r10-r12 hold the four
-    // accumulators (Thumb-1 names them only as clobbers; `add` reaches them); nothing
-    // is stored.
+    // (15 in the 4-tap loop: its 4 taps). Registers r8, r10-r12 hold the four
+    // accumulators (Thumb-1 names them only as clobbers; `add` and `mla` reach them);
+    // nothing is stored.
     unsafe {
         asm!(
             "movs {x}, #0",
@@ -191,17 +263,13 @@ fn dot4(columns: &[u8], filter: &[i8]) -> [i32; PIXELS] {
             "2:",
             "ldrsb {w}, [{end}, {index}]",
             "ldrb {x}, [{column}, #0]",
-            "muls {x}, {w}, {x}",
-            "add r8, {x}",
+            mac!("r8"),
             "ldrb {x}, [{column}, #1]",
-            "muls {x}, {w}, {x}",
-            "add r10, {x}",
+            mac!("r10"),
             "ldrb {x}, [{column}, #2]",
-            "muls {x}, {w}, {x}",
-            "add r11, {x}",
+            mac!("r11"),
             "ldrb {x}, [{column}, #3]",
-            "muls {x}, {w}, {x}",
-            "add r12, {x}",
+            mac!("r12"),
             "adds {column}, #4",
             "adds {index}, #1",
             "cmp {index}, {stop}",
@@ -212,59 +280,43 @@ fn dot4(columns: &[u8], filter: &[i8]) -> [i32; PIXELS] {
             "4:",
             "ldrsb {w}, [{end}, {index}]",
             "ldrb {x}, [{column}, #0]",
-            "muls {x}, {w}, {x}",
-            "add r8, {x}",
+            mac!("r8"),
             "ldrb {x}, [{column}, #1]",
-            "muls {x}, {w}, {x}",
-            "add r10, {x}",
+            mac!("r10"),
             "ldrb {x}, [{column}, #2]",
-            "muls {x}, {w}, {x}",
-            "add r11, {x}",
+            mac!("r11"),
             "ldrb {x}, [{column}, #3]",
-            "muls {x}, {w}, {x}",
-            "add r12, {x}",
+            mac!("r12"),
             "adds {index}, #1",
             "ldrsb {w}, [{end}, {index}]",
             "ldrb {x}, [{column}, #4]",
-            "muls {x}, {w}, {x}",
-            "add r8, {x}",
+            mac!("r8"),
             "ldrb {x}, [{column}, #5]",
-            "muls {x}, {w}, {x}",
-            "add r10, {x}",
+            mac!("r10"),
             "ldrb {x}, [{column}, #6]",
-            "muls {x}, {w}, {x}",
-            "add r11, {x}",
+            mac!("r11"),
             "ldrb {x}, [{column}, #7]",
-            "muls {x}, {w}, {x}",
-            "add r12, {x}",
+            mac!("r12"),
             "adds {index}, #1",
             "ldrsb {w}, [{end}, {index}]",
             "ldrb {x}, [{column}, #8]",
-            "muls {x}, {w}, {x}",
-            "add r8, {x}",
+            mac!("r8"),
             "ldrb {x}, [{column}, #9]",
-            "muls {x}, {w}, {x}",
-            "add r10, {x}",
+            mac!("r10"),
             "ldrb {x}, [{column}, #10]",
-            "muls {x}, {w}, {x}",
-            "add r11, {x}",
+            mac!("r11"),
             "ldrb {x}, [{column}, #11]",
-            "muls {x}, {w}, {x}",
-            "add r12, {x}",
+            mac!("r12"),
             "adds {index}, #1",
             "ldrsb {w}, [{end}, {index}]",
             "ldrb {x}, [{column}, #12]",
-            "muls {x}, {w}, {x}",
-            "add r8, {x}",
+            mac!("r8"),
             "ldrb {x}, [{column}, #13]",
-            "muls {x}, {w}, {x}",
-            "add r10, {x}",
+            mac!("r10"),
             "ldrb {x}, [{column}, #14]",
-            "muls {x}, {w}, {x}",
-            "add r11, {x}",
+            mac!("r11"),
             "ldrb {x}, [{column}, #15]",
-            "muls {x}, {w}, {x}",
-            "add r12, {x}",
+            mac!("r12"),
             "adds {column}, #16",
             "adds {index}, #1",
             "bne 4b",

@@ -353,22 +353,7 @@ pub fn finish_row_checked_layer(
     finish_row::<true>(acc, bases, channels, requant, add, shortcut, out)
 }
 
-/// Every requantization shift in `-31..=30` and no multiplier `i32::MIN` (true of
-/// every blob that validates): [`finish_row_checked_layer`] applies.
-pub fn layer_is_checked(requant: &Requantize<'_>) -> bool {
-    // Folds over every element, not a short-circuiting `all`: it runs on every kernel
-    // call, once per step of rows in a streamed group, and the fold saved 0.4 % of the
-    // M55's instructions for a streamed ResNet-8 (measured).
-    let (lowest, highest) = requant
-        .shifts
-        .iter()
-        .fold((0, 0), |(lo, hi), &s| (s.min(lo), s.max(hi)));
-    let has_min = requant
-        .multipliers
-        .iter()
-        .fold(false, |found, &m| found | (m == i32::MIN));
-    lowest >= -31 && highest <= 30 && !has_min
-}
+pub(crate) use crate::kernels::layer_is_checked;
 
 #[inline(always)]
 fn finish_row<const CHECKED_LAYER: bool>(

@@ -15,7 +15,7 @@
 //! | `tinyres_arm_mve` | Cortex-M55 (`-C target-cpu=cortex-m55`) | `helium`: VMLADAVA over 16 bytes |
 //! | `target_arch = "aarch64"` | Cortex-A53 and later | `neon`: SMULL + SADALP over 16 bytes |
 //! | `target_arch = "x86_64"` | hosts (`tinyres eval`) | [`x86`]: AVX2 (detected at run time) or SSE2, `PMADDWD` |
-//! | `target_arch = "arm"` without the above | Cortex-M0, M0+ (ARMv6-M), M3 | `armv6m`: four pixels per weight load, accumulators in r8–r12 |
+//! | `tinyres_arm_m_base` | Cortex-M0, M0+ (ARMv6-M), M3 | `armv6m`: four pixels per weight load, accumulators in r8–r12 |
 //! | anything else | | the portable kernel |
 //!
 //! On x86-64 the kernels (AVX2 and SSE2) are tested against the portable ones by the
@@ -31,7 +31,7 @@ use crate::{
 #[allow(unsafe_code)]
 pub mod columns;
 
-#[cfg(all(target_arch = "arm", not(tinyres_arm_dsp)))]
+#[cfg(tinyres_arm_m_base)]
 #[allow(unsafe_code)]
 pub mod armv6m;
 
@@ -63,7 +63,7 @@ pub use helium::conv2d_i8_with;
 #[cfg(all(target_arch = "arm", tinyres_arm_dsp, not(tinyres_arm_mve)))]
 pub use cortex_m_dsp::{conv2d_i8_with, ConvScratch};
 
-#[cfg(all(target_arch = "arm", not(tinyres_arm_dsp)))]
+#[cfg(tinyres_arm_m_base)]
 pub use armv6m::{conv2d_i8_with, ConvScratch};
 
 #[cfg(target_arch = "aarch64")]
@@ -105,12 +105,20 @@ pub fn conv2d_i8(
     )
 }
 
-#[cfg(not(any(target_arch = "arm", target_arch = "aarch64", target_arch = "x86_64")))]
+#[cfg(not(any(
+    all(target_arch = "arm", any(tinyres_arm_dsp, tinyres_arm_m_base)),
+    target_arch = "aarch64",
+    target_arch = "x86_64"
+)))]
 pub use portable::{conv2d_i8_with, ConvScratch};
 
 /// The portable kernel needs no scratch: the seam's types and names, for the targets
-/// without an optimised kernel.
-#[cfg(not(any(target_arch = "arm", target_arch = "aarch64", target_arch = "x86_64")))]
+/// without an optimised kernel (32-bit Arm Linux).
+#[cfg(not(any(
+    all(target_arch = "arm", any(tinyres_arm_dsp, tinyres_arm_m_base)),
+    target_arch = "aarch64",
+    target_arch = "x86_64"
+)))]
 mod portable {
     use super::{AddTables, ConvShape, Error, Requantize, Shortcut};
     use crate::kernels;
@@ -163,7 +171,7 @@ pub const CONV2D_I8_KERNEL: &str = if cfg!(all(target_arch = "arm", tinyres_arm_
     "helium"
 } else if cfg!(all(target_arch = "arm", tinyres_arm_dsp)) {
     "cortex-m-dsp"
-} else if cfg!(target_arch = "arm") {
+} else if cfg!(tinyres_arm_m_base) {
     "armv6m"
 } else if cfg!(target_arch = "aarch64") {
     "neon"
