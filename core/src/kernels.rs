@@ -499,7 +499,7 @@ pub fn conv2d_i8(
 /// every blob that validates): the arch kernels may then requantize with
 /// `ChannelRequantize::new_checked_layer`.
 #[cfg(any(tinyres_columns, tinyres_arm_m_base))]
-pub(crate) fn layer_is_checked(requant: &Requantize<'_>) -> bool {
+pub fn layer_is_checked(requant: &Requantize<'_>) -> bool {
     // Folds over every element, not a short-circuiting `all`: it runs on every kernel
     // call, once per step of rows in a streamed group, and the fold saved 0.4 % of the
     // M55's instructions for a streamed ResNet-8 (measured).

@@ -20,10 +20,50 @@ pub const COUNTER: &str = "cycles";
 static WRAPS: AtomicU32 = AtomicU32::new(0);
 const RELOAD: u32 = 0x00FF_FFFF;
 
-/// A fault: logged with the faulting address, and QEMU exits with failure.
+/// Bytes at the top of the stack region kept for the exception handlers (the main
+/// stack, MSP): the program runs on the process stack (PSP) below them. An overflow of
+/// the process stack runs off the start of RAM; the fault it raises cannot be stacked
+/// there, and is taken on the main stack, which is intact: the handler logs it.
+const HANDLER_STACK: u32 = 1024;
+
+// Before RAM is initialised (cortex-m-rt calls `__pre_init` first thing, with nothing
+// on the stack): the process stack starts `HANDLER_STACK` bytes below the top of the
+// stack region, and Thread mode uses it (CONTROL.SPSEL); the main stack keeps the
+// top for the handlers. Registers only; ARMv6-M has all of it.
+core::arch::global_asm!(
+    ".section .text.__pre_init, \"ax\"",
+    ".global __pre_init",
+    ".type __pre_init, %function",
+    ".thumb_func",
+    "__pre_init:",
+    "ldr r0, =_stack_start",
+    "msr msp, r0",
+    "ldr r1, ={handler}",
+    "subs r0, r0, r1",
+    "msr psp, r0",
+    "movs r0, #2",
+    "msr control, r0",
+    "isb",
+    "bx lr",
+    handler = const HANDLER_STACK,
+);
+
+/// A fault: logged, and QEMU exits with failure. A frame below the stack region is a
+/// stack overflow: its registers could not be saved, so only the stack pointer is
+/// told.
 #[exception]
 unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
-    defmt::error!("HardFault at pc={=u32:#x}", frame.pc());
+    let sp = frame as *const ExceptionFrame as usize;
+    let (bottom, _) = stack_bounds();
+    if sp < bottom + core::mem::size_of::<ExceptionFrame>() {
+        defmt::error!(
+            "HardFault: stack overflow (the stack pointer {=usize:#x} reached the bottom of the stack, {=usize:#x})",
+            sp,
+            bottom
+        );
+    } else {
+        defmt::error!("HardFault at pc={=u32:#x}", frame.pc());
+    }
     crate::exit(false)
 }
 
@@ -75,7 +115,8 @@ pub fn counter_elapsed(start: u64, end: u64) -> u64 {
 extern "C" {
     /// Lowest stack address: the start of RAM (firmware/build.rs's memory.x).
     static _stack_end: u32;
-    /// Initial stack pointer: the top of the stack region, below the static data.
+    /// The top of the stack region, below the static data: the handlers' stack above,
+    /// the program's below.
     static _stack_start: u32;
     /// Start of .data, the first static data, from cortex-m-rt's link.x.
     static __sdata: u32;
@@ -89,16 +130,17 @@ pub fn static_ram() -> usize {
     core::ptr::addr_of!(__sheap) as usize - core::ptr::addr_of!(__sdata) as usize
 }
 
-/// The stack's extent: lowest address (the start of RAM) and top.
+/// The program's (process) stack's extent: lowest address (the start of RAM) and top
+/// (below the handlers' stack).
 pub fn stack_bounds() -> (usize, usize) {
     // Only the addresses of the linker symbols are taken; nothing is read.
     (
         core::ptr::addr_of!(_stack_end) as usize,
-        core::ptr::addr_of!(_stack_start) as usize,
+        core::ptr::addr_of!(_stack_start) as usize - HANDLER_STACK as usize,
     )
 }
 
-/// The current stack pointer.
+/// The program's stack pointer (the process stack's).
 pub fn stack_pointer() -> usize {
-    cortex_m::register::msp::read() as usize
+    cortex_m::register::psp::read() as usize
 }

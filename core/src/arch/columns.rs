@@ -353,7 +353,7 @@ pub fn finish_row_checked_layer(
     finish_row::<true>(acc, bases, channels, requant, add, shortcut, out)
 }
 
-pub(crate) use crate::kernels::layer_is_checked;
+pub use crate::kernels::layer_is_checked;
 
 #[inline(always)]
 fn finish_row<const CHECKED_LAYER: bool>(

@@ -1,6 +1,7 @@
 //! Overflows its stack on purpose: the tests check that the overflow stops the
-//! firmware with a fault, never overwriting its static data (Cortex-M, whose stack
-//! firmware/build.rs places at the bottom of RAM; on Cortex-A it only says so).
+//! firmware with a fault that the HardFault handler logs, never overwriting its static
+//! data (Cortex-M, whose stack firmware/build.rs places at the bottom of RAM; on
+//! Cortex-A it only says so).
 #![no_std]
 #![no_main]
 
