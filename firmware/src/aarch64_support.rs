@@ -1,5 +1,6 @@
 //! Cortex-A53 on QEMU `virt`: boot code, exception vectors that report and exit, a
-//! single-core critical section, and the PMU's retired-instruction counter.
+//! guard page below the stack, a single-core critical section, and the PMU's
+//! retired-instruction counter.
 
 use core::arch::{asm, global_asm};
 
@@ -7,7 +8,14 @@ use core::arch::{asm, global_asm};
 /// `qemu -icount shift=0`).
 pub const COUNTER: &str = "instructions";
 
-// Boot: stack, FP/NEON on (Rust uses SIMD registers freely), .bss zeroed, vectors, main.
+// Boot: stack, FP/NEON on (Rust uses SIMD registers freely), .bss zeroed, vectors, the
+// stack guard, main.
+//
+// The guard: with the MMU off nothing in RAM faults, so hardware watchpoint 0 watches
+// the 4 KiB page below the stack (aarch64.ld) for stores from EL1 (DBGWCR0_EL1: MASK 12,
+// BAS 0xFF, LSC store, PAC EL1, enabled), with debug exceptions on at EL1 (MDSCR_EL1
+// MDE and KDE, the OS lock cleared, PSTATE.D clear). A store into it, as an overflowing
+// stack makes, raises a watchpoint exception, which the vectors report.
 global_asm!(
     r#"
     .section .text.boot, "ax"
@@ -20,6 +28,17 @@ _start:
     msr CPACR_EL1, x0
     ldr x0, =tinyres_vectors
     msr VBAR_EL1, x0
+    ldr x0, =__stack_guard
+    msr DBGWVR0_EL1, x0
+    ldr x0, =((12 << 24) | (0xff << 5) | (0b10 << 3) | (0b01 << 1) | 1)
+    msr DBGWCR0_EL1, x0
+    msr OSLAR_EL1, xzr
+    mrs x0, MDSCR_EL1
+    orr x0, x0, #(1 << 15)
+    orr x0, x0, #(1 << 13)
+    msr MDSCR_EL1, x0
+    isb
+    msr DAIFClr, #8
     isb
     ldr x0, =__bss_start
     ldr x1, =__bss_end
@@ -44,21 +63,34 @@ tinyres_vectors:
 tinyres_exception_entry:
     mrs x1, ESR_EL1
     mrs x2, ELR_EL1
+    mrs x3, FAR_EL1
     ldr x3, =__stack_top
     mov sp, x3
     bl tinyres_exception
 "#
 );
 
-/// Any exception: this firmware enables no interrupts, so it is a fault.
+/// ESR_EL1's exception class of a watchpoint hit at the same exception level.
+const WATCHPOINT: u64 = 0x35;
+
+/// Any exception: this firmware enables no interrupts, so it is a fault; a watchpoint
+/// hit is a store into the guard page below the stack, an overflow.
 #[no_mangle]
-extern "C" fn tinyres_exception(vector: u64, esr: u64, elr: u64) -> ! {
-    defmt::error!(
-        "exception: vector {=u64} ESR {=u64:#x} at {=u64:#x}",
-        vector,
-        esr,
-        elr
-    );
+extern "C" fn tinyres_exception(vector: u64, esr: u64, elr: u64, far: u64) -> ! {
+    if esr >> 26 == WATCHPOINT {
+        defmt::error!(
+            "exception: stack overflow (a store at {=u64:#x}, in the guard page below the stack, from {=u64:#x})",
+            far,
+            elr
+        );
+    } else {
+        defmt::error!(
+            "exception: vector {=u64} ESR {=u64:#x} at {=u64:#x}",
+            vector,
+            esr,
+            elr
+        );
+    }
     crate::exit(false)
 }
 
