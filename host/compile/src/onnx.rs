@@ -258,7 +258,8 @@ fn refuse_huge_constants(graph: &tract_onnx::pb::GraphProto) -> Result<()> {
                 begin
                     .iter()
                     .zip(end)
-                    .map(|(b, e)| 1 + b.max(&0) + e.max(&0))
+                    // Saturating: a padding near i64::MAX is refused, not wrapped.
+                    .map(|(b, e)| 1i64.saturating_add(*b.max(&0)).saturating_add(*e.max(&0)))
                     .collect()
             }
             "ConstantOfShape" => asked(0).unwrap_or_default(),

@@ -541,6 +541,20 @@ fn a_node_that_asks_for_a_huge_constant_is_refused_before_tract_computes_it() {
     );
 }
 
+/// Regression (found by the `onnx_import` fuzz target): a `Pad` whose padding is near
+/// `i64::MAX`. The size check itself added `1 + before + after` in i64: a panic with
+/// overflow checks, and without them a wrapped, small size that passed the check.
+#[test]
+fn a_pad_whose_padding_overflows_is_refused() {
+    let onnx = models().join("regressions/pad-whose-padding-overflows.onnx");
+    let e = refused_f32_compile(&onnx, "pad-overflow.trm");
+    assert!(
+        e.contains("pad-whose-padding-overflows.onnx: ")
+            && e.contains("(Pad) asks for a tensor of more than 16777216 elements"),
+        "{e}"
+    );
+}
+
 /// Regression (found by the `onnx_import` fuzz target): PyTorch's option-B export with a
 /// `BatchNormalization` whose data input is the rank-1 `fc.b`. tract-onnx 0.23.9's shape
 /// rules read the channel axis of that input with `get_unchecked`, past the end of its
