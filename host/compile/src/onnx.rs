@@ -280,6 +280,32 @@ fn refuse_huge_constants(graph: &tract_onnx::pb::GraphProto) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a `Transpose` whose `perm` is not a permutation of `0..n`. tract-onnx
+/// 0.23.9 takes the attribute as it is, and for a repeated axis (`[3, 3, 3, 3]`) its
+/// decomposition into cycles (`perm_to_cycles` in tract-core) never ends, growing a
+/// vector until memory runs out.
+fn refuse_transposes_that_do_not_permute(graph: &tract_onnx::pb::GraphProto) -> Result<()> {
+    for node in graph.node.iter().filter(|n| n.op_type == "Transpose") {
+        let Some(perm) = node.attribute.iter().find(|a| a.name == "perm") else {
+            continue;
+        };
+        let mut seen = vec![false; perm.ints.len()];
+        let permutes = perm.ints.iter().all(|&axis| {
+            usize::try_from(axis)
+                .ok()
+                .and_then(|axis| seen.get_mut(axis))
+                .is_some_and(|seen| !std::mem::replace(seen, true))
+        });
+        ensure!(
+            permutes,
+            "{} (Transpose) has perm {:?}, which is not a permutation of its axes",
+            node_label(node),
+            perm.ints
+        );
+    }
+    Ok(())
+}
+
 /// How a node is known in messages: its name, or, as PyTorch leaves most nodes
 /// unnamed, its first output.
 fn node_label(node: &tract_onnx::pb::NodeProto) -> &str {
@@ -479,6 +505,8 @@ pub fn read_onnx(path: &Path, flags: &PreprocessingFlags) -> Result<OnnxFile> {
         .map_err(|e| anyhow::anyhow!("{}: not an ONNX model ({e})", path.display()))?;
     if let Some(graph) = &proto.graph {
         refuse_huge_constants(graph).with_context(|| format!("{}", path.display()))?;
+        refuse_transposes_that_do_not_permute(graph)
+            .with_context(|| format!("{}", path.display()))?;
         let opset = proto
             .opset_import
             .iter()

@@ -497,9 +497,17 @@ fn add_node(b: &mut Builder, spec: &NodeSpec, opset: i64) {
             let target = b.int_constant(&format!("shape{id}"), &[1, -1]);
             b.node("Reshape", vec![x, target], vec![], Some(vec![1, c * h * w]));
         }
-        Op::Transpose { perm } => {
-            let perm: Vec<i64> = perm.iter().map(|&p| i64::from(p % 4)).collect();
+        Op::Transpose { permutation } => {
+            // The Lehmer code of `permutation % 24`.
+            let mut axes = vec![0i64, 1, 2, 3];
+            let mut code = usize::from(permutation % 24);
+            let mut perm = Vec::with_capacity(4);
+            for left in (1..=4).rev() {
+                perm.push(axes.remove(code % left));
+                code /= left;
+            }
             let attrs = vec![b.ints("perm", &perm)];
+            let perm = attrs[0].ints.clone();
             let out = shape
                 .as_ref()
                 .filter(|s| s.len() == 4)

@@ -541,6 +541,22 @@ fn a_node_that_asks_for_a_huge_constant_is_refused_before_tract_computes_it() {
     );
 }
 
+/// Regression (found by the `onnx_graph` fuzz target): a `Transpose` whose `perm`
+/// repeats an axis. tract-onnx 0.23.9 decomposes it into cycles without end, growing a
+/// vector until memory runs out; the import refuses it before tract reads the graph.
+#[test]
+fn a_transpose_that_does_not_permute_is_refused_before_tract_loops() {
+    let onnx = models().join("regressions/transpose-of-a-repeated-axis.onnx");
+    let e = refused_f32_compile(&onnx, "transpose-repeated.trm");
+    assert!(
+        e.contains(
+            "transpose-of-a-repeated-axis.onnx: n1 (Transpose) has perm [3, 3, 3, 3], \
+             which is not a permutation of its axes"
+        ),
+        "{e}"
+    );
+}
+
 /// Regression (found by the `onnx_import` fuzz target): a `Pad` whose padding is near
 /// `i64::MAX`. The size check itself added `1 + before + after` in i64: a panic with
 /// overflow checks, and without them a wrapped, small size that passed the check.
