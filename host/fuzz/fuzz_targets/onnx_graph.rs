@@ -116,8 +116,9 @@ enum Op {
         after: u8,
     },
     Reshape,
+    /// One of the 24 permutations of four axes (a `Twist::Attribute` bends it).
     Transpose {
-        perm: [u8; 4],
+        permutation: u8,
     },
     Softmax {
         axis: i8,
@@ -508,10 +509,12 @@ fn add_node(b: &mut Builder, spec: &NodeSpec, opset: i64) {
             }
             let attrs = vec![b.ints("perm", &perm)];
             let perm = attrs[0].ints.clone();
-            let out = shape
-                .as_ref()
-                .filter(|s| s.len() == 4)
-                .map(|s| perm.iter().map(|&p| s[p as usize]).collect::<Vec<_>>());
+            // A bent perm may name axes that do not exist: then the shape is unknown.
+            let out = shape.as_ref().filter(|s| s.len() == 4).and_then(|s| {
+                perm.iter()
+                    .map(|&p| s.get(usize::try_from(p).ok()?).copied())
+                    .collect()
+            });
             b.node("Transpose", vec![x], attrs, out);
         }
         Op::Softmax { axis } => {
