@@ -19,6 +19,7 @@
 //! are bit-identical to [`kernels::conv2d_i8`].
 
 use core::arch::asm;
+use core::ops::Range;
 
 use super::columns::{
     finish_row_checked_layer, finish_row_scalar, layer_is_checked, ShortcutRow, CHANNEL_BLOCK,
@@ -216,11 +217,28 @@ unsafe fn mac_2x2(
     *acc = [[a00, a01], [a10, a11]];
 }
 
+/// A group of four taps of both pixels, as [`mac_2x2`] reads it: `[even taps of pixel
+/// 0, odd taps of pixel 0, even of pixel 1, odd of pixel 1]`, 16-bit lanes.
+type Quad = [u32; 4];
+
+/// Four int8 taps widened to `x − zero_point` in 16-bit lanes: (even taps, odd taps).
+#[inline(always)]
+fn widen(offset: u32, four: &[i8]) -> (u32, u32) {
+    let x = word(four);
+    (sxtab16_even(offset, x), sxtab16_odd(offset, x))
+}
+
 /// Widens the windows of output pixels `(oy, ox[0])` and `(oy, ox[1])` into
 /// `columns` (see the module's doc); when the channels are not a multiple of four,
 /// through the window's bytes in `staging`, the window rounded up to whole groups
 /// with taps that widen to zero. The caller has checked that the window fits.
+///
+/// Both pixels are widened in one pass and every group is written whole, through
+/// iterators whose lengths the compiler knows: no bounds check and no spill in the
+/// loop, which runs once per pixel pair and tap group. Not inlined: inside the
+/// convolution's loops the compiler runs out of registers and spills in this loop.
 #[allow(clippy::too_many_arguments)]
+#[inline(never)]
 fn widen_pair(
     shape: &ConvShape,
     input: &[i8],
@@ -228,38 +246,47 @@ fn widen_pair(
     offset: u32,
     oy: usize,
     ox: [usize; 2],
-    columns: &mut [u32; COLUMN_WORDS],
+    columns: &mut [Quad; COLUMN_WORDS / 4],
     staging: &mut [[i8; STAGING_CAPACITY]; 2],
 ) {
     let c_in = shape.in_c;
-    let window = shape.kernel_h * shape.kernel_w * c_in;
+    // The input pixel under tap (ky, kx) of output pixel (oy, x), or None in the padding.
+    let pixel = |ky: usize, kx: usize, x: usize| -> Option<&[i8]> {
+        let iy = (oy * shape.stride + ky).checked_sub(shape.pad_top)?;
+        let ix = (x * shape.stride + kx).checked_sub(shape.pad_left)?;
+        if iy < shape.in_h && ix < shape.in_w {
+            input.get((iy * shape.in_w + ix) * c_in..)?.get(..c_in)
+        } else {
+            None
+        }
+    };
     if c_in % 4 == 0 {
         // Whole groups per tap: widen straight from the input, padding as zero.
-        for (p, &x) in ox.iter().enumerate() {
-            let mut tap_group = 0;
-            for ky in 0..shape.kernel_h {
-                let iy = (oy * shape.stride + ky).checked_sub(shape.pad_top);
-                for kx in 0..shape.kernel_w {
-                    let ix = (x * shape.stride + kx).checked_sub(shape.pad_left);
-                    let pixel = match (iy, ix) {
-                        (Some(iy), Some(ix)) if iy < shape.in_h && ix < shape.in_w => {
-                            Some(&input[(iy * shape.in_w + ix) * c_in..][..c_in])
+        let mut quads = columns.iter_mut();
+        for ky in 0..shape.kernel_h {
+            for kx in 0..shape.kernel_w {
+                let taps = quads.by_ref().take(c_in / 4);
+                match (pixel(ky, kx, ox[0]), pixel(ky, kx, ox[1])) {
+                    (Some(a), Some(b)) => {
+                        for (quad, (a, b)) in taps.zip(a.chunks_exact(4).zip(b.chunks_exact(4))) {
+                            let ((a_even, a_odd), (b_even, b_odd)) =
+                                (widen(offset, a), widen(offset, b));
+                            *quad = [a_even, a_odd, b_even, b_odd];
                         }
-                        _ => None,
-                    };
-                    for g in 0..c_in / 4 {
-                        let at = (tap_group + g) * 4 + p * 2;
-                        let (even, odd) = match pixel {
-                            Some(pixel) => {
-                                let x = word(&pixel[g * 4..g * 4 + 4]);
-                                (sxtab16_even(offset, x), sxtab16_odd(offset, x))
-                            }
-                            None => (0, 0),
-                        };
-                        columns[at] = even;
-                        columns[at + 1] = odd;
                     }
-                    tap_group += c_in / 4;
+                    (Some(a), None) => {
+                        for (quad, a) in taps.zip(a.chunks_exact(4)) {
+                            let (a_even, a_odd) = widen(offset, a);
+                            *quad = [a_even, a_odd, 0, 0];
+                        }
+                    }
+                    (None, Some(b)) => {
+                        for (quad, b) in taps.zip(b.chunks_exact(4)) {
+                            let (b_even, b_odd) = widen(offset, b);
+                            *quad = [0, 0, b_even, b_odd];
+                        }
+                    }
+                    (None, None) => taps.for_each(|quad| *quad = [0; 4]),
                 }
             }
         }
@@ -267,32 +294,87 @@ fn widen_pair(
         // Stage the window's bytes first (padding, and the taps that round the window
         // up to a whole group, as the zero point, which widens to zero), then widen
         // them four at a time.
-        for (p, &x) in ox.iter().enumerate() {
-            let bytes = &mut staging[p][..window.next_multiple_of(4)];
+        let padded = (shape.kernel_h * shape.kernel_w * c_in).next_multiple_of(4);
+        for (bytes, &x) in staging.iter_mut().zip(&ox) {
+            let bytes = &mut bytes[..padded];
             bytes.fill(input_zero_point as i8);
-            for ky in 0..shape.kernel_h {
-                let Some(iy) = (oy * shape.stride + ky).checked_sub(shape.pad_top) else {
-                    continue;
-                };
-                if iy >= shape.in_h {
-                    continue;
-                }
-                for kx in 0..shape.kernel_w {
-                    let Some(ix) = (x * shape.stride + kx).checked_sub(shape.pad_left) else {
-                        continue;
-                    };
-                    if ix < shape.in_w {
-                        let from = (iy * shape.in_w + ix) * c_in;
-                        let to = (ky * shape.kernel_w + kx) * c_in;
-                        bytes[to..to + c_in].copy_from_slice(&input[from..from + c_in]);
+            let taps = bytes.chunks_exact_mut(c_in);
+            let window =
+                (0..shape.kernel_h).flat_map(|ky| (0..shape.kernel_w).map(move |kx| (ky, kx)));
+            for (tap, (ky, kx)) in taps.zip(window) {
+                if let Some(from) = pixel(ky, kx, x) {
+                    // Byte by byte: the channels are few (three for an image), and a
+                    // `copy_from_slice` of three bytes is a call to `memcpy`.
+                    for (to, &from) in tap.iter_mut().zip(from) {
+                        *to = from;
                     }
                 }
             }
-            for (g, four) in bytes.chunks_exact(4).enumerate() {
-                let x = word(four);
-                columns[g * 4 + p * 2] = sxtab16_even(offset, x);
-                columns[g * 4 + p * 2 + 1] = sxtab16_odd(offset, x);
+        }
+        let [a, b] = &*staging;
+        let groups = a[..padded].chunks_exact(4).zip(b[..padded].chunks_exact(4));
+        for (quad, (a, b)) in columns.iter_mut().zip(groups) {
+            let ((a_even, a_odd), (b_even, b_odd)) = (widen(offset, a), widen(offset, b));
+            *quad = [a_even, a_odd, b_even, b_odd];
+        }
+    }
+}
+
+/// A rounded-up window reads up to three bytes past a filter: the next filter's, or
+/// past the weights for the last ones, whose pair then goes through this padded copy,
+/// made once for the pair it holds, not at every pixel pair.
+struct Tail {
+    filters: [[i8; STAGING_CAPACITY]; 2],
+    holds: Option<[usize; 2]>,
+}
+
+/// The sums of output channels `channels` for the pixel pair widened in `columns`,
+/// into `acc[pixel][channel − channels.start]`: a channel pair at a time, with the
+/// channel doubled when the block's count is odd. Not inlined: inside the
+/// convolution's loops the compiler spills the accumulators' setup around every
+/// `mac_2x2`.
+#[inline(never)]
+fn block_sums(
+    columns: &[Quad; COLUMN_WORDS / 4],
+    weights: &[i8],
+    window: usize,
+    channels: Range<usize>,
+    tail: &mut Tail,
+    acc: &mut [[i32; CHANNEL_BLOCK]; 2],
+) {
+    let padded = window.next_multiple_of(4);
+    let groups = padded / 4;
+    // The caller's check that the window fits, made here too, so that this safe
+    // function is sound on its own: one comparison a pixel pair.
+    let Some(columns) = columns.get(..groups) else {
+        return;
+    };
+    for co in channels.clone().step_by(2) {
+        let pair = [co, (co + 1).min(channels.end - 1)];
+        let (first, stride) = if pair[1] * window + padded <= weights.len() {
+            (&weights[pair[0] * window..], (pair[1] - pair[0]) * window)
+        } else {
+            if tail.holds != Some(pair) {
+                for (copy, c) in tail.filters.iter_mut().zip(pair) {
+                    copy[..window].copy_from_slice(&weights[c * window..][..window]);
+                }
+                tail.holds = Some(pair);
             }
+            (&tail.filters[0][..], STAGING_CAPACITY)
+        };
+        let mut sums = [[0i32; 2]; 2];
+        // SAFETY: `columns` holds `groups` 4-word groups (`4 · groups` words), 4-byte
+        // aligned as its `u32`s are; `first` and `first +
+        // stride` are readable for `padded` bytes: in `weights`, the second filter's
+        // end checked just above, or in `tail`, whose rows are `STAGING_CAPACITY ≥
+        // padded` bytes, `stride` apart.
+        unsafe {
+            let columns = columns.as_ptr().cast::<u32>();
+            mac_2x2(columns, first.as_ptr(), stride, groups, &mut sums);
+        }
+        for (row, sums) in acc.iter_mut().zip(sums) {
+            row[co - channels.start] = sums[0];
+            row[pair[1] - channels.start] = sums[1];
         }
     }
 }
@@ -303,7 +385,7 @@ fn widen_pair(
 /// between calls does not matter.
 #[derive(Clone, Debug)]
 pub struct ConvScratch {
-    columns: [u32; COLUMN_WORDS],
+    columns: [Quad; COLUMN_WORDS / 4],
     staging: [[i8; STAGING_CAPACITY]; 2],
     acc: [[i32; CHANNEL_BLOCK]; 2],
 }
@@ -312,7 +394,7 @@ impl ConvScratch {
     /// A zeroed scratch.
     pub const fn new() -> Self {
         ConvScratch {
-            columns: [0; COLUMN_WORDS],
+            columns: [[0; 4]; COLUMN_WORDS / 4],
             staging: [[0; STAGING_CAPACITY]; 2],
             acc: [[0; CHANNEL_BLOCK]; 2],
         }
@@ -373,10 +455,10 @@ pub fn conv2d_i8_with(
     kernels::check_conv_i8(shape, input, weights, bias, requant, residual, output)?;
     let out_c = shape.out_c;
     let add = residual.map(|(_, add)| add);
-    let groups = padded / 4;
-    // A rounded-up window reads up to three bytes past a filter: the next filter's,
-    // or past the weights for the last ones, which then go through a padded copy.
-    let mut tail = [[0i8; STAGING_CAPACITY]; 2];
+    let mut tail = Tail {
+        filters: [[0; STAGING_CAPACITY]; 2],
+        holds: None,
+    };
     // `acc`: a block of channels' accumulators for the two pixels, finished a row at
     // a time.
     let ConvScratch {
@@ -405,30 +487,7 @@ pub fn conv2d_i8_with(
             );
             for block in (0..out_c).step_by(CHANNEL_BLOCK) {
                 let channels = block..(block + CHANNEL_BLOCK).min(out_c);
-                for co in channels.clone().step_by(2) {
-                    let pair = [co, (co + 1).min(channels.end - 1)];
-                    let (first, stride) = if pair[1] * window + padded <= weights.len() {
-                        (&weights[pair[0] * window..], (pair[1] - pair[0]) * window)
-                    } else {
-                        for (copy, c) in tail.iter_mut().zip(pair) {
-                            copy[..window].copy_from_slice(&weights[c * window..][..window]);
-                        }
-                        (&tail[0][..], STAGING_CAPACITY)
-                    };
-                    let mut sums = [[0i32; 2]; 2];
-                    // SAFETY: `columns` is a u32 array holding `4 · groups` widened
-                    // words (`groups · 4 = padded ≤ COLUMN_WORDS` taps); `first` and
-                    // `first + stride` are readable for `padded` bytes: in `weights`,
-                    // the second filter's end checked just above, or in `tail`, whose
-                    // rows are `STAGING_CAPACITY ≥ padded` bytes, `stride` apart.
-                    unsafe {
-                        mac_2x2(columns.as_ptr(), first.as_ptr(), stride, groups, &mut sums);
-                    }
-                    for (row, sums) in acc.iter_mut().zip(sums) {
-                        row[co - block] = sums[0];
-                        row[pair[1] - block] = sums[1];
-                    }
-                }
+                block_sums(columns, weights, window, channels.clone(), &mut tail, acc);
                 for (p, &x) in pixels.iter().enumerate().take(distinct_pixels) {
                     let shortcut = ShortcutRow::at(residual, oy, x);
                     let out_start = (oy * shape.out_w + x) * out_c;
