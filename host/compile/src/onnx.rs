@@ -565,6 +565,16 @@ pub fn read_onnx(path: &Path, flags: &PreprocessingFlags) -> Result<OnnxFile> {
             dims
         );
     };
+    // An empty image is no image, and tract-onnx 0.23.9 folds a convolution of an empty
+    // input as a constant while simplifying the graph, where its im2col
+    // (`Patcher::padded_2d`) breaks an unchecked access's precondition: out of bounds
+    // in a release build.
+    ensure!(
+        c > 0 && h > 0 && w > 0,
+        "{}: the input's channels, rows and columns must be at least 1, got {:?}",
+        path.display(),
+        dims
+    );
     let preprocessing =
         preprocessing(&metadata, flags, c).with_context(|| format!("{}", path.display()))?;
     let class_names: Vec<String> = metadata

@@ -14,7 +14,7 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use tinyres_compile::{import_onnx, PreprocessingFlags};
-use tinyres_host_fuzz::scratch_file;
+use tinyres_host_fuzz::{abort_on_panics_outside_tract, scratch_file};
 use tract_onnx::pb::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
     tensor_shape_proto::Dimension, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
@@ -165,6 +165,8 @@ struct Val {
     shape: Option<Vec<usize>>,
 }
 
+/// The graph under construction, and the input's choices pending for the node being
+/// added: the seed of its constants' values, special values, a twist not yet applied.
 struct Builder {
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
@@ -216,6 +218,7 @@ impl Builder {
         name.into()
     }
 
+    /// An int64 constant of rank 1 (the shapes, pads, starts and axes operators read).
     fn int_constant(&mut self, name: &str, values: &[i64]) -> String {
         self.initializers.push(TensorProto {
             name: name.into(),
@@ -244,6 +247,7 @@ impl Builder {
         }
     }
 
+    /// An integer list attribute, its first value replaced by a pending `Attribute` twist.
     fn ints(&mut self, name: &str, values: &[i64]) -> AttributeProto {
         let mut values = values.to_vec();
         if let (Some(Twist::Attribute(v)), Some(first)) = (self.twist, values.first_mut()) {
@@ -635,15 +639,7 @@ fn model(spec: &Spec) -> ModelProto {
 
 fuzz_target!(
     init: {
-        let abort = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let in_tract = info
-                .location()
-                .is_some_and(|l| l.file().contains("/tract-"));
-            if !in_tract {
-                abort(info);
-            }
-        }));
+        abort_on_panics_outside_tract();
     },
     |spec: Spec| {
         let bytes = model(&spec).encode_to_vec();

@@ -10,19 +10,11 @@
 
 use libfuzzer_sys::fuzz_target;
 use tinyres_compile::{import_onnx, PreprocessingFlags};
-use tinyres_host_fuzz::scratch_file;
+use tinyres_host_fuzz::{abort_on_panics_outside_tract, scratch_file};
 
 fuzz_target!(
     init: {
-        let abort = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let in_tract = info
-                .location()
-                .is_some_and(|l| l.file().contains("/tract-"));
-            if !in_tract {
-                abort(info);
-            }
-        }));
+        abort_on_panics_outside_tract();
     },
     |data: &[u8]| {
         let path = scratch_file("model.onnx", data);

@@ -541,6 +541,23 @@ fn a_node_that_asks_for_a_huge_constant_is_refused_before_tract_computes_it() {
     );
 }
 
+/// Regression (found by the `onnx_import` fuzz target): an input declared 0 columns
+/// wide. tract-onnx 0.23.9 folds the convolutions of that empty tensor as constants and
+/// breaks an unchecked access's precondition in its im2col (an abort with debug
+/// assertions, out of bounds without); the import refuses the shape first.
+#[test]
+fn an_input_with_a_dimension_of_zero_is_refused() {
+    let onnx = models().join("regressions/input-of-zero-columns.onnx");
+    let e = refused_f32_compile(&onnx, "zero-columns.trm");
+    assert!(
+        e.contains(
+            "input-of-zero-columns.onnx: the input's channels, rows and columns must be \
+             at least 1, got [Some(1), Some(3), Some(8), Some(0)]"
+        ),
+        "{e}"
+    );
+}
+
 /// Regression (found by the `onnx_graph` fuzz target): a `Transpose` whose `perm`
 /// repeats an axis. tract-onnx 0.23.9 decomposes it into cycles without end, growing a
 /// vector until memory runs out; the import refuses it before tract reads the graph.
