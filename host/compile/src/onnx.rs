@@ -609,6 +609,7 @@ impl OnnxFile {
                 .into_typed()
         })
         .map_err(|e| anyhow::anyhow!("tract cannot type the graph: {e:#}"))?;
+        refuse_empty_tensors(&typed)?;
         tract_step(|| typed.into_decluttered())
             .map_err(|e| anyhow::anyhow!("tract cannot simplify the graph: {e:#}"))
     }
@@ -702,6 +703,27 @@ impl OnnxFile {
         }
         values
     }
+}
+
+/// Refuses a typed graph in which a node gives an empty tensor, such as a convolution
+/// whose stride leaves no rows. tract-onnx 0.23.9 folds the convolutions of an empty
+/// tensor as constants while simplifying the graph, and its im2col
+/// (`Patcher::padded_2d`) then breaks an unchecked access's precondition: out of bounds
+/// in a release build. An empty image is no image, so no model the engine runs has one.
+fn refuse_empty_tensors(typed: &TypedModel) -> Result<()> {
+    for node in typed.nodes() {
+        for output in &node.outputs {
+            if output.fact.shape.iter().any(|dim| dim.as_i64() == Some(0)) {
+                bail!(
+                    "{} ({}) gives a tensor of shape {:?}, which is empty",
+                    node.name,
+                    node.op.name(),
+                    output.fact.shape
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads, types and lowers an ONNX file.

@@ -558,6 +558,24 @@ fn an_input_with_a_dimension_of_zero_is_refused() {
     );
 }
 
+/// Regression (found by the `onnx_import` fuzz target after the test above's fix): a
+/// convolution whose stride 63 leaves one row, then a 3×3 one without padding that leaves
+/// none. tract-onnx 0.23.9 folds the convolutions of that empty tensor as constants and
+/// breaks the same unchecked access's precondition in its im2col; the import refuses
+/// every empty tensor of the typed graph, naming the node, before tract simplifies it.
+#[test]
+fn a_stride_that_leaves_no_rows_is_refused() {
+    let onnx = models().join("regressions/a-stride-that-leaves-no-rows.onnx");
+    let e = refused_f32_compile(&onnx, "no-rows.trm");
+    assert!(
+        e.contains(
+            "a-stride-that-leaves-no-rows.onnx: b.c1 (Conv) gives a tensor of shape \
+             1,4,0,3, which is empty"
+        ),
+        "{e}"
+    );
+}
+
 /// Regression (found by the `onnx_graph` fuzz target): a `Transpose` whose `perm`
 /// repeats an axis. tract-onnx 0.23.9 decomposes it into cycles without end, growing a
 /// vector until memory runs out; the import refuses it before tract reads the graph.
