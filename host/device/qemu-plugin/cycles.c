@@ -44,7 +44,11 @@
  * pairs with the one before it is decided when its block is translated, and for a
  * block's first instruction when the block runs, after the block that ran before.
  *
- * Arguments: core=m4|m3|m0plus (default m4); out=FILE (required): at exit the plugin writes
+ * With core=none the plugin models no core: it counts instructions alone (every cost,
+ * and so every cycle figure it writes, 0; no counter reads), for the boards without a
+ * model, whose instructions by function are still worth knowing.
+ *
+ * Arguments: core=m4|m3|m0plus|none (default m4); out=FILE (required): at exit the plugin writes
  * `total INSNS CYCLES`, then one line `read INSNS CYCLES` for every load from the
  * address watch=ADDR (default 0xe000e018, SysTick's current value register), the totals
  * counted up to and including that load: the host pairs consecutive reads with the
@@ -99,7 +103,7 @@ EXPORT int qemu_plugin_version = 1;
 
 /* The emulated system has one core: plain counters suffice. */
 static uint64_t insns, cycles;
-static enum { M4, M3, M0PLUS } core = M4;
+static enum { M4, M3, M0PLUS, NONE } core = M4;
 static uint64_t watch = 0xe000e018;
 static FILE *out;
 
@@ -377,7 +381,7 @@ static void block_start(unsigned int vcpu, void *userdata) {
     (void)vcpu;
     struct block *current = userdata;
     current->runs++;
-    if (previous) {
+    if (previous && core != NONE) {
         uint64_t extra = 0;
         if (previous->ends_in_branch && current->start != previous->end) {
             extra += core == M0PLUS ? 1 : 2 + (current->wide_unaligned_start ? 1 : 0);
@@ -432,7 +436,10 @@ static void translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
         uint64_t address = qemu_plugin_insn_vaddr(insn);
         bool wide = qemu_plugin_insn_size(insn) == 4;
         char *text = qemu_plugin_insn_disas(insn);
-        struct decoded d = decode(text ? text : "", have_before ? &before : NULL, before_wide);
+        struct decoded d = {0, OTHER, false, -1, {-1, -1}};
+        if (core != NONE) {
+            d = decode(text ? text : "", have_before ? &before : NULL, before_wide);
+        }
         if (i == 0) {
             block->start = address;
             block->wide_unaligned_start = wide && (address & 3) != 0;
@@ -498,6 +505,8 @@ EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int
             core = M3;
         } else if (strcmp(argv[i], "core=m0plus") == 0) {
             core = M0PLUS;
+        } else if (strcmp(argv[i], "core=none") == 0) {
+            core = NONE;
         } else if (strncmp(argv[i], "out=", 4) == 0) {
             path = argv[i] + 4;
         } else if (strncmp(argv[i], "watch=", 6) == 0) {

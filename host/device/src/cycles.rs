@@ -83,13 +83,19 @@ pub struct FunctionCost {
     pub name: String,
     /// Instructions executed in it.
     pub instructions: u64,
-    /// Their estimated cycles.
-    pub cycles: u64,
+    /// Their estimated cycles; `None` from a trace that counted instructions alone
+    /// ([`COUNT_ONLY`]).
+    pub cycles: Option<u64>,
 }
 
+/// The plugin's `core=` for a board without a cycle model: it counts instructions
+/// alone, by translation block, so [`by_function`] still says where they went.
+pub const COUNT_ONLY: &str = "none";
+
 /// The trace's blocks summed by the function of `elf` they start in, the costliest
-/// first.
-pub fn by_function(elf: &Path, trace: &Trace) -> Result<Vec<FunctionCost>> {
+/// first: by estimated cycles if `estimated` (the trace of a cycle model), else by
+/// instructions, with no cycles.
+pub fn by_function(elf: &Path, trace: &Trace, estimated: bool) -> Result<Vec<FunctionCost>> {
     use object::{Object, ObjectSymbol, SymbolKind};
     let bytes = std::fs::read(elf).with_context(|| format!("cannot read {}", elf.display()))?;
     let file = object::File::parse(&*bytes)
@@ -120,10 +126,14 @@ pub fn by_function(elf: &Path, trace: &Trace) -> Result<Vec<FunctionCost>> {
         .map(|(name, (instructions, cycles))| FunctionCost {
             name: name.to_string(),
             instructions,
-            cycles,
+            cycles: estimated.then_some(cycles),
         })
         .collect();
-    costs.sort_by(|a, b| b.cycles.cmp(&a.cycles).then_with(|| a.name.cmp(&b.name)));
+    costs.sort_by(|a, b| {
+        (b.cycles, b.instructions)
+            .cmp(&(a.cycles, a.instructions))
+            .then_with(|| a.name.cmp(&b.name))
+    });
     Ok(costs)
 }
 

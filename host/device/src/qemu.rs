@@ -413,9 +413,20 @@ pub struct Device<'a> {
     pub timeout: Duration,
     /// How the firmware's log reaches the host.
     pub transport: Transport,
+    /// Whether `classify` boots on a board without a cycle model count instructions by
+    /// function too ([`Device::count_functions`]).
+    pub functions: bool,
 }
 
 impl<'a> Device<'a> {
+    /// Makes [`Device::classify`] say where a boot's instructions went, by function,
+    /// on every board: those with a cycle model always do; on the others QEMU then
+    /// runs the plugin in its counting mode ([`cycles::COUNT_ONLY`]), somewhat slower.
+    pub fn count_functions(mut self) -> Self {
+        self.functions = true;
+        self
+    }
+
     /// Builds firmware binary `bin` for `board` (announcing it on stderr) with an arena
     /// of `arena_bytes`, logging over semihosting, ready to boot `model`.
     pub fn build(
@@ -459,17 +470,23 @@ impl<'a> Device<'a> {
             model,
             timeout,
             transport,
+            functions: false,
         })
     }
 
     /// Boots the `classify` firmware with the images `range` of `data`; returns the
     /// device's predictions for them.
     /// On a board with a cycle model (and a C compiler to build it), each count also
-    /// gets its estimated cycles.
+    /// gets its estimated cycles, and the boot its cost by function; on the others,
+    /// the boot's instructions by function if [`Device::count_functions`] asked.
     pub fn classify(&self, data: &Dataset, range: std::ops::Range<usize>) -> Result<ClassifyBoot> {
         let indices: Vec<usize> = range.collect();
         let work = tempdir()?;
-        let model = optional_cycle_model(&self.board);
+        let model = match self.board.cycle_model {
+            Some(_) => optional_cycle_model(&self.board),
+            None if self.functions => instruction_counter(),
+            None => None,
+        };
         let run = self.boot(&image_region(data, &[], &indices), &work, model.as_ref());
         let _ = std::fs::remove_dir_all(&work);
         let (lines, trace) = run?;
@@ -480,7 +497,9 @@ impl<'a> Device<'a> {
             profile_cycles: None,
             functions: None,
         };
-        if let Some(trace) = trace {
+        if let (Some(trace), None) = (&trace, self.board.cycle_model) {
+            boot.functions = Some(cycles::by_function(&self.elf, trace, false)?);
+        } else if let Some(trace) = trace {
             // The firmware's counts in the order it took them: the profile's steps,
             // then the images (as its log has them).
             let steps = boot.profile.len();
@@ -501,7 +520,7 @@ impl<'a> Device<'a> {
                 p.cycles = Some(c);
             }
             boot.profile_cycles = Some(estimated[..steps].to_vec());
-            boot.functions = Some(cycles::by_function(&self.elf, &trace)?);
+            boot.functions = Some(cycles::by_function(&self.elf, &trace, true)?);
         }
         Ok(boot)
     }
@@ -626,7 +645,8 @@ pub struct ClassifyBoot {
     /// The estimated cycles of the same steps, on a board with a cycle model.
     pub profile_cycles: Option<Vec<u64>>,
     /// The whole boot's instructions and estimated cycles by function, the costliest
-    /// first, on a board with a cycle model.
+    /// first, on a board with a cycle model; its instructions alone by function on
+    /// another board if [`Device::count_functions`] asked.
     pub functions: Option<Vec<cycles::FunctionCost>>,
 }
 
@@ -806,7 +826,7 @@ pub fn estimate_elf(board: &Board, elf: &Path, timeout: Duration) -> Result<ElfC
     let _ = std::fs::remove_dir_all(&work);
     let (_, success, trace) = run?;
     let trace = trace.context("the cycle model recorded nothing")?;
-    let functions = cycles::by_function(elf, &trace)?;
+    let functions = cycles::by_function(elf, &trace, true)?;
     Ok(ElfCycles {
         functions,
         instructions: trace.instructions,
@@ -1171,6 +1191,21 @@ fn cycle_model(board: &Board) -> Result<CycleModel> {
     })?;
     let plugin = cycles::plugin(&firmware_dir().join("target").join("qemu-plugin"))?;
     Ok(CycleModel { plugin, core })
+}
+
+/// The plugin counting instructions alone ([`cycles::COUNT_ONLY`]), or `None` where it
+/// cannot be built (said once, on stderr).
+fn instruction_counter() -> Option<CycleModel> {
+    cycles::plugin(&firmware_dir().join("target").join("qemu-plugin"))
+        .map(|plugin| CycleModel {
+            plugin,
+            core: cycles::COUNT_ONLY,
+        })
+        .map_err(|e| {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| eprintln!("warning: no instructions by function: {e:#}"));
+        })
+        .ok()
 }
 
 /// [`cycle_model`] where the board has one: `None` for the others, and where it cannot

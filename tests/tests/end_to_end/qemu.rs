@@ -402,6 +402,50 @@ fn the_profile_covers_every_layer_and_adds_up() {
     );
 }
 
+/// On a board without a cycle model, `count_functions` still says where a boot's
+/// instructions went: the plugin in its counting mode sees the whole boot, so its
+/// functions hold at least the instructions SysTick counted for the inferences (the
+/// images and the profiled run), and not many times more (the boot around them).
+#[test]
+fn a_board_without_a_cycle_model_counts_instructions_by_function() {
+    let blob = int8_blob(&resnet8());
+    let data = images(2, 3);
+    let board = Board::by_name("mps3-an547").unwrap();
+    assert_eq!(board.cycle_model, None);
+    let device = qemu::Device::build(
+        board,
+        "classify",
+        blob.as_bytes(),
+        qemu::DEFAULT_ARENA_BYTES,
+        Duration::from_secs(300),
+    )
+    .unwrap()
+    .count_functions();
+    let boot = device.classify(&data, 0..data.len()).unwrap();
+    let functions = boot.functions.expect("functions were asked for");
+    assert!(
+        functions.iter().all(|f| f.cycles.is_none()),
+        "{functions:?}"
+    );
+    assert!(
+        functions
+            .windows(2)
+            .all(|w| w[0].instructions >= w[1].instructions),
+        "not the costliest first: {functions:?}"
+    );
+    assert!(
+        functions[0].name.starts_with("tinyres_core::"),
+        "the engine is not the costliest: {functions:?}"
+    );
+    let counted: u64 = functions.iter().map(|f| f.instructions).sum();
+    let inferences: u64 = boot.predictions.iter().map(|p| p.instructions).sum::<u64>()
+        + boot.profile.iter().sum::<u64>();
+    assert!(
+        (inferences..3 * inferences).contains(&counted),
+        "{counted} instructions by function, {inferences} counted by SysTick"
+    );
+}
+
 /// A stack overflow stops the firmware with a fault, reported as such: the stack sits
 /// at the bottom of RAM, below the static data, so an overflow runs off into unmapped
 /// memory instead of overwriting the statics (and the arena among them), and the

@@ -76,10 +76,7 @@ pub fn command(args: &Args) -> Result<()> {
             run.cycles as f64 / run.instructions.max(1) as f64
         );
         println!("\nspans: between consecutive reads of SysTick's counter (0xE000E018)\n");
-        print!(
-            "{}",
-            function_table(&run.functions, run.cycles, args.functions)
-        );
+        print!("{}", function_table(&run.functions, args.functions));
         println!("cycles: {ASSUMPTIONS}");
     }
     if !run.success {
@@ -88,25 +85,39 @@ pub fn command(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The costliest `count` functions: cycles, share of the run's, instructions, CPI.
-pub fn function_table(
-    functions: &[tinyres_device::cycles::FunctionCost],
-    total_cycles: u64,
-    count: usize,
-) -> String {
-    let mut s = format!(
-        "{:>14} {:>7} {:>14} {:>7}  function\n",
-        "cycles (est.)", "share", "instructions", "CPI"
-    );
+/// The costliest `count` functions: estimated cycles, their share of all the
+/// functions', instructions and CPI; or, from a trace without cycles, instructions and
+/// their share.
+pub fn function_table(functions: &[tinyres_device::cycles::FunctionCost], count: usize) -> String {
+    let estimated = functions.iter().all(|f| f.cycles.is_some());
+    let cost = |f: &tinyres_device::cycles::FunctionCost| f.cycles.unwrap_or(f.instructions);
+    let total = functions.iter().map(cost).sum::<u64>().max(1);
+    let mut s = if estimated {
+        format!(
+            "{:>14} {:>7} {:>14} {:>7}  function\n",
+            "cycles (est.)", "share", "instructions", "CPI"
+        )
+    } else {
+        format!("{:>14} {:>7}  function\n", "instructions", "share")
+    };
     for f in functions.iter().take(count) {
-        s += &format!(
-            "{:>14} {:>6.1}% {:>14} {:>7.3}  {}\n",
-            report::thousands(f.cycles),
-            100.0 * f.cycles as f64 / total_cycles.max(1) as f64,
-            report::thousands(f.instructions),
-            f.cycles as f64 / f.instructions.max(1) as f64,
-            f.name
-        );
+        let share = 100.0 * cost(f) as f64 / total as f64;
+        s += &match f.cycles.filter(|_| estimated) {
+            Some(cycles) => format!(
+                "{:>14} {:>6.1}% {:>14} {:>7.3}  {}\n",
+                report::thousands(cycles),
+                share,
+                report::thousands(f.instructions),
+                cycles as f64 / f.instructions.max(1) as f64,
+                f.name
+            ),
+            None => format!(
+                "{:>14} {:>6.1}%  {}\n",
+                report::thousands(f.instructions),
+                share,
+                f.name
+            ),
+        };
     }
     if functions.len() > count {
         s += &format!("{:>14} ({} more functions)\n", "", functions.len() - count);

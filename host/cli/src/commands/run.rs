@@ -79,7 +79,8 @@ pub struct Args {
     transport: qemu::Transport,
     /// Also report instructions per layer, with MACs and MACs per instruction (the
     /// device profiles the first image once more, reading its counter after every
-    /// layer).
+    /// layer), and where the first boot's estimated cycles (or, on a board without a
+    /// cycle model, its instructions) went, by function of the firmware.
     #[arg(long, conflicts_with = "finetune")]
     profile: bool,
     /// With --profile: also draw the per-layer profile as a bar chart into this PNG.
@@ -194,7 +195,7 @@ pub fn command(args: &Args) -> Result<()> {
         return finetune_on_device(args, board, &blob, &data, learn_from, arena);
     }
     let timeout = Duration::from_secs(args.timeout);
-    let device = qemu::Device::build_for(
+    let mut device = qemu::Device::build_for(
         board,
         "classify",
         blob.as_bytes(),
@@ -202,6 +203,9 @@ pub fn command(args: &Args) -> Result<()> {
         timeout,
         args.transport,
     )?;
+    if args.profile {
+        device = device.count_functions();
+    }
 
     let classified = qemu::classify_all(&device, &data, |range| {
         eprintln!(
@@ -345,12 +349,19 @@ pub fn command(args: &Args) -> Result<()> {
             );
             print!("{}", report::profile_table(rows));
             if let Some(functions) = &classified_functions {
-                let total = functions.iter().map(|f| f.cycles).sum();
+                let images = predictions
+                    .len()
+                    .min(qemu::images_per_boot(&board, data.image_len()));
                 println!(
-                    "\nwhere the first boot's cycles went ({} images and the profiled run), by function:\n",
-                    predictions.len().min(qemu::images_per_boot(&board, data.image_len()))
+                    "\nwhere the first boot's {} went ({images} image{} and the profiled run), by function:\n",
+                    if mean_cycles.is_some() {
+                        "estimated cycles"
+                    } else {
+                        "instructions"
+                    },
+                    if images == 1 { "" } else { "s" }
                 );
-                print!("{}", super::cycles::function_table(functions, total, 12));
+                print!("{}", super::cycles::function_table(functions, 12));
             }
         }
     }
