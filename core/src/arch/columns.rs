@@ -7,7 +7,9 @@
 //! window, then for bytes 16..32, and so on (the order Helium's post-incrementing
 //! loads want). A block kernel then computes the four dot products `Σ x_p·w` of each
 //! filter of a block of up to [`CHANNEL_BLOCK`] channels into [`Accumulators`], and
-//! a row finish requantizes each pixel's block and adds its shortcut.
+//! a row finish requantizes each pixel's block and adds its shortcut. An arch module
+//! may also give a block kernel that reads a group's windows in place where they need
+//! no padding ([`DirectDot`]): such groups skip the copy.
 //!
 //! The zero point is taken out once per layer: with padding at the zero point,
 //! `Σ (x − zp)·w = Σ x·w − zp·Σ w` over the whole window, so each channel's `bias −
@@ -419,6 +421,44 @@ pub fn vector_finish_applies(requant: &Requantize<'_>, add: Option<&AddParams>) 
 /// Accumulators of a pixel group: `[pixel][channel of the block]`.
 pub type Accumulators = [[i32; CHANNEL_BLOCK]; PIXELS];
 
+/// Where a group's windows lie in the input when a block kernel reads them in place:
+/// four evenly spaced output pixels whose windows need no padding. Pixel `p`'s kernel
+/// row `ky` is the `row_bytes` bytes at `ky · row_step + p · pixel_step` of the input
+/// slice handed over with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectWindow {
+    /// Bytes between two pixels' windows: the stride times the input channels.
+    pub pixel_step: usize,
+    /// Bytes of a window's kernel row: kernel columns times input channels, a multiple
+    /// of 16.
+    pub row_bytes: usize,
+    /// Bytes between two kernel rows: an input row.
+    pub row_step: usize,
+    /// Kernel rows.
+    pub rows: usize,
+}
+
+/// A block kernel that reads a group's windows in place, without the column buffer:
+/// `dot(input, window, weights, acc)` sets `acc[p][i] = Σ x_p·w_i` for the filters of
+/// `weights` (`window.rows · window.row_bytes` bytes each) and returns true, or returns
+/// false, having written nothing, where it does not apply (the group then goes through
+/// the column buffer).
+pub type DirectDot = fn(&[i8], &DirectWindow, &[i8], &mut Accumulators) -> bool;
+
+/// Where the windows of output pixels `ox..ox + PIXELS` of row `oy` start in the input
+/// (pixel `ox`'s first byte) if they can be read in place: all four pixels exist, no
+/// window needs padding, and the channels come in whole 16-byte chunks.
+fn direct_start(shape: &ConvShape, oy: usize, ox: usize) -> Option<usize> {
+    if shape.in_c % 16 != 0 || ox + PIXELS > shape.out_w {
+        return None;
+    }
+    let iy = (oy * shape.stride).checked_sub(shape.pad_top)?;
+    let ix = (ox * shape.stride).checked_sub(shape.pad_left)?;
+    let last_ix = ix + (PIXELS - 1) * shape.stride;
+    (iy + shape.kernel_h <= shape.in_h && last_ix + shape.kernel_w <= shape.in_w)
+        .then_some((iy * shape.in_w + ix) * shape.in_c)
+}
+
 /// The memory a convolution works in besides its input and output (3.3 KiB): the
 /// column buffer, the accumulators and a block's bias bases. The caller owns it and
 /// passes it to every call: a streamed group calls the kernel once per step of rows,
@@ -475,7 +515,8 @@ pub fn weight_sums_scalar(weights: &[i8], window: usize, sums: &mut [i32; CHANNE
 /// TFLite int8 convolution, as [`kernels::conv2d_i8`] computes it (same arguments,
 /// same checks, bit-identical results), with `dot_block(columns, weights, window,
 /// acc)` setting `acc[p][i] = Σ x_p·w_i` for the group's four pixels and the block's
-/// filters of `window` bytes (at most [`CHANNEL_BLOCK`]), `weight_sums` doing what
+/// filters of `window` bytes (at most [`CHANNEL_BLOCK`]), `direct` (if any) doing the
+/// same for the groups whose windows it reads in place ([`DirectDot`]), `weight_sums` doing what
 /// [`weight_sums_scalar`] does and `vector_finish` what [`finish_row_scalar`] does,
 /// for the layers [`vector_finish_applies`] to (the others take
 /// [`finish_row_scalar`]). Each channel's `bias − zero_point · Σ w` is computed once
@@ -488,6 +529,7 @@ pub fn weight_sums_scalar(weights: &[i8], window: usize, sums: &mut [i32; CHANNE
 #[inline(always)]
 pub fn conv2d_i8_by_columns(
     dot_block: impl Fn(&Columns, &[i8], usize, &mut Accumulators),
+    direct: Option<DirectDot>,
     weight_sums: impl Fn(&[i8], usize, &mut [i32; CHANNEL_BLOCK]),
     vector_finish: impl Fn(
         &[i32],
@@ -549,22 +591,41 @@ pub fn conv2d_i8_by_columns(
     if single_block {
         block_bases(0..out_c, bases);
     }
+    let in_place = DirectWindow {
+        pixel_step: shape.stride * shape.in_c,
+        row_bytes: shape.kernel_w * shape.in_c,
+        row_step: shape.in_w * shape.in_c,
+        rows: shape.kernel_h,
+    };
     for oy in 0..shape.out_h {
         for ox in (0..shape.out_w).step_by(PIXELS) {
             let pixels: [usize; PIXELS] = core::array::from_fn(|p| (ox + p).min(shape.out_w - 1));
             let distinct = (shape.out_w - ox).min(PIXELS);
-            gather(shape, input, input_zero_point, oy, pixels, columns);
+            let direct_input = direct
+                .and(direct_start(shape, oy, ox))
+                .and_then(|start| input.get(start..));
+            // Gathered before the blocks, as always where nothing reads in place.
+            let mut gathered = direct_input.is_none();
+            if gathered {
+                gather(shape, input, input_zero_point, oy, pixels, columns);
+            }
             for block in (0..out_c).step_by(CHANNEL_BLOCK) {
                 let channels = block..(block + CHANNEL_BLOCK).min(out_c);
                 if !single_block {
                     block_bases(channels.clone(), bases);
                 }
-                dot_block(
-                    columns,
-                    &weights[channels.start * window..channels.end * window],
-                    window,
-                    acc,
-                );
+                let block_weights = &weights[channels.start * window..channels.end * window];
+                let read_in_place = match (direct, direct_input) {
+                    (Some(dot), Some(source)) => dot(source, &in_place, block_weights, acc),
+                    _ => false,
+                };
+                if !read_in_place {
+                    if !gathered {
+                        gather(shape, input, input_zero_point, oy, pixels, columns);
+                        gathered = true;
+                    }
+                    dot_block(columns, block_weights, window, acc);
+                }
                 for (p, &x) in pixels.iter().enumerate().take(distinct) {
                     let shortcut = ShortcutRow::at(residual, oy, x);
                     let out_start = (oy * shape.out_w + x) * out_c;

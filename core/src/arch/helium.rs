@@ -1,11 +1,15 @@
 //! Helium (M-profile vector extension) for the Cortex-M55: int8 convolution with
-//! 16-lane dot products over the column buffer of [`super::columns`].
+//! 16-lane dot products over the windows of [`super::columns`]'s pixel groups.
 //!
-//! Each output channel runs one tail-predicated low-overhead loop (`DLSTP`/`LETP`)
-//! over its window: one `VLDRB` of 16 weights, four of inputs (one per pixel of the
-//! group), four `VMLADAVA.S8` (16 MACs each into a scalar accumulator) and one
-//! `VADDVA.S8` (the weights' sum): 11 instructions for 64 MACs, the loop closing
-//! included; one assembly block runs all the filters of a block.
+//! Filters go two at a time where the window is whole 16-byte chunks: per chunk, two
+//! `VLDRB` of weights, four loads of inputs (one per pixel of the group) and eight
+//! `VMLADAVA.S8` (16 MACs each into a scalar accumulator), 128 MACs in 16 instructions
+//! with the loop; one assembly block runs all the pairs of a block. A group whose
+//! windows need no padding and whose channels are whole chunks (every layer of
+//! ResNet-8 but the first, away from the borders) is read in place ([`dot_direct`]),
+//! kernel row by kernel row; the others from the column buffer ([`dot_pairs`]). Other
+//! windows (the 3-channel first layer's 27 bytes) take one filter at a time in a
+//! tail-predicated low-overhead loop (`DLSTP`/`LETP`, [`dot_each`]).
 //!
 //! Requantization and the residual add run four channels at a time
 //! ([`finish_row`]): `VQRDMULH` is TFLite's saturating rounding doubling high
@@ -19,8 +23,8 @@ use core::arch::asm;
 use core::ops::Range;
 
 use super::columns::{
-    conv2d_i8_by_columns, finish_row_scalar, Accumulators, Columns, ConvScratch, ShortcutRow,
-    CHANNEL_BLOCK, PIXELS, WINDOW_CAPACITY,
+    conv2d_i8_by_columns, finish_row_scalar, Accumulators, Columns, ConvScratch, DirectWindow,
+    ShortcutRow, CHANNEL_BLOCK, PIXELS, WINDOW_CAPACITY,
 };
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
@@ -29,7 +33,7 @@ use crate::quant::{AddParams, AddTables};
 /// For the block's filters `i` (`window` bytes each, contiguous in `weights`):
 /// `acc[p][i] = Σ x_p·w_i` over the four pixels' columns as
 /// [`super::columns::column_offset`] lays them out. Windows of whole 16-byte chunks
-/// go two filters at a time ([`dot_pair`]); the rest (and an odd last filter) one at
+/// go two filters at a time ([`dot_pairs`]); the rest (and an odd last filter) one at
 /// a time in a tail-predicated loop ([`dot_each`]).
 fn dot_block(columns: &Columns, weights: &[i8], window: usize, acc: &mut Accumulators) {
     if window == 0 || window > WINDOW_CAPACITY {
@@ -37,16 +41,9 @@ fn dot_block(columns: &Columns, weights: &[i8], window: usize, acc: &mut Accumul
     }
     let filters = (weights.len() / window).min(CHANNEL_BLOCK);
     let mut done = 0;
-    if window % 16 == 0 {
-        while done + 2 <= filters {
-            let pair = &weights[done * window..(done + 2) * window];
-            let sums = dot_pair(columns, pair, window);
-            for (row, sums) in acc.iter_mut().zip(sums) {
-                row[done] = sums[0];
-                row[done + 1] = sums[1];
-            }
-            done += 2;
-        }
+    if window % 16 == 0 && filters >= 2 {
+        done = filters / 2 * 2;
+        dot_pairs(columns, &weights[..done * window], window, acc);
     }
     if done < filters {
         dot_each(
@@ -59,29 +56,47 @@ fn dot_block(columns: &Columns, weights: &[i8], window: usize, acc: &mut Accumul
     }
 }
 
-/// `[Σ x_p·w_0, Σ x_p·w_1]` for the four pixels and the two filters of `pair`
-/// (`window` bytes each, a multiple of 16): per 16 bytes, two weight and four input
-/// loads and eight `VMLADAVA.S8`, 128 MACs in 16 instructions with the loop.
-fn dot_pair(columns: &Columns, pair: &[i8], window: usize) -> [[i32; 2]; PIXELS] {
+/// For the filters `i` of `weights` (`window` bytes each, a multiple of 16; an even
+/// number of filters, at most [`CHANNEL_BLOCK`]): `acc[p][i] = Σ x_p·w_i`. One
+/// assembly block runs every pair of filters: per 16 bytes of the window, two weight
+/// and four input loads and eight `VMLADAVA.S8`, 128 MACs in 16 instructions with the
+/// loop; then eight stores into the accumulators.
+fn dot_pairs(columns: &Columns, weights: &[i8], window: usize, acc: &mut Accumulators) {
     let chunks = window / 16;
-    if chunks == 0 || pair.len() < 2 * window || window > WINDOW_CAPACITY {
-        return [[0; 2]; PIXELS];
+    let pairs = (weights.len() / (2 * window.max(1))).min(CHANNEL_BLOCK / 2);
+    if chunks == 0 || pairs == 0 || window > WINDOW_CAPACITY {
+        return;
     }
-    let (mut a00, mut a10, mut a20) = (0i32, 0i32, 0i32);
-    let (mut a01, mut a11, mut a21) = (0i32, 0i32, 0i32);
-    let (a30, a31): (i32, i32);
-    // SAFETY: the loop runs `chunks = window / 16` times, reading 16 bytes of each
-    // filter (`pair` holds both, `2 · window` bytes) and 64 bytes of `columns` per
-    // iteration (`64 · chunks ≤ COLUMN_BYTES`). VMLADAVA accumulates into even
-    // registers only: all eight are used, r6 (which LLVM reserves) saved and
-    // restored around the loop, as is r7 (the frame pointer), which holds the column
-    // pointer; lr and q0–q5 (d0–d11) are declared clobbered.
+    // What each pair starts from, read from memory: the loop needs every register.
+    let start = [columns.0.as_ptr() as usize, chunks, window];
+    // SAFETY: per pair the loop runs `chunks = window / 16` times, reading 16 bytes of
+    // each of the pair's filters (`2 · pairs · window ≤ weights.len()` bytes in all)
+    // and 64 bytes of `columns` per iteration (`64 · chunks ≤ COLUMN_BYTES`, as
+    // `window ≤ WINDOW_CAPACITY`). It writes `acc[p][i]` and `acc[p][i + 1]` at `acc
+    // + 256·p + 4·i` (rows of CHANNEL_BLOCK = 64 i32) for `i < 2 · pairs ≤
+    // CHANNEL_BLOCK`. `start` is 12 readable bytes. VMLADAVA accumulates into even
+    // registers only: all eight are used, r6 (which LLVM reserves) and r7 (the frame
+    // pointer, here the column pointer) saved on the stack and restored, as is the
+    // pointer to `start`, reloaded for each pair; the other registers it writes are
+    // declared, and q0–q5 (d0–d11).
     unsafe {
         asm!(
             "push {{r6, r7}}",
+            "ldr r5, [r9, #8]",
+            "adds r5, r3, r5",
+            "push {{r9}}",
+            "3:",
+            "ldr r9, [sp]",
+            "ldr r7, [r9]",
+            "ldr r9, [r9, #4]",
+            "movs r0, #0",
+            "movs r2, #0",
+            "movs r4, #0",
             "movs r6, #0",
+            "mov.w r8, #0",
+            "mov.w r10, #0",
+            "mov.w r12, #0",
             "mov.w lr, #0",
-            "mov r7, r1",
             "2:",
             "vldrb.u8 q4, [r3], #16",
             "vldrb.u8 q5, [r5], #16",
@@ -99,29 +114,197 @@ fn dot_pair(columns: &Columns, pair: &[i8], window: usize) -> [[i32; 2]; PIXELS]
             "vmladava.s8 lr, q3, q5",
             "subs r9, #1",
             "bne 2b",
-            "mov r11, r6",
-            "mov r1, lr",
+            // acc[p][i] and acc[p][i + 1] for the four pixels.
+            "str r0, [r1]",
+            "str r8, [r1, #4]",
+            "str r2, [r1, #256]",
+            "str r10, [r1, #260]",
+            "str r4, [r1, #512]",
+            "str r12, [r1, #516]",
+            "str r6, [r1, #768]",
+            "str lr, [r1, #772]",
+            "adds r1, #8",
+            // The first filter's pointer ended at the second's start, the second's at
+            // the next pair's: the next pair starts there.
+            "mov r3, r5",
+            "ldr r9, [sp]",
+            "ldr r9, [r9, #8]",
+            "adds r5, r5, r9",
+            "subs r11, #1",
+            "bne 3b",
+            "pop {{r9}}",
             "pop {{r6, r7}}",
             // Every operand in a named register: none can be in r6, which the
             // block uses (saved and restored) but cannot name as an operand.
-            inout("r1") columns.0.as_ptr() => a31,
-            inout("r3") pair.as_ptr() => _,
-            inout("r5") pair[window..].as_ptr() => _,
-            inout("r9") chunks => _,
-            lateout("r11") a30,
-            inout("r0") a00,
-            inout("r2") a10,
-            inout("r4") a20,
-            inout("r8") a01,
-            inout("r10") a11,
-            inout("r12") a21,
+            inout("r1") acc.as_mut_ptr().cast::<i32>() => _,
+            inout("r3") weights.as_ptr() => _,
+            inout("r9") start.as_ptr() => _,
+            inout("r11") pairs => _,
+            out("r0") _,
+            out("r2") _,
+            out("r4") _,
+            out("r5") _,
+            out("r8") _,
+            out("r10") _,
+            out("r12") _,
             out("lr") _,
             out("d0") _, out("d1") _, out("d2") _, out("d3") _,
             out("d4") _, out("d5") _, out("d6") _, out("d7") _,
             out("d8") _, out("d9") _, out("d10") _, out("d11") _,
         );
     }
-    [[a00, a01], [a10, a11], [a20, a21], [a30, a31]]
+}
+
+/// [`DirectDot`] for Helium: the filters two at a time as [`dot_pairs`] computes
+/// them, the pixels' windows read in place, kernel row by kernel row. It applies to
+/// pixel steps of 16, 32, 64 and 128 bytes (the immediate offsets of its loads), an
+/// even number of filters, and an input aligned to 4 bytes (`VLDRW`).
+fn dot_direct(input: &[i8], window: &DirectWindow, weights: &[i8], acc: &mut Accumulators) -> bool {
+    let bytes = window.rows * window.row_bytes;
+    if bytes == 0 || window.row_bytes % 16 != 0 || input.as_ptr() as usize % 4 != 0 {
+        return false;
+    }
+    let filters = weights.len() / bytes;
+    // The last byte any pixel's window reads, plus one.
+    let span =
+        (window.rows - 1) * window.row_step + (PIXELS - 1) * window.pixel_step + window.row_bytes;
+    if filters % 2 != 0
+        || filters > CHANNEL_BLOCK
+        || filters * bytes != weights.len()
+        || window.row_step < window.row_bytes
+        || span > input.len()
+    {
+        return false;
+    }
+    match window.pixel_step {
+        16 => dot_direct_pairs::<16>(input, window, weights, acc),
+        32 => dot_direct_pairs::<32>(input, window, weights, acc),
+        64 => dot_direct_pairs::<64>(input, window, weights, acc),
+        128 => dot_direct_pairs::<128>(input, window, weights, acc),
+        _ => return false,
+    }
+    true
+}
+
+/// [`dot_direct`] for pixels `STEP` bytes apart, its checks passed: `weights` holds an
+/// even number of filters (at most [`CHANNEL_BLOCK`]) of `window.rows ·
+/// window.row_bytes` bytes, `input` (4-byte aligned) every byte the four pixels'
+/// windows read.
+fn dot_direct_pairs<const STEP: usize>(
+    input: &[i8],
+    window: &DirectWindow,
+    weights: &[i8],
+    acc: &mut Accumulators,
+) {
+    let bytes = window.rows * window.row_bytes;
+    let pairs = weights.len() / (2 * bytes);
+    // What each pair and each kernel row start from, read from memory: the loop needs
+    // every register.
+    let start = [
+        input.as_ptr() as usize,
+        window.row_bytes / 16,
+        window.row_step - window.row_bytes,
+        window.rows,
+        bytes,
+    ];
+    // SAFETY: per pair, per kernel row `ky < rows`, the loop runs `row_bytes / 16`
+    // times, reading 16 bytes of each of the pair's filters (`2 · pairs · bytes =
+    // weights.len()` in all) and, for pixel `p < 4`, the 16 bytes at `ky · row_step + p
+    // · STEP + 16 · k` of `input` (`k < row_bytes / 16`): all below `(rows − 1) ·
+    // row_step + 3 · STEP + row_bytes ≤ input.len()`, which `dot_direct` checked, with
+    // `STEP = pixel_step`; every such address is 4-byte aligned (the input is, and the
+    // offsets are multiples of 16), as `VLDRW` needs. It writes `acc[p][i]` and
+    // `acc[p][i + 1]` at `acc + 256·p + 4·i` (rows of CHANNEL_BLOCK = 64 i32) for `i <
+    // 2 · pairs ≤ CHANNEL_BLOCK`. `start` is 20 readable bytes. VMLADAVA accumulates
+    // into even registers only: all eight are used, r6 (which LLVM reserves) and r7
+    // (the frame pointer, here the input pointer) saved on the stack and restored, as
+    // are the pointer to `start` and the pairs left, reloaded as needed; the other
+    // registers it writes are declared, and q0–q5 (d0–d11).
+    unsafe {
+        asm!(
+            "push {{r6, r7}}",
+            "ldr r5, [r9, #16]",
+            "adds r5, r3, r5",
+            "push {{r9, r11}}",
+            "3:",
+            "ldr r9, [sp]",
+            "ldr r7, [r9]",
+            "ldr r11, [r9, #12]",
+            "movs r0, #0",
+            "movs r2, #0",
+            "movs r4, #0",
+            "movs r6, #0",
+            "mov.w r8, #0",
+            "mov.w r10, #0",
+            "mov.w r12, #0",
+            "mov.w lr, #0",
+            "4:",
+            "ldr r9, [sp]",
+            "ldr r9, [r9, #4]",
+            "2:",
+            "vldrb.u8 q4, [r3], #16",
+            "vldrb.u8 q5, [r5], #16",
+            "vldrw.u32 q1, [r7, #{step1}]",
+            "vldrw.u32 q2, [r7, #{step2}]",
+            "vldrw.u32 q3, [r7, #{step3}]",
+            "vldrw.u32 q0, [r7], #16",
+            "vmladava.s8 r0, q0, q4",
+            "vmladava.s8 r2, q1, q4",
+            "vmladava.s8 r4, q2, q4",
+            "vmladava.s8 r6, q3, q4",
+            "vmladava.s8 r8, q0, q5",
+            "vmladava.s8 r10, q1, q5",
+            "vmladava.s8 r12, q2, q5",
+            "vmladava.s8 lr, q3, q5",
+            "subs r9, #1",
+            "bne 2b",
+            // The next kernel row of pixel 0's window.
+            "ldr r9, [sp]",
+            "ldr r9, [r9, #8]",
+            "add r7, r9",
+            "subs r11, #1",
+            "bne 4b",
+            // acc[p][i] and acc[p][i + 1] for the four pixels.
+            "str r0, [r1]",
+            "str r8, [r1, #4]",
+            "str r2, [r1, #256]",
+            "str r10, [r1, #260]",
+            "str r4, [r1, #512]",
+            "str r12, [r1, #516]",
+            "str r6, [r1, #768]",
+            "str lr, [r1, #772]",
+            "adds r1, #8",
+            // As in `dot_pairs`: the next pair starts where the second filter ended.
+            "mov r3, r5",
+            "ldr r9, [sp]",
+            "ldr r9, [r9, #16]",
+            "adds r5, r5, r9",
+            "ldr r9, [sp, #4]",
+            "subs r9, #1",
+            "str r9, [sp, #4]",
+            "bne 3b",
+            "add sp, #8",
+            "pop {{r6, r7}}",
+            step1 = const STEP,
+            step2 = const 2 * STEP,
+            step3 = const 3 * STEP,
+            inout("r1") acc.as_mut_ptr().cast::<i32>() => _,
+            inout("r3") weights.as_ptr() => _,
+            inout("r9") start.as_ptr() => _,
+            inout("r11") pairs => _,
+            out("r0") _,
+            out("r2") _,
+            out("r4") _,
+            out("r5") _,
+            out("r8") _,
+            out("r10") _,
+            out("r12") _,
+            out("lr") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+        );
+    }
 }
 
 /// For the filters `i` of `weights` (`window` bytes each): `acc[p][first + i] =
@@ -248,6 +431,7 @@ pub fn conv2d_i8_with(
 ) -> Result<(), Error> {
     conv2d_i8_by_columns(
         dot_block,
+        Some(dot_direct),
         weight_sums,
         finish_row,
         scratch,

@@ -395,6 +395,7 @@ pub fn conv2d_i8_with(
 ) -> Result<(), Error> {
     conv2d_i8_by_columns(
         dot_block,
+        None,
         weight_sums_scalar,
         finish_row,
         scratch,

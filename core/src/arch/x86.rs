@@ -333,6 +333,7 @@ pub fn conv2d_i8_with(
     let avx2 = has_avx2();
     conv2d_i8_by_columns(
         dot_block,
+        None,
         weight_sums_scalar,
         |acc, bases, channels, requant, add, shortcut, out| {
             if avx2 {
@@ -370,6 +371,7 @@ pub fn conv2d_i8_sse2(
 ) -> Result<(), Error> {
     conv2d_i8_by_columns(
         each_filter(dot_4),
+        None,
         weight_sums_scalar,
         finish_row_scalar,
         &mut ConvScratch::new(),

@@ -523,7 +523,7 @@ const fn named(in_hw: usize, in_c: usize, out_c: usize, kernel: usize, stride: u
     }
 }
 
-const NAMED_CASES: [Case; 17] = [
+const NAMED_CASES: [Case; 19] = [
     // ResNet-8 (MLPerf Tiny): the 3-channel first layer, the 16-channel block with its
     // in-place residual, the strided 3×3 and its 1×1 projection, the 64-channel 3×3 at
     // the column buffer's capacity (576 taps).
@@ -541,6 +541,10 @@ const NAMED_CASES: [Case; 17] = [
         ..named(32, 16, 32, 1, 2)
     },
     named(8, 64, 8, 3, 1),
+    // Windows read in place (Helium) with pixels 128 bytes apart, and an odd number of
+    // filters, which goes through the column buffer instead.
+    named(9, 64, 4, 3, 2),
+    named(8, 32, 5, 3, 1),
     // Past the column buffer: 3×3×68 = 612 taps, and 3×3×18 = 162 staged bytes.
     named(6, 68, 4, 3, 1),
     named(6, 18, 5, 3, 1),
