@@ -57,113 +57,44 @@ fn dot_block(columns: &Columns, weights: &[i8], window: usize, acc: &mut Accumul
 }
 
 /// For the filters `i` of `weights` (`window` bytes each, a multiple of 16; an even
-/// number of filters, at most [`CHANNEL_BLOCK`]): `acc[p][i] = Σ x_p·w_i`. One
-/// assembly block runs every pair of filters: per 16 bytes of the window, two weight
-/// and four input loads and eight `VMLADAVA.S8`, 128 MACs in 16 instructions with the
-/// loop; then eight stores into the accumulators.
+/// number of filters, at most [`CHANNEL_BLOCK`]): `acc[p][i] = Σ x_p·w_i` over the
+/// column buffer, with [`dot_pairs_unchecked`] (the window one row of `window` bytes,
+/// each chunk's four pixels 16 bytes apart and the chunks 64).
 ///
 /// Out of line, as [`dot_direct`] is: inlined into the group loop, the two cost the
 /// code around them registers (MLPerf ResNet-8 on the M55: 4,296,658 instructions
-/// inlined, 4,258,282 not; its 80/160-channel version 34,829,212 and 34,582,722).
+/// inlined, 4,258,282 not; its 80/160-channel version 34,829,212 and 34,582,722; both
+/// measured with a copy of the assembly of their own each).
 #[inline(never)]
 fn dot_pairs(columns: &Columns, weights: &[i8], window: usize, acc: &mut Accumulators) {
-    let chunks = window / 16;
     let pairs = (weights.len() / (2 * window.max(1))).min(CHANNEL_BLOCK / 2);
-    if chunks == 0 || pairs == 0 || window > WINDOW_CAPACITY {
+    if window % 16 != 0 || window == 0 || pairs == 0 || window > WINDOW_CAPACITY {
         return;
     }
-    // What each pair starts from, read from memory: the loop needs every register.
-    let start = [columns.0.as_ptr() as usize, chunks, window];
-    // SAFETY: per pair the loop runs `chunks = window / 16` times, reading 16 bytes of
-    // each of the pair's filters (`2 · pairs · window ≤ weights.len()` bytes in all)
-    // and 64 bytes of `columns` per iteration (`64 · chunks ≤ COLUMN_BYTES`, as
-    // `window ≤ WINDOW_CAPACITY`). It writes `acc[p][i]` and `acc[p][i + 1]` at `acc
-    // + 256·p + 4·i` (rows of CHANNEL_BLOCK = 64 i32) for `i < 2 · pairs ≤
-    // CHANNEL_BLOCK`. `start` is 12 readable bytes. VMLADAVA accumulates into even
-    // registers only: all eight are used, r6 (which LLVM reserves) and r7 (the frame
-    // pointer, here the column pointer) saved on the stack and restored, as is the
-    // pointer to `start`, reloaded for each pair; the other registers it writes are
-    // declared, and q0–q5 (d0–d11).
+    // SAFETY: the kernel reads `2 · pairs · window ≤ weights.len()` bytes of weights,
+    // and per pair, for `k < window / 16`, the 16 bytes at `64·k + 16·p` of the column
+    // buffer (`p < 4`): below `4 · window ≤ COLUMN_BYTES`, at 16-byte aligned addresses
+    // (the buffer is aligned). It writes `acc[p][i]` for `i < 2 · pairs ≤
+    // CHANNEL_BLOCK`.
     unsafe {
-        asm!(
-            "push {{r6, r7}}",
-            "ldr r5, [r9, #8]",
-            "adds r5, r3, r5",
-            "push {{r9}}",
-            "3:",
-            "ldr r9, [sp]",
-            "ldr r7, [r9]",
-            "ldr r9, [r9, #4]",
-            "movs r0, #0",
-            "movs r2, #0",
-            "movs r4, #0",
-            "movs r6, #0",
-            "mov.w r8, #0",
-            "mov.w r10, #0",
-            "mov.w r12, #0",
-            "mov.w lr, #0",
-            "2:",
-            "vldrb.u8 q4, [r3], #16",
-            "vldrb.u8 q5, [r5], #16",
-            "vldrb.u8 q1, [r7, #16]",
-            "vldrb.u8 q2, [r7, #32]",
-            "vldrb.u8 q3, [r7, #48]",
-            "vldrb.u8 q0, [r7], #64",
-            "vmladava.s8 r0, q0, q4",
-            "vmladava.s8 r2, q1, q4",
-            "vmladava.s8 r4, q2, q4",
-            "vmladava.s8 r6, q3, q4",
-            "vmladava.s8 r8, q0, q5",
-            "vmladava.s8 r10, q1, q5",
-            "vmladava.s8 r12, q2, q5",
-            "vmladava.s8 lr, q3, q5",
-            "subs r9, #1",
-            "bne 2b",
-            // acc[p][i] and acc[p][i + 1] for the four pixels.
-            "str r0, [r1]",
-            "str r8, [r1, #4]",
-            "str r2, [r1, #256]",
-            "str r10, [r1, #260]",
-            "str r4, [r1, #512]",
-            "str r12, [r1, #516]",
-            "str r6, [r1, #768]",
-            "str lr, [r1, #772]",
-            "adds r1, #8",
-            // The first filter's pointer ended at the second's start, the second's at
-            // the next pair's: the next pair starts there.
-            "mov r3, r5",
-            "ldr r9, [sp]",
-            "ldr r9, [r9, #8]",
-            "adds r5, r5, r9",
-            "subs r11, #1",
-            "bne 3b",
-            "pop {{r9}}",
-            "pop {{r6, r7}}",
-            // Every operand in a named register: none can be in r6, which the
-            // block uses (saved and restored) but cannot name as an operand.
-            inout("r1") acc.as_mut_ptr().cast::<i32>() => _,
-            inout("r3") weights.as_ptr() => _,
-            inout("r9") start.as_ptr() => _,
-            inout("r11") pairs => _,
-            out("r0") _,
-            out("r2") _,
-            out("r4") _,
-            out("r5") _,
-            out("r8") _,
-            out("r10") _,
-            out("r12") _,
-            out("lr") _,
-            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
-            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
-            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+        dot_pairs_unchecked::<16, 64>(
+            columns.0.as_ptr(),
+            1,
+            window / 16,
+            0,
+            weights,
+            pairs,
+            window,
+            acc,
         );
     }
 }
 
 /// [`DirectDot`] for Helium: the filters two at a time as [`dot_pairs`] computes
-/// them, the pixels' windows read in place, kernel row by kernel row. It applies to
-/// pixel steps of 16, 32, 64 and 128 bytes (the immediate offsets of its loads), an
-/// even number of filters, and an input aligned to 4 bytes (`VLDRW`).
+/// them, the pixels' windows read in place, kernel row by kernel row
+/// ([`dot_pairs_unchecked`]). It applies to pixel steps of 16, 32, 64 and 128 bytes (the
+/// immediate offsets of its loads), an even number of filters, and an input aligned to
+/// 4 bytes (`VLDRW`).
 ///
 /// Out of line: see [`dot_pairs`].
 #[inline(never)]
@@ -184,50 +115,76 @@ fn dot_direct(input: &[i8], window: &DirectWindow, weights: &[i8], acc: &mut Acc
     {
         return false;
     }
-    match window.pixel_step {
-        16 => dot_direct_pairs::<16>(input, window, weights, acc),
-        32 => dot_direct_pairs::<32>(input, window, weights, acc),
-        64 => dot_direct_pairs::<64>(input, window, weights, acc),
-        128 => dot_direct_pairs::<128>(input, window, weights, acc),
-        _ => return false,
+    let (source, rows, chunks, skip) = (
+        input.as_ptr(),
+        window.rows,
+        window.row_bytes / 16,
+        window.row_step - window.row_bytes,
+    );
+    let pairs = filters / 2;
+    // SAFETY: the kernel reads `2 · pairs · bytes = weights.len()` bytes of weights, and
+    // per pair, for kernel row `ky < rows`, pixel `p < 4` and `k < row_bytes / 16`, the
+    // 16 bytes at `ky · row_step + p · pixel_step + 16·k` of `input`: below `span ≤
+    // input.len()`, at 4-byte aligned addresses (the input is; the offsets are multiples
+    // of 16), with `STEP = pixel_step`. It writes `acc[p][i]` for `i < filters ≤
+    // CHANNEL_BLOCK`.
+    unsafe {
+        match window.pixel_step {
+            16 => dot_pairs_unchecked::<16, 16>(
+                source, rows, chunks, skip, weights, pairs, bytes, acc,
+            ),
+            32 => dot_pairs_unchecked::<32, 16>(
+                source, rows, chunks, skip, weights, pairs, bytes, acc,
+            ),
+            64 => dot_pairs_unchecked::<64, 16>(
+                source, rows, chunks, skip, weights, pairs, bytes, acc,
+            ),
+            128 => dot_pairs_unchecked::<128, 16>(
+                source, rows, chunks, skip, weights, pairs, bytes, acc,
+            ),
+            _ => return false,
+        }
     }
     true
 }
 
-/// [`dot_direct`] for pixels `STEP` bytes apart, its checks passed: `weights` holds an
-/// even number of filters (at most [`CHANNEL_BLOCK`]) of `window.rows ·
-/// window.row_bytes` bytes, `input` (4-byte aligned) every byte the four pixels'
-/// windows read.
-fn dot_direct_pairs<const STEP: usize>(
-    input: &[i8],
-    window: &DirectWindow,
+/// `acc[p][i] = Σ x_p·w_i` for the `2 · pairs` filters of `weights` (`filter_bytes`
+/// each) and the four pixels whose inputs start at `source`: for kernel row `ky <
+/// rows` and chunk `k < chunks`, pixel `p`'s 16 bytes are at `ky · (chunks · ADVANCE +
+/// skip) + k · ADVANCE + p · STEP`, and the filter's at `16 · (ky · chunks + k)`
+/// (`filter_bytes = 16 · rows · chunks`). One assembly block runs every pair of
+/// filters: per chunk, two weight and four input loads and eight `VMLADAVA.S8`, 128
+/// MACs in 16 instructions with the loop; then eight stores into the accumulators.
+///
+/// # Safety
+///
+/// Every input chunk so described must be 16 readable bytes at a 4-byte aligned
+/// address (`VLDRW`); `weights` must hold `2 · pairs · filter_bytes` bytes; `rows`,
+/// `chunks` and `pairs` must be at least 1, and `2 · pairs ≤ CHANNEL_BLOCK`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn dot_pairs_unchecked<const STEP: usize, const ADVANCE: usize>(
+    source: *const i8,
+    rows: usize,
+    chunks: usize,
+    skip: usize,
     weights: &[i8],
+    pairs: usize,
+    filter_bytes: usize,
     acc: &mut Accumulators,
 ) {
-    let bytes = window.rows * window.row_bytes;
-    let pairs = weights.len() / (2 * bytes);
     // What each pair and each kernel row start from, read from memory: the loop needs
     // every register.
-    let start = [
-        input.as_ptr() as usize,
-        window.row_bytes / 16,
-        window.row_step - window.row_bytes,
-        window.rows,
-        bytes,
-    ];
-    // SAFETY: per pair, per kernel row `ky < rows`, the loop runs `row_bytes / 16`
-    // times, reading 16 bytes of each of the pair's filters (`2 · pairs · bytes =
-    // weights.len()` in all) and, for pixel `p < 4`, the 16 bytes at `ky · row_step + p
-    // · STEP + 16 · k` of `input` (`k < row_bytes / 16`): all below `(rows − 1) ·
-    // row_step + 3 · STEP + row_bytes ≤ input.len()`, which `dot_direct` checked, with
-    // `STEP = pixel_step`; every such address is 4-byte aligned (the input is, and the
-    // offsets are multiples of 16), as `VLDRW` needs. It writes `acc[p][i]` and
-    // `acc[p][i + 1]` at `acc + 256·p + 4·i` (rows of CHANNEL_BLOCK = 64 i32) for `i <
-    // 2 · pairs ≤ CHANNEL_BLOCK`. `start` is 20 readable bytes. VMLADAVA accumulates
-    // into even registers only: all eight are used, r6 (which LLVM reserves) and r7
-    // (the frame pointer, here the input pointer) saved on the stack and restored, as
-    // are the pointer to `start` and the pairs left, reloaded as needed; the other
-    // registers it writes are declared, and q0–q5 (d0–d11).
+    let start = [source as usize, chunks, skip, rows, filter_bytes];
+    // SAFETY: the reads are those the caller vouches for: per pair and kernel row, the
+    // loop runs `chunks` times, reading 16 bytes of each of the pair's filters and the
+    // four pixels' 16 bytes at `r7 + p · STEP`, `r7` moving `ADVANCE` a chunk and `skip`
+    // a row. It writes `acc[p][i]` and `acc[p][i + 1]` at `acc + 256·p + 4·i` (rows of
+    // CHANNEL_BLOCK = 64 i32) for `i < 2 · pairs ≤ CHANNEL_BLOCK`. `start` is 20 readable
+    // bytes. VMLADAVA accumulates into even registers only: all eight are used, r6
+    // (which LLVM reserves) and r7 (the frame pointer, here the input pointer) saved on
+    // the stack and restored, as are the pointer to `start` and the pairs left, reloaded
+    // as needed; the other registers it writes are declared, and q0–q5 (d0–d11).
     unsafe {
         asm!(
             "push {{r6, r7}}",
@@ -255,7 +212,7 @@ fn dot_direct_pairs<const STEP: usize>(
             "vldrw.u32 q1, [r7, #{step1}]",
             "vldrw.u32 q2, [r7, #{step2}]",
             "vldrw.u32 q3, [r7, #{step3}]",
-            "vldrw.u32 q0, [r7], #16",
+            "vldrw.u32 q0, [r7], #{advance}",
             "vmladava.s8 r0, q0, q4",
             "vmladava.s8 r2, q1, q4",
             "vmladava.s8 r4, q2, q4",
@@ -282,7 +239,8 @@ fn dot_direct_pairs<const STEP: usize>(
             "str r6, [r1, #768]",
             "str lr, [r1, #772]",
             "adds r1, #8",
-            // As in `dot_pairs`: the next pair starts where the second filter ended.
+            // The first filter's pointer ended at the second's start, the second's at
+            // the next pair's: the next pair starts there.
             "mov r3, r5",
             "ldr r9, [sp]",
             "ldr r9, [r9, #16]",
@@ -296,6 +254,7 @@ fn dot_direct_pairs<const STEP: usize>(
             step1 = const STEP,
             step2 = const 2 * STEP,
             step3 = const 3 * STEP,
+            advance = const ADVANCE,
             inout("r1") acc.as_mut_ptr().cast::<i32>() => _,
             inout("r3") weights.as_ptr() => _,
             inout("r9") start.as_ptr() => _,
