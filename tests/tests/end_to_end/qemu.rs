@@ -128,13 +128,14 @@ fn device(board: &Board, blob: &AlignedBlob, data: &Dataset) -> Vec<qemu::Device
     device_over(board, blob, data, Transport::Semihosting)
 }
 
-fn device_over(
+/// The `classify` firmware for `board`, with the default arena, logging over
+/// `transport`, ready to boot `blob`.
+fn classify_device<'b>(
     board: &Board,
-    blob: &AlignedBlob,
-    data: &Dataset,
+    blob: &'b AlignedBlob,
     transport: Transport,
-) -> Vec<qemu::DevicePrediction> {
-    let device = qemu::Device::build_for(
+) -> qemu::Device<'b> {
+    qemu::Device::build_for(
         *board,
         "classify",
         blob.as_bytes(),
@@ -142,7 +143,16 @@ fn device_over(
         Duration::from_secs(300),
         transport,
     )
-    .expect("firmware builds");
+    .expect("firmware builds")
+}
+
+fn device_over(
+    board: &Board,
+    blob: &AlignedBlob,
+    data: &Dataset,
+    transport: Transport,
+) -> Vec<qemu::DevicePrediction> {
+    let device = classify_device(board, blob, transport);
     let boot = device.classify(data, 0..data.len()).expect("runs in QEMU");
     // The arena (static on Cortex-M, on the boot stack on Cortex-A) plus a few KiB of
     // stack: measured on the device.
@@ -348,14 +358,7 @@ fn the_profile_covers_every_layer_and_adds_up() {
     let blob = int8_blob(&resnet8());
     let data = images(2, 3);
     let board = Board::by_name("mps2-an386").unwrap();
-    let device = qemu::Device::build(
-        board,
-        "classify",
-        blob.as_bytes(),
-        qemu::DEFAULT_ARENA_BYTES,
-        Duration::from_secs(300),
-    )
-    .unwrap();
+    let device = classify_device(&board, &blob, Transport::Semihosting);
     let boot = device.classify(&data, 0..data.len()).unwrap();
     let model = Model::parse(blob.as_bytes()).unwrap();
     let rows = tinyres_compile::report::profile(
@@ -412,15 +415,7 @@ fn a_board_without_a_cycle_model_counts_instructions_by_function() {
     let data = images(2, 3);
     let board = Board::by_name("mps3-an547").unwrap();
     assert_eq!(board.cycle_model, None);
-    let device = qemu::Device::build(
-        board,
-        "classify",
-        blob.as_bytes(),
-        qemu::DEFAULT_ARENA_BYTES,
-        Duration::from_secs(300),
-    )
-    .unwrap()
-    .count_functions();
+    let device = classify_device(&board, &blob, Transport::Semihosting).count_functions();
     let boot = device.classify(&data, 0..data.len()).unwrap();
     let functions = boot.functions.expect("functions were asked for");
     assert!(
