@@ -199,10 +199,6 @@ fn gather_chunks(
 /// whole on the stack, then copied in chunks.
 const SMALL_WINDOW: usize = 64;
 
-/// A small window, 16-byte aligned.
-#[repr(C, align(16))]
-struct SmallWindow([i8; SMALL_WINDOW]);
-
 /// [`gather`] for windows of at most [`SMALL_WINDOW`] bytes: each pixel's window
 /// is assembled contiguously (padding as the zero point), then copied as chunks.
 fn gather_small(
@@ -216,8 +212,12 @@ fn gather_small(
     let c_in = shape.in_c;
     let row_bytes = shape.kernel_w * c_in;
     let window = shape.kernel_h * row_bytes;
+    let padding = u128::from_ne_bytes([input_zero_point as i8 as u8; 16]);
     for (p, &x) in ox.iter().enumerate() {
-        let mut bytes = SmallWindow([input_zero_point as i8; SMALL_WINDOW]);
+        // Chunks, 16-byte aligned: filled with four vector stores where an i8 array's
+        // fill is a call to memset.
+        let mut chunks = [padding; SMALL_WINDOW / 16];
+        let bytes: &mut [i8] = bytemuck::cast_slice_mut(&mut chunks);
         let (first_kx, end_kx) = shape.kernel_columns(x);
         if first_kx < end_kx {
             let ix = x * shape.stride + first_kx - shape.pad_left;
@@ -231,21 +231,29 @@ fn gather_small(
                 };
                 let from = (iy * shape.in_w + ix) * c_in;
                 let to = ky * row_bytes + first_kx * c_in;
-                for (d, &v) in bytes.0[to..to + valid]
-                    .iter_mut()
-                    .zip(&input[from..from + valid])
-                {
-                    *d = v;
-                }
+                copy_run(&mut bytes[to..to + valid], &input[from..from + valid]);
             }
         }
         for chunk in 0..window.div_ceil(16) {
             let to = column_offset(chunk, p);
             copy_chunk(
                 &mut columns.0[to..to + 16],
-                &bytes.0[chunk * 16..chunk * 16 + 16],
+                &bytes[chunk * 16..chunk * 16 + 16],
             );
         }
+    }
+}
+
+/// Copies `source` into `destination`, as long as the shorter: a short run, such as
+/// a first layer's 9-byte kernel row, with Helium's tail-predicated loop on the M55
+/// (elsewhere a plain loop).
+#[inline(always)]
+fn copy_run(destination: &mut [i8], source: &[i8]) {
+    #[cfg(all(target_arch = "arm", tinyres_arm_mve))]
+    super::helium::copy_run(destination, source);
+    #[cfg(not(all(target_arch = "arm", tinyres_arm_mve)))]
+    for (d, &v) in destination.iter_mut().zip(source) {
+        *d = v;
     }
 }
 
@@ -445,6 +453,39 @@ pub struct DirectWindow {
 /// the column buffer).
 pub type DirectDot = fn(&[i8], &DirectWindow, &[i8], &mut Accumulators) -> bool;
 
+/// One block of output channels of a pixel group, computed and ready to finish: pixel
+/// `p`'s (`p < pixels`) channel `c` of `channels` is `finish(acc[p][c − channels.start]
+/// + bases[c − channels.start])`, requantized and added to its shortcut as
+/// [`finish_row_scalar`] does, for output pixels `(oy, ox + p)`.
+#[derive(Clone, Debug)]
+pub struct GroupBlock<'a, 'r> {
+    /// The block's dot products.
+    pub acc: &'a Accumulators,
+    /// Each channel's `bias − zero_point · Σ w`: the block's channels.
+    pub bases: &'a [i32],
+    /// The block's output channels.
+    pub channels: Range<usize>,
+    /// The layer's requantization.
+    pub requant: &'a Requantize<'r>,
+    /// The layer's residual add, if it has one.
+    pub residual: Option<(Shortcut<'r, i8>, &'a AddTables)>,
+    /// The output row.
+    pub oy: usize,
+    /// The group's first output column.
+    pub ox: usize,
+    /// The group's pixels that exist (the last group of a row may have fewer than
+    /// [`PIXELS`]).
+    pub pixels: usize,
+    /// Output channels: the distance between two pixels in the output.
+    pub out_c: usize,
+}
+
+/// A row finish for a whole group: `finish(block, output)` finishes `block` into
+/// `output`, the group's `block.pixels · block.out_c` output bytes, and returns true;
+/// or returns false, having written nothing, where it does not apply (each pixel then
+/// takes the row finish). Called only where [`vector_finish_applies`].
+pub type FinishGroup = fn(&GroupBlock<'_, '_>, &mut [i8]) -> bool;
+
 /// Where the windows of output pixels `ox..ox + PIXELS` of row `oy` start in the input
 /// (pixel `ox`'s first byte) if they can be read in place: all four pixels exist, no
 /// window needs padding, and the channels come in whole 16-byte chunks.
@@ -523,6 +564,8 @@ pub fn weight_sums_scalar(weights: &[i8], window: usize, sums: &mut [i32; CHANNE
 /// per layer (once per block and pixel group past [`CHANNEL_BLOCK`] channels). A
 /// window over [`WINDOW_CAPACITY`] taps goes to the portable kernel.
 ///
+/// A `finish_group`, where given, finishes each group's block whole ([`FinishGroup`]).
+///
 /// The last group of a row repeats its last pixel to make four and keeps the
 /// results it needs.
 #[allow(clippy::too_many_arguments)]
@@ -530,6 +573,7 @@ pub fn weight_sums_scalar(weights: &[i8], window: usize, sums: &mut [i32; CHANNE
 pub fn conv2d_i8_by_columns(
     dot_block: impl Fn(&Columns, &[i8], usize, &mut Accumulators),
     direct: Option<DirectDot>,
+    finish_group: Option<FinishGroup>,
     weight_sums: impl Fn(&[i8], usize, &mut [i32; CHANNEL_BLOCK]),
     vector_finish: impl Fn(
         &[i32],
@@ -625,6 +669,23 @@ pub fn conv2d_i8_by_columns(
                         gathered = true;
                     }
                     dot_block(columns, block_weights, window, acc);
+                }
+                if let (true, Some(finish)) = (vector, finish_group) {
+                    let block = GroupBlock {
+                        acc,
+                        bases: &bases[..channels.len()],
+                        channels: channels.clone(),
+                        requant,
+                        residual,
+                        oy,
+                        ox,
+                        pixels: distinct,
+                        out_c,
+                    };
+                    let start = (oy * shape.out_w + ox) * out_c;
+                    if finish(&block, &mut output[start..start + distinct * out_c]) {
+                        continue;
+                    }
                 }
                 for (p, &x) in pixels.iter().enumerate().take(distinct) {
                     let shortcut = ShortcutRow::at(residual, oy, x);

@@ -24,7 +24,7 @@ use core::ops::Range;
 
 use super::columns::{
     conv2d_i8_by_columns, finish_row_scalar, Accumulators, Columns, ConvScratch, DirectWindow,
-    ShortcutRow, CHANNEL_BLOCK, PIXELS, WINDOW_CAPACITY,
+    GroupBlock, ShortcutRow, CHANNEL_BLOCK, PIXELS, WINDOW_CAPACITY,
 };
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
@@ -349,6 +349,35 @@ fn dot_each(
     }
 }
 
+/// Copies `source` into `destination`, as long as the shorter, 16 bytes at a time in
+/// a tail-predicated loop (called per kernel row, memcpy costs several times more).
+#[inline(always)]
+pub(super) fn copy_run(destination: &mut [i8], source: &[i8]) {
+    let n = destination.len().min(source.len());
+    if n == 0 {
+        return;
+    }
+    // SAFETY: the loop reads `n` bytes of `source` and writes `n` bytes of
+    // `destination`, both at least `n` long: DLSTP/LETP predicate the last iteration to
+    // the bytes left, and inactive lanes are neither read nor written. q0 (d0–d1) is
+    // declared clobbered.
+    unsafe {
+        asm!(
+            "dlstp.8 lr, lr",
+            "2:",
+            "vldrb.u8 q0, [{source}], #16",
+            "vstrb.8 q0, [{destination}], #16",
+            "letp lr, 2b",
+            source = inout(reg) source.as_ptr() => _,
+            destination = inout(reg) destination.as_mut_ptr() => _,
+            inout("lr") n => _,
+            out("d0") _,
+            out("d1") _,
+            options(nostack),
+        );
+    }
+}
+
 /// `sums[i] = Σ w_i` over the block's filters of `window` bytes: one
 /// tail-predicated `VADDVA.S8` loop per filter.
 fn weight_sums(weights: &[i8], window: usize, sums: &mut [i32; CHANNEL_BLOCK]) {
@@ -399,6 +428,12 @@ pub fn conv2d_i8_with(
     conv2d_i8_by_columns(
         dot_block,
         Some(dot_direct),
+        // Decided once per call: per block it would cost a scan of the shifts.
+        Some(if requant.shifts.iter().all(|&shift| shift <= 0) {
+            finish_group::<true>
+        } else {
+            finish_group::<false>
+        }),
         weight_sums,
         finish_row,
         scratch,
@@ -415,8 +450,9 @@ pub fn conv2d_i8_with(
 
 /// `out[i] = clamp(rdpot(srdhm((acc[i] + bases[i]) << left_i, multiplier_i), right_i) + zp)` for
 /// four channels at a time, as [`crate::quant::QuantizedMultiplier::apply`] and the
-/// requantization compute it. Every shift must be in `-31..=30`.
-fn requantize_row(
+/// requantization compute it. Every shift must be in `-31..=30`, and with
+/// `RIGHT_ONLY` at most 0 (no left shift: two instructions fewer per four channels).
+fn requantize_row<const RIGHT_ONLY: bool>(
     acc: &[i32],
     bases: &[i32],
     multipliers: &[i32],
@@ -432,9 +468,53 @@ fn requantize_row(
     if n == 0 {
         return;
     }
-    // SAFETY: the loop reads `n` i32s from `acc`, `bases`, `multipliers` and `shifts` and
-    // writes `n` bytes to `out`, all at least `n` long (DLSTP/LETP predicate the last
-    // iteration to the elements left); q0–q7 (d0–d15) are declared clobbered.
+    if RIGHT_ONLY {
+        // SAFETY: the loop reads `n` i32s from `acc`, `bases`, `multipliers` and
+        // `shifts` and writes `n` bytes to `out`, all at least `n` long (DLSTP/LETP
+        // predicate the last iteration to the elements left); the Q registers it uses
+        // are declared clobbered (as their D halves).
+        unsafe {
+            asm!(
+                "vdup.32 q6, {min}",
+                "vdup.32 q7, {max}",
+                "dlstp.32 lr, lr",
+                "2:",
+                "vldrw.u32 q0, [{acc}], #16",
+                "vldrw.u32 q1, [{bases}], #16",
+                "vadd.i32 q0, q0, q1",
+                "vldrw.u32 q4, [{shifts}], #16",
+                "vldrw.u32 q2, [{multipliers}], #16",
+                "vqrdmulh.s32 q0, q0, q2",
+                // Rounding right shift by −shift, ties away from zero.
+                "vand q5, q0, q4",
+                "vshr.s32 q5, q5, #31",
+                "vqadd.s32 q0, q0, q5",
+                "vrshl.s32 q0, q0, q4",
+                "vqadd.s32 q0, q0, {zero_point}",
+                "vmax.s32 q0, q0, q6",
+                "vmin.s32 q0, q0, q7",
+                "vstrb.32 q0, [r0], #4",
+                "letp lr, 2b",
+                acc = inout(reg) acc.as_ptr() => _,
+                bases = inout(reg) bases.as_ptr() => _,
+                shifts = inout(reg) shifts.as_ptr() => _,
+                multipliers = inout(reg) multipliers.as_ptr() => _,
+                // The narrowing store takes a low register only.
+                inout("r0") out.as_mut_ptr() => _,
+                zero_point = in(reg) requant.output_zero_point,
+                min = in(reg) requant.activation_min,
+                max = in(reg) requant.activation_max,
+                inout("lr") n => _,
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                out("d4") _, out("d5") _,
+                out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+                out("d12") _, out("d13") _, out("d14") _, out("d15") _,
+                options(nostack),
+            );
+        }
+        return;
+    }
+    // SAFETY: as above, with q0–q7 clobbered.
     unsafe {
         asm!(
             "vdup.32 q6, {min}",
@@ -481,11 +561,35 @@ fn requantize_row(
     }
 }
 
+/// The vector constants of [`add_row`] for one add, loaded from memory (there are not
+/// enough registers to pass them all): −right shifts of the three multipliers, then
+/// the output range.
+struct AddConstants([[i32; 4]; 5]);
+
+impl AddConstants {
+    fn new(add: &AddParams) -> Self {
+        let negated_right = |shift: i32| -(-shift).max(0);
+        AddConstants([
+            [negated_right(add.input1_shift); 4],
+            [negated_right(add.input2_shift); 4],
+            [negated_right(add.output_shift); 4],
+            [add.activation_min; 4],
+            [add.activation_max; 4],
+        ])
+    }
+}
+
 /// `out[i] = values[i] + shortcut[i]` as TFLite's int8 ADD computes it (see
 /// [`AddParams::add`]), four at a time; `shortcut` `None` reads it from `out`
 /// itself (an in-place residual). The input shifts must be `≤ 0` and every
 /// shift in `-31..=30` (true of every validated blob).
-fn add_row(values: &[i8], shortcut: Option<&[i8]>, add: &AddParams, out: &mut [i8]) {
+fn add_row(
+    values: &[i8],
+    shortcut: Option<&[i8]>,
+    add: &AddParams,
+    constants: &AddConstants,
+    out: &mut [i8],
+) {
     let n = out
         .len()
         .min(values.len())
@@ -493,16 +597,7 @@ fn add_row(values: &[i8], shortcut: Option<&[i8]>, add: &AddParams, out: &mut [i
     if n == 0 {
         return;
     }
-    let negated_right = |shift: i32| -(-shift).max(0);
-    // Vector constants, loaded from memory (there are not enough registers to pass
-    // them all): −right shifts of the three multipliers, then the output range.
-    let constants: [[i32; 4]; 5] = [
-        [negated_right(add.input1_shift); 4],
-        [negated_right(add.input2_shift); 4],
-        [negated_right(add.output_shift); 4],
-        [add.activation_min; 4],
-        [add.activation_max; 4],
-    ];
+    let constants = &constants.0;
     // SAFETY: the loop reads `n` bytes of `values` and of the shortcut (`shortcut`,
     // or `out` itself, each element read before the same iteration writes it) and
     // writes `n` bytes to `out`, all at least `n` long (DLSTP/LETP predicate the
@@ -594,12 +689,25 @@ fn finish_row(
         return finish_row_scalar(acc, bases, channels, requant, add, shortcut, out);
     }
     let Some(tables) = add else {
-        return requantize_row(acc, bases, multipliers, shifts, requant, &mut out[channels]);
+        return requantize_row::<false>(
+            acc,
+            bases,
+            multipliers,
+            shifts,
+            requant,
+            &mut out[channels],
+        );
     };
     let mut values = [0i8; CHANNEL_BLOCK];
-    requantize_row(acc, bases, multipliers, shifts, requant, &mut values[..n]);
+    requantize_row::<false>(acc, bases, multipliers, shifts, requant, &mut values[..n]);
     let ShortcutRow::Mapped(source, offset) = shortcut else {
-        return add_row(&values[..n], None, &tables.params, &mut out[channels]);
+        return add_row(
+            &values[..n],
+            None,
+            &tables.params,
+            &AddConstants::new(&tables.params),
+            &mut out[channels],
+        );
     };
     // A row holding these very channels (an identity shortcut read from another
     // buffer, as a streamed block reads its input, or a projection's output) is
@@ -609,6 +717,7 @@ fn finish_row(
             &values[..n],
             Some(direct),
             &tables.params,
+            &AddConstants::new(&tables.params),
             &mut out[channels],
         );
     }
@@ -620,6 +729,92 @@ fn finish_row(
         &values[..n],
         Some(&row[..n]),
         &tables.params,
+        &AddConstants::new(&tables.params),
         &mut out[channels],
     );
+}
+
+/// [`super::columns::FinishGroup`] for Helium: [`finish_row`] for the group's pixels, the add's
+/// constants computed once for them all (called per pixel, the finish's set-up cost
+/// as much as its four-lane loops). `RIGHT_ONLY`: no shift of the layer is positive.
+fn finish_group<const RIGHT_ONLY: bool>(block: &GroupBlock<'_, '_>, out: &mut [i8]) -> bool {
+    let GroupBlock {
+        acc,
+        bases,
+        ref channels,
+        requant,
+        residual,
+        oy,
+        ox,
+        pixels,
+        out_c,
+    } = *block;
+    let n = channels.len();
+    let (Some(multipliers), Some(shifts), Some(bases)) = (
+        requant.multipliers.get(channels.clone()),
+        requant.shifts.get(channels.clone()),
+        bases.get(..n),
+    ) else {
+        return false;
+    };
+    if n == 0 || n > CHANNEL_BLOCK || channels.end > out_c || out.len() < pixels * out_c {
+        return false;
+    }
+    let rows = out.chunks_exact_mut(out_c).zip(acc).take(pixels);
+    let Some((shortcut, tables)) = residual else {
+        for (row, acc) in rows {
+            requantize_row::<RIGHT_ONLY>(
+                &acc[..n],
+                bases,
+                multipliers,
+                shifts,
+                requant,
+                &mut row[channels.clone()],
+            );
+        }
+        return true;
+    };
+    let constants = AddConstants::new(&tables.params);
+    let mut values = [0i8; CHANNEL_BLOCK];
+    for (p, (row, acc)) in rows.enumerate() {
+        requantize_row::<RIGHT_ONLY>(
+            &acc[..n],
+            bases,
+            multipliers,
+            shifts,
+            requant,
+            &mut values[..n],
+        );
+        let values = &values[..n];
+        let source = match ShortcutRow::at(Some((shortcut, tables)), oy, ox + p) {
+            // A row holding these very channels is added from where it is; others are
+            // gathered channel by channel first.
+            ShortcutRow::Mapped(source, 0) if source.len() >= channels.end => {
+                source.get(channels.clone())
+            }
+            ShortcutRow::Mapped(source, offset) => {
+                let mut gathered = [0i8; CHANNEL_BLOCK];
+                for (g, c) in gathered.iter_mut().zip(channels.clone()) {
+                    *g = ShortcutRow::mapped(source, offset, c, tables);
+                }
+                add_row(
+                    values,
+                    Some(&gathered[..n]),
+                    &tables.params,
+                    &constants,
+                    &mut row[channels.clone()],
+                );
+                continue;
+            }
+            ShortcutRow::None | ShortcutRow::InPlace => None,
+        };
+        add_row(
+            values,
+            source,
+            &tables.params,
+            &constants,
+            &mut row[channels.clone()],
+        );
+    }
+    true
 }

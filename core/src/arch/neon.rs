@@ -396,6 +396,7 @@ pub fn conv2d_i8_with(
     conv2d_i8_by_columns(
         dot_block,
         None,
+        None,
         weight_sums_scalar,
         finish_row,
         scratch,

@@ -334,6 +334,7 @@ pub fn conv2d_i8_with(
     conv2d_i8_by_columns(
         dot_block,
         None,
+        None,
         weight_sums_scalar,
         |acc, bases, channels, requant, add, shortcut, out| {
             if avx2 {
@@ -371,6 +372,7 @@ pub fn conv2d_i8_sse2(
 ) -> Result<(), Error> {
     conv2d_i8_by_columns(
         each_filter(dot_4),
+        None,
         None,
         weight_sums_scalar,
         finish_row_scalar,
