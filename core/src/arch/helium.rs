@@ -11,12 +11,13 @@
 //! windows (the 3-channel first layer's 27 bytes) take one filter at a time in a
 //! tail-predicated low-overhead loop (`DLSTP`/`LETP`, [`dot_each`]).
 //!
-//! Requantization and the residual add run four channels at a time
-//! ([`finish_row`]): `VQRDMULH` is TFLite's saturating rounding doubling high
-//! multiply, and `VRSHL` by a negative amount after adding −1 to negative lanes
-//! (when the shift is not zero) is its rounding divide by a power of two, ties away
-//! from zero; `VQADD`, `VMAX`, `VMIN` and a narrowing `VSTRB.32` finish. The same
-//! results as the scalar code, bit for bit.
+//! Requantization and the residual add run four channels at a time, a group's
+//! four pixels in one call ([`finish_group`]): `VQRDMULH` is TFLite's saturating
+//! rounding doubling high multiply, and `VRSHL` by a negative amount after adding −1
+//! to negative lanes (when the shift is not zero) is its rounding divide by a power of
+//! two, ties away from zero; `VQADD`, `VMAX`, `VMIN` and a narrowing `VSTRB.32`
+//! finish. A layer without left shifts (the usual case: every multiplier below one)
+//! skips them. The same results as the scalar code, bit for bit.
 
 use core::arch::asm;
 
