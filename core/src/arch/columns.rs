@@ -213,13 +213,30 @@ fn gather_small(
     let row_bytes = shape.kernel_w * c_in;
     let window = shape.kernel_h * row_bytes;
     let padding = u128::from_ne_bytes([input_zero_point as i8 as u8; 16]);
+    let input_row = shape.in_w * c_in;
+    // The first input row of the windows, if all their rows are inside the input.
+    let rows_inside = (oy * shape.stride)
+        .checked_sub(shape.pad_top)
+        .filter(|&iy| iy + shape.kernel_h <= shape.in_h);
     for (p, &x) in ox.iter().enumerate() {
         // Chunks, 16-byte aligned: filled with four vector stores where an i8 array's
         // fill is a call to memset.
         let mut chunks = [padding; SMALL_WINDOW / 16];
         let bytes: &mut [i8] = bytemuck::cast_slice_mut(&mut chunks);
         let (first_kx, end_kx) = shape.kernel_columns(x);
-        if first_kx < end_kx {
+        if let (Some(iy), 0, true) = (rows_inside, first_kx, end_kx == shape.kernel_w) {
+            // No padding: each kernel row is one run of the input (whose rows, holding
+            // the windows, are not empty).
+            let from = (iy * shape.in_w + x * shape.stride - shape.pad_left) * c_in;
+            if let Some(input) = input.get(from..) {
+                for (row, source) in bytes[..window]
+                    .chunks_exact_mut(row_bytes)
+                    .zip(input.chunks(input_row))
+                {
+                    copy_run(row, source);
+                }
+            }
+        } else if first_kx < end_kx {
             let ix = x * shape.stride + first_kx - shape.pad_left;
             let valid = (end_kx - first_kx) * c_in;
             for ky in 0..shape.kernel_h {
