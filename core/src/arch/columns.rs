@@ -517,6 +517,75 @@ fn direct_start(shape: &ConvShape, oy: usize, ox: usize) -> Option<usize> {
         .then_some((iy * shape.in_w + ix) * shape.in_c)
 }
 
+/// Copies the part of the input that the windows of output pixels `ox..ox + PIXELS` of
+/// row `oy` read into `columns`, as a tile of `kernel_h` rows of `tile_w` input pixels,
+/// padding as the zero point: a kernel that reads windows in place ([`DirectDot`]) then
+/// reads a group at the borders from there, with half the copying of the column buffer
+/// (a 3×3 window's six input columns, not four pixels' three each). The caller has
+/// checked that the tile fits in `columns` and that the channels come in whole 16-byte
+/// chunks. False if the input is not 16-byte aligned (or too short), and then the
+/// tile is not whole.
+fn fill_tile(
+    shape: &ConvShape,
+    input: &[i8],
+    input_zero_point: i32,
+    oy: usize,
+    ox: usize,
+    tile_w: usize,
+    columns: &mut Columns,
+) -> bool {
+    let (Ok(source), Ok(tile)) = (
+        bytemuck::try_cast_slice::<i8, u128>(input),
+        bytemuck::try_cast_slice_mut::<i8, u128>(&mut columns.0),
+    ) else {
+        return false;
+    };
+    let per_pixel = shape.in_c / 16;
+    let padding = u128::from_ne_bytes([input_zero_point as i8 as u8; 16]);
+    // The tile's columns, in the padded input's coordinates from `left`: those left of
+    // the input (`..first`) and those inside it (`first..end`).
+    let left = ox * shape.stride;
+    let first = shape.pad_left.saturating_sub(left).min(tile_w);
+    let end = (shape.in_w + shape.pad_left)
+        .saturating_sub(left)
+        .clamp(first, tile_w);
+    let ix = (left + first).saturating_sub(shape.pad_left);
+    let rows = tile.chunks_exact_mut((tile_w * per_pixel).max(1));
+    for (ky, row) in rows.take(shape.kernel_h).enumerate() {
+        let iy = (oy * shape.stride + ky)
+            .checked_sub(shape.pad_top)
+            .filter(|&iy| iy < shape.in_h && first < end);
+        let Some(iy) = iy else {
+            row.fill(padding);
+            continue;
+        };
+        let (before, rest) = row.split_at_mut(first * per_pixel);
+        let (inside, after) = rest.split_at_mut((end - first) * per_pixel);
+        let start = (iy * shape.in_w + ix) * per_pixel;
+        let Some(run) = source.get(start..start + inside.len()) else {
+            return false;
+        };
+        before.fill(padding);
+        copy_run(bytemuck::cast_slice_mut(inside), bytemuck::cast_slice(run));
+        after.fill(padding);
+    }
+    true
+}
+
+/// Where a group's block kernels read its windows.
+#[derive(Clone, Copy)]
+enum Windows<'a> {
+    /// In place, from here on in the input ([`direct_start`]).
+    InPlace(&'a [i8]),
+    /// From the tile that [`fill_tile`] copied into the column buffer.
+    Tile,
+    /// From the column buffer, once gathered.
+    Columns {
+        /// Whether the column buffer holds the group's windows.
+        gathered: bool,
+    },
+}
+
 /// The memory a convolution works in besides its input and output (3.3 KiB): the
 /// column buffer, the accumulators and a block's bias bases. The caller owns it and
 /// passes it to every call: a streamed group calls the kernel once per step of rows,
@@ -658,17 +727,36 @@ pub fn conv2d_i8_by_columns(
         row_step: shape.in_w * shape.in_c,
         rows: shape.kernel_h,
     };
+    // The groups at the borders, for a kernel that reads windows in place: a tile of
+    // the input around them ([`fill_tile`]), where it fits the column buffer.
+    let tile_w = (PIXELS - 1) * shape.stride + shape.kernel_w;
+    let tile = DirectWindow {
+        row_step: tile_w * shape.in_c,
+        ..in_place
+    };
+    let tile_bytes = shape.kernel_h * tile.row_step;
+    let tiles = direct.is_some() && shape.in_c % 16 == 0 && tile_bytes <= COLUMN_BYTES;
     for oy in 0..shape.out_h {
         for ox in (0..shape.out_w).step_by(PIXELS) {
             let pixels: [usize; PIXELS] = core::array::from_fn(|p| (ox + p).min(shape.out_w - 1));
             let distinct = (shape.out_w - ox).min(PIXELS);
-            let direct_input = direct
-                .and(direct_start(shape, oy, ox))
-                .and_then(|start| input.get(start..));
+            let mut windows = Windows::Columns { gathered: false };
+            if direct.is_some() {
+                if let Some(source) =
+                    direct_start(shape, oy, ox).and_then(|start| input.get(start..))
+                {
+                    windows = Windows::InPlace(source);
+                } else if tiles
+                    && ox + PIXELS <= shape.out_w
+                    && fill_tile(shape, input, input_zero_point, oy, ox, tile_w, columns)
+                {
+                    windows = Windows::Tile;
+                }
+            }
             // Gathered before the blocks, as always where nothing reads in place.
-            let mut gathered = direct_input.is_none();
-            if gathered {
+            if let Windows::Columns { gathered } = &mut windows {
                 gather(shape, input, input_zero_point, oy, pixels, columns);
+                *gathered = true;
             }
             for block in (0..out_c).step_by(CHANNEL_BLOCK) {
                 let channels = block..(block + CHANNEL_BLOCK).min(out_c);
@@ -676,14 +764,21 @@ pub fn conv2d_i8_by_columns(
                     block_bases(channels.clone(), bases);
                 }
                 let block_weights = &weights[channels.start * window..channels.end * window];
-                let read_in_place = match (direct, direct_input) {
-                    (Some(dot), Some(source)) => dot(source, &in_place, block_weights, acc),
+                let read_in_place = match (direct, windows) {
+                    (Some(dot), Windows::InPlace(source)) => {
+                        dot(source, &in_place, block_weights, acc)
+                    }
+                    (Some(dot), Windows::Tile) => {
+                        dot(&columns.0[..tile_bytes], &tile, block_weights, acc)
+                    }
                     _ => false,
                 };
                 if !read_in_place {
-                    if !gathered {
+                    // The tile, if there was one, is overwritten: the column buffer
+                    // serves the group's remaining blocks.
+                    if !matches!(windows, Windows::Columns { gathered: true }) {
                         gather(shape, input, input_zero_point, oy, pixels, columns);
-                        gathered = true;
+                        windows = Windows::Columns { gathered: true };
                     }
                     dot_block(columns, block_weights, window, acc);
                 }
