@@ -504,10 +504,10 @@ pub struct GroupBlock<'a, 'r> {
 pub type FinishGroup = fn(&GroupBlock<'_, '_>, &mut [i8]) -> bool;
 
 /// Where the windows of output pixels `ox..ox + PIXELS` of row `oy` start in the input
-/// (pixel `ox`'s first byte) if they can be read in place: all four pixels exist, no
-/// window needs padding, and the channels come in whole 16-byte chunks.
+/// (pixel `ox`'s first byte) if they can be read in place: all four pixels exist and no
+/// window needs padding (the [`DirectDot`] says whether it reads such windows).
 fn direct_start(shape: &ConvShape, oy: usize, ox: usize) -> Option<usize> {
-    if shape.in_c % 16 != 0 || ox + PIXELS > shape.out_w {
+    if ox + PIXELS > shape.out_w {
         return None;
     }
     let iy = (oy * shape.stride).checked_sub(shape.pad_top)?;

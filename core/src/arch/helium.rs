@@ -4,12 +4,14 @@
 //! Filters go two at a time where the window is whole 16-byte chunks: per chunk, two
 //! `VLDRB` of weights, four loads of inputs (one per pixel of the group) and eight
 //! `VMLADAVA.S8` (16 MACs each into a scalar accumulator), 128 MACs in 16 instructions
-//! with the loop; one assembly block runs all the pairs of a block. A group whose
-//! windows need no padding and whose channels are whole chunks (every layer of
-//! ResNet-8 but the first, away from the borders) is read in place ([`dot_direct`]),
-//! kernel row by kernel row; the others from the column buffer ([`dot_pairs`]). Other
-//! windows (the 3-channel first layer's 27 bytes) take one filter at a time in a
-//! tail-predicated low-overhead loop (`DLSTP`/`LETP`, [`dot_each`]).
+//! with the loop; one assembly block runs all the pairs of a block. The windows are
+//! read in place ([`dot_direct`]), kernel row by kernel row: from the input where they
+//! need no padding, and at the borders from a tile of the input that
+//! [`super::columns`] pads with the zero point. A first layer's 3×3 windows over three
+//! channels are read in place too, nine bytes a kernel row with the other lanes off
+//! ([`dot_short_rows`]). Other windows come from the column buffer: whole chunks with
+//! [`dot_pairs`], the rest one filter at a time in a tail-predicated low-overhead loop
+//! (`DLSTP`/`LETP`, [`dot_each`]).
 //!
 //! Requantization and the residual add run four channels at a time, a group's
 //! four pixels in one call ([`finish_group`]): `VQRDMULH` is TFLite's saturating
@@ -100,8 +102,11 @@ fn dot_pairs(columns: &Columns, weights: &[i8], window: usize, acc: &mut Accumul
 /// Out of line: see [`dot_pairs`].
 #[inline(never)]
 fn dot_direct(input: &[i8], window: &DirectWindow, weights: &[i8], acc: &mut Accumulators) -> bool {
+    if window.row_bytes % 16 != 0 {
+        return dot_short_rows(input, window, weights, acc);
+    }
     let bytes = window.rows * window.row_bytes;
-    if bytes == 0 || window.row_bytes % 16 != 0 || input.as_ptr() as usize % 4 != 0 {
+    if bytes == 0 || input.as_ptr() as usize % 4 != 0 {
         return false;
     }
     let filters = weights.len() / bytes;
@@ -147,6 +152,174 @@ fn dot_direct(input: &[i8], window: &DirectWindow, weights: &[i8], acc: &mut Acc
         }
     }
     true
+}
+
+/// [`dot_direct`] for kernel rows of 9 bytes, a first layer's 3×3 over three channels
+/// (RGB) with stride 1 or 2: the filters two at a time, each kernel row of the four
+/// pixels and the two filters loaded once with the lanes past the row off
+/// ([`dot_short_rows_unchecked`]). The windows need no copying into the column buffer.
+fn dot_short_rows(
+    input: &[i8],
+    window: &DirectWindow,
+    weights: &[i8],
+    acc: &mut Accumulators,
+) -> bool {
+    let bytes = window.rows * window.row_bytes;
+    if bytes == 0 {
+        return false;
+    }
+    let filters = weights.len() / bytes;
+    // The last byte any pixel's window reads, plus one.
+    let span =
+        (window.rows - 1) * window.row_step + (PIXELS - 1) * window.pixel_step + window.row_bytes;
+    if filters == 0
+        || filters % 2 != 0
+        || filters > CHANNEL_BLOCK
+        || filters * bytes != weights.len()
+        || span > input.len()
+    {
+        return false;
+    }
+    let (source, rows, row_step, pairs) =
+        (input.as_ptr(), window.rows, window.row_step, filters / 2);
+    // SAFETY: the kernel reads `2 · pairs · bytes = weights.len()` bytes of weights and,
+    // for kernel row `ky < rows` and pixel `p < 4`, the 9 bytes at `ky · row_step + p ·
+    // pixel_step` of `input`: below `span ≤ input.len()`. It writes `acc[p][i]` for `i <
+    // filters ≤ CHANNEL_BLOCK`.
+    unsafe {
+        match (window.pixel_step, window.row_bytes) {
+            (3, 9) => dot_short_rows_unchecked::<3, 9>(source, rows, row_step, weights, pairs, acc),
+            (6, 9) => dot_short_rows_unchecked::<6, 9>(source, rows, row_step, weights, pairs, acc),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// `acc[p][i] = Σ x_p·w_i` for the `2 · pairs` filters of `weights` (`rows · ROW` bytes
+/// each) and the four pixels whose windows start at `source`, `STEP` bytes apart: kernel
+/// row `ky` of pixel `p` is the `ROW` bytes at `ky · row_step + p · STEP`. One assembly
+/// block runs every pair: per kernel row, two weight and four input loads of `ROW`
+/// lanes (the others off, and so zero) and eight `VMLADAVA.S8`; then eight stores into
+/// the accumulators.
+///
+/// # Safety
+///
+/// Every pixel's kernel row so described must be `ROW` readable bytes; `weights` must
+/// hold `2 · pairs · rows · ROW` bytes; `rows` and `pairs` must be at least 1, and `2 ·
+/// pairs ≤ CHANNEL_BLOCK`; `ROW ≤ 16` and `3 · STEP ≤ 127` (the loads' immediates).
+#[inline(always)]
+unsafe fn dot_short_rows_unchecked<const STEP: usize, const ROW: usize>(
+    source: *const i8,
+    rows: usize,
+    row_step: usize,
+    weights: &[i8],
+    pairs: usize,
+    acc: &mut Accumulators,
+) {
+    // What each pair and each kernel row start from, read from memory (the loop needs
+    // every register), and room for the caller's predicate (P0), restored at the end.
+    let mut start = [source as usize, rows, row_step, rows * ROW, 0];
+    // SAFETY: the reads are those the caller vouches for: per pair, `rows` times, `ROW`
+    // bytes of each of the pair's filters (predicated loads: the lanes past `ROW` read
+    // nothing) and the four pixels' `ROW` bytes at `r7 + p · STEP`, `r7` moving
+    // `row_step` a row. It writes `acc[p][i]` and `acc[p][i + 1]` at `acc + 256·p + 4·i`
+    // (rows of CHANNEL_BLOCK = 64 i32) for `i < 2 · pairs ≤ CHANNEL_BLOCK`, and
+    // `start[4]`. VMLADAVA accumulates into even registers only: all eight are used, r6
+    // (which LLVM reserves) and r7 (the frame pointer, here the input pointer) saved on
+    // the stack and restored, as are the pointer to `start` and the pairs left. P0 (the
+    // predicate, which no register class declares) is saved in `start` and restored;
+    // the other registers it writes are declared, and q0–q5 (d0–d11).
+    unsafe {
+        asm!(
+            "push {{r6, r7}}",
+            "vmrs r0, p0",
+            "str r0, [r9, #16]",
+            "movs r0, #{row}",
+            "vctp.8 r0",
+            "ldr r5, [r9, #12]",
+            "adds r5, r3, r5",
+            "push {{r9, r11}}",
+            "3:",
+            "ldr r9, [sp]",
+            "ldr r7, [r9]",
+            "ldr r11, [r9, #4]",
+            "movs r0, #0",
+            "movs r2, #0",
+            "movs r4, #0",
+            "movs r6, #0",
+            "mov.w r8, #0",
+            "mov.w r10, #0",
+            "mov.w r12, #0",
+            "mov.w lr, #0",
+            "2:",
+            "vpstt",
+            "vldrbt.u8 q4, [r3], #{row}",
+            "vldrbt.u8 q5, [r5], #{row}",
+            "vpstttt",
+            "vldrbt.u8 q0, [r7]",
+            "vldrbt.u8 q1, [r7, #{step1}]",
+            "vldrbt.u8 q2, [r7, #{step2}]",
+            "vldrbt.u8 q3, [r7, #{step3}]",
+            "vmladava.s8 r0, q0, q4",
+            "vmladava.s8 r2, q1, q4",
+            "vmladava.s8 r4, q2, q4",
+            "vmladava.s8 r6, q3, q4",
+            "vmladava.s8 r8, q0, q5",
+            "vmladava.s8 r10, q1, q5",
+            "vmladava.s8 r12, q2, q5",
+            "vmladava.s8 lr, q3, q5",
+            // The next kernel row.
+            "ldr r9, [sp]",
+            "ldr r9, [r9, #8]",
+            "add r7, r9",
+            "subs r11, #1",
+            "bne 2b",
+            "str r0, [r1]",
+            "str r8, [r1, #4]",
+            "str r2, [r1, #256]",
+            "str r10, [r1, #260]",
+            "str r4, [r1, #512]",
+            "str r12, [r1, #516]",
+            "str r6, [r1, #768]",
+            "str lr, [r1, #772]",
+            "adds r1, #8",
+            // The first filter's pointer ended at the second's start, the second's at
+            // the next pair's: the next pair starts there.
+            "mov r3, r5",
+            "ldr r9, [sp]",
+            "ldr r9, [r9, #12]",
+            "adds r5, r5, r9",
+            "ldr r9, [sp, #4]",
+            "subs r9, #1",
+            "str r9, [sp, #4]",
+            "bne 3b",
+            "ldr r9, [sp]",
+            "ldr r0, [r9, #16]",
+            "vmsr p0, r0",
+            "add sp, #8",
+            "pop {{r6, r7}}",
+            row = const ROW,
+            step1 = const STEP,
+            step2 = const 2 * STEP,
+            step3 = const 3 * STEP,
+            inout("r1") acc.as_mut_ptr().cast::<i32>() => _,
+            inout("r3") weights.as_ptr() => _,
+            inout("r9") start.as_mut_ptr() => _,
+            inout("r11") pairs => _,
+            out("r0") _,
+            out("r2") _,
+            out("r4") _,
+            out("r5") _,
+            out("r8") _,
+            out("r10") _,
+            out("r12") _,
+            out("lr") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+        );
+    }
 }
 
 /// `acc[p][i] = Σ x_p·w_i` for the `2 · pairs` filters of `weights` (`filter_bytes`

@@ -523,11 +523,13 @@ const fn named(in_hw: usize, in_c: usize, out_c: usize, kernel: usize, stride: u
     }
 }
 
-const NAMED_CASES: [Case; 19] = [
+const NAMED_CASES: [Case; 20] = [
     // ResNet-8 (MLPerf Tiny): the 3-channel first layer, the 16-channel block with its
     // in-place residual, the strided 3×3 and its 1×1 projection, the 64-channel 3×3 at
     // the column buffer's capacity (576 taps).
     named(32, 3, 16, 3, 1),
+    // The same with stride 2 (Helium reads both in place, nine bytes a kernel row).
+    named(17, 3, 6, 3, 2),
     Case {
         residual: Residual::InPlace,
         ..named(32, 16, 16, 3, 1)
