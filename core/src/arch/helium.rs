@@ -322,44 +322,33 @@ unsafe fn dot_short_rows_unchecked<const STEP: usize, const ROW: usize>(
     }
 }
 
-/// `acc[p][i] = Σ x_p·w_i` for the `2 · pairs` filters of `weights` (`filter_bytes`
-/// each) and the four pixels whose inputs start at `source`: for kernel row `ky <
-/// rows` and chunk `k < chunks`, pixel `p`'s 16 bytes are at `ky · (chunks · ADVANCE +
-/// skip) + k · ADVANCE + p · STEP`, and the filter's at `16 · (ky · chunks + k)`
-/// (`filter_bytes = 16 · rows · chunks`). One assembly block runs every pair of
-/// filters: per chunk, two weight and four input loads and eight `VMLADAVA.S8`, 128
-/// MACs in 16 instructions with the loop; then eight stores into the accumulators.
-///
-/// # Safety
-///
-/// Every input chunk so described must be 16 readable bytes at a 4-byte aligned
-/// address (`VLDRW`); `weights` must hold `2 · pairs · filter_bytes` bytes; `rows`,
-/// `chunks` and `pairs` must be at least 1, and `2 · pairs ≤ CHANNEL_BLOCK`.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-unsafe fn dot_pairs_unchecked<const STEP: usize, const ADVANCE: usize>(
-    source: *const i8,
-    rows: usize,
-    chunks: usize,
-    skip: usize,
-    weights: &[i8],
-    pairs: usize,
-    filter_bytes: usize,
-    acc: &mut Accumulators,
-) {
-    // What each pair and each kernel row start from, read from memory: the loop needs
-    // every register.
-    let start = [source as usize, chunks, skip, rows, filter_bytes];
-    // SAFETY: the reads are those the caller vouches for: per pair and kernel row, the
-    // loop runs `chunks` times, reading 16 bytes of each of the pair's filters and the
-    // four pixels' 16 bytes at `r7 + p · STEP`, `r7` moving `ADVANCE` a chunk and `skip`
-    // a row. It writes `acc[p][i]` and `acc[p][i + 1]` at `acc + 256·p + 4·i` (rows of
-    // CHANNEL_BLOCK = 64 i32) for `i < 2 · pairs ≤ CHANNEL_BLOCK`. `start` is 20 readable
-    // bytes. VMLADAVA accumulates into even registers only: all eight are used, r6
-    // (which LLVM reserves) and r7 (the frame pointer, here the input pointer) saved on
-    // the stack and restored, as are the pointer to `start` and the pairs left, reloaded
-    // as needed; the other registers it writes are declared, and q0–q5 (d0–d11).
-    unsafe {
+/// One chunk of [`dot_pairs_unchecked`]'s loop: two weight and four input loads and
+/// eight `VMLADAVA.S8`, 128 MACs.
+macro_rules! pairs_chunk {
+    () => {
+        concat!(
+            "vldrb.u8 q4, [r3], #16\n",
+            "vldrb.u8 q5, [r5], #16\n",
+            "vldrw.u32 q1, [r7, #{step1}]\n",
+            "vldrw.u32 q2, [r7, #{step2}]\n",
+            "vldrw.u32 q3, [r7, #{step3}]\n",
+            "vldrw.u32 q0, [r7], #{advance}\n",
+            "vmladava.s8 r0, q0, q4\n",
+            "vmladava.s8 r2, q1, q4\n",
+            "vmladava.s8 r4, q2, q4\n",
+            "vmladava.s8 r6, q3, q4\n",
+            "vmladava.s8 r8, q0, q5\n",
+            "vmladava.s8 r10, q1, q5\n",
+            "vmladava.s8 r12, q2, q5\n",
+            "vmladava.s8 lr, q3, q5\n",
+        )
+    };
+}
+
+/// [`dot_pairs_unchecked`]'s assembly, its chunk loop's body the given copies of
+/// [`pairs_chunk`] (the loop runs `start[1]` times).
+macro_rules! pairs_asm {
+    ($acc:expr, $weights:expr, $start:expr, $pairs:expr, $($chunk:expr),+) => {
         asm!(
             "push {{r6, r7}}",
             "ldr r5, [r9, #16]",
@@ -381,20 +370,7 @@ unsafe fn dot_pairs_unchecked<const STEP: usize, const ADVANCE: usize>(
             "ldr r9, [sp]",
             "ldr r9, [r9, #4]",
             "2:",
-            "vldrb.u8 q4, [r3], #16",
-            "vldrb.u8 q5, [r5], #16",
-            "vldrw.u32 q1, [r7, #{step1}]",
-            "vldrw.u32 q2, [r7, #{step2}]",
-            "vldrw.u32 q3, [r7, #{step3}]",
-            "vldrw.u32 q0, [r7], #{advance}",
-            "vmladava.s8 r0, q0, q4",
-            "vmladava.s8 r2, q1, q4",
-            "vmladava.s8 r4, q2, q4",
-            "vmladava.s8 r6, q3, q4",
-            "vmladava.s8 r8, q0, q5",
-            "vmladava.s8 r10, q1, q5",
-            "vmladava.s8 r12, q2, q5",
-            "vmladava.s8 lr, q3, q5",
+            $($chunk,)+
             "subs r9, #1",
             "bne 2b",
             // The next kernel row of pixel 0's window.
@@ -429,10 +405,10 @@ unsafe fn dot_pairs_unchecked<const STEP: usize, const ADVANCE: usize>(
             step2 = const 2 * STEP,
             step3 = const 3 * STEP,
             advance = const ADVANCE,
-            inout("r1") acc.as_mut_ptr().cast::<i32>() => _,
-            inout("r3") weights.as_ptr() => _,
-            inout("r9") start.as_ptr() => _,
-            inout("r11") pairs => _,
+            inout("r1") $acc => _,
+            inout("r3") $weights => _,
+            inout("r9") $start => _,
+            inout("r11") $pairs => _,
             out("r0") _,
             out("r2") _,
             out("r4") _,
@@ -444,7 +420,72 @@ unsafe fn dot_pairs_unchecked<const STEP: usize, const ADVANCE: usize>(
             out("d0") _, out("d1") _, out("d2") _, out("d3") _,
             out("d4") _, out("d5") _, out("d6") _, out("d7") _,
             out("d8") _, out("d9") _, out("d10") _, out("d11") _,
-        );
+        )
+    };
+}
+
+/// `acc[p][i] = Σ x_p·w_i` for the `2 · pairs` filters of `weights` (`filter_bytes`
+/// each) and the four pixels whose inputs start at `source`: for kernel row `ky <
+/// rows` and chunk `k < chunks`, pixel `p`'s 16 bytes are at `ky · (chunks · ADVANCE +
+/// skip) + k · ADVANCE + p · STEP`, and the filter's at `16 · (ky · chunks + k)`
+/// (`filter_bytes = 16 · rows · chunks`). One assembly block runs every pair of
+/// filters: per chunk, two weight and four input loads and eight `VMLADAVA.S8`, 128
+/// MACs in 16 instructions with the loop (14 where the chunks of a row come in threes,
+/// a 3×3 window's: the loop then runs a third as often over three chunks); then eight
+/// stores into the accumulators.
+///
+/// # Safety
+///
+/// Every input chunk so described must be 16 readable bytes at a 4-byte aligned
+/// address (`VLDRW`); `weights` must hold `2 · pairs · filter_bytes` bytes; `rows`,
+/// `chunks` and `pairs` must be at least 1, and `2 · pairs ≤ CHANNEL_BLOCK`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn dot_pairs_unchecked<const STEP: usize, const ADVANCE: usize>(
+    source: *const i8,
+    rows: usize,
+    chunks: usize,
+    skip: usize,
+    weights: &[i8],
+    pairs: usize,
+    filter_bytes: usize,
+    acc: &mut Accumulators,
+) {
+    let by_threes = chunks % 3 == 0;
+    // What each pair and each kernel row start from, read from memory: the loop needs
+    // every register. The loop's count: chunks, or threes of chunks.
+    let start = [
+        source as usize,
+        if by_threes { chunks / 3 } else { chunks },
+        skip,
+        rows,
+        filter_bytes,
+    ];
+    let acc = acc.as_mut_ptr().cast::<i32>();
+    // SAFETY: the reads are those the caller vouches for: per pair and kernel row, the
+    // loop reads `chunks` times 16 bytes of each of the pair's filters and the four
+    // pixels' 16 bytes at `r7 + p · STEP`, `r7` moving `ADVANCE` a chunk and `skip` a
+    // row. It writes `acc[p][i]` and `acc[p][i + 1]` at `acc + 256·p + 4·i` (rows of
+    // CHANNEL_BLOCK = 64 i32) for `i < 2 · pairs ≤ CHANNEL_BLOCK`. `start` is 20
+    // readable bytes. VMLADAVA accumulates into even registers only: all eight are
+    // used, r6 (which LLVM reserves) and r7 (the frame pointer, here the input pointer)
+    // saved on the stack and restored, as are the pointer to `start` and the pairs
+    // left, reloaded as needed; the other registers it writes are declared, and q0–q5
+    // (d0–d11).
+    unsafe {
+        if by_threes {
+            pairs_asm!(
+                acc,
+                weights.as_ptr(),
+                start.as_ptr(),
+                pairs,
+                pairs_chunk!(),
+                pairs_chunk!(),
+                pairs_chunk!()
+            );
+        } else {
+            pairs_asm!(acc, weights.as_ptr(), start.as_ptr(), pairs, pairs_chunk!());
+        }
     }
 }
 
