@@ -8,8 +8,11 @@
 //! loads want). A block kernel then computes the four dot products `Σ x_p·w` of each
 //! filter of a block of up to [`CHANNEL_BLOCK`] channels into [`Accumulators`], and
 //! a row finish requantizes each pixel's block and adds its shortcut. An arch module
-//! may also give a block kernel that reads a group's windows in place where they need
-//! no padding ([`DirectDot`]): such groups skip the copy.
+//! may also give a block kernel that reads a group's windows in place ([`DirectDot`]:
+//! Helium and NEON): such groups skip the copy, and the groups at the borders, whose
+//! windows need padding, are read from a tile of the input padded with the zero point
+//! (`fill_tile`), half the copying of the column buffer. An arch module may also
+//! finish a group's block in one call ([`FinishGroup`]).
 //!
 //! The zero point is taken out once per layer: with padding at the zero point,
 //! `Σ (x − zp)·w = Σ x·w − zp·Σ w` over the whole window, so each channel's `bias −

@@ -1,6 +1,8 @@
 //! NEON (AArch64 Advanced SIMD) for the Cortex-A53 and later: int8 convolution over
-//! the column buffer of [`super::columns`], with the stable `core::arch::aarch64`
-//! intrinsics.
+//! the pixel groups of [`super::columns`], with the stable `core::arch::aarch64`
+//! intrinsics. Windows of whole 16-byte chunks are read in place ([`dot_direct`]):
+//! from the input, or at the borders from a tile of it padded with the zero point;
+//! the others (a first layer's) from the column buffer ([`dot_block`]).
 //!
 //! Per 16 bytes of a filter and each of the group's four pixels: `SMULL`/`SMULL2`
 //! multiply the 16 int8 pairs into 16-bit products (an int8 product always fits) and
@@ -26,7 +28,7 @@ use core::ops::Range;
 
 use super::columns::{
     column_offset, conv2d_i8_by_columns, each_filter, finish_row_scalar, weight_sums_scalar,
-    Accumulators, Columns, ConvScratch, ShortcutRow, CHANNEL_BLOCK, PIXELS,
+    Accumulators, Columns, ConvScratch, DirectWindow, ShortcutRow, CHANNEL_BLOCK, PIXELS,
 };
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
@@ -161,6 +163,77 @@ fn dot_block(columns: &Columns, weights: &[i8], window: usize, acc: &mut Accumul
             row[last] = product;
         }
     }
+}
+
+/// [`super::columns::DirectDot`] for NEON: the filters two at a time as [`dot_block`] computes them,
+/// the group's windows read in place, kernel row by kernel row. It applies to windows
+/// of whole 16-byte chunks at 16-byte aligned addresses (the input, the pixel and row
+/// steps, the filters), as strict-alignment targets require, and an even number of
+/// filters.
+fn dot_direct(input: &[i8], window: &DirectWindow, weights: &[i8], acc: &mut Accumulators) -> bool {
+    let bytes = window.rows * window.row_bytes;
+    let whole = |n: usize| n % 16 == 0;
+    if bytes == 0
+        || !whole(window.row_bytes)
+        || !whole(window.pixel_step)
+        || !whole(window.row_step)
+        || input.as_ptr().align_offset(16) != 0
+        || weights.as_ptr().align_offset(16) != 0
+    {
+        return false;
+    }
+    let filters = weights.len() / bytes;
+    // The last byte any pixel's window reads, plus one.
+    let span =
+        (window.rows - 1) * window.row_step + (PIXELS - 1) * window.pixel_step + window.row_bytes;
+    if filters % 2 != 0
+        || filters > CHANNEL_BLOCK
+        || filters * bytes != weights.len()
+        || span > input.len()
+    {
+        return false;
+    }
+    let chunks = window.row_bytes / 16;
+    for (pair, filters) in weights.chunks_exact(2 * bytes).enumerate() {
+        let (first, second) = filters.split_at(bytes);
+        // SAFETY: NEON (see `multiply_accumulate`).
+        let zero = unsafe { vdupq_n_s32(0) };
+        let mut sums = [[zero; 2]; PIXELS];
+        for ky in 0..window.rows {
+            let row = input[ky * window.row_step..].as_ptr();
+            for chunk in 0..chunks {
+                let at = (ky * chunks + chunk) * 16;
+                // SAFETY: NEON as above. Every load reads 16 bytes at a 16-byte aligned
+                // address (checked above: the input, the steps and the filters, whose
+                // bytes are a multiple of 16): the filters' at `at + 16 ≤ bytes`, pixel
+                // `p`'s at `ky · row_step + p · pixel_step + 16 · chunk + 16 ≤ span ≤
+                // input.len()`.
+                unsafe {
+                    let w = [
+                        first.as_ptr().add(at).cast::<int8x16_t>().read(),
+                        second.as_ptr().add(at).cast::<int8x16_t>().read(),
+                    ];
+                    for (p, sums) in sums.iter_mut().enumerate() {
+                        let x = row
+                            .add(p * window.pixel_step + 16 * chunk)
+                            .cast::<int8x16_t>()
+                            .read();
+                        for (sum, &w) in sums.iter_mut().zip(&w) {
+                            *sum = multiply_accumulate(*sum, x, w);
+                        }
+                    }
+                }
+            }
+        }
+        for (row, sums) in acc.iter_mut().zip(&sums) {
+            // SAFETY: NEON; register-only reductions.
+            unsafe {
+                row[2 * pair] = vaddvq_s32(sums[0]);
+                row[2 * pair + 1] = vaddvq_s32(sums[1]);
+            }
+        }
+    }
+    true
 }
 
 /// TFLite's rounding divide by `2^−negated_right` (ties away from zero), lane by
@@ -447,7 +520,7 @@ pub fn conv2d_i8_with(
     }
     conv2d_i8_by_columns(
         dot_block,
-        None,
+        Some(dot_direct),
         None,
         weight_sums_scalar,
         |acc, bases, channels, requant, add, shortcut, out| {
