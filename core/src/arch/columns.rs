@@ -457,13 +457,36 @@ pub type Accumulators = [[i32; CHANNEL_BLOCK]; PIXELS];
 pub struct DirectWindow {
     /// Bytes between two pixels' windows: the stride times the input channels.
     pub pixel_step: usize,
-    /// Bytes of a window's kernel row: kernel columns times input channels, a multiple
-    /// of 16.
+    /// Bytes of a window's kernel row: kernel columns times input channels.
     pub row_bytes: usize,
     /// Bytes between two kernel rows: an input row.
     pub row_step: usize,
     /// Kernel rows.
     pub rows: usize,
+}
+
+impl DirectWindow {
+    /// The pairs of filters in `weights` for a block kernel that takes them two at a
+    /// time, if `weights` holds a whole, even number of filters (`rows · row_bytes`
+    /// bytes each), at least two and at most [`CHANNEL_BLOCK`], and the four pixels'
+    /// windows lie within `input` (kernel rows that do not overlap).
+    #[inline(always)]
+    pub fn filter_pairs(&self, input: &[i8], weights: &[i8]) -> Option<usize> {
+        let bytes = self.rows * self.row_bytes;
+        if bytes == 0 || self.row_step < self.row_bytes {
+            return None;
+        }
+        let filters = weights.len() / bytes;
+        // The last byte any pixel's window reads, plus one.
+        let span =
+            (self.rows - 1) * self.row_step + (PIXELS - 1) * self.pixel_step + self.row_bytes;
+        (filters >= 2
+            && filters % 2 == 0
+            && filters <= CHANNEL_BLOCK
+            && filters * bytes == weights.len()
+            && span <= input.len())
+        .then_some(filters / 2)
+    }
 }
 
 /// A block kernel that reads a group's windows in place, without the column buffer:

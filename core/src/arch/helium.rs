@@ -27,7 +27,7 @@ use core::ops::Range;
 
 use super::columns::{
     conv2d_i8_by_columns, finish_row_scalar, Accumulators, Columns, ConvScratch, DirectWindow,
-    GroupBlock, ShortcutRow, CHANNEL_BLOCK, PIXELS, WINDOW_CAPACITY,
+    GroupBlock, ShortcutRow, CHANNEL_BLOCK, WINDOW_CAPACITY,
 };
 use crate::error::Error;
 use crate::kernels::{ConvShape, Requantize, Shortcut};
@@ -105,35 +105,25 @@ fn dot_direct(input: &[i8], window: &DirectWindow, weights: &[i8], acc: &mut Acc
     if window.row_bytes % 16 != 0 {
         return dot_short_rows(input, window, weights, acc);
     }
-    let bytes = window.rows * window.row_bytes;
-    if bytes == 0 || input.as_ptr() as usize % 4 != 0 {
+    let Some(pairs) = window
+        .filter_pairs(input, weights)
+        .filter(|_| input.as_ptr() as usize % 4 == 0)
+    else {
         return false;
-    }
-    let filters = weights.len() / bytes;
-    // The last byte any pixel's window reads, plus one.
-    let span =
-        (window.rows - 1) * window.row_step + (PIXELS - 1) * window.pixel_step + window.row_bytes;
-    if filters % 2 != 0
-        || filters > CHANNEL_BLOCK
-        || filters * bytes != weights.len()
-        || window.row_step < window.row_bytes
-        || span > input.len()
-    {
-        return false;
-    }
-    let (source, rows, chunks, skip) = (
+    };
+    let (source, rows, chunks, skip, bytes) = (
         input.as_ptr(),
         window.rows,
         window.row_bytes / 16,
         window.row_step - window.row_bytes,
+        window.rows * window.row_bytes,
     );
-    let pairs = filters / 2;
     // SAFETY: the kernel reads `2 · pairs · bytes = weights.len()` bytes of weights, and
     // per pair, for kernel row `ky < rows`, pixel `p < 4` and `k < row_bytes / 16`, the
-    // 16 bytes at `ky · row_step + p · pixel_step + 16·k` of `input`: below `span ≤
-    // input.len()`, at 4-byte aligned addresses (the input is; the offsets are multiples
-    // of 16), with `STEP = pixel_step`. It writes `acc[p][i]` for `i < filters ≤
-    // CHANNEL_BLOCK`.
+    // 16 bytes at `ky · row_step + p · pixel_step + 16·k` of `input`: within it
+    // (`filter_pairs`), at 4-byte aligned addresses (the input is; the offsets are
+    // multiples of 16), with `STEP = pixel_step`. It writes `acc[p][i]` for `i < 2 · pairs
+    // ≤ CHANNEL_BLOCK`.
     unsafe {
         match window.pixel_step {
             16 => dot_pairs_unchecked::<16, 16>(
@@ -164,28 +154,14 @@ fn dot_short_rows(
     weights: &[i8],
     acc: &mut Accumulators,
 ) -> bool {
-    let bytes = window.rows * window.row_bytes;
-    if bytes == 0 {
+    let Some(pairs) = window.filter_pairs(input, weights) else {
         return false;
-    }
-    let filters = weights.len() / bytes;
-    // The last byte any pixel's window reads, plus one.
-    let span =
-        (window.rows - 1) * window.row_step + (PIXELS - 1) * window.pixel_step + window.row_bytes;
-    if filters == 0
-        || filters % 2 != 0
-        || filters > CHANNEL_BLOCK
-        || filters * bytes != weights.len()
-        || span > input.len()
-    {
-        return false;
-    }
-    let (source, rows, row_step, pairs) =
-        (input.as_ptr(), window.rows, window.row_step, filters / 2);
-    // SAFETY: the kernel reads `2 · pairs · bytes = weights.len()` bytes of weights and,
-    // for kernel row `ky < rows` and pixel `p < 4`, the 9 bytes at `ky · row_step + p ·
-    // pixel_step` of `input`: below `span ≤ input.len()`. It writes `acc[p][i]` for `i <
-    // filters ≤ CHANNEL_BLOCK`.
+    };
+    let (source, rows, row_step) = (input.as_ptr(), window.rows, window.row_step);
+    // SAFETY: the kernel reads the `2 · pairs` filters of `weights` (all of it) and, for
+    // kernel row `ky < rows` and pixel `p < 4`, the 9 bytes at `ky · row_step + p ·
+    // pixel_step` of `input`: within it (`filter_pairs`). It writes `acc[p][i]` for `i <
+    // 2 · pairs ≤ CHANNEL_BLOCK`.
     unsafe {
         match (window.pixel_step, window.row_bytes) {
             (3, 9) => dot_short_rows_unchecked::<3, 9>(source, rows, row_step, weights, pairs, acc),
@@ -194,6 +170,42 @@ fn dot_short_rows(
         }
     }
     true
+}
+
+/// Zeroes the eight accumulators of a pair of filters and four pixels (`VMLADAVA`
+/// accumulates into even registers only): r0, r2, r4, r6 the first filter's, r8, r10,
+/// r12, lr the second's.
+macro_rules! zero_pair_accumulators {
+    () => {
+        concat!(
+            "movs r0, #0\n",
+            "movs r2, #0\n",
+            "movs r4, #0\n",
+            "movs r6, #0\n",
+            "mov.w r8, #0\n",
+            "mov.w r10, #0\n",
+            "mov.w r12, #0\n",
+            "mov.w lr, #0\n",
+        )
+    };
+}
+
+/// Stores the eight accumulators into `acc[p][i]` and `acc[p][i + 1]` (`r1` at
+/// `acc[0][i]`, rows of CHANNEL_BLOCK = 64 i32) and moves `r1` to the next pair.
+macro_rules! store_pair_accumulators {
+    () => {
+        concat!(
+            "str r0, [r1]\n",
+            "str r8, [r1, #4]\n",
+            "str r2, [r1, #256]\n",
+            "str r10, [r1, #260]\n",
+            "str r4, [r1, #512]\n",
+            "str r12, [r1, #516]\n",
+            "str r6, [r1, #768]\n",
+            "str lr, [r1, #772]\n",
+            "adds r1, #8\n",
+        )
+    };
 }
 
 /// `acc[p][i] = Σ x_p·w_i` for the `2 · pairs` filters of `weights` (`rows · ROW` bytes
@@ -244,14 +256,7 @@ unsafe fn dot_short_rows_unchecked<const STEP: usize, const ROW: usize>(
             "ldr r9, [sp]",
             "ldr r7, [r9]",
             "ldr r11, [r9, #4]",
-            "movs r0, #0",
-            "movs r2, #0",
-            "movs r4, #0",
-            "movs r6, #0",
-            "mov.w r8, #0",
-            "mov.w r10, #0",
-            "mov.w r12, #0",
-            "mov.w lr, #0",
+            zero_pair_accumulators!(),
             "2:",
             "vpstt",
             "vldrbt.u8 q4, [r3], #{row}",
@@ -275,15 +280,7 @@ unsafe fn dot_short_rows_unchecked<const STEP: usize, const ROW: usize>(
             "add r7, r9",
             "subs r11, #1",
             "bne 2b",
-            "str r0, [r1]",
-            "str r8, [r1, #4]",
-            "str r2, [r1, #256]",
-            "str r10, [r1, #260]",
-            "str r4, [r1, #512]",
-            "str r12, [r1, #516]",
-            "str r6, [r1, #768]",
-            "str lr, [r1, #772]",
-            "adds r1, #8",
+            store_pair_accumulators!(),
             // The first filter's pointer ended at the second's start, the second's at
             // the next pair's: the next pair starts there.
             "mov r3, r5",
@@ -358,14 +355,7 @@ macro_rules! pairs_asm {
             "ldr r9, [sp]",
             "ldr r7, [r9]",
             "ldr r11, [r9, #12]",
-            "movs r0, #0",
-            "movs r2, #0",
-            "movs r4, #0",
-            "movs r6, #0",
-            "mov.w r8, #0",
-            "mov.w r10, #0",
-            "mov.w r12, #0",
-            "mov.w lr, #0",
+            zero_pair_accumulators!(),
             "4:",
             "ldr r9, [sp]",
             "ldr r9, [r9, #4]",
@@ -379,16 +369,7 @@ macro_rules! pairs_asm {
             "add r7, r9",
             "subs r11, #1",
             "bne 4b",
-            // acc[p][i] and acc[p][i + 1] for the four pixels.
-            "str r0, [r1]",
-            "str r8, [r1, #4]",
-            "str r2, [r1, #256]",
-            "str r10, [r1, #260]",
-            "str r4, [r1, #512]",
-            "str r12, [r1, #516]",
-            "str r6, [r1, #768]",
-            "str lr, [r1, #772]",
-            "adds r1, #8",
+            store_pair_accumulators!(),
             // The first filter's pointer ended at the second's start, the second's at
             // the next pair's: the next pair starts there.
             "mov r3, r5",
@@ -663,10 +644,60 @@ pub fn conv2d_i8_with(
     )
 }
 
+/// [`requantize_row`]'s assembly: after `$setup`, per four channels the accumulators
+/// plus the bases, then `$load_shifts` (the shifts into q4, or q1), `$left` (what
+/// shifts left, if anything), the doubling high multiply, `$right` (the right shifts into q4, if not
+/// there), the rounding right shift, the zero point, the clamp and a narrowing store.
+macro_rules! requantize_asm {
+    ($acc:expr, $bases:expr, $shifts:expr, $multipliers:expr, $out:expr, $requant:expr, $n:expr,
+     $setup:expr, $load_shifts:expr, $left:expr, $right:expr) => {
+        asm!(
+            "vdup.32 q6, {min}",
+            "vdup.32 q7, {max}",
+            $setup,
+            "dlstp.32 lr, lr",
+            "2:",
+            "vldrw.u32 q0, [{acc}], #16",
+            "vldrw.u32 q1, [{bases}], #16",
+            "vadd.i32 q0, q0, q1",
+            $load_shifts,
+            "vldrw.u32 q2, [{multipliers}], #16",
+            $left,
+            "vqrdmulh.s32 q0, q0, q2",
+            $right,
+            // Rounding right shift by −q4, ties away from zero.
+            "vand q5, q0, q4",
+            "vshr.s32 q5, q5, #31",
+            "vqadd.s32 q0, q0, q5",
+            "vrshl.s32 q0, q0, q4",
+            "vqadd.s32 q0, q0, {zero_point}",
+            "vmax.s32 q0, q0, q6",
+            "vmin.s32 q0, q0, q7",
+            "vstrb.32 q0, [r0], #4",
+            "letp lr, 2b",
+            acc = inout(reg) $acc => _,
+            bases = inout(reg) $bases => _,
+            shifts = inout(reg) $shifts => _,
+            multipliers = inout(reg) $multipliers => _,
+            // The narrowing store takes a low register only.
+            inout("r0") $out => _,
+            zero_point = in(reg) $requant.output_zero_point,
+            min = in(reg) $requant.activation_min,
+            max = in(reg) $requant.activation_max,
+            inout("lr") $n => _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+            out("d12") _, out("d13") _, out("d14") _, out("d15") _,
+            options(nostack),
+        )
+    };
+}
+
 /// `out[i] = clamp(rdpot(srdhm((acc[i] + bases[i]) << left_i, multiplier_i), right_i) + zp)` for
 /// four channels at a time, as [`crate::quant::QuantizedMultiplier::apply`] and the
 /// requantization compute it. Every shift must be in `-31..=30`, and with
-/// `RIGHT_ONLY` at most 0 (no left shift: two instructions fewer per four channels).
+/// `RIGHT_ONLY` at most 0 (no left shift: three instructions fewer per four channels).
 fn requantize_row<const RIGHT_ONLY: bool>(
     acc: &[i32],
     bases: &[i32],
@@ -683,96 +714,52 @@ fn requantize_row<const RIGHT_ONLY: bool>(
     if n == 0 {
         return;
     }
+    let (acc, bases, shifts, multipliers, out) = (
+        acc.as_ptr(),
+        bases.as_ptr(),
+        shifts.as_ptr(),
+        multipliers.as_ptr(),
+        out.as_mut_ptr(),
+    );
     if RIGHT_ONLY {
+        // The shifts are the right shifts, negated.
         // SAFETY: the loop reads `n` i32s from `acc`, `bases`, `multipliers` and
         // `shifts` and writes `n` bytes to `out`, all at least `n` long (DLSTP/LETP
-        // predicate the last iteration to the elements left); the Q registers it uses
-        // are declared clobbered (as their D halves).
+        // predicate the last iteration to the elements left); q0–q7 (d0–d15) are
+        // declared clobbered.
         unsafe {
-            asm!(
-                "vdup.32 q6, {min}",
-                "vdup.32 q7, {max}",
-                "dlstp.32 lr, lr",
-                "2:",
-                "vldrw.u32 q0, [{acc}], #16",
-                "vldrw.u32 q1, [{bases}], #16",
-                "vadd.i32 q0, q0, q1",
+            requantize_asm!(
+                acc,
+                bases,
+                shifts,
+                multipliers,
+                out,
+                requant,
+                n,
+                "",
                 "vldrw.u32 q4, [{shifts}], #16",
-                "vldrw.u32 q2, [{multipliers}], #16",
-                "vqrdmulh.s32 q0, q0, q2",
-                // Rounding right shift by −shift, ties away from zero.
-                "vand q5, q0, q4",
-                "vshr.s32 q5, q5, #31",
-                "vqadd.s32 q0, q0, q5",
-                "vrshl.s32 q0, q0, q4",
-                "vqadd.s32 q0, q0, {zero_point}",
-                "vmax.s32 q0, q0, q6",
-                "vmin.s32 q0, q0, q7",
-                "vstrb.32 q0, [r0], #4",
-                "letp lr, 2b",
-                acc = inout(reg) acc.as_ptr() => _,
-                bases = inout(reg) bases.as_ptr() => _,
-                shifts = inout(reg) shifts.as_ptr() => _,
-                multipliers = inout(reg) multipliers.as_ptr() => _,
-                // The narrowing store takes a low register only.
-                inout("r0") out.as_mut_ptr() => _,
-                zero_point = in(reg) requant.output_zero_point,
-                min = in(reg) requant.activation_min,
-                max = in(reg) requant.activation_max,
-                inout("lr") n => _,
-                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
-                out("d4") _, out("d5") _,
-                out("d8") _, out("d9") _, out("d10") _, out("d11") _,
-                out("d12") _, out("d13") _, out("d14") _, out("d15") _,
-                options(nostack),
+                "",
+                ""
             );
         }
-        return;
-    }
-    // SAFETY: as above, with q0–q7 clobbered.
-    unsafe {
-        asm!(
-            "vdup.32 q6, {min}",
-            "vdup.32 q7, {max}",
-            "vmov.i32 q3, #0",
-            "dlstp.32 lr, lr",
-            "2:",
-            "vldrw.u32 q0, [{acc}], #16",
-            "vldrw.u32 q1, [{bases}], #16",
-            "vadd.i32 q0, q0, q1",
-            "vldrw.u32 q1, [{shifts}], #16",
-            "vldrw.u32 q2, [{multipliers}], #16",
-            // x << max(shift, 0), then the doubling high multiply.
-            "vmax.s32 q4, q1, q3",
-            "vshl.s32 q0, q0, q4",
-            "vqrdmulh.s32 q0, q0, q2",
-            // Rounding right shift by −min(shift, 0), ties away from zero.
-            "vmin.s32 q4, q1, q3",
-            "vand q5, q0, q4",
-            "vshr.s32 q5, q5, #31",
-            "vqadd.s32 q0, q0, q5",
-            "vrshl.s32 q0, q0, q4",
-            "vqadd.s32 q0, q0, {zero_point}",
-            "vmax.s32 q0, q0, q6",
-            "vmin.s32 q0, q0, q7",
-            "vstrb.32 q0, [r0], #4",
-            "letp lr, 2b",
-            acc = inout(reg) acc.as_ptr() => _,
-            bases = inout(reg) bases.as_ptr() => _,
-            shifts = inout(reg) shifts.as_ptr() => _,
-            multipliers = inout(reg) multipliers.as_ptr() => _,
-            // The narrowing store takes a low register only.
-            inout("r0") out.as_mut_ptr() => _,
-            zero_point = in(reg) requant.output_zero_point,
-            min = in(reg) requant.activation_min,
-            max = in(reg) requant.activation_max,
-            inout("lr") n => _,
-            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
-            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
-            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
-            out("d12") _, out("d13") _, out("d14") _, out("d15") _,
-            options(nostack),
-        );
+    } else {
+        // x << max(shift, 0) before the multiply, −min(shift, 0) after it.
+        // SAFETY: as for the block above.
+        unsafe {
+            requantize_asm!(
+                acc,
+                bases,
+                shifts,
+                multipliers,
+                out,
+                requant,
+                n,
+                "vmov.i32 q3, #0",
+                "vldrw.u32 q1, [{shifts}], #16",
+                "vmax.s32 q4, q1, q3\nvshl.s32 q0, q0, q4",
+                "vmin.s32 q4, q1, q3"
+            );
+        }
     }
 }
 
