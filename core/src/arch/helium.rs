@@ -900,40 +900,71 @@ fn finish_row(
             &mut out[channels],
         );
     };
-    let mut values = [0i8; CHANNEL_BLOCK];
-    requantize_row::<false>(acc, bases, multipliers, shifts, requant, &mut values[..n]);
-    let ShortcutRow::Mapped(source, offset) = shortcut else {
-        return add_row(
-            &values[..n],
-            None,
-            &tables.params,
-            &AddConstants::new(&tables.params),
-            &mut out[channels],
-        );
-    };
-    // A row holding these very channels (an identity shortcut read from another
-    // buffer, as a streamed block reads its input, or a projection's output) is
-    // added from where it is; others are gathered channel by channel first.
-    if let (0, Some(direct)) = (offset, source.get(channels.clone())) {
-        return add_row(
-            &values[..n],
-            Some(direct),
-            &tables.params,
-            &AddConstants::new(&tables.params),
-            &mut out[channels],
-        );
-    }
-    let mut row = [0i8; CHANNEL_BLOCK];
-    for (r, c) in row.iter_mut().zip(channels.clone()) {
-        *r = ShortcutRow::mapped(source, offset, c, tables);
-    }
-    add_row(
-        &values[..n],
-        Some(&row[..n]),
-        &tables.params,
-        &AddConstants::new(&tables.params),
-        &mut out[channels],
+    requantize_and_add::<false>(
+        acc,
+        bases,
+        multipliers,
+        shifts,
+        channels,
+        requant,
+        (tables, &AddConstants::new(&tables.params)),
+        shortcut,
+        &mut [0; CHANNEL_BLOCK],
+        out,
     );
+}
+
+/// One pixel's block of channels `channels` (at most [`CHANNEL_BLOCK`]; `multipliers`
+/// and `shifts` theirs) requantized into `values`, then added to the pixel's `shortcut`
+/// into `out[channels]` (`out` the pixel's output row), with the add's tables and
+/// [`AddConstants`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn requantize_and_add<const RIGHT_ONLY: bool>(
+    acc: &[i32],
+    bases: &[i32],
+    multipliers: &[i32],
+    shifts: &[i32],
+    channels: Range<usize>,
+    requant: &Requantize<'_>,
+    (tables, constants): (&AddTables, &AddConstants),
+    shortcut: ShortcutRow<'_>,
+    values: &mut [i8; CHANNEL_BLOCK],
+    out: &mut [i8],
+) {
+    let n = channels.len().min(CHANNEL_BLOCK);
+    let values = &mut values[..n];
+    requantize_row::<RIGHT_ONLY>(acc, bases, multipliers, shifts, requant, values);
+    let out_block = &mut out[channels.clone()];
+    match shortcut {
+        // A row holding these very channels (an identity shortcut read from another
+        // buffer, as a streamed block reads its input, or a projection's output) is
+        // added from where it is; others are gathered channel by channel first.
+        ShortcutRow::Mapped(source, 0) if source.len() >= channels.end => add_row(
+            values,
+            source.get(channels),
+            &tables.params,
+            constants,
+            out_block,
+        ),
+        ShortcutRow::Mapped(source, offset) => {
+            let mut gathered = [0i8; CHANNEL_BLOCK];
+            for (g, c) in gathered.iter_mut().zip(channels) {
+                *g = ShortcutRow::mapped(source, offset, c, tables);
+            }
+            add_row(
+                values,
+                Some(&gathered[..n]),
+                &tables.params,
+                constants,
+                out_block,
+            );
+        }
+        // In place: the output row holds the shortcut.
+        ShortcutRow::None | ShortcutRow::InPlace => {
+            add_row(values, None, &tables.params, constants, out_block)
+        }
+    }
 }
 
 /// [`super::columns::FinishGroup`] for Helium: [`finish_row`] for the group's pixels, the add's
@@ -979,43 +1010,17 @@ fn finish_group<const RIGHT_ONLY: bool>(block: &GroupBlock<'_, '_>, out: &mut [i
     let constants = AddConstants::new(&tables.params);
     let mut values = [0i8; CHANNEL_BLOCK];
     for (p, (row, acc)) in rows.enumerate() {
-        requantize_row::<RIGHT_ONLY>(
+        requantize_and_add::<RIGHT_ONLY>(
             &acc[..n],
             bases,
             multipliers,
             shifts,
+            channels.clone(),
             requant,
-            &mut values[..n],
-        );
-        let values = &values[..n];
-        let source = match ShortcutRow::at(Some((shortcut, tables)), oy, ox + p) {
-            // A row holding these very channels is added from where it is; others are
-            // gathered channel by channel first.
-            ShortcutRow::Mapped(source, 0) if source.len() >= channels.end => {
-                source.get(channels.clone())
-            }
-            ShortcutRow::Mapped(source, offset) => {
-                let mut gathered = [0i8; CHANNEL_BLOCK];
-                for (g, c) in gathered.iter_mut().zip(channels.clone()) {
-                    *g = ShortcutRow::mapped(source, offset, c, tables);
-                }
-                add_row(
-                    values,
-                    Some(&gathered[..n]),
-                    &tables.params,
-                    &constants,
-                    &mut row[channels.clone()],
-                );
-                continue;
-            }
-            ShortcutRow::None | ShortcutRow::InPlace => None,
-        };
-        add_row(
-            values,
-            source,
-            &tables.params,
-            &constants,
-            &mut row[channels.clone()],
+            (tables, &constants),
+            ShortcutRow::at(Some((shortcut, tables)), oy, ox + p),
+            &mut values,
+            row,
         );
     }
     true
