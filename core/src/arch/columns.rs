@@ -605,11 +605,8 @@ enum Windows<'a> {
     InPlace(&'a [i8]),
     /// From the tile that [`fill_tile`] copied into the column buffer.
     Tile,
-    /// From the column buffer, once gathered.
-    Columns {
-        /// Whether the column buffer holds the group's windows.
-        gathered: bool,
-    },
+    /// From the column buffer, gathered.
+    Columns,
 }
 
 /// The memory a convolution works in besides its input and output (3.3 KiB): the
@@ -766,24 +763,21 @@ pub fn conv2d_i8_by_columns(
         for ox in (0..shape.out_w).step_by(PIXELS) {
             let pixels: [usize; PIXELS] = core::array::from_fn(|p| (ox + p).min(shape.out_w - 1));
             let distinct = (shape.out_w - ox).min(PIXELS);
-            let mut windows = Windows::Columns { gathered: false };
-            if direct.is_some() {
-                if let Some(source) =
-                    direct_start(shape, oy, ox).and_then(|start| input.get(start..))
-                {
-                    windows = Windows::InPlace(source);
-                } else if tiles
-                    && ox + PIXELS <= shape.out_w
-                    && fill_tile(shape, input, input_zero_point, oy, ox, tile_w, columns)
-                {
-                    windows = Windows::Tile;
-                }
-            }
-            // Gathered before the blocks, as always where nothing reads in place.
-            if let Windows::Columns { gathered } = &mut windows {
+            let unpadded = direct
+                .and(direct_start(shape, oy, ox))
+                .and_then(|start| input.get(start..));
+            let mut windows = if let Some(source) = unpadded {
+                Windows::InPlace(source)
+            } else if tiles
+                && ox + PIXELS <= shape.out_w
+                && fill_tile(shape, input, input_zero_point, oy, ox, tile_w, columns)
+            {
+                Windows::Tile
+            } else {
+                // Gathered before the blocks, as always where nothing reads in place.
                 gather(shape, input, input_zero_point, oy, pixels, columns);
-                *gathered = true;
-            }
+                Windows::Columns
+            };
             for block in (0..out_c).step_by(CHANNEL_BLOCK) {
                 let channels = block..(block + CHANNEL_BLOCK).min(out_c);
                 if !single_block {
@@ -802,9 +796,9 @@ pub fn conv2d_i8_by_columns(
                 if !read_in_place {
                     // The tile, if there was one, is overwritten: the column buffer
                     // serves the group's remaining blocks.
-                    if !matches!(windows, Windows::Columns { gathered: true }) {
+                    if !matches!(windows, Windows::Columns) {
                         gather(shape, input, input_zero_point, oy, pixels, columns);
-                        windows = Windows::Columns { gathered: true };
+                        windows = Windows::Columns;
                     }
                     dot_block(columns, block_weights, window, acc);
                 }
