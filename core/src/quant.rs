@@ -390,11 +390,19 @@ impl AddTables {
         self.output = prepared.output;
     }
 
-    /// Whether [`Self::add_32`] applies: the output shift in `-31..=30` and the output
-    /// multiplier not `i32::MIN` (true of every blob that validates).
-    #[cfg(tinyres_arm_m_base)]
+    /// Whether [`Self::add_32`] (and the Cortex-M DSP kernel's row finish) applies: the
+    /// output shift in `-31..=30` and the output multiplier not `i32::MIN` (true of
+    /// every blob that validates).
+    #[cfg(any(tinyres_arm_m_base, all(target_arch = "arm", tinyres_arm_dsp)))]
     pub(crate) fn output_is_checked(&self) -> bool {
         (-31..=30).contains(&self.params.output_shift) && self.params.output_multiplier != i32::MIN
+    }
+
+    /// The rescaled first and second inputs, by int8 value (as `u8`): what
+    /// [`Self::add`] sums before its output multiplier.
+    #[cfg(all(target_arch = "arm", tinyres_arm_dsp))]
+    pub(crate) fn input_tables(&self) -> (&[i32; 256], &[i32; 256]) {
+        (&self.input1, &self.input2)
     }
 
     /// [`Self::add`] in 32-bit arithmetic, for tables whose

@@ -22,7 +22,8 @@ use core::arch::asm;
 use core::ops::Range;
 
 use super::columns::{
-    finish_row_checked_layer, finish_row_scalar, layer_is_checked, ShortcutRow, CHANNEL_BLOCK,
+    finish_row_checked_layer, finish_row_scalar, layer_is_checked, vector_finish_applies,
+    ShortcutRow, CHANNEL_BLOCK,
 };
 use crate::error::Error;
 use crate::kernels::{self, ConvShape, Requantize, Shortcut};
@@ -84,8 +85,13 @@ pub const WINDOW_CAPACITY: usize = 576;
 /// Words of the column buffer: two pixels, two words per four taps.
 pub const COLUMN_WORDS: usize = WINDOW_CAPACITY;
 /// Taps per pixel of the byte staging used when the channels are not a multiple of
-/// four (the first layer's 3×3×3 window and the like), rounded up to whole groups.
+/// four and the filters padded to whole groups per tap do not fit [`STAGING_BYTES`],
+/// rounded up to whole groups.
 const STAGING_CAPACITY: usize = 160;
+/// Bytes of the staging buffer: the staging of two pixels' windows, or a layer's
+/// filters with their channels padded to a multiple of four ([`pad_filters`]): a
+/// first layer's sixteen 3×3×3 filters.
+const STAGING_BYTES: usize = 576;
 
 /// `acc[c][p] += Σ col_p[k]·w_c[k]` over `groups` groups of four taps, with
 /// `columns` as laid out by [`widen_pair`] and `w1 = w0 + w1_offset`.
@@ -247,7 +253,7 @@ fn widen_pair(
     oy: usize,
     ox: [usize; 2],
     columns: &mut [Quad; COLUMN_WORDS / 4],
-    staging: &mut [[i8; STAGING_CAPACITY]; 2],
+    staging: &mut [i8; STAGING_BYTES],
 ) {
     let c_in = shape.in_c;
     // The input pixel under tap (ky, kx) of output pixel (oy, x), or None in the padding.
@@ -295,7 +301,8 @@ fn widen_pair(
         // up to a whole group, as the zero point, which widens to zero), then widen
         // them four at a time.
         let padded = (shape.kernel_h * shape.kernel_w * c_in).next_multiple_of(4);
-        for (bytes, &x) in staging.iter_mut().zip(&ox) {
+        let (a, b) = staging.split_at_mut(STAGING_CAPACITY);
+        for (bytes, &x) in [a, b].into_iter().zip(&ox) {
             let bytes = &mut bytes[..padded];
             bytes.fill(input_zero_point as i8);
             let taps = bytes.chunks_exact_mut(c_in);
@@ -311,13 +318,95 @@ fn widen_pair(
                 }
             }
         }
-        let [a, b] = &*staging;
+        let (a, b) = staging.split_at(STAGING_CAPACITY);
         let groups = a[..padded].chunks_exact(4).zip(b[..padded].chunks_exact(4));
         for (quad, (a, b)) in columns.iter_mut().zip(groups) {
             let ((a_even, a_odd), (b_even, b_odd)) = (widen(offset, a), widen(offset, b));
             *quad = [a_even, a_odd, b_even, b_odd];
         }
     }
+}
+
+/// Copies `weights` (filters of `kernel_taps` taps of `in_c` channels) into `padded`
+/// with each tap's channels padded with zeros to `lanes` (`in_c` rounded up to a
+/// multiple of four), for [`widen_pair_padded`]. The caller has checked that they fit.
+fn pad_filters(weights: &[i8], in_c: usize, lanes: usize, padded: &mut [i8]) {
+    for (to, from) in padded
+        .chunks_exact_mut(lanes)
+        .zip(weights.chunks_exact(in_c))
+    {
+        let (taps, zeros) = to.split_at_mut(in_c);
+        taps.copy_from_slice(from);
+        zeros.fill(0);
+    }
+}
+
+/// Widens the windows of output pixels `(oy, ox[0])` and `(oy, ox[1])` into `columns`
+/// for filters padded by [`pad_filters`]: each tap's `in_c` channels (not a multiple
+/// of four) are read as whole words at the input pixel, the bytes past its channels
+/// (the next pixel's, or zero past the input's end) widening to values whose weights
+/// are zero. Padding taps widen to zero. No staging: one load and two `SXTAB16` per
+/// pixel and group, where staging a first layer's window byte by byte took most of its
+/// time. Not inlined, as [`widen_pair`].
+#[inline(never)]
+fn widen_pair_padded(
+    shape: &ConvShape,
+    input: &[i8],
+    offset: u32,
+    oy: usize,
+    ox: [usize; 2],
+    columns: &mut [Quad; COLUMN_WORDS / 4],
+) {
+    let c_in = shape.in_c;
+    let groups = c_in.div_ceil(4);
+    let mut quad = 0;
+    for ky in 0..shape.kernel_h {
+        let iy = (oy * shape.stride + ky)
+            .checked_sub(shape.pad_top)
+            .filter(|&iy| iy < shape.in_h);
+        for kx in 0..shape.kernel_w {
+            // Where the input pixel under tap (ky, kx) of each output pixel starts, or
+            // None in the padding.
+            let [a, b] = ox.map(|x| {
+                let ix = (x * shape.stride + kx).checked_sub(shape.pad_left)?;
+                let iy = iy?;
+                (ix < shape.in_w).then_some((iy * shape.in_w + ix) * c_in)
+            });
+            for g in 0..groups {
+                let [(a_even, a_odd), (b_even, b_odd)] = [a, b].map(|start| match start {
+                    Some(start) => {
+                        let x = word_at(input, start + 4 * g);
+                        (sxtab16_even(offset, x), sxtab16_odd(offset, x))
+                    }
+                    None => (0, 0),
+                });
+                if let Some(quad) = columns.get_mut(quad) {
+                    *quad = [a_even, a_odd, b_even, b_odd];
+                }
+                quad += 1;
+            }
+        }
+    }
+}
+
+/// The four bytes of `input` at `at` as a word; bytes past its end read as zero.
+#[inline(always)]
+fn word_at(input: &[i8], at: usize) -> u32 {
+    match input.get(at..at + 4) {
+        Some(four) => word(four),
+        None => word_past_end(input, at),
+    }
+}
+
+/// [`word_at`] where the word runs past the end of `input`.
+#[cold]
+#[inline(never)]
+fn word_past_end(input: &[i8], at: usize) -> u32 {
+    let mut four = [0u8; 4];
+    for (to, &from) in four.iter_mut().zip(input.get(at..).unwrap_or(&[])) {
+        *to = from as u8;
+    }
+    u32::from_le_bytes(four)
 }
 
 /// A rounded-up window reads up to three bytes past a filter: the next filter's, or
@@ -386,7 +475,7 @@ fn block_sums(
 #[derive(Clone, Debug)]
 pub struct ConvScratch {
     columns: [Quad; COLUMN_WORDS / 4],
-    staging: [[i8; STAGING_CAPACITY]; 2],
+    staging: [i8; STAGING_BYTES],
     acc: [[i32; CHANNEL_BLOCK]; 2],
 }
 
@@ -395,7 +484,7 @@ impl ConvScratch {
     pub const fn new() -> Self {
         ConvScratch {
             columns: [[0; 4]; COLUMN_WORDS / 4],
-            staging: [[0; STAGING_CAPACITY]; 2],
+            staging: [0; STAGING_BYTES],
             acc: [[0; CHANNEL_BLOCK]; 2],
         }
     }
@@ -404,6 +493,232 @@ impl ConvScratch {
 impl Default for ConvScratch {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// `x << n` for `n` in `0..=31`: one `LSL` by register (Rust's `<<` masks `n` first).
+#[inline(always)]
+fn lsl(x: i32, n: u32) -> i32 {
+    let result;
+    // SAFETY: a register-only shift.
+    unsafe {
+        asm!(
+            "lsl {r}, {x}, {n}",
+            r = lateout(reg) result,
+            x = in(reg) x,
+            n = in(reg) n,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    result
+}
+
+/// `x >> n` (arithmetic) for `n` in `0..=31`: one `ASR` by register.
+#[inline(always)]
+fn asr(x: i32, n: u32) -> i32 {
+    let result;
+    // SAFETY: a register-only shift.
+    unsafe {
+        asm!(
+            "asr {r}, {x}, {n}",
+            r = lateout(reg) result,
+            x = in(reg) x,
+            n = in(reg) n,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    result
+}
+
+/// `ssat #8`: `x` saturated to `-128..=127`.
+#[inline(always)]
+fn saturate_i8(x: i32) -> i8 {
+    let result: i32;
+    // SAFETY: a register-only saturation; the DSP extension's Q flag is not read.
+    unsafe {
+        asm!(
+            "ssat {r}, #8, {x}",
+            r = lateout(reg) result,
+            x = in(reg) x,
+            options(pure, nomem, nostack),
+        );
+    }
+    result as i8
+}
+
+/// A quantized multiplier whose shift is in `-31..=30` and whose value is not
+/// `i32::MIN`, decoded for [`Rescale::apply`].
+#[derive(Clone, Copy)]
+struct Rescale {
+    multiplier: i32,
+    left: u32,
+    right: u32,
+    /// `2^right − 1`: the bits the right shift drops.
+    mask: i32,
+}
+
+impl Rescale {
+    #[inline(always)]
+    fn new(multiplier: i32, shift: i32) -> Self {
+        let left = shift.max(0) as u32;
+        let right = (left as i32 - shift) as u32;
+        Rescale {
+            multiplier,
+            left,
+            right,
+            mask: lsl(1, right).wrapping_sub(1),
+        }
+    }
+
+    /// `x` times the multiplier: the value of
+    /// [`crate::quant::multiply_by_quantized_multiplier`] (TFLite's two roundings). The
+    /// doubling high multiply is one `SMLAL` onto `2^30`; the rounding right shift adds
+    /// one where the remainder `x & mask` exceeds `mask / 2 + (x < 0)`, tested as the
+    /// sign of their difference, which cannot overflow (both are below `2^31`).
+    #[inline(always)]
+    fn apply(self, x: i32) -> i32 {
+        let product = i64::from(lsl(x, self.left)) * i64::from(self.multiplier);
+        let high = ((product + (1 << 30)) >> 31) as i32;
+        let threshold = (self.mask >> 1) + (high as u32 >> 31) as i32;
+        let round_up = threshold.wrapping_sub(high & self.mask) as u32 >> 31;
+        asr(high, self.right) + round_up as i32
+    }
+}
+
+/// `value + zero_point` clamped to `min..=max` (within `-128..=127`), as the portable
+/// kernel finishes an output: with `FULL_RANGE` (`min` −128, `max` 127: no ReLU, or a
+/// ReLU whose zero is −128) one `SSAT`.
+#[inline(always)]
+fn to_i8<const FULL_RANGE: bool>(value: i32, zero_point: i32, min: i32, max: i32) -> i8 {
+    let value = value.saturating_add(zero_point);
+    if FULL_RANGE {
+        saturate_i8(value)
+    } else {
+        value.max(min).min(max) as i8
+    }
+}
+
+/// Whether [`finish_row_dsp`] applies: the layer's requantization and the add's, if
+/// any, checked as [`vector_finish_applies`] and [`AddTables::output_is_checked`] say
+/// (true of every blob that validates).
+fn finish_row_dsp_applies(requant: &Requantize<'_>, add: Option<&AddTables>) -> bool {
+    vector_finish_applies(requant, add.map(|add| &add.params))
+        && add.is_none_or(AddTables::output_is_checked)
+}
+
+/// `out[i] = requantize(acc[i] + bases[i])` with channel `i`'s multiplier and shift.
+#[inline(always)]
+fn requantize_row<const FULL_RANGE: bool>(
+    acc: &[i32],
+    bases: &[i32],
+    multipliers: &[i32],
+    shifts: &[i32],
+    requant: &Requantize<'_>,
+    out: &mut [i8],
+) {
+    let zero_point = requant.output_zero_point;
+    let (min, max) = (requant.activation_min, requant.activation_max);
+    let values = acc.iter().zip(bases).zip(multipliers.iter().zip(shifts));
+    for (out, ((&acc, &base), (&multiplier, &shift))) in out.iter_mut().zip(values) {
+        let value = Rescale::new(multiplier, shift).apply(acc.wrapping_add(base));
+        *out = to_i8::<FULL_RANGE>(value, zero_point, min, max);
+    }
+}
+
+/// `out[i] = add(values[i], shortcut[i])` as [`AddTables::add`] computes it, for
+/// tables whose [`AddTables::output_is_checked`]; `shortcut` `None` reads it from
+/// `out` itself (an in-place residual).
+#[inline(always)]
+fn add_row<const FULL_RANGE: bool>(
+    values: &[i8],
+    shortcut: Option<&[i8]>,
+    add: &AddTables,
+    out: &mut [i8],
+) {
+    let (first, second) = add.input_tables();
+    let p = &add.params;
+    let rescale = Rescale::new(p.output_multiplier, p.output_shift);
+    let (zero_point, min, max) = (p.output_zero_point, p.activation_min, p.activation_max);
+    let sum = |value: i8, shortcut: i8| {
+        let rescaled =
+            first[usize::from(value as u8)].saturating_add(second[usize::from(shortcut as u8)]);
+        to_i8::<FULL_RANGE>(rescale.apply(rescaled), zero_point, min, max)
+    };
+    match shortcut {
+        None => {
+            for (out, &value) in out.iter_mut().zip(values) {
+                *out = sum(value, *out);
+            }
+        }
+        Some(shortcut) => {
+            for ((out, &value), &shortcut) in out.iter_mut().zip(values).zip(shortcut) {
+                *out = sum(value, shortcut);
+            }
+        }
+    }
+}
+
+/// Whether a layer's output range is the whole of int8 (see [`to_i8`]).
+fn full_range(min: i32, max: i32) -> bool {
+    min <= -128 && max >= 127
+}
+
+/// [`finish_row_scalar`] for a layer that [`finish_row_dsp_applies`] to: the same
+/// results. With a residual add in two passes, the requantized row into a buffer and
+/// then the add, so that each loop keeps its constants in registers.
+fn finish_row_dsp(
+    acc: &[i32],
+    bases: &[i32],
+    channels: Range<usize>,
+    requant: &Requantize<'_>,
+    add: Option<&AddTables>,
+    shortcut: ShortcutRow<'_>,
+    out: &mut [i8],
+) {
+    let (Some(out), Some(multipliers), Some(shifts)) = (
+        out.get_mut(channels.clone()),
+        requant.multipliers.get(channels.clone()),
+        requant.shifts.get(channels.clone()),
+    ) else {
+        return;
+    };
+    let conv_full = full_range(requant.activation_min, requant.activation_max);
+    let Some(add) = add else {
+        if conv_full {
+            requantize_row::<true>(acc, bases, multipliers, shifts, requant, out);
+        } else {
+            requantize_row::<false>(acc, bases, multipliers, shifts, requant, out);
+        }
+        return;
+    };
+    let mut values = [0i8; CHANNEL_BLOCK];
+    let values = &mut values[..out.len().min(CHANNEL_BLOCK)];
+    if conv_full {
+        requantize_row::<true>(acc, bases, multipliers, shifts, requant, values);
+    } else {
+        requantize_row::<false>(acc, bases, multipliers, shifts, requant, values);
+    }
+    // The shortcut's channels, where they are not the output's own.
+    let mut mapped = [0i8; CHANNEL_BLOCK];
+    let shortcut = match shortcut {
+        ShortcutRow::None | ShortcutRow::InPlace => None,
+        ShortcutRow::Mapped(row, offset) => {
+            let direct = channels
+                .start
+                .checked_sub(offset)
+                .and_then(|start| row.get(start..start + values.len()));
+            Some(direct.unwrap_or_else(|| {
+                for (value, co) in mapped.iter_mut().zip(channels) {
+                    *value = ShortcutRow::mapped(row, offset, co, add);
+                }
+                &mapped[..values.len()]
+            }))
+        }
+    };
+    if full_range(add.params.activation_min, add.params.activation_max) {
+        add_row::<true>(values, shortcut, add, out);
+    } else {
+        add_row::<false>(values, shortcut, add, out);
     }
 }
 
@@ -431,10 +746,16 @@ pub fn conv2d_i8_with(
     output: &mut [i8],
 ) -> Result<(), Error> {
     let window = shape.kernel_h * shape.kernel_w * shape.in_c;
-    // Taps in whole groups of four: a window whose channels are not a multiple of
-    // four is rounded up with taps of zero (their weights then multiply zero).
+    // Channels not a multiple of four: each tap padded to whole groups, where the
+    // padded filters fit the staging buffer ([`widen_pair_padded`]), else the window
+    // rounded up with taps of zero (their weights then multiply zero).
+    let lanes = shape.in_c.next_multiple_of(4);
+    let padded_window = shape.kernel_h * shape.kernel_w * lanes;
+    let pad_channels = shape.in_c % 4 != 0
+        && padded_window <= WINDOW_CAPACITY
+        && shape.out_c * padded_window <= STAGING_BYTES;
     let padded = window.next_multiple_of(4);
-    let fits = if shape.in_c % 4 == 0 {
+    let fits = if shape.in_c % 4 == 0 || pad_channels {
         window <= WINDOW_CAPACITY
     } else {
         padded <= STAGING_CAPACITY
@@ -466,7 +787,17 @@ pub fn conv2d_i8_with(
         staging,
         acc,
     } = scratch;
-    let finish_row = if layer_is_checked(requant) {
+    // The staging buffer holds the padded filters, or serves `widen_pair`.
+    let (weights, window, mut staging) = if pad_channels {
+        let padded_weights = &mut staging[..shape.out_c * padded_window];
+        pad_filters(weights, shape.in_c, lanes, padded_weights);
+        (&*padded_weights, padded_window, None)
+    } else {
+        (weights, window, Some(staging))
+    };
+    let finish_row = if finish_row_dsp_applies(requant, add) {
+        finish_row_dsp
+    } else if layer_is_checked(requant) {
         finish_row_checked_layer
     } else {
         finish_row_scalar
@@ -475,16 +806,19 @@ pub fn conv2d_i8_with(
         for ox in (0..shape.out_w).step_by(2) {
             let pixels = [ox, (ox + 1).min(shape.out_w - 1)];
             let distinct_pixels = if pixels[0] == pixels[1] { 1 } else { 2 };
-            widen_pair(
-                shape,
-                input,
-                input_zero_point,
-                offset,
-                oy,
-                pixels,
-                columns,
-                staging,
-            );
+            match staging.as_deref_mut() {
+                None => widen_pair_padded(shape, input, offset, oy, pixels, columns),
+                Some(staging) => widen_pair(
+                    shape,
+                    input,
+                    input_zero_point,
+                    offset,
+                    oy,
+                    pixels,
+                    columns,
+                    staging,
+                ),
+            }
             for block in (0..out_c).step_by(CHANNEL_BLOCK) {
                 let channels = block..(block + CHANNEL_BLOCK).min(out_c);
                 block_sums(columns, weights, window, channels.clone(), &mut tail, acc);
