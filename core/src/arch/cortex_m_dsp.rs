@@ -93,8 +93,61 @@ const STAGING_CAPACITY: usize = 160;
 /// first layer's sixteen 3×3×3 filters.
 const STAGING_BYTES: usize = 576;
 
+/// One group of four taps in [`mac_2x2`]'s loop: both channels' weights widened once
+/// (even and odd lanes), then pixel 0 against both channels, then pixel 1: 16 MACs.
+macro_rules! mac_group {
+    () => {
+        concat!(
+            "ldr {w1_odd}, [{w0}, {w1_offset}]\n",
+            "ldr {w0_odd}, [{w0}], #4\n",
+            "sxtb16 {w1_even}, {w1_odd}\n",
+            "sxtb16 {w1_odd}, {w1_odd}, ror #8\n",
+            "sxtb16 r7, {w0_odd}\n",
+            "sxtb16 {w0_odd}, {w0_odd}, ror #8\n",
+            "ldrd {x_even}, {x_odd}, [{columns}], #8\n",
+            "smlad {a00}, {x_even}, r7, {a00}\n",
+            "smlad {a00}, {x_odd}, {w0_odd}, {a00}\n",
+            "smlad {a01}, {x_even}, {w1_even}, {a01}\n",
+            "smlad {a01}, {x_odd}, {w1_odd}, {a01}\n",
+            "ldrd {x_even}, {x_odd}, [{columns}], #8\n",
+            "smlad {a10}, {x_even}, r7, {a10}\n",
+            "smlad {a10}, {x_odd}, {w0_odd}, {a10}\n",
+            "smlad {a11}, {x_even}, {w1_even}, {a11}\n",
+            "smlad {a11}, {x_odd}, {w1_odd}, {a11}\n",
+        )
+    };
+}
+
+/// Runs `$body` (assembly text using [`mac_group`]'s operands) once, with r7 saved
+/// around it; `columns` and `w0` are advanced past what it read (into `_`: dropped).
+macro_rules! mac_asm {
+    ($columns:ident => $columns_out:tt, $w0:ident => $w0_out:tt, $w1_offset:ident, $a:ident, [$($body:expr),+] $(, $extra:ident = $value:expr)?) => {
+        asm!(
+            "push {{r7}}",
+            $($body),+,
+            "pop {{r7}}",
+            columns = inout(reg) $columns => $columns_out,
+            w0 = inout(reg) $w0 => $w0_out,
+            w1_offset = in(reg) $w1_offset,
+            a00 = inout(reg) $a[0],
+            a01 = inout(reg) $a[1],
+            a10 = inout(reg) $a[2],
+            a11 = inout(reg) $a[3],
+            x_even = out(reg) _,
+            x_odd = out(reg) _,
+            w0_odd = out(reg) _,
+            w1_even = out(reg) _,
+            w1_odd = out(reg) _,
+            $($extra = in(reg) $value,)?
+            options(pure, readonly),
+        )
+    };
+}
+
 /// `acc[c][p] += Σ col_p[k]·w_c[k]` over `groups` groups of four taps, with
-/// `columns` as laid out by [`widen_pair`] and `w1 = w0 + w1_offset`.
+/// `columns` as laid out by [`widen_pair`] and `w1 = w0 + w1_offset`: four groups
+/// per iteration of the loop (17 instructions and 16 MACs each), then the two or
+/// one left over.
 ///
 /// # Safety
 ///
@@ -109,118 +162,50 @@ unsafe fn mac_2x2(
     groups: usize,
     acc: &mut [[i32; 2]; 2],
 ) {
-    if groups == 0 {
-        return;
-    }
-    let [[mut a00, mut a01], [mut a10, mut a11]] = *acc;
-    let pairs = groups / 2;
+    let [[a00, a01], [a10, a11]] = *acc;
+    let mut a = [a00, a01, a10, a11];
     let (mut columns, mut w0) = (columns, w0);
-    if pairs > 0 {
-        // SAFETY: the caller guarantees the reads; the loop reads `8 · pairs ≤ 4 · groups`
-        // words from `columns` and `2 · pairs` words from each filter (two groups per
-        // iteration), and writes registers only, r7
+    let fours = groups / 4;
+    // The three blocks read `4 · groups` words from `columns` and `groups` words from
+    // each filter in all, each group's after the one before.
+    if fours > 0 {
+        let end = columns.wrapping_add(16 * fours);
+        // SAFETY: the caller guarantees the reads (the first `16 · fours` words and
+        // `4 · fours` of each filter's); the block writes registers only, r7
         // included (the frame pointer, which LLVM cannot hand out: it is saved on the
         // stack and restored before the block ends; interrupts do not depend on it).
         unsafe {
-            asm!(
-                "push {{r7}}",
-                "2:",
-                // Both channels' weights, widened once: even/odd lanes.
-                "ldr {w1_odd}, [{w0}, {w1_offset}]",
-                "ldr {w0_odd}, [{w0}], #4",
-                "sxtb16 {w1_even}, {w1_odd}",
-                "sxtb16 {w1_odd}, {w1_odd}, ror #8",
-                "sxtb16 r7, {w0_odd}",
-                "sxtb16 {w0_odd}, {w0_odd}, ror #8",
-                // Pixel 0 against both channels, then pixel 1.
-                "ldrd {x_even}, {x_odd}, [{columns}], #8",
-                "smlad {a00}, {x_even}, r7, {a00}",
-                "smlad {a00}, {x_odd}, {w0_odd}, {a00}",
-                "smlad {a01}, {x_even}, {w1_even}, {a01}",
-                "smlad {a01}, {x_odd}, {w1_odd}, {a01}",
-                "ldrd {x_even}, {x_odd}, [{columns}], #8",
-                "smlad {a10}, {x_even}, r7, {a10}",
-                "smlad {a10}, {x_odd}, {w0_odd}, {a10}",
-                "smlad {a11}, {x_even}, {w1_even}, {a11}",
-                "smlad {a11}, {x_odd}, {w1_odd}, {a11}",
-                // The next group (the loop runs two per iteration).
-                "ldr {w1_odd}, [{w0}, {w1_offset}]",
-                "ldr {w0_odd}, [{w0}], #4",
-                "sxtb16 {w1_even}, {w1_odd}",
-                "sxtb16 {w1_odd}, {w1_odd}, ror #8",
-                "sxtb16 r7, {w0_odd}",
-                "sxtb16 {w0_odd}, {w0_odd}, ror #8",
-                "ldrd {x_even}, {x_odd}, [{columns}], #8",
-                "smlad {a00}, {x_even}, r7, {a00}",
-                "smlad {a00}, {x_odd}, {w0_odd}, {a00}",
-                "smlad {a01}, {x_even}, {w1_even}, {a01}",
-                "smlad {a01}, {x_odd}, {w1_odd}, {a01}",
-                "ldrd {x_even}, {x_odd}, [{columns}], #8",
-                "smlad {a10}, {x_even}, r7, {a10}",
-                "smlad {a10}, {x_odd}, {w0_odd}, {a10}",
-                "smlad {a11}, {x_even}, {w1_even}, {a11}",
-                "smlad {a11}, {x_odd}, {w1_odd}, {a11}",
-                "cmp {columns}, {end}",
-                "bne 2b",
-                "pop {{r7}}",
-                columns = inout(reg) columns => columns,
-                w0 = inout(reg) w0 => w0,
-                end = in(reg) columns.wrapping_add(8 * pairs),
-                w1_offset = in(reg) w1_offset,
-                a00 = inout(reg) a00,
-                a01 = inout(reg) a01,
-                a10 = inout(reg) a10,
-                a11 = inout(reg) a11,
-                x_even = out(reg) _,
-                x_odd = out(reg) _,
-                w0_odd = out(reg) _,
-                w1_even = out(reg) _,
-                w1_odd = out(reg) _,
-                options(pure, readonly),
+            mac_asm!(
+                columns => columns,
+                w0 => w0,
+                w1_offset,
+                a,
+                [
+                    "2:",
+                    mac_group!(),
+                    mac_group!(),
+                    mac_group!(),
+                    mac_group!(),
+                    "cmp {columns}, {end}",
+                    "bne 2b"
+                ],
+                end = end
             );
+        }
+    }
+    if groups % 4 >= 2 {
+        // SAFETY: as above, for the next two groups.
+        unsafe {
+            mac_asm!(columns => columns, w0 => w0, w1_offset, a, [mac_group!(), mac_group!()]);
         }
     }
     if groups % 2 == 1 {
-        // SAFETY: as above: the last group, whose words follow the pairs'.
+        // SAFETY: as above, for the last group.
         unsafe {
-            asm!(
-                "push {{r7}}",
-            // Both channels' weights, widened once: even/odd lanes.
-                "ldr {w1_odd}, [{w0}, {w1_offset}]",
-                "ldr {w0_odd}, [{w0}], #4",
-                "sxtb16 {w1_even}, {w1_odd}",
-                "sxtb16 {w1_odd}, {w1_odd}, ror #8",
-                "sxtb16 r7, {w0_odd}",
-                "sxtb16 {w0_odd}, {w0_odd}, ror #8",
-            // Pixel 0 against both channels, then pixel 1.
-                "ldrd {x_even}, {x_odd}, [{columns}], #8",
-                "smlad {a00}, {x_even}, r7, {a00}",
-                "smlad {a00}, {x_odd}, {w0_odd}, {a00}",
-                "smlad {a01}, {x_even}, {w1_even}, {a01}",
-                "smlad {a01}, {x_odd}, {w1_odd}, {a01}",
-                "ldrd {x_even}, {x_odd}, [{columns}], #8",
-                "smlad {a10}, {x_even}, r7, {a10}",
-                "smlad {a10}, {x_odd}, {w0_odd}, {a10}",
-                "smlad {a11}, {x_even}, {w1_even}, {a11}",
-                "smlad {a11}, {x_odd}, {w1_odd}, {a11}",
-                "pop {{r7}}",
-                columns = inout(reg) columns => _,
-                w0 = inout(reg) w0 => _,
-            w1_offset = in(reg) w1_offset,
-                a00 = inout(reg) a00,
-                a01 = inout(reg) a01,
-                a10 = inout(reg) a10,
-                a11 = inout(reg) a11,
-                x_even = out(reg) _,
-                x_odd = out(reg) _,
-                w0_odd = out(reg) _,
-                w1_even = out(reg) _,
-                w1_odd = out(reg) _,
-                options(pure, readonly),
-            );
+            mac_asm!(columns => _, w0 => _, w1_offset, a, [mac_group!()]);
         }
     }
-    *acc = [[a00, a01], [a10, a11]];
+    *acc = [[a[0], a[1]], [a[2], a[3]]];
 }
 
 /// A group of four taps of both pixels, as [`mac_2x2`] reads it: `[even taps of pixel
@@ -232,6 +217,48 @@ type Quad = [u32; 4];
 fn widen(offset: u32, four: &[i8]) -> (u32, u32) {
     let x = word(four);
     (sxtab16_even(offset, x), sxtab16_odd(offset, x))
+}
+
+/// Widens `a` and `b`, runs of a kernel row of both pixels, into `quads` (as
+/// [`widen_pair`] lays them out), as many groups as the shortest holds: two loads, four
+/// `SXTAB16` and four stores a group.
+#[inline(always)]
+fn widen_runs(offset: u32, a: &[i8], b: &[i8], quads: &mut [Quad]) {
+    let groups = quads.len().min(a.len() / 4).min(b.len() / 4);
+    if groups == 0 {
+        return;
+    }
+    let out = quads.as_mut_ptr().cast::<u32>();
+    // SAFETY: the loop reads `4 · groups` bytes of `a` and of `b` (unaligned word
+    // loads, which these cores allow) and writes `groups` quads of `quads`, all within
+    // their slices by the `min` above; it writes registers only otherwise.
+    unsafe {
+        asm!(
+            "2:",
+            "ldr {x}, [{a}], #4",
+            "ldr {y}, [{b}], #4",
+            "sxtab16 {t}, {offset}, {x}",
+            "sxtab16 {x}, {offset}, {x}, ror #8",
+            "str {t}, [{out}]",
+            "sxtab16 {t}, {offset}, {y}",
+            "sxtab16 {y}, {offset}, {y}, ror #8",
+            "str {x}, [{out}, #4]",
+            "str {t}, [{out}, #8]",
+            "str {y}, [{out}, #12]",
+            "add {out}, {out}, #16",
+            "cmp {out}, {end}",
+            "bne 2b",
+            a = inout(reg) a.as_ptr() => _,
+            b = inout(reg) b.as_ptr() => _,
+            out = inout(reg) out => _,
+            end = in(reg) out.wrapping_add(4 * groups),
+            offset = in(reg) offset,
+            x = out(reg) _,
+            y = out(reg) _,
+            t = out(reg) _,
+            options(nostack),
+        );
+    }
 }
 
 /// Widens the windows of output pixels `(oy, ox[0])` and `(oy, ox[1])` into
@@ -267,9 +294,28 @@ fn widen_pair(
         }
     };
     if c_in % 4 == 0 {
-        // Whole groups per tap: widen straight from the input, padding as zero.
-        let mut quads = columns.iter_mut();
-        for ky in 0..shape.kernel_h {
+        // Whole groups per tap: widen straight from the input, padding as zero; a
+        // kernel row that both windows have whole inside the input in one run.
+        let per_row = (shape.kernel_w * c_in / 4).max(1);
+        let whole_rows = ox
+            .iter()
+            .all(|&x| shape.kernel_columns(x) == (0, shape.kernel_w));
+        let rows = columns.chunks_exact_mut(per_row).take(shape.kernel_h);
+        for (ky, row) in rows.enumerate() {
+            let iy = (oy * shape.stride + ky)
+                .checked_sub(shape.pad_top)
+                .filter(|&iy| iy < shape.in_h);
+            if let (Some(iy), true) = (iy, whole_rows) {
+                let run = |x: usize| {
+                    let start = (iy * shape.in_w + x * shape.stride - shape.pad_left) * c_in;
+                    input.get(start..start + shape.kernel_w * c_in)
+                };
+                if let (Some(a), Some(b)) = (run(ox[0]), run(ox[1])) {
+                    widen_runs(offset, a, b, row);
+                    continue;
+                }
+            }
+            let mut quads = row.iter_mut();
             for kx in 0..shape.kernel_w {
                 let taps = quads.by_ref().take(c_in / 4);
                 match (pixel(ky, kx, ox[0]), pixel(ky, kx, ox[1])) {
@@ -438,6 +484,14 @@ fn block_sums(
     let Some(columns) = columns.get(..groups) else {
         return;
     };
+    if window % 4 == 0
+        && channels.len() % 2 == 0
+        && channels.len() <= CHANNEL_BLOCK
+        && channels.end * window <= weights.len()
+    {
+        let weights = &weights[channels.start * window..channels.end * window];
+        return block_sums_by_pairs(columns, weights, window, acc);
+    }
     for co in channels.clone().step_by(2) {
         let pair = [co, (co + 1).min(channels.end - 1)];
         let (first, stride) = if pair[1] * window + padded <= weights.len() {
@@ -465,6 +519,123 @@ fn block_sums(
             row[co - channels.start] = sums[0];
             row[pair[1] - channels.start] = sums[1];
         }
+    }
+}
+
+/// What [`block_sums_by_pairs`]'s outer loop keeps in memory: its registers all serve
+/// the inner loop.
+#[repr(C)]
+struct Sweep {
+    /// The first group of the columns.
+    columns: *const u32,
+    /// The end of the groups taken four at a time.
+    fours_end: *const u32,
+    /// The end of all groups.
+    end: *const u32,
+    /// Where the next channel pair's pixel-0 sums go (pixel 1's `CHANNEL_BLOCK` words
+    /// further).
+    acc: *mut i32,
+    /// Channel pairs left.
+    pairs: usize,
+}
+
+/// [`block_sums`] for an even number of whole filters (`weights`, at most
+/// [`CHANNEL_BLOCK`]) of a window in whole groups (`window` a multiple of four): every
+/// channel pair in one assembly block, which resets the accumulators, runs
+/// [`mac_group`] over the window (four groups per iteration, then one at a time) and
+/// stores the four sums into `acc`, with no Rust code between pairs.
+fn block_sums_by_pairs(
+    columns: &[Quad],
+    weights: &[i8],
+    window: usize,
+    acc: &mut [[i32; CHANNEL_BLOCK]; 2],
+) {
+    let groups = columns.len();
+    let filters = weights.len() / window.max(1);
+    if window != 4 * groups || filters < 2 || filters % 2 == 1 || filters > CHANNEL_BLOCK {
+        return;
+    }
+    let first = columns.as_ptr().cast::<u32>();
+    let mut sweep = Sweep {
+        columns: first,
+        fours_end: first.wrapping_add(16 * (groups / 4)),
+        end: first.wrapping_add(4 * groups),
+        acc: acc.as_mut_ptr().cast::<i32>(),
+        pairs: filters / 2,
+    };
+    const PIXEL_1: usize = 4 * CHANNEL_BLOCK;
+    // SAFETY: for each of the `filters / 2` pairs the block reads the `4 · groups`
+    // words of `columns` (4-byte aligned, as its `u32`s are) and `window = 4 · groups`
+    // bytes of each of the pair's two filters (`w0` and `w0 + window`; unaligned
+    // word loads, which these cores allow), all within `weights` (`filters · window`
+    // bytes); it writes the pair's four sums to `acc[0][2i..2i + 2]` and
+    // `acc[1][2i..2i + 2]` for pair `i < filters / 2 ≤ CHANNEL_BLOCK / 2`, and the
+    // `sweep` it was handed. r7 (the frame pointer, which LLVM cannot hand out) is
+    // saved and restored around the block, as is the pointer to `sweep` it pushes;
+    // the stack is back where it was when the block ends.
+    unsafe {
+        asm!(
+            "push {{r7}}",
+            "push {{{x_even}}}",
+            // A channel pair: the accumulators zeroed, the groups four at a time.
+            "3:",
+            "ldr {x_even}, [sp]",
+            "ldr {columns}, [{x_even}]",
+            "ldr {end}, [{x_even}, #4]",
+            "movs {a00}, #0",
+            "movs {a01}, #0",
+            "movs {a10}, #0",
+            "movs {a11}, #0",
+            "cmp {columns}, {end}",
+            "beq 4f",
+            "2:",
+            mac_group!(),
+            mac_group!(),
+            mac_group!(),
+            mac_group!(),
+            "cmp {columns}, {end}",
+            "bne 2b",
+            // The groups left over, one at a time.
+            "4:",
+            "ldr {x_even}, [sp]",
+            "ldr {end}, [{x_even}, #8]",
+            "cmp {columns}, {end}",
+            "beq 6f",
+            "5:",
+            mac_group!(),
+            "cmp {columns}, {end}",
+            "bne 5b",
+            // The pair's sums stored; `w0`, past the first filter, skips the second.
+            "6:",
+            "ldr {x_even}, [sp]",
+            "ldr {x_odd}, [{x_even}, #12]",
+            "strd {a00}, {a01}, [{x_odd}]",
+            "strd {a10}, {a11}, [{x_odd}, #{pixel_1}]",
+            "adds {x_odd}, {x_odd}, #8",
+            "str {x_odd}, [{x_even}, #12]",
+            "ldr {x_odd}, [{x_even}, #16]",
+            "add {w0}, {w0}, {w1_offset}",
+            "subs {x_odd}, {x_odd}, #1",
+            "str {x_odd}, [{x_even}, #16]",
+            "bne 3b",
+            "add sp, sp, #4",
+            "pop {{r7}}",
+            pixel_1 = const PIXEL_1,
+            columns = out(reg) _,
+            w0 = inout(reg) weights.as_ptr() => _,
+            end = out(reg) _,
+            w1_offset = in(reg) window,
+            a00 = out(reg) _,
+            a01 = out(reg) _,
+            a10 = out(reg) _,
+            a11 = out(reg) _,
+            // Holds the pointer to `sweep` until it is pushed.
+            x_even = inout(reg) &raw mut sweep => _,
+            x_odd = out(reg) _,
+            w0_odd = out(reg) _,
+            w1_even = out(reg) _,
+            w1_odd = out(reg) _,
+        );
     }
 }
 
