@@ -93,18 +93,21 @@ const STAGING_CAPACITY: usize = 160;
 /// first layer's sixteen 3×3×3 filters.
 const STAGING_BYTES: usize = 576;
 
-/// One group of four taps in [`mac_2x2`]'s loop: both channels' weights widened once
-/// (even and odd lanes), then pixel 0 against both channels, then pixel 1: 16 MACs.
+/// One group of four taps in [`mac_2x2`]'s loop, 16 MACs: both channels' weights and
+/// pixel 0's taps loaded in one run (a load after a load takes one cycle, not two),
+/// the weights widened once (even and odd lanes), then pixel 0 against both channels,
+/// then pixel 1.
 macro_rules! mac_group {
     () => {
         concat!(
             "ldr {w1_odd}, [{w0}, {w1_offset}]\n",
             "ldr {w0_odd}, [{w0}], #4\n",
+            "ldr {x_even}, [{columns}], #4\n",
+            "ldr {x_odd}, [{columns}], #4\n",
             "sxtb16 {w1_even}, {w1_odd}\n",
             "sxtb16 {w1_odd}, {w1_odd}, ror #8\n",
             "sxtb16 r7, {w0_odd}\n",
             "sxtb16 {w0_odd}, {w0_odd}, ror #8\n",
-            "ldrd {x_even}, {x_odd}, [{columns}], #8\n",
             "smlad {a00}, {x_even}, r7, {a00}\n",
             "smlad {a00}, {x_odd}, {w0_odd}, {a00}\n",
             "smlad {a01}, {x_even}, {w1_even}, {a01}\n",
