@@ -184,6 +184,7 @@ unsafe fn mac_2x2(
                 w1_offset,
                 a,
                 [
+                    ".p2align 2",
                     "2:",
                     mac_group!(),
                     mac_group!(),
@@ -237,6 +238,7 @@ fn widen_runs(offset: u32, a: &[i8], b: &[i8], quads: &mut [Quad]) {
     // their slices by the `min` above; it writes registers only otherwise.
     unsafe {
         asm!(
+            ".p2align 2",
             "2:",
             "ldr {x}, [{a}], #4",
             "ldr {y}, [{b}], #4",
@@ -408,11 +410,26 @@ fn widen_pair_padded(
 ) {
     let c_in = shape.in_c;
     let groups = c_in.div_ceil(4);
+    let whole_rows =
+        groups == 1 && ox.iter().all(|&x| shape.kernel_columns(x) == (0, shape.kernel_w));
     let mut quad = 0;
     for ky in 0..shape.kernel_h {
         let iy = (oy * shape.stride + ky)
             .checked_sub(shape.pad_top)
             .filter(|&iy| iy < shape.in_h);
+        if let (Some(iy), true) = (iy, whole_rows) {
+            // Both windows' kernel rows inside the input: a word per tap, in one run.
+            let run = |x: usize| {
+                let start = (iy * shape.in_w + x * shape.stride - shape.pad_left) * c_in;
+                input.get(start..start + (shape.kernel_w - 1) * c_in + 4)
+            };
+            let quads = columns.get_mut(quad..quad + shape.kernel_w);
+            if let (Some(a), Some(b), Some(quads)) = (run(ox[0]), run(ox[1]), quads) {
+                widen_strided(offset, a, b, c_in, quads);
+                quad += shape.kernel_w;
+                continue;
+            }
+        }
         for kx in 0..shape.kernel_w {
             // Where the input pixel under tap (ky, kx) of each output pixel starts, or
             // None in the padding.
@@ -435,6 +452,55 @@ fn widen_pair_padded(
                 quad += 1;
             }
         }
+    }
+}
+
+/// Widens one word of each of `a` and `b` per quad of `quads`, the words `step` bytes
+/// apart (a kernel row's taps of up to four channels), as [`widen_pair`] lays them out:
+/// two loads, four `SXTAB16` and four stores a tap. Nothing if `a` or `b` is shorter
+/// than the last word's end.
+#[inline(always)]
+fn widen_strided(offset: u32, a: &[i8], b: &[i8], step: usize, quads: &mut [Quad]) {
+    let Some(last) = quads.len().checked_sub(1) else {
+        return;
+    };
+    if a.len().min(b.len()) < last * step + 4 {
+        return;
+    }
+    let out = quads.as_mut_ptr().cast::<u32>();
+    // SAFETY: the loop reads the words at `t · step` of `a` and of `b` for `t ≤ last`,
+    // within both slices as checked above (unaligned word loads, which these cores
+    // allow), and writes the `last + 1` quads of `quads`; registers otherwise.
+    unsafe {
+        asm!(
+            ".p2align 2",
+            "2:",
+            "ldr {x}, [{a}]",
+            "ldr {y}, [{b}]",
+            "add {a}, {a}, {step}",
+            "add {b}, {b}, {step}",
+            "sxtab16 {t}, {offset}, {x}",
+            "sxtab16 {x}, {offset}, {x}, ror #8",
+            "str {t}, [{out}]",
+            "sxtab16 {t}, {offset}, {y}",
+            "sxtab16 {y}, {offset}, {y}, ror #8",
+            "str {x}, [{out}, #4]",
+            "str {t}, [{out}, #8]",
+            "str {y}, [{out}, #12]",
+            "add {out}, {out}, #16",
+            "cmp {out}, {end}",
+            "bne 2b",
+            a = inout(reg) a.as_ptr() => _,
+            b = inout(reg) b.as_ptr() => _,
+            out = inout(reg) out => _,
+            end = in(reg) out.wrapping_add(4 * quads.len()),
+            step = in(reg) step,
+            offset = in(reg) offset,
+            x = out(reg) _,
+            y = out(reg) _,
+            t = out(reg) _,
+            options(nostack),
+        );
     }
 }
 
@@ -581,6 +647,7 @@ fn block_sums_by_pairs(
             "push {{r7}}",
             "push {{{x_even}}}",
             // A channel pair: the accumulators zeroed, the groups four at a time.
+            ".p2align 2",
             "3:",
             "ldr {x_even}, [sp]",
             "ldr {columns}, [{x_even}]",
@@ -591,6 +658,7 @@ fn block_sums_by_pairs(
             "movs {a11}, #0",
             "cmp {columns}, {end}",
             "beq 4f",
+            ".p2align 2",
             "2:",
             mac_group!(),
             mac_group!(),
@@ -604,6 +672,7 @@ fn block_sums_by_pairs(
             "ldr {end}, [{x_even}, #8]",
             "cmp {columns}, {end}",
             "beq 6f",
+            ".p2align 2",
             "5:",
             mac_group!(),
             "cmp {columns}, {end}",
