@@ -223,6 +223,43 @@ fn widen(offset: u32, four: &[i8]) -> (u32, u32) {
     (sxtab16_even(offset, x), sxtab16_odd(offset, x))
 }
 
+/// Widens `source`, a run of one pixel's kernel row, into lanes `2 · pixel` and
+/// `2 · pixel + 1` of `quads` (as [`widen_pair`] lays them out), as many groups as the
+/// shorter holds: one load, two `SXTAB16` and two stores a group.
+#[inline(always)]
+fn widen_run(offset: u32, source: &[i8], quads: &mut [Quad], pixel: usize) {
+    let groups = quads.len().min(source.len() / 4);
+    if groups == 0 || pixel > 1 {
+        return;
+    }
+    let out = quads.as_mut_ptr().cast::<u32>();
+    // SAFETY: the loop reads `4 · groups` bytes of `source` (unaligned word loads,
+    // which these cores allow) and writes words `2 · pixel` and `2 · pixel + 1` of
+    // `groups` quads of `quads`, all within their slices by the `min` above; it writes
+    // registers only otherwise.
+    unsafe {
+        asm!(
+            ".p2align 2",
+            "2:",
+            "ldr {x}, [{source}], #4",
+            "sxtab16 {t}, {offset}, {x}",
+            "sxtab16 {x}, {offset}, {x}, ror #8",
+            "str {t}, [{out}]",
+            "str {x}, [{out}, #4]",
+            "add {out}, {out}, #16",
+            "cmp {out}, {end}",
+            "bne 2b",
+            source = inout(reg) source.as_ptr() => _,
+            out = inout(reg) out.wrapping_add(2 * pixel) => _,
+            end = in(reg) out.wrapping_add(2 * pixel + 4 * groups),
+            offset = in(reg) offset,
+            x = out(reg) _,
+            t = out(reg) _,
+            options(nostack),
+        );
+    }
+}
+
 /// Widens `a` and `b`, runs of a kernel row of both pixels, into `quads` (as
 /// [`widen_pair`] lays them out), as many groups as the shortest holds: two loads, four
 /// `SXTAB16` and four stores a group.
@@ -300,8 +337,10 @@ fn widen_pair(
     };
     if c_in % 4 == 0 {
         // Whole groups per tap: widen straight from the input, padding as zero; a
-        // kernel row that both windows have whole inside the input in one run.
-        let per_row = (shape.kernel_w * c_in / 4).max(1);
+        // kernel row that both windows have whole inside the input in one run, else
+        // each pixel's part of it inside the input in a run of its own.
+        let per_tap = c_in / 4;
+        let per_row = (shape.kernel_w * per_tap).max(1);
         let whole_rows = ox
             .iter()
             .all(|&x| shape.kernel_columns(x) == (0, shape.kernel_w));
@@ -310,40 +349,36 @@ fn widen_pair(
             let iy = (oy * shape.stride + ky)
                 .checked_sub(shape.pad_top)
                 .filter(|&iy| iy < shape.in_h);
-            if let (Some(iy), true) = (iy, whole_rows) {
-                let run = |x: usize| {
-                    let start = (iy * shape.in_w + x * shape.stride - shape.pad_left) * c_in;
-                    input.get(start..start + shape.kernel_w * c_in)
-                };
-                if let (Some(a), Some(b)) = (run(ox[0]), run(ox[1])) {
+            let Some(iy) = iy else {
+                row.fill([0; 4]);
+                continue;
+            };
+            let run = |x: usize, first: usize, end: usize| {
+                let start = (iy * shape.in_w + x * shape.stride + first - shape.pad_left) * c_in;
+                input.get(start..start + (end - first) * c_in)
+            };
+            if whole_rows {
+                if let (Some(a), Some(b)) =
+                    (run(ox[0], 0, shape.kernel_w), run(ox[1], 0, shape.kernel_w))
+                {
                     widen_runs(offset, a, b, row);
                     continue;
                 }
             }
-            let mut quads = row.iter_mut();
-            for kx in 0..shape.kernel_w {
-                let taps = quads.by_ref().take(c_in / 4);
-                match (pixel(ky, kx, ox[0]), pixel(ky, kx, ox[1])) {
-                    (Some(a), Some(b)) => {
-                        for (quad, (a, b)) in taps.zip(a.chunks_exact(4).zip(b.chunks_exact(4))) {
-                            let ((a_even, a_odd), (b_even, b_odd)) =
-                                (widen(offset, a), widen(offset, b));
-                            *quad = [a_even, a_odd, b_even, b_odd];
-                        }
-                    }
-                    (Some(a), None) => {
-                        for (quad, a) in taps.zip(a.chunks_exact(4)) {
-                            let (a_even, a_odd) = widen(offset, a);
-                            *quad = [a_even, a_odd, 0, 0];
-                        }
-                    }
-                    (None, Some(b)) => {
-                        for (quad, b) in taps.zip(b.chunks_exact(4)) {
-                            let (b_even, b_odd) = widen(offset, b);
-                            *quad = [0, 0, b_even, b_odd];
-                        }
-                    }
-                    (None, None) => taps.for_each(|quad| *quad = [0; 4]),
+            for (pixel, &x) in ox.iter().enumerate() {
+                let (first, end) = shape.kernel_columns(x);
+                let end = end.max(first);
+                let lanes = 2 * pixel..2 * pixel + 2;
+                let (inside, after) = row.split_at_mut((end * per_tap).min(row.len()));
+                let (before, inside) = inside.split_at_mut((first * per_tap).min(inside.len()));
+                for quad in before.iter_mut().chain(after) {
+                    quad[lanes.clone()].fill(0);
+                }
+                match run(x, first, end) {
+                    Some(source) => widen_run(offset, source, inside, pixel),
+                    None => inside
+                        .iter_mut()
+                        .for_each(|quad| quad[lanes.clone()].fill(0)),
                 }
             }
         }
@@ -410,8 +445,10 @@ fn widen_pair_padded(
 ) {
     let c_in = shape.in_c;
     let groups = c_in.div_ceil(4);
-    let whole_rows =
-        groups == 1 && ox.iter().all(|&x| shape.kernel_columns(x) == (0, shape.kernel_w));
+    let whole_rows = groups == 1
+        && ox
+            .iter()
+            .all(|&x| shape.kernel_columns(x) == (0, shape.kernel_w));
     let mut quad = 0;
     for ky in 0..shape.kernel_h {
         let iy = (oy * shape.stride + ky)
