@@ -5,14 +5,23 @@
 //! buffer on the stack (im2col): `x − zero_point` as 16-bit lanes, four taps at a time
 //! as `[even taps of pixel 0, odd taps of pixel 0, even of pixel 1, odd of pixel 1]`
 //! (`SXTAB16` widens bytes 0 and 2, then 1 and 3, adding `−zero_point` on the way),
-//! padding as zero. Each pair of output channels then runs one assembly loop over the
-//! window: a weight word is widened with `SXTB16` in the same even/odd order and
-//! `SMLAD` multiplies both lanes and accumulates: 17 instructions for 16 MACs (two
-//! column groups per iteration), with every input widened once per pixel pair and
-//! every weight once per pixel pair, in the 13 registers inline assembly may use and
-//! r7, saved and restored around the loop. The column buffer costs
-//! [`COLUMN_WORDS`] × 4 bytes of stack; larger windows (and zero points outside
-//! int8) go to the portable kernel.
+//! padding as zero, a kernel row inside the input in one assembly run. A first layer
+//! whose channels are not a multiple of four (an image's three) has its filters padded
+//! to four channels per tap once per call, and each tap is then read as one word.
+//!
+//! One assembly block then runs every pair of output channels of a block: for each, a
+//! loop over the window where a weight word is widened with `SXTB16` in the same
+//! even/odd order and `SMLAD` multiplies both lanes and accumulates, 17 instructions
+//! for 16 MACs per group of four taps (four groups per iteration), with every input
+//! widened once per pixel pair and every weight once per pixel pair, in the 13
+//! registers inline assembly may use and r7, saved and restored around the block.
+//! Loops start word-aligned (a taken branch to a 32-bit instruction that is not costs
+//! the M4 a cycle more). The column buffer costs [`COLUMN_WORDS`] × 4 bytes of stack;
+//! larger windows (and zero points outside int8) go to the portable kernel.
+//!
+//! The row finish requantizes with one `SMLAL` per output and saturates with `SSAT`
+//! where the output range is the whole of int8; a residual add runs as a second pass
+//! over the requantized row.
 //!
 //! Accumulation wraps in 32 bits like the portable kernel's (`SMLAD` writes the
 //! wrapped sum; it only sets the sticky Q flag, which nothing reads), so the results
@@ -148,9 +157,10 @@ macro_rules! mac_asm {
 }
 
 /// `acc[c][p] += Σ col_p[k]·w_c[k]` over `groups` groups of four taps, with
-/// `columns` as laid out by [`widen_pair`] and `w1 = w0 + w1_offset`: four groups
-/// per iteration of the loop (17 instructions and 16 MACs each), then the two or
-/// one left over.
+/// `columns` as laid out by [`widen_pair`] and `w1 = w0 + w1_offset`: two groups per
+/// iteration of the loop (17 instructions and 16 MACs each), then the one left over.
+/// [`block_sums_by_pairs`] runs the common case; this one serves odd channel counts
+/// and windows rounded up to whole groups.
 ///
 /// # Safety
 ///
@@ -168,13 +178,13 @@ unsafe fn mac_2x2(
     let [[a00, a01], [a10, a11]] = *acc;
     let mut a = [a00, a01, a10, a11];
     let (mut columns, mut w0) = (columns, w0);
-    let fours = groups / 4;
-    // The three blocks read `4 · groups` words from `columns` and `groups` words from
+    let pairs = groups / 2;
+    // The two blocks read `4 · groups` words from `columns` and `groups` words from
     // each filter in all, each group's after the one before.
-    if fours > 0 {
-        let end = columns.wrapping_add(16 * fours);
-        // SAFETY: the caller guarantees the reads (the first `16 · fours` words and
-        // `4 · fours` of each filter's); the block writes registers only, r7
+    if pairs > 0 {
+        let end = columns.wrapping_add(8 * pairs);
+        // SAFETY: the caller guarantees the reads (the first `8 · pairs` words and
+        // `2 · pairs` of each filter's); the block writes registers only, r7
         // included (the frame pointer, which LLVM cannot hand out: it is saved on the
         // stack and restored before the block ends; interrupts do not depend on it).
         unsafe {
@@ -188,19 +198,11 @@ unsafe fn mac_2x2(
                     "2:",
                     mac_group!(),
                     mac_group!(),
-                    mac_group!(),
-                    mac_group!(),
                     "cmp {columns}, {end}",
                     "bne 2b"
                 ],
                 end = end
             );
-        }
-    }
-    if groups % 4 >= 2 {
-        // SAFETY: as above, for the next two groups.
-        unsafe {
-            mac_asm!(columns => columns, w0 => w0, w1_offset, a, [mac_group!(), mac_group!()]);
         }
     }
     if groups % 2 == 1 {
