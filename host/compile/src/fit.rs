@@ -39,8 +39,8 @@ const CORTEX_M4F: Core = Core {
     target: "thumbv7em-none-eabihf",
     rustflags: "",
     kernel: "cortex-m-dsp",
-    engine_text: 39_992,
-    stack: 11_264,
+    engine_text: 43_124,
+    stack: 11_520,
 };
 const CORTEX_M7: Core = Core {
     name: "Cortex-M7",
@@ -51,8 +51,8 @@ const CORTEX_M33: Core = Core {
     target: "thumbv8m.main-none-eabihf",
     rustflags: "-C target-cpu=cortex-m33",
     kernel: "cortex-m-dsp",
-    engine_text: 40_964,
-    stack: 11_008,
+    engine_text: 44_508,
+    stack: 11_264,
 };
 const CORTEX_M55: Core = Core {
     name: "Cortex-M55",
