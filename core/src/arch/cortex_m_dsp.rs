@@ -262,6 +262,89 @@ fn widen_run(offset: u32, source: &[i8], quads: &mut [Quad], pixel: usize) {
     }
 }
 
+/// Two windows' place in the input for [`widen_windows`].
+struct InputWindow {
+    /// Bytes from one kernel row to the next: an input row.
+    row_step: usize,
+    /// Groups of four bytes in a kernel row.
+    row_groups: usize,
+    /// Kernel rows.
+    rows: usize,
+}
+
+/// Widens the windows that start at `starts` in `input`, both whole inside it, into
+/// `quads` as [`widen_pair`] lays them out: every kernel row in one assembly block
+/// (two loads, four `SXTAB16` and four stores a group). False, having written
+/// nothing, if a window runs past `input` or the quads do not hold it.
+#[inline(always)]
+fn widen_windows(
+    offset: u32,
+    input: &[i8],
+    starts: [usize; 2],
+    window: &InputWindow,
+    quads: &mut [Quad],
+) -> bool {
+    let row_bytes = 4 * window.row_groups;
+    let span = (window.rows.saturating_sub(1)) * window.row_step + row_bytes;
+    let fits = |start: usize| {
+        start
+            .checked_add(span)
+            .is_some_and(|end| end <= input.len())
+    };
+    if window.rows == 0
+        || window.row_groups == 0
+        || window.row_step < row_bytes
+        || !fits(starts[0])
+        || !fits(starts[1])
+        || window.rows * window.row_groups > quads.len()
+    {
+        return false;
+    }
+    let base = input.as_ptr();
+    // SAFETY: for each of `rows` kernel rows the loop reads `row_bytes` bytes at `start
+    // + row · row_step` for both starts, all within `input` (`span` checked above;
+    // unaligned word loads, which these cores allow), and writes `rows · row_groups ≤
+    // quads.len()` quads of `quads` in order; registers otherwise.
+    unsafe {
+        asm!(
+            ".p2align 2",
+            "3:",
+            "mov {count}, {row_groups}",
+            "2:",
+            "ldr {x}, [{a}], #4",
+            "ldr {y}, [{b}], #4",
+            "sxtab16 {t}, {offset}, {x}",
+            "sxtab16 {x}, {offset}, {x}, ror #8",
+            "str {t}, [{out}]",
+            "sxtab16 {t}, {offset}, {y}",
+            "sxtab16 {y}, {offset}, {y}, ror #8",
+            "str {x}, [{out}, #4]",
+            "str {t}, [{out}, #8]",
+            "str {y}, [{out}, #12]",
+            "add {out}, {out}, #16",
+            "subs {count}, {count}, #1",
+            "bne 2b",
+            "add {a}, {a}, {skip}",
+            "add {b}, {b}, {skip}",
+            "subs {rows}, {rows}, #1",
+            "bne 3b",
+            a = inout(reg) base.wrapping_add(starts[0]) => _,
+            b = inout(reg) base.wrapping_add(starts[1]) => _,
+            out = inout(reg) quads.as_mut_ptr() => _,
+            rows = inout(reg) window.rows => _,
+            row_groups = in(reg) window.row_groups,
+            skip = in(reg) window.row_step - row_bytes,
+            offset = in(reg) offset,
+            count = out(reg) _,
+            x = out(reg) _,
+            y = out(reg) _,
+            t = out(reg) _,
+            options(nostack),
+        );
+    }
+    true
+}
+
 /// Widens `a` and `b`, runs of a kernel row of both pixels, into `quads` (as
 /// [`widen_pair`] lays them out), as many groups as the shortest holds: two loads, four
 /// `SXTAB16` and four stores a group.
@@ -346,6 +429,24 @@ fn widen_pair(
         let whole_rows = ox
             .iter()
             .all(|&x| shape.kernel_columns(x) == (0, shape.kernel_w));
+        if whole_rows {
+            if let Some(iy) = (oy * shape.stride)
+                .checked_sub(shape.pad_top)
+                .filter(|&iy| iy + shape.kernel_h <= shape.in_h)
+            {
+                // Both windows whole inside the input: one assembly block.
+                let [a, b] =
+                    ox.map(|x| (iy * shape.in_w + x * shape.stride - shape.pad_left) * c_in);
+                let window = InputWindow {
+                    row_step: shape.in_w * c_in,
+                    row_groups: per_row,
+                    rows: shape.kernel_h,
+                };
+                if widen_windows(offset, input, [a, b], &window, columns) {
+                    return;
+                }
+            }
+        }
         let rows = columns.chunks_exact_mut(per_row).take(shape.kernel_h);
         for (ky, row) in rows.enumerate() {
             let iy = (oy * shape.stride + ky)
