@@ -731,6 +731,71 @@ fn block_sums(
     }
 }
 
+/// [`block_sums_by_pairs`]'s assembly block, with `$leftover` (assembly text) run
+/// after each pair's loop over the groups four at a time: for each channel pair, the
+/// accumulators zeroed, the groups, the four sums stored. `$sweep` holds the outer
+/// loop's state; the pointer to it stays in `x_even` where the loop does not use it,
+/// and on the stack.
+macro_rules! pairs_asm {
+    ($sweep:ident, $weights:ident, $window:ident, [$($leftover:expr),*]) => {
+        asm!(
+            "push {{r7}}",
+            "push {{{x_even}}}",
+            ".p2align 2",
+            "3:",
+            "ldr {columns}, [{x_even}]",
+            "ldr {end}, [{x_even}, #4]",
+            "movs {a00}, #0",
+            "movs {a01}, #0",
+            "movs {a10}, #0",
+            "movs {a11}, #0",
+            "cmp {columns}, {end}",
+            "beq 4f",
+            ".p2align 2",
+            "2:",
+            mac_group!(),
+            mac_group!(),
+            mac_group!(),
+            mac_group!(),
+            "cmp {columns}, {end}",
+            "bne 2b",
+            "4:",
+            $($leftover,)*
+            // The pair's sums stored; `w0`, past the first filter, skips the second.
+            "ldr {x_even}, [sp]",
+            "ldr {x_odd}, [{x_even}, #12]",
+            "str {a00}, [{x_odd}]",
+            "str {a01}, [{x_odd}, #4]",
+            "str {a10}, [{x_odd}, #{pixel_1}]",
+            "str {a11}, [{x_odd}, #{pixel_1_next}]",
+            "adds {x_odd}, {x_odd}, #8",
+            "str {x_odd}, [{x_even}, #12]",
+            "ldr {x_odd}, [{x_even}, #16]",
+            "add {w0}, {w0}, {w1_offset}",
+            "subs {x_odd}, {x_odd}, #1",
+            "str {x_odd}, [{x_even}, #16]",
+            "bne 3b",
+            "add sp, sp, #4",
+            "pop {{r7}}",
+            pixel_1 = const 4 * CHANNEL_BLOCK,
+            pixel_1_next = const 4 * CHANNEL_BLOCK + 4,
+            columns = out(reg) _,
+            w0 = inout(reg) $weights.as_ptr() => _,
+            end = out(reg) _,
+            w1_offset = in(reg) $window,
+            a00 = out(reg) _,
+            a01 = out(reg) _,
+            a10 = out(reg) _,
+            a11 = out(reg) _,
+            x_even = inout(reg) &raw mut $sweep => _,
+            x_odd = out(reg) _,
+            w0_odd = out(reg) _,
+            w1_even = out(reg) _,
+            w1_odd = out(reg) _,
+        )
+    };
+}
+
 /// What [`block_sums_by_pairs`]'s outer loop keeps in memory: its registers all serve
 /// the inner loop.
 #[repr(C)]
@@ -772,7 +837,6 @@ fn block_sums_by_pairs(
         acc: acc.as_mut_ptr().cast::<i32>(),
         pairs: filters / 2,
     };
-    const PIXEL_1: usize = 4 * CHANNEL_BLOCK;
     // SAFETY: for each of the `filters / 2` pairs the block reads the `4 · groups`
     // words of `columns` (4-byte aligned, as its `u32`s are) and `window = 4 · groups`
     // bytes of each of the pair's two filters (`w0` and `w0 + window`; unaligned
@@ -781,73 +845,31 @@ fn block_sums_by_pairs(
     // `acc[1][2i..2i + 2]` for pair `i < filters / 2 ≤ CHANNEL_BLOCK / 2`, and the
     // `sweep` it was handed. r7 (the frame pointer, which LLVM cannot hand out) is
     // saved and restored around the block, as is the pointer to `sweep` it pushes;
-    // the stack is back where it was when the block ends.
+    // the stack is back where it was when the block ends. A window of at least four
+    // groups, a multiple of four, skips the leftover loop (`groups % 4 == 0` there).
     unsafe {
-        asm!(
-            "push {{r7}}",
-            "push {{{x_even}}}",
-            // A channel pair: the accumulators zeroed, the groups four at a time.
-            ".p2align 2",
-            "3:",
-            "ldr {x_even}, [sp]",
-            "ldr {columns}, [{x_even}]",
-            "ldr {end}, [{x_even}, #4]",
-            "movs {a00}, #0",
-            "movs {a01}, #0",
-            "movs {a10}, #0",
-            "movs {a11}, #0",
-            "cmp {columns}, {end}",
-            "beq 4f",
-            ".p2align 2",
-            "2:",
-            mac_group!(),
-            mac_group!(),
-            mac_group!(),
-            mac_group!(),
-            "cmp {columns}, {end}",
-            "bne 2b",
-            // The groups left over, one at a time.
-            "4:",
-            "ldr {x_even}, [sp]",
-            "ldr {end}, [{x_even}, #8]",
-            "cmp {columns}, {end}",
-            "beq 6f",
-            ".p2align 2",
-            "5:",
-            mac_group!(),
-            "cmp {columns}, {end}",
-            "bne 5b",
-            // The pair's sums stored; `w0`, past the first filter, skips the second.
-            "6:",
-            "ldr {x_even}, [sp]",
-            "ldr {x_odd}, [{x_even}, #12]",
-            "strd {a00}, {a01}, [{x_odd}]",
-            "strd {a10}, {a11}, [{x_odd}, #{pixel_1}]",
-            "adds {x_odd}, {x_odd}, #8",
-            "str {x_odd}, [{x_even}, #12]",
-            "ldr {x_odd}, [{x_even}, #16]",
-            "add {w0}, {w0}, {w1_offset}",
-            "subs {x_odd}, {x_odd}, #1",
-            "str {x_odd}, [{x_even}, #16]",
-            "bne 3b",
-            "add sp, sp, #4",
-            "pop {{r7}}",
-            pixel_1 = const PIXEL_1,
-            columns = out(reg) _,
-            w0 = inout(reg) weights.as_ptr() => _,
-            end = out(reg) _,
-            w1_offset = in(reg) window,
-            a00 = out(reg) _,
-            a01 = out(reg) _,
-            a10 = out(reg) _,
-            a11 = out(reg) _,
-            // Holds the pointer to `sweep` until it is pushed.
-            x_even = inout(reg) &raw mut sweep => _,
-            x_odd = out(reg) _,
-            w0_odd = out(reg) _,
-            w1_even = out(reg) _,
-            w1_odd = out(reg) _,
-        );
+        if groups % 4 == 0 {
+            pairs_asm!(sweep, weights, window, []);
+        } else {
+            pairs_asm!(
+                sweep,
+                weights,
+                window,
+                [
+                    // The groups left over, one at a time.
+                    "ldr {x_even}, [sp]",
+                    "ldr {end}, [{x_even}, #8]",
+                    "cmp {columns}, {end}",
+                    "beq 6f",
+                    ".p2align 2",
+                    "5:",
+                    mac_group!(),
+                    "cmp {columns}, {end}",
+                    "bne 5b",
+                    "6:"
+                ]
+            );
+        }
     }
 }
 
