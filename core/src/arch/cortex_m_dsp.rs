@@ -990,7 +990,7 @@ impl Rescale {
     }
 }
 
-/// `value + zero_point` clamped to `min..=max` (within `-128..=127`), as the portable
+/// `value + zero_point` clamped to `min..=max` and cast to int8, as the portable
 /// kernel finishes an output: with `FULL_RANGE` (`min` −128, `max` 127: no ReLU, or a
 /// ReLU whose zero is −128) one `SSAT`.
 #[inline(always)]
@@ -1063,9 +1063,10 @@ fn add_row<const FULL_RANGE: bool>(
     }
 }
 
-/// Whether a layer's output range is the whole of int8 (see [`to_i8`]).
+/// Whether a layer's output range is exactly the whole of int8 (see [`to_i8`]; a
+/// wider range clamps, then wraps in `as i8`, as the portable kernel does).
 fn full_range(min: i32, max: i32) -> bool {
-    min <= -128 && max >= 127
+    min == -128 && max == 127
 }
 
 /// [`finish_row_scalar`] for a layer that [`finish_row_dsp_applies`] to: the same
