@@ -38,39 +38,49 @@ use crate::error::Error;
 use crate::kernels::{self, ConvShape, Requantize, Shortcut};
 use crate::quant::AddTables;
 
-/// Bytes 0 and 2 of `x`, sign-extended, each added to the 16-bit lanes of `offset`.
-#[inline(always)]
-fn sxtab16_even(offset: u32, x: u32) -> u32 {
-    let result;
-    // SAFETY: SXTAB16 reads and writes registers only; the DSP extension is present
-    // (this module is compiled for `tinyres_arm_dsp` targets only, see build.rs).
-    unsafe {
-        asm!(
-            "sxtab16 {r}, {o}, {x}",
-            r = lateout(reg) result,
-            o = in(reg) offset,
-            x = in(reg) x,
-            options(pure, nomem, nostack, preserves_flags),
-        );
-    }
-    result
+/// Defines a function that runs one register-only instruction, `$template` with
+/// operands `{a}`, `{b}` and the result `{r}`.
+macro_rules! one_instruction {
+    ($(#[$doc:meta])* fn $name:ident($a:ident: $ta:ty, $b:ident: $tb:ty) -> $r:ty = $template:literal) => {
+        $(#[$doc])*
+        #[inline(always)]
+        fn $name($a: $ta, $b: $tb) -> $r {
+            let result;
+            // SAFETY: one instruction that reads and writes registers only; the DSP
+            // extension is present (this module is compiled for `tinyres_arm_dsp`
+            // targets only, see build.rs).
+            unsafe {
+                asm!(
+                    $template,
+                    r = lateout(reg) result,
+                    a = in(reg) $a,
+                    b = in(reg) $b,
+                    options(pure, nomem, nostack, preserves_flags),
+                );
+            }
+            result
+        }
+    };
 }
 
-/// Bytes 1 and 3 of `x`, sign-extended, each added to the 16-bit lanes of `offset`.
-#[inline(always)]
-fn sxtab16_odd(offset: u32, x: u32) -> u32 {
-    let result;
-    // SAFETY: register-only DSP instruction, as for `sxtab16_even`.
-    unsafe {
-        asm!(
-            "sxtab16 {r}, {o}, {x}, ror #8",
-            r = lateout(reg) result,
-            o = in(reg) offset,
-            x = in(reg) x,
-            options(pure, nomem, nostack, preserves_flags),
-        );
-    }
-    result
+one_instruction! {
+    /// Bytes 0 and 2 of `x`, sign-extended, each added to the 16-bit lanes of `offset`.
+    fn sxtab16_even(offset: u32, x: u32) -> u32 = "sxtab16 {r}, {a}, {b}"
+}
+
+one_instruction! {
+    /// Bytes 1 and 3 of `x`, sign-extended, each added to the 16-bit lanes of `offset`.
+    fn sxtab16_odd(offset: u32, x: u32) -> u32 = "sxtab16 {r}, {a}, {b}, ror #8"
+}
+
+one_instruction! {
+    /// `x << n` for `n` in `0..=31`: one `LSL` by register (Rust's `<<` masks `n` first).
+    fn lsl(x: i32, n: u32) -> i32 = "lsl {r}, {a}, {b}"
+}
+
+one_instruction! {
+    /// `x >> n` (arithmetic) for `n` in `0..=31`: one `ASR` by register.
+    fn asr(x: i32, n: u32) -> i32 = "asr {r}, {a}, {b}"
 }
 
 /// Four int8 values as a little-endian word (one unaligned `LDR`).
@@ -262,6 +272,24 @@ fn widen_run(offset: u32, source: &[i8], quads: &mut [Quad], pixel: usize) {
     }
 }
 
+/// Widens the words `{x}` (pixel 0) and `{y}` (pixel 1) with `{offset}` into the quad
+/// at `{out}` and advances `{out}` past it: four `SXTAB16` and four stores.
+macro_rules! widen_store {
+    () => {
+        concat!(
+            "sxtab16 {t}, {offset}, {x}\n",
+            "sxtab16 {x}, {offset}, {x}, ror #8\n",
+            "str {t}, [{out}]\n",
+            "sxtab16 {t}, {offset}, {y}\n",
+            "sxtab16 {y}, {offset}, {y}, ror #8\n",
+            "str {x}, [{out}, #4]\n",
+            "str {t}, [{out}, #8]\n",
+            "str {y}, [{out}, #12]\n",
+            "add {out}, {out}, #16\n",
+        )
+    };
+}
+
 /// Two windows' place in the input for [`widen_windows`].
 struct InputWindow {
     /// Bytes from one kernel row to the next: an input row.
@@ -313,15 +341,7 @@ fn widen_windows(
             "2:",
             "ldr {x}, [{a}], #4",
             "ldr {y}, [{b}], #4",
-            "sxtab16 {t}, {offset}, {x}",
-            "sxtab16 {x}, {offset}, {x}, ror #8",
-            "str {t}, [{out}]",
-            "sxtab16 {t}, {offset}, {y}",
-            "sxtab16 {y}, {offset}, {y}, ror #8",
-            "str {x}, [{out}, #4]",
-            "str {t}, [{out}, #8]",
-            "str {y}, [{out}, #12]",
-            "add {out}, {out}, #16",
+            widen_store!(),
             "subs {count}, {count}, #1",
             "bne 2b",
             "add {a}, {a}, {skip}",
@@ -343,49 +363,6 @@ fn widen_windows(
         );
     }
     true
-}
-
-/// Widens `a` and `b`, runs of a kernel row of both pixels, into `quads` (as
-/// [`widen_pair`] lays them out), as many groups as the shortest holds: two loads, four
-/// `SXTAB16` and four stores a group.
-#[inline(always)]
-fn widen_runs(offset: u32, a: &[i8], b: &[i8], quads: &mut [Quad]) {
-    let groups = quads.len().min(a.len() / 4).min(b.len() / 4);
-    if groups == 0 {
-        return;
-    }
-    let out = quads.as_mut_ptr().cast::<u32>();
-    // SAFETY: the loop reads `4 · groups` bytes of `a` and of `b` (unaligned word
-    // loads, which these cores allow) and writes `groups` quads of `quads`, all within
-    // their slices by the `min` above; it writes registers only otherwise.
-    unsafe {
-        asm!(
-            ".p2align 2",
-            "2:",
-            "ldr {x}, [{a}], #4",
-            "ldr {y}, [{b}], #4",
-            "sxtab16 {t}, {offset}, {x}",
-            "sxtab16 {x}, {offset}, {x}, ror #8",
-            "str {t}, [{out}]",
-            "sxtab16 {t}, {offset}, {y}",
-            "sxtab16 {y}, {offset}, {y}, ror #8",
-            "str {x}, [{out}, #4]",
-            "str {t}, [{out}, #8]",
-            "str {y}, [{out}, #12]",
-            "add {out}, {out}, #16",
-            "cmp {out}, {end}",
-            "bne 2b",
-            a = inout(reg) a.as_ptr() => _,
-            b = inout(reg) b.as_ptr() => _,
-            out = inout(reg) out => _,
-            end = in(reg) out.wrapping_add(4 * groups),
-            offset = in(reg) offset,
-            x = out(reg) _,
-            y = out(reg) _,
-            t = out(reg) _,
-            options(nostack),
-        );
-    }
 }
 
 /// Widens the windows of output pixels `(oy, ox[0])` and `(oy, ox[1])` into
@@ -461,10 +438,15 @@ fn widen_pair(
                 input.get(start..start + (end - first) * c_in)
             };
             if whole_rows {
-                if let (Some(a), Some(b)) =
-                    (run(ox[0], 0, shape.kernel_w), run(ox[1], 0, shape.kernel_w))
-                {
-                    widen_runs(offset, a, b, row);
+                // This kernel row of both windows inside the input, in one run each.
+                let [a, b] =
+                    ox.map(|x| (iy * shape.in_w + x * shape.stride - shape.pad_left) * c_in);
+                let one_row = InputWindow {
+                    row_step: per_row * 4,
+                    row_groups: per_row,
+                    rows: 1,
+                };
+                if widen_windows(offset, input, [a, b], &one_row, row) {
                     continue;
                 }
             }
@@ -619,15 +601,7 @@ fn widen_strided(offset: u32, a: &[i8], b: &[i8], step: usize, quads: &mut [Quad
             "ldr {y}, [{b}]",
             "add {a}, {a}, {step}",
             "add {b}, {b}, {step}",
-            "sxtab16 {t}, {offset}, {x}",
-            "sxtab16 {x}, {offset}, {x}, ror #8",
-            "str {t}, [{out}]",
-            "sxtab16 {t}, {offset}, {y}",
-            "sxtab16 {y}, {offset}, {y}, ror #8",
-            "str {x}, [{out}, #4]",
-            "str {t}, [{out}, #8]",
-            "str {y}, [{out}, #12]",
-            "add {out}, {out}, #16",
+            widen_store!(),
             "cmp {out}, {end}",
             "bne 2b",
             a = inout(reg) a.as_ptr() => _,
@@ -899,40 +873,6 @@ impl Default for ConvScratch {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// `x << n` for `n` in `0..=31`: one `LSL` by register (Rust's `<<` masks `n` first).
-#[inline(always)]
-fn lsl(x: i32, n: u32) -> i32 {
-    let result;
-    // SAFETY: a register-only shift.
-    unsafe {
-        asm!(
-            "lsl {r}, {x}, {n}",
-            r = lateout(reg) result,
-            x = in(reg) x,
-            n = in(reg) n,
-            options(pure, nomem, nostack, preserves_flags),
-        );
-    }
-    result
-}
-
-/// `x >> n` (arithmetic) for `n` in `0..=31`: one `ASR` by register.
-#[inline(always)]
-fn asr(x: i32, n: u32) -> i32 {
-    let result;
-    // SAFETY: a register-only shift.
-    unsafe {
-        asm!(
-            "asr {r}, {x}, {n}",
-            r = lateout(reg) result,
-            x = in(reg) x,
-            n = in(reg) n,
-            options(pure, nomem, nostack, preserves_flags),
-        );
-    }
-    result
 }
 
 /// `ssat #8`: `x` saturated to `-128..=127`.
