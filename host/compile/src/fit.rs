@@ -39,7 +39,7 @@ const CORTEX_M4F: Core = Core {
     target: "thumbv7em-none-eabihf",
     rustflags: "",
     kernel: "cortex-m-dsp",
-    engine_text: 43_364,
+    engine_text: 43_748,
     stack: 11_520,
 };
 const CORTEX_M7: Core = Core {
@@ -51,7 +51,7 @@ const CORTEX_M33: Core = Core {
     target: "thumbv8m.main-none-eabihf",
     rustflags: "-C target-cpu=cortex-m33",
     kernel: "cortex-m-dsp",
-    engine_text: 44_824,
+    engine_text: 45_196,
     stack: 11_264,
 };
 const CORTEX_M55: Core = Core {
