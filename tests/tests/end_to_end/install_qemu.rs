@@ -33,13 +33,14 @@ fn installing_qemu_where_apt_would_remove_a_package_removes_nothing() {
     std::fs::create_dir_all(&bin).unwrap();
     let log_call = format!("echo \"$(basename \"$0\") $*\" >> '{}'\n", log.display());
     // apt: installing qemu-system-arm would remove qemu-utils (its simulation says so,
-    // as on that machine); downloads are empty .deb files.
+    // as on that machine); downloads are empty .deb files. The simulation writes on after
+    // its `Remv` line, as apt does: a reader that stops at the first match fails it.
     write_script(
         &fakes.join("apt-get"),
         &format!(
             "{log_call}case \"$*\" in\n\
              *'-s install qemu-system-arm'*) echo 'Remv qemu-utils [1:10.0.2+ds-1~bpo12+1]'; \
-             echo 'Inst qemu-system-arm (1:7.2+dfsg-7+deb12u18 Debian:12.12/stable [amd64])' ;;\n\
+             sleep 0.2; echo 'Inst qemu-system-arm (1:7.2+dfsg-7+deb12u18 Debian:12.12/stable [amd64])' ;;\n\
              download*) for p in \"$@\"; do case $p in *=*) touch \"${{p%%=*}}.deb\" ;; esac; done ;;\n\
              esac\n"
         ),
@@ -71,7 +72,7 @@ fn installing_qemu_where_apt_would_remove_a_package_removes_nothing() {
     std::fs::create_dir_all(&tools).unwrap();
     for tool in [
         "bash", "awk", "grep", "sort", "tr", "mktemp", "chmod", "mkdir", "rm", "ln", "head",
-        "basename", "touch",
+        "basename", "touch", "sleep",
     ] {
         let found = ["/usr/bin", "/bin"]
             .iter()
