@@ -970,9 +970,10 @@ fn finish_row_dsp_applies(requant: &Requantize<'_>, add: Option<&AddTables>) -> 
             .all(|(&multiplier, &shift)| rescale_applies(multiplier, shift))
 }
 
-/// `out[i] = requantize(acc[i] + bases[i])` with channel `i`'s multiplier and shift.
+/// `out[i] = requantize(acc[i] + bases[i])` with channel `i`'s multiplier and shift,
+/// for an output range narrower than int8 (a clamp).
 #[inline(always)]
-fn requantize_row<const FULL_RANGE: bool>(
+fn requantize_row_clamped(
     acc: &[i32],
     bases: &[i32],
     multipliers: &[i32],
@@ -985,20 +986,87 @@ fn requantize_row<const FULL_RANGE: bool>(
     let values = acc.iter().zip(bases).zip(multipliers.iter().zip(shifts));
     for (out, ((&acc, &base), (&multiplier, &shift))) in out.iter_mut().zip(values) {
         let value = Rescale::new(multiplier, shift).apply(acc.wrapping_add(base));
-        *out = to_i8::<FULL_RANGE>(value, zero_point, min, max);
+        *out = to_i8::<false>(value, zero_point, min, max);
+    }
+}
+
+/// [`requantize_row_clamped`] for the whole int8 range, in assembly: [`Rescale::apply`]
+/// and [`to_i8`]'s `QADD` and `SSAT`, 18 instructions an output with the decoding of
+/// the shift, whatever registers the compiler would have given the loop. Every
+/// `shifts[i]` must be in [`Rescale`]'s range, as [`finish_row_dsp_applies`] checks.
+#[inline(always)]
+fn requantize_row_full_range(
+    acc: &[i32],
+    bases: &[i32],
+    multipliers: &[i32],
+    shifts: &[i32],
+    zero_point: i32,
+    out: &mut [i8],
+) {
+    let n = out
+        .len()
+        .min(acc.len())
+        .min(bases.len())
+        .min(multipliers.len())
+        .min(shifts.len());
+    if n == 0 {
+        return;
+    }
+    // The loop counts `i` from −n up to 0 and reads element `n + i` through pointers
+    // one past the `n`th element.
+    let end = |slice: &[i32]| slice[n..].as_ptr();
+    // SAFETY: the loop reads elements 0..n of the four input slices and writes bytes
+    // 0..n of `out`, all of which exist (`n` is the shortest length); the pointers are
+    // one past element n − 1 of each, and `i` runs over −n..0. The flags and the DSP
+    // extension's Q flag (set by a saturating `QADD`) are not read after the block.
+    unsafe {
+        asm!(
+            ".p2align 2",
+            "2:",
+            "ldr {x}, [{acc}, {i}, lsl #2]",
+            "ldr {high}, [{bases}, {i}, lsl #2]",
+            "ldr {multiplier}, [{multipliers}, {i}, lsl #2]",
+            "ldr {shift}, [{shifts}, {i}, lsl #2]",
+            "add {x}, {x}, {high}",
+            // shift = −r: `r − 1`, then the rounding's high word `2^(r − 2)`, less one
+            // where x < 0; the low word `2^30`, plus `2^31` where x < 0.
+            "mvn {shift}, {shift}",
+            "sub {high}, {shift}, #1",
+            "lsl {high}, {one}, {high}",
+            "add {high}, {high}, {x}, asr #31",
+            "and {low}, {x}, #0x80000000",
+            "orr {low}, {low}, #0x40000000",
+            "smlal {low}, {high}, {x}, {multiplier}",
+            "asr {high}, {high}, {shift}",
+            "qadd {high}, {high}, {zero_point}",
+            "ssat {high}, #8, {high}",
+            "strb {high}, [{out}, {i}]",
+            "adds {i}, {i}, #1",
+            "bne 2b",
+            acc = in(reg) end(acc),
+            bases = in(reg) end(bases),
+            multipliers = in(reg) end(multipliers),
+            shifts = in(reg) end(shifts),
+            out = in(reg) out[n..].as_mut_ptr(),
+            i = inout(reg) n.wrapping_neg() => _,
+            one = in(reg) 1u32,
+            zero_point = in(reg) zero_point,
+            x = out(reg) _,
+            high = out(reg) _,
+            low = out(reg) _,
+            multiplier = out(reg) _,
+            shift = out(reg) _,
+            options(nostack),
+        );
     }
 }
 
 /// `out[i] = add(values[i], shortcut[i])` as [`AddTables::add`] computes it, for
-/// tables whose [`AddTables::output_is_checked`]; `shortcut` `None` reads it from
-/// `out` itself (an in-place residual).
+/// tables whose [`AddTables::output_is_checked`] and an output range narrower than
+/// int8 (a clamp); `shortcut` `None` reads it from `out` itself (an in-place
+/// residual).
 #[inline(always)]
-fn add_row<const FULL_RANGE: bool>(
-    values: &[i8],
-    shortcut: Option<&[i8]>,
-    add: &AddTables,
-    out: &mut [i8],
-) {
+fn add_row_clamped(values: &[i8], shortcut: Option<&[i8]>, add: &AddTables, out: &mut [i8]) {
     let (first, second) = add.input_tables();
     let p = &add.params;
     let rescale = Rescale::new(p.output_multiplier, p.output_shift);
@@ -1006,7 +1074,7 @@ fn add_row<const FULL_RANGE: bool>(
     let sum = |value: i8, shortcut: i8| {
         let rescaled =
             first[usize::from(value as u8)].saturating_add(second[usize::from(shortcut as u8)]);
-        to_i8::<FULL_RANGE>(rescale.apply(rescaled), zero_point, min, max)
+        to_i8::<false>(rescale.apply(rescaled), zero_point, min, max)
     };
     match shortcut {
         None => {
@@ -1022,68 +1090,147 @@ fn add_row<const FULL_RANGE: bool>(
     }
 }
 
+/// [`add_row_clamped`] for the whole int8 range, in assembly: the two tables' sum
+/// (`QADD`), [`Rescale::apply`] and [`to_i8`]'s `QADD` and `SSAT`, 15 instructions an
+/// output. The add's output multiplier and shift must be in [`Rescale`]'s range, as
+/// [`finish_row_dsp_applies`] checks.
+#[inline(always)]
+fn add_row_full_range(values: &[i8], shortcut: Option<&[i8]>, add: &AddTables, out: &mut [i8]) {
+    let (first, second) = add.input_tables();
+    let p = &add.params;
+    let rescale = Rescale::new(p.output_multiplier, p.output_shift);
+    let n = out
+        .len()
+        .min(values.len())
+        .min(shortcut.map_or(usize::MAX, <[i8]>::len));
+    if n == 0 {
+        return;
+    }
+    // The loop counts `i` from −n up to 0 through pointers one past the `n`th byte; an
+    // in-place shortcut is `out` itself, each byte read before it is written.
+    let out_end = out[n..].as_mut_ptr();
+    let shortcut_end = shortcut.map_or(out_end.cast_const(), |s| s[n..].as_ptr());
+    // SAFETY: the loop reads bytes 0..n of `values` and of the shortcut (`out` where
+    // in place) and writes bytes 0..n of `out`, all of which exist (`n` is the
+    // shortest length), and reads the tables at a byte's unsigned value, below their
+    // 256 entries. The flags and the Q flag are not read after the block.
+    unsafe {
+        asm!(
+            ".p2align 2",
+            "2:",
+            "ldrb {x}, [{values}, {i}]",
+            "ldrb {high}, [{shortcut}, {i}]",
+            "ldr {x}, [{first}, {x}, lsl #2]",
+            "ldr {high}, [{second}, {high}, lsl #2]",
+            "qadd {x}, {x}, {high}",
+            "add {high}, {rounding}, {x}, asr #31",
+            "and {low}, {x}, #0x80000000",
+            "orr {low}, {low}, #0x40000000",
+            "smlal {low}, {high}, {x}, {multiplier}",
+            "asr {high}, {high}, {shift}",
+            "qadd {high}, {high}, {zero_point}",
+            "ssat {high}, #8, {high}",
+            "strb {high}, [{out}, {i}]",
+            "adds {i}, {i}, #1",
+            "bne 2b",
+            values = in(reg) values[n..].as_ptr(),
+            shortcut = in(reg) shortcut_end,
+            out = in(reg) out_end,
+            i = inout(reg) n.wrapping_neg() => _,
+            first = in(reg) first.as_ptr(),
+            second = in(reg) second.as_ptr(),
+            rounding = in(reg) rescale.rounding,
+            multiplier = in(reg) rescale.multiplier,
+            shift = in(reg) rescale.shift,
+            zero_point = in(reg) p.output_zero_point,
+            x = out(reg) _,
+            high = out(reg) _,
+            low = out(reg) _,
+            options(nostack),
+        );
+    }
+}
+
 /// Whether a layer's output range is exactly the whole of int8 (see [`to_i8`]; a
 /// wider range clamps, then wraps in `as i8`, as the portable kernel does).
 fn full_range(min: i32, max: i32) -> bool {
     min == -128 && max == 127
 }
 
-/// [`finish_row_scalar`] for a layer that [`finish_row_dsp_applies`] to: the same
-/// results. With a residual add in two passes, the requantized row into a buffer and
-/// then the add, so that each loop keeps its constants in registers.
-fn finish_row_dsp(
-    acc: &[i32],
+/// [`finish_row_scalar`] for a layer that [`finish_row_dsp_applies`] to, over the
+/// pixels of a pair at once (one call, one set of checks and buffers): the same
+/// results. Pixel `p` finishes `acc[p]` into `out[p · out_c..][channels]` with
+/// `shortcuts[p]`. With a residual add in two passes, the requantized row into a
+/// buffer and then the add, so that each loop keeps its constants in registers.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn finish_pixels_dsp(
+    acc: &[[i32; CHANNEL_BLOCK]],
     bases: &[i32],
     channels: Range<usize>,
     requant: &Requantize<'_>,
     add: Option<&AddTables>,
-    shortcut: ShortcutRow<'_>,
+    shortcuts: [ShortcutRow<'_>; 2],
     out: &mut [i8],
+    out_c: usize,
 ) {
-    let (Some(out), Some(multipliers), Some(shifts)) = (
-        out.get_mut(channels.clone()),
+    let (Some(multipliers), Some(shifts)) = (
         requant.multipliers.get(channels.clone()),
         requant.shifts.get(channels.clone()),
     ) else {
         return;
     };
+    let width = channels.len().min(CHANNEL_BLOCK);
     let conv_full = full_range(requant.activation_min, requant.activation_max);
+    let zero_point = requant.output_zero_point;
+    let pixels = acc.iter().zip(out.chunks_exact_mut(out_c));
     let Some(add) = add else {
-        if conv_full {
-            requantize_row::<true>(acc, bases, multipliers, shifts, requant, out);
-        } else {
-            requantize_row::<false>(acc, bases, multipliers, shifts, requant, out);
+        for (acc, out) in pixels {
+            let Some(out) = out.get_mut(channels.clone()) else {
+                return;
+            };
+            if conv_full {
+                requantize_row_full_range(acc, bases, multipliers, shifts, zero_point, out);
+            } else {
+                requantize_row_clamped(acc, bases, multipliers, shifts, requant, out);
+            }
         }
         return;
     };
+    let add_full = full_range(add.params.activation_min, add.params.activation_max);
     let mut values = [0i8; CHANNEL_BLOCK];
-    let values = &mut values[..out.len().min(CHANNEL_BLOCK)];
-    if conv_full {
-        requantize_row::<true>(acc, bases, multipliers, shifts, requant, values);
-    } else {
-        requantize_row::<false>(acc, bases, multipliers, shifts, requant, values);
-    }
+    let values = &mut values[..width];
     // The shortcut's channels, where they are not the output's own.
     let mut mapped = [0i8; CHANNEL_BLOCK];
-    let shortcut = match shortcut {
-        ShortcutRow::None | ShortcutRow::InPlace => None,
-        ShortcutRow::Mapped(row, offset) => {
-            let direct = channels
-                .start
-                .checked_sub(offset)
-                .and_then(|start| row.get(start..start + values.len()));
-            Some(direct.unwrap_or_else(|| {
-                for (value, co) in mapped.iter_mut().zip(channels) {
-                    *value = ShortcutRow::mapped(row, offset, co, add);
-                }
-                &mapped[..values.len()]
-            }))
+    for ((acc, out), shortcut) in pixels.zip(shortcuts) {
+        let Some(out) = out.get_mut(channels.clone()) else {
+            return;
+        };
+        if conv_full {
+            requantize_row_full_range(acc, bases, multipliers, shifts, zero_point, values);
+        } else {
+            requantize_row_clamped(acc, bases, multipliers, shifts, requant, values);
         }
-    };
-    if full_range(add.params.activation_min, add.params.activation_max) {
-        add_row::<true>(values, shortcut, add, out);
-    } else {
-        add_row::<false>(values, shortcut, add, out);
+        let shortcut = match shortcut {
+            ShortcutRow::None | ShortcutRow::InPlace => None,
+            ShortcutRow::Mapped(row, offset) => {
+                let direct = channels
+                    .start
+                    .checked_sub(offset)
+                    .and_then(|start| row.get(start..start + width));
+                Some(direct.unwrap_or_else(|| {
+                    for (value, co) in mapped.iter_mut().zip(channels.clone()) {
+                        *value = ShortcutRow::mapped(row, offset, co, add);
+                    }
+                    &mapped[..width]
+                }))
+            }
+        };
+        if add_full {
+            add_row_full_range(values, shortcut, add, out);
+        } else {
+            add_row_clamped(values, shortcut, add, out);
+        }
     }
 }
 
@@ -1160,9 +1307,8 @@ pub fn conv2d_i8_with(
     } else {
         (weights, window, Some(staging))
     };
-    let finish_row = if finish_row_dsp_applies(requant, add) {
-        finish_row_dsp
-    } else if layer_is_checked(requant) {
+    let finish_dsp = finish_row_dsp_applies(requant, add);
+    let finish_row = if layer_is_checked(requant) {
         finish_row_checked_layer
     } else {
         finish_row_scalar
@@ -1187,6 +1333,20 @@ pub fn conv2d_i8_with(
             for block in (0..out_c).step_by(CHANNEL_BLOCK) {
                 let channels = block..(block + CHANNEL_BLOCK).min(out_c);
                 block_sums(columns, weights, window, channels.clone(), &mut tail, acc);
+                if finish_dsp {
+                    let start = (oy * shape.out_w + ox) * out_c;
+                    finish_pixels_dsp(
+                        &acc[..distinct_pixels],
+                        &bias[channels.clone()],
+                        channels,
+                        requant,
+                        add,
+                        pixels.map(|x| ShortcutRow::at(residual, oy, x)),
+                        &mut output[start..start + distinct_pixels * out_c],
+                        out_c,
+                    );
+                    continue;
+                }
                 for (p, &x) in pixels.iter().enumerate().take(distinct_pixels) {
                     let shortcut = ShortcutRow::at(residual, oy, x);
                     let out_start = (oy * shape.out_w + x) * out_c;

@@ -699,9 +699,14 @@ fn check_conv_i8(case: &Case, b: &mut Buffers, rng: &mut Rng, index: usize, skew
     for c in 0..shape.out_c {
         b.bias[c] = rng.range(-case.bias_range, case.bias_range);
         b.multipliers[c] = rng.range(1 << 30, i32::MAX);
-        // Every other case shifts right only (the kernels' right-only requantization);
-        // the others mix in left shifts.
-        b.shifts[c] = rng.range(-12, (index % 2) as i32);
+        // A third of the cases shift right by 2 bits or more (the Cortex-M DSP row
+        // finish's range), a third right only (the kernels' right-only
+        // requantization), a third mix in left shifts.
+        b.shifts[c] = match index % 3 {
+            0 => rng.range(-12, -2),
+            1 => rng.range(-12, 0),
+            _ => rng.range(-12, 1),
+        };
     }
     let output_zero_point = rng.range(-128, 127);
     let (activation_min, activation_max) =
