@@ -990,10 +990,38 @@ fn requantize_row_clamped(
     }
 }
 
+/// One output of [`requantize_row_full_range`]'s loop, `i` counted up.
+macro_rules! requantize_one {
+    () => {
+        concat!(
+            "ldr {x}, [{acc}, {i}, lsl #2]\n",
+            "ldr {high}, [{bases}, {i}, lsl #2]\n",
+            "ldr {multiplier}, [{multipliers}, {i}, lsl #2]\n",
+            "ldr {shift}, [{shifts}, {i}, lsl #2]\n",
+            "add {x}, {x}, {high}\n",
+            // shift = −r: `r − 1`, then the rounding's high word `2^(r − 2)`, less one
+            // where x < 0; the low word `2^30`, plus `2^31` where x < 0.
+            "mvn {shift}, {shift}\n",
+            "sub {high}, {shift}, #1\n",
+            "lsl {high}, {one}, {high}\n",
+            "add {high}, {high}, {x}, asr #31\n",
+            "and {low}, {x}, #0x80000000\n",
+            "orr {low}, {low}, #0x40000000\n",
+            "smlal {low}, {high}, {x}, {multiplier}\n",
+            "asr {high}, {high}, {shift}\n",
+            "qadd {high}, {high}, {zero_point}\n",
+            "ssat {high}, #8, {high}\n",
+            "strb {high}, [{out}, {i}]\n",
+            "adds {i}, {i}, #1\n",
+        )
+    };
+}
+
 /// [`requantize_row_clamped`] for the whole int8 range, in assembly: [`Rescale::apply`]
-/// and [`to_i8`]'s `QADD` and `SSAT`, 18 instructions an output with the decoding of
-/// the shift, whatever registers the compiler would have given the loop. Every
-/// `shifts[i]` must be in [`Rescale`]'s range, as [`finish_row_dsp_applies`] checks.
+/// and [`to_i8`]'s `QADD` and `SSAT`, 17 instructions an output with the decoding of
+/// the shift, two outputs an iteration, whatever registers the compiler would have
+/// given the loop. Every `shifts[i]` must be in [`Rescale`]'s range, as
+/// [`finish_row_dsp_applies`] checks.
 #[inline(always)]
 fn requantize_row_full_range(
     acc: &[i32],
@@ -1021,27 +1049,14 @@ fn requantize_row_full_range(
     // extension's Q flag (set by a saturating `QADD`) are not read after the block.
     unsafe {
         asm!(
+            // Two outputs an iteration; an odd count enters at the second.
+            "tst {i}, #1",
+            "bne 3f",
             ".p2align 2",
             "2:",
-            "ldr {x}, [{acc}, {i}, lsl #2]",
-            "ldr {high}, [{bases}, {i}, lsl #2]",
-            "ldr {multiplier}, [{multipliers}, {i}, lsl #2]",
-            "ldr {shift}, [{shifts}, {i}, lsl #2]",
-            "add {x}, {x}, {high}",
-            // shift = −r: `r − 1`, then the rounding's high word `2^(r − 2)`, less one
-            // where x < 0; the low word `2^30`, plus `2^31` where x < 0.
-            "mvn {shift}, {shift}",
-            "sub {high}, {shift}, #1",
-            "lsl {high}, {one}, {high}",
-            "add {high}, {high}, {x}, asr #31",
-            "and {low}, {x}, #0x80000000",
-            "orr {low}, {low}, #0x40000000",
-            "smlal {low}, {high}, {x}, {multiplier}",
-            "asr {high}, {high}, {shift}",
-            "qadd {high}, {high}, {zero_point}",
-            "ssat {high}, #8, {high}",
-            "strb {high}, [{out}, {i}]",
-            "adds {i}, {i}, #1",
+            requantize_one!(),
+            "3:",
+            requantize_one!(),
             "bne 2b",
             acc = in(reg) end(acc),
             bases = in(reg) end(bases),
