@@ -17,7 +17,9 @@
 //! registers inline assembly may use and r7, saved and restored around the block.
 //! Loops start word-aligned (a taken branch to a 32-bit instruction that is not costs
 //! the M4 a cycle more). The column buffer costs [`COLUMN_WORDS`] × 4 bytes of stack;
-//! larger windows (and zero points outside int8) go to the portable kernel.
+//! a larger window whose channels are a multiple of four is summed a chunk of kernel
+//! rows at a time; others (a kernel row past the buffer, and zero points outside
+//! int8) go to the portable kernel.
 //!
 //! The row finish requantizes with one `SMLAL` per output and saturates with `SSAT`
 //! where the output range is the whole of int8; a residual add runs as a second pass
@@ -646,16 +648,18 @@ struct Tail {
     holds: Option<[usize; 2]>,
 }
 
-/// The sums of output channels `channels` for the pixel pair widened in `columns`,
-/// into `acc[pixel][channel − channels.start]`: a channel pair at a time, with the
-/// channel doubled when the block's count is odd. Not inlined: inside the
-/// convolution's loops the compiler spills the accumulators' setup around every
-/// `mac_2x2`.
+/// The sums of output channels `channels` for the pixel pair widened in `columns`
+/// (`window` taps), into `acc[pixel][channel − channels.start]`: a channel pair at a
+/// time, with the channel doubled when the block's count is odd. Channel `c`'s taps
+/// are the `window` bytes at `c · filter` of `weights`: a whole filter (`filter ==
+/// window`), or the part of it that a chunk of kernel rows covers. Not inlined:
+/// inside the convolution's loops the compiler spills the accumulators' setup around
+/// every `mac_2x2`.
 #[inline(never)]
 fn block_sums(
     columns: &[Quad; COLUMN_WORDS / 4],
     weights: &[i8],
-    window: usize,
+    (window, filter): (usize, usize),
     channels: Range<usize>,
     tail: &mut Tail,
     acc: &mut [[i32; CHANNEL_BLOCK]; 2],
@@ -667,22 +671,25 @@ fn block_sums(
     let Some(columns) = columns.get(..groups) else {
         return;
     };
+    if window > filter || channels.is_empty() {
+        return;
+    }
     if window % 4 == 0
         && channels.len() % 2 == 0
         && channels.len() <= CHANNEL_BLOCK
-        && channels.end * window <= weights.len()
+        && (channels.end - 1) * filter + window <= weights.len()
     {
-        let weights = &weights[channels.start * window..channels.end * window];
-        return block_sums_by_pairs(columns, weights, window, acc);
+        let weights = &weights[channels.start * filter..];
+        return block_sums_by_pairs(columns, weights, (window, filter), channels.len(), acc);
     }
     for co in channels.clone().step_by(2) {
         let pair = [co, (co + 1).min(channels.end - 1)];
-        let (first, stride) = if pair[1] * window + padded <= weights.len() {
-            (&weights[pair[0] * window..], (pair[1] - pair[0]) * window)
+        let (first, stride) = if pair[1] * filter + padded <= weights.len() {
+            (&weights[pair[0] * filter..], (pair[1] - pair[0]) * filter)
         } else {
             if tail.holds != Some(pair) {
                 for (copy, c) in tail.filters.iter_mut().zip(pair) {
-                    copy[..window].copy_from_slice(&weights[c * window..][..window]);
+                    copy[..window].copy_from_slice(&weights[c * filter..][..window]);
                 }
                 tail.holds = Some(pair);
             }
@@ -707,11 +714,12 @@ fn block_sums(
 
 /// [`block_sums_by_pairs`]'s assembly block, with `$leftover` (assembly text) run
 /// after each pair's loop over the groups four at a time: for each channel pair, the
-/// accumulators zeroed, the groups, the four sums stored. `$sweep` holds the outer
+/// accumulators zeroed, the groups, the four sums stored, and `w0` moved on to the
+/// next pair's first filter. `$sweep` holds the outer
 /// loop's state; the pointer to it stays in `x_even` where the loop does not use it,
 /// and on the stack.
 macro_rules! pairs_asm {
-    ($sweep:ident, $weights:ident, $window:ident, [$($leftover:expr),*]) => {
+    ($sweep:ident, $weights:ident, $filter:ident, [$($leftover:expr),*]) => {
         asm!(
             "push {{r7}}",
             "push {{{x_even}}}",
@@ -735,7 +743,8 @@ macro_rules! pairs_asm {
             "bne 2b",
             "4:",
             $($leftover,)*
-            // The pair's sums stored; `w0`, past the first filter, skips the second.
+            // The pair's sums stored; `w0`, past the first filter's taps, moves on to
+            // the next pair's (`skip`).
             "ldr {x_even}, [sp]",
             "ldr {x_odd}, [{x_even}, #12]",
             "str {a00}, [{x_odd}]",
@@ -744,8 +753,9 @@ macro_rules! pairs_asm {
             "str {a11}, [{x_odd}, #{pixel_1_next}]",
             "adds {x_odd}, {x_odd}, #8",
             "str {x_odd}, [{x_even}, #12]",
+            "ldr {w0_odd}, [{x_even}, #20]",
             "ldr {x_odd}, [{x_even}, #16]",
-            "add {w0}, {w0}, {w1_offset}",
+            "add {w0}, {w0}, {w0_odd}",
             "subs {x_odd}, {x_odd}, #1",
             "str {x_odd}, [{x_even}, #16]",
             "bne 3b",
@@ -756,7 +766,7 @@ macro_rules! pairs_asm {
             columns = out(reg) _,
             w0 = inout(reg) $weights.as_ptr() => _,
             end = out(reg) _,
-            w1_offset = in(reg) $window,
+            w1_offset = in(reg) $filter,
             a00 = out(reg) _,
             a01 = out(reg) _,
             a10 = out(reg) _,
@@ -785,22 +795,33 @@ struct Sweep {
     acc: *mut i32,
     /// Channel pairs left.
     pairs: usize,
+    /// Bytes from the end of a pair's first filter's taps to the next pair's first
+    /// tap: its second filter, and the rest of the first (`2 · filter − window`).
+    skip: usize,
 }
 
-/// [`block_sums`] for an even number of whole filters (`weights`, at most
-/// [`CHANNEL_BLOCK`]) of a window in whole groups (`window` a multiple of four): every
-/// channel pair in one assembly block, which resets the accumulators, runs
-/// [`mac_group`] over the window (four groups per iteration, then one at a time) and
-/// stores the four sums into `acc`, with no Rust code between pairs.
+/// [`block_sums`] for an even number `filters` (at most [`CHANNEL_BLOCK`]) of filters
+/// `filter` bytes apart in `weights`, over `window` taps of each, in whole groups (a
+/// multiple of four): every channel pair in one assembly block, which resets the
+/// accumulators, runs [`mac_group`] over the window (four groups per iteration, then
+/// one at a time) and stores the four sums into `acc`, with no Rust code between
+/// pairs.
 fn block_sums_by_pairs(
     columns: &[Quad],
     weights: &[i8],
-    window: usize,
+    (window, filter): (usize, usize),
+    filters: usize,
     acc: &mut [[i32; CHANNEL_BLOCK]; 2],
 ) {
     let groups = columns.len();
-    let filters = weights.len() / window.max(1);
-    if window != 4 * groups || filters < 2 || filters % 2 == 1 || filters > CHANNEL_BLOCK {
+    if window != 4 * groups
+        || window == 0
+        || window > filter
+        || filters < 2
+        || filters % 2 == 1
+        || filters > CHANNEL_BLOCK
+        || (filters - 1) * filter + window > weights.len()
+    {
         return;
     }
     let first = columns.as_ptr().cast::<u32>();
@@ -810,25 +831,27 @@ fn block_sums_by_pairs(
         end: first.wrapping_add(4 * groups),
         acc: acc.as_mut_ptr().cast::<i32>(),
         pairs: filters / 2,
+        skip: 2 * filter - window,
     };
-    // SAFETY: for each of the `filters / 2` pairs the block reads the `4 · groups`
-    // words of `columns` (4-byte aligned, as its `u32`s are) and `window = 4 · groups`
-    // bytes of each of the pair's two filters (`w0` and `w0 + window`; unaligned
-    // word loads, which these cores allow), all within `weights` (`filters · window`
-    // bytes); it writes the pair's four sums to `acc[0][2i..2i + 2]` and
-    // `acc[1][2i..2i + 2]` for pair `i < filters / 2 ≤ CHANNEL_BLOCK / 2`, and the
-    // `sweep` it was handed. r7 (the frame pointer, which LLVM cannot hand out) is
-    // saved and restored around the block, as is the pointer to `sweep` it pushes;
-    // the stack is back where it was when the block ends. A window of at least four
-    // groups, a multiple of four, skips the leftover loop (`groups % 4 == 0` there).
+    // SAFETY: for each pair `i < filters / 2 ≤ CHANNEL_BLOCK / 2` the block reads the
+    // `4 · groups` words of `columns` (4-byte aligned, as its `u32`s are) and `window =
+    // 4 · groups` bytes of each of the pair's two filters (at `2i · filter` and one
+    // `filter` further; unaligned word loads, which these cores allow), all within
+    // `weights` (the last filter's taps end at `(filters − 1) · filter + window`,
+    // checked above); it writes the pair's four sums to `acc[0][2i..2i + 2]` and
+    // `acc[1][2i..2i + 2]`, and the `sweep` it was handed. r7 (the frame pointer,
+    // which LLVM cannot hand out) is saved and restored around the block, as is the
+    // pointer to `sweep` it pushes; the stack is back where it was when the block
+    // ends. A window of at least four groups, a multiple of four, skips the leftover
+    // loop (`groups % 4 == 0` there).
     unsafe {
         if groups % 4 == 0 {
-            pairs_asm!(sweep, weights, window, []);
+            pairs_asm!(sweep, weights, filter, []);
         } else {
             pairs_asm!(
                 sweep,
                 weights,
-                window,
+                filter,
                 [
                     // The groups left over, one at a time.
                     "ldr {x_even}, [sp]",
@@ -1249,10 +1272,33 @@ fn finish_pixels_dsp(
     }
 }
 
+/// The convolution over kernel rows `first..first + rows` of `shape` alone, for the
+/// same output pixels: its shape and the input it reads. Row `ky` of the chunk is
+/// row `first + ky` of the kernel; the input is seen from the first row that the
+/// chunk's top row can reach, the padding above it shrunk by as many rows.
+fn kernel_rows<'a>(
+    shape: &ConvShape,
+    input: &'a [i8],
+    first: usize,
+    rows: usize,
+) -> (ConvShape, &'a [i8]) {
+    let skipped = first.saturating_sub(shape.pad_top).min(shape.in_h);
+    let chunk = ConvShape {
+        in_h: shape.in_h - skipped,
+        kernel_h: rows,
+        pad_top: shape.pad_top.saturating_sub(first),
+        ..*shape
+    };
+    let row_bytes = shape.in_w * shape.in_c;
+    (chunk, input.get(skipped * row_bytes..).unwrap_or(&[]))
+}
+
 /// TFLite int8 convolution, as [`kernels::conv2d_i8`] computes it (same arguments,
 /// same checks, bit-identical results), with `SMLAD`. A window over
-/// [`WINDOW_CAPACITY`] taps (or over the staging capacity when the channels are not a
-/// multiple of four) and a zero point outside int8 go to the portable kernel.
+/// [`WINDOW_CAPACITY`] taps whose channels are a multiple of four runs in chunks of
+/// kernel rows ([`kernel_rows`]), their sums added; a kernel row over that capacity,
+/// a window over the staging capacity when the channels are not a multiple of four,
+/// and a zero point outside int8 go to the portable kernel.
 ///
 /// A pixel without a partner (an odd last column) and an odd last channel run
 /// through the same 2×2 block with the pixel or channel doubled, and keep one of the
@@ -1273,6 +1319,26 @@ pub fn conv2d_i8_with(
     output: &mut [i8],
 ) -> Result<(), Error> {
     let window = shape.kernel_h * shape.kernel_w * shape.in_c;
+    let args = (shape, input, input_zero_point, weights, bias);
+    if shape.in_c % 4 == 0 && window > WINDOW_CAPACITY {
+        conv2d_i8_dsp::<true>(scratch, args, requant, residual, output)
+    } else {
+        conv2d_i8_dsp::<false>(scratch, args, requant, residual, output)
+    }
+}
+
+/// [`conv2d_i8_with`] for a window that takes chunks of kernel rows (`CHUNKED`) or
+/// not: two functions, so that the common one carries neither the chunks' branches
+/// nor their sums' buffer on its stack.
+#[inline(never)]
+fn conv2d_i8_dsp<const CHUNKED: bool>(
+    scratch: &mut ConvScratch,
+    (shape, input, input_zero_point, weights, bias): (&ConvShape, &[i8], i32, &[i8], &[i32]),
+    requant: &Requantize<'_>,
+    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
+    output: &mut [i8],
+) -> Result<(), Error> {
+    let window = shape.kernel_h * shape.kernel_w * shape.in_c;
     // Channels not a multiple of four: each tap padded to whole groups, where the
     // padded filters fit the staging buffer ([`widen_pair_padded`]), else the window
     // rounded up with taps of zero (their weights then multiply zero).
@@ -1282,7 +1348,13 @@ pub fn conv2d_i8_with(
         && padded_window <= WINDOW_CAPACITY
         && shape.out_c * padded_window <= STAGING_BYTES;
     let padded = window.next_multiple_of(4);
-    let fits = if shape.in_c % 4 == 0 || pad_channels {
+    // A window past the column buffer, in whole groups per tap, is summed a chunk of
+    // kernel rows at a time, as many as the buffer holds.
+    let row_taps = shape.kernel_w * shape.in_c;
+    let chunk_rows = (WINDOW_CAPACITY / row_taps.max(1)).min(shape.kernel_h);
+    let fits = if CHUNKED {
+        chunk_rows > 0
+    } else if shape.in_c % 4 == 0 || pad_channels {
         window <= WINDOW_CAPACITY
     } else {
         padded <= STAGING_CAPACITY
@@ -1333,6 +1405,7 @@ pub fn conv2d_i8_with(
             let pixels = [ox, (ox + 1).min(shape.out_w - 1)];
             let distinct_pixels = if pixels[0] == pixels[1] { 1 } else { 2 };
             match staging.as_deref_mut() {
+                _ if CHUNKED => {}
                 None => widen_pair_padded(shape, input, offset, oy, pixels, columns),
                 Some(staging) => widen_pair(
                     shape,
@@ -1347,7 +1420,43 @@ pub fn conv2d_i8_with(
             }
             for block in (0..out_c).step_by(CHANNEL_BLOCK) {
                 let channels = block..(block + CHANNEL_BLOCK).min(out_c);
-                block_sums(columns, weights, window, channels.clone(), &mut tail, acc);
+                if let (true, Some(staging)) = (CHUNKED, staging.as_deref_mut()) {
+                    let mut sums = [[0i32; CHANNEL_BLOCK]; 2];
+                    for first in (0..shape.kernel_h).step_by(chunk_rows) {
+                        let rows = chunk_rows.min(shape.kernel_h - first);
+                        let (chunk, chunk_input) = kernel_rows(shape, input, first, rows);
+                        widen_pair(
+                            &chunk,
+                            chunk_input,
+                            input_zero_point,
+                            offset,
+                            oy,
+                            pixels,
+                            columns,
+                            staging,
+                        );
+                        let taps = (rows * row_taps, window);
+                        let chunk_weights = &weights[first * row_taps..];
+                        block_sums(
+                            columns,
+                            chunk_weights,
+                            taps,
+                            channels.clone(),
+                            &mut tail,
+                            acc,
+                        );
+                        // Wrapping, as the portable kernel's one sum over the window.
+                        for (sums, part) in sums.iter_mut().zip(acc.iter()) {
+                            for (sum, &part) in sums.iter_mut().zip(part) {
+                                *sum = sum.wrapping_add(part);
+                            }
+                        }
+                    }
+                    *acc = sums;
+                } else {
+                    let taps = (window, window);
+                    block_sums(columns, weights, taps, channels.clone(), &mut tail, acc);
+                }
                 if finish_dsp {
                     let start = (oy * shape.out_w + ox) * out_c;
                     finish_pixels_dsp(
