@@ -1013,21 +1013,17 @@ fn requantize_row_clamped(
     }
 }
 
-/// One output of [`requantize_row_full_range`]'s loop, `i` counted up.
-macro_rules! requantize_one {
-    () => {
+/// [`Rescale::apply`] of `{x}` and [`to_i8`]'s `QADD` and `SSAT` in assembly, given
+/// the rounding's high word `2^(r − 2)` in the register `$rounding` names and `r − 1`
+/// in `{shift}`; the byte stored at `{out} + {i}`, and `{i}` counted up (flags set).
+macro_rules! rescale_store {
+    ($rounding:literal) => {
         concat!(
-            "ldr {x}, [{acc}, {i}, lsl #2]\n",
-            "ldr {high}, [{bases}, {i}, lsl #2]\n",
-            "ldr {multiplier}, [{multipliers}, {i}, lsl #2]\n",
-            "ldr {shift}, [{shifts}, {i}, lsl #2]\n",
-            "add {x}, {x}, {high}\n",
-            // shift = −r: `r − 1`, then the rounding's high word `2^(r − 2)`, less one
-            // where x < 0; the low word `2^30`, plus `2^31` where x < 0.
-            "mvn {shift}, {shift}\n",
-            "sub {high}, {shift}, #1\n",
-            "lsl {high}, {one}, {high}\n",
-            "add {high}, {high}, {x}, asr #31\n",
+            // The high word less one where x < 0; the low word `2^30`, plus `2^31`
+            // where x < 0.
+            "add {high}, ",
+            $rounding,
+            ", {x}, asr #31\n",
             "and {low}, {x}, #0x80000000\n",
             "orr {low}, {low}, #0x40000000\n",
             "smlal {low}, {high}, {x}, {multiplier}\n",
@@ -1036,6 +1032,24 @@ macro_rules! requantize_one {
             "ssat {high}, #8, {high}\n",
             "strb {high}, [{out}, {i}]\n",
             "adds {i}, {i}, #1\n",
+        )
+    };
+}
+
+/// One output of [`requantize_row_full_range`]'s loop.
+macro_rules! requantize_one {
+    () => {
+        concat!(
+            "ldr {x}, [{acc}, {i}, lsl #2]\n",
+            "ldr {high}, [{bases}, {i}, lsl #2]\n",
+            "ldr {multiplier}, [{multipliers}, {i}, lsl #2]\n",
+            "ldr {shift}, [{shifts}, {i}, lsl #2]\n",
+            "add {x}, {x}, {high}\n",
+            // shift = −r: `r − 1`, then the rounding's high word `2^(r − 2)`.
+            "mvn {shift}, {shift}\n",
+            "sub {high}, {shift}, #1\n",
+            "lsl {high}, {one}, {high}\n",
+            rescale_store!("{high}"),
         )
     };
 }
@@ -1161,15 +1175,7 @@ fn add_row_full_range(values: &[i8], shortcut: Option<&[i8]>, add: &AddTables, o
             "ldr {x}, [{first}, {x}, lsl #2]",
             "ldr {high}, [{second}, {high}, lsl #2]",
             "qadd {x}, {x}, {high}",
-            "add {high}, {rounding}, {x}, asr #31",
-            "and {low}, {x}, #0x80000000",
-            "orr {low}, {low}, #0x40000000",
-            "smlal {low}, {high}, {x}, {multiplier}",
-            "asr {high}, {high}, {shift}",
-            "qadd {high}, {high}, {zero_point}",
-            "ssat {high}, #8, {high}",
-            "strb {high}, [{out}, {i}]",
-            "adds {i}, {i}, #1",
+            rescale_store!("{rounding}"),
             "bne 2b",
             values = in(reg) values[n..].as_ptr(),
             shortcut = in(reg) shortcut_end,
