@@ -529,12 +529,12 @@ impl<'m, 'a> Interpreter<'m, 'a> {
                     (None, _) => None,
                     (Some(_), None) => return Err(type_error()),
                 };
-                arch::conv2d_i8_with(
+                arch::conv2d_i8_layer_with(
                     scratch,
                     shape,
                     input,
                     input_zero_point,
-                    weights,
+                    (weights, conv.winograd),
                     bias,
                     &requant,
                     residual,

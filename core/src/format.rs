@@ -7,8 +7,9 @@ pub const MAGIC: [u8; 4] = *b"TRM\0";
 /// The format version this engine writes. It reads every version from 1 to this one:
 /// version 2 added `header::F32_HEAD` (version 1 blobs have no f32 head), version 3
 /// `tensor::ROWS_HELD` (row windows of streamed groups) and an int8 convolution's
-/// folded biases after its biases, version 4 the `kind::SOFTMAX` layer.
-pub const VERSION: u16 = 4;
+/// folded biases after its biases, version 4 the `kind::SOFTMAX` layer, version 5
+/// `flags::WINOGRAD`.
+pub const VERSION: u16 = 5;
 /// Size of the fixed header.
 pub const HEADER_SIZE: usize = 64;
 /// Size of one tensor record.
@@ -133,8 +134,11 @@ pub mod flags {
     /// Since version 4, an int8 dense layer's requantization rounds once (LiteRT's
     /// FULLY_CONNECTED), not twice.
     pub const SINGLE_ROUNDING: u8 = 1 << 3;
+    /// Since version 5, an int8 convolution's Winograd filters follow its weights
+    /// ([`crate::winograd`]).
+    pub const WINOGRAD: u8 = 1 << 4;
     /// Every defined bit.
-    pub const ALL: u8 = RELU | RESIDUAL | RESIDUAL_RELU | SINGLE_ROUNDING;
+    pub const ALL: u8 = RELU | RESIDUAL | RESIDUAL_RELU | SINGLE_ROUNDING | WINOGRAD;
 }
 
 /// Numeric type of a model: how weights are stored and activations computed.

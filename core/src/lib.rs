@@ -16,6 +16,7 @@ mod model;
 pub mod persist;
 pub mod quant;
 mod stream;
+pub mod winograd;
 
 pub use crc::{crc32, crc32_update};
 

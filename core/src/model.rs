@@ -9,6 +9,7 @@ use crate::error::Error;
 use crate::format::{self, flags, header, kind, layer as lf, tensor as tf, DType, InputRange};
 use crate::quant::{AddParams, Rounding, SoftmaxParams, SOFTMAX_OUTPUT_QUANTIZATION};
 use crate::stream::{Group, Step};
+use crate::winograd;
 
 /// Reads little-endian fields of one record; every read is bounds-checked.
 #[derive(Clone, Copy)]
@@ -242,6 +243,9 @@ pub struct Conv<'a> {
     pub requant: Option<Requant<'a>>,
     /// Residual add fused after the convolution.
     pub residual: Option<Residual>,
+    /// The int8 weights' Winograd filters (format version 5, [`crate::winograd`];
+    /// checked at parse), for the kernels that use them.
+    pub winograd: Option<&'a [u8]>,
 }
 
 /// A fully connected layer over the flattened (NHWC) input.
@@ -514,6 +518,7 @@ impl<'a> Model<'a> {
         for i in 0..self.num_layers {
             if let Layer::Conv(conv) = self.layer(i)? {
                 self.check_folded_bias(i, &conv)?;
+                self.check_winograd(i, &conv)?;
             }
         }
         self.validate_plan()?;
@@ -987,6 +992,12 @@ impl<'a> Model<'a> {
                     .ok_or(mismatch("conv weight count overflows"))?;
                 let weights = self.weights(&rec, n_weights)?;
                 let bias = self.bias(&rec, out_t.channels)?;
+                let winograd = if flag_bits & flags::WINOGRAD != 0 {
+                    let shape = (kernel_h, kernel_w, stride, in_t.channels, out_t.channels);
+                    Some(self.winograd_filters(&rec, n_weights, shape)?)
+                } else {
+                    None
+                };
                 let flagged_residual = flag_bits & flags::RESIDUAL != 0;
                 let residual = if flagged_residual {
                     let tensor = rec.u16(lf::RESIDUAL_INPUT)?;
@@ -1072,6 +1083,7 @@ impl<'a> Model<'a> {
                         })
                         .transpose()?,
                     residual,
+                    winograd,
                 }))
             }
             kind::GLOBAL_AVG_POOL => {
@@ -1295,6 +1307,57 @@ impl<'a> Model<'a> {
             rec.index,
         )?;
         cast(bytes, "folded biases").map(Some)
+    }
+
+    /// An int8 convolution's Winograd filters: since version 5, where its flag says so,
+    /// at the first 16-byte boundary after its `count` weights (FORMAT.md), for a layer
+    /// that [`winograd::applies`] accepts.
+    fn winograd_filters(
+        &self,
+        rec: &Record<'a>,
+        count: usize,
+        (kernel_h, kernel_w, stride, in_c, out_c): (usize, usize, usize, usize, usize),
+    ) -> Result<&'a [u8], Error> {
+        let flags = u32::from(flags::WINOGRAD);
+        if self.version < 5 || self.layer_dtype(rec.index) != DType::Int8 {
+            return Err(invalid("layer flags", rec.index, flags));
+        }
+        if !winograd::applies(kernel_h, kernel_w, stride, in_c, out_c) {
+            return Err(Error::ShapeMismatch {
+                layer: rec.index,
+                what: "Winograd filters need a 3x3 stride-1 convolution, input channels a multiple of 16 and even output channels",
+            });
+        }
+        let weights = rec.u32(lf::WEIGHTS)? as usize;
+        let offset = weights
+            .saturating_add(count)
+            .next_multiple_of(format::SECTION_ALIGN);
+        let bytes = winograd::filters_bytes(in_c, out_c);
+        self.array(offset, bytes, 1, "Winograd filters", rec.index)
+    }
+
+    /// An int8 convolution's Winograd filters are those of its weights.
+    fn check_winograd(&self, i: u16, conv: &Conv<'_>) -> Result<(), Error> {
+        let (Some(filters), Weights::I8(weights)) = (conv.winograd, conv.weights) else {
+            return Ok(());
+        };
+        let in_c = self.tensor(conv.input)?.channels;
+        let out_c = self.tensor(conv.output)?.channels;
+        let mut stored = filters
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]));
+        let mut first_wrong = None;
+        let mut n = 0u32;
+        winograd::for_each_filter_value(weights, in_c, out_c, |value| {
+            if first_wrong.is_none() && stored.next() != Some(value) {
+                first_wrong = Some(n);
+            }
+            n += 1;
+        });
+        match first_wrong {
+            Some(at) => Err(invalid("Winograd filter term", i, at)),
+            None => Ok(()),
+        }
     }
 
     /// An int8 convolution's folded biases equal `bias − input_zero_point · Σ w`

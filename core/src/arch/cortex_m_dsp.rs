@@ -39,6 +39,7 @@ use super::columns::{
 use crate::error::Error;
 use crate::kernels::{self, ConvShape, Requantize, Shortcut};
 use crate::quant::AddTables;
+use crate::winograd;
 
 /// Defines a function that runs one register-only instruction, `$template` with
 /// operands `{a}`, `{b}` and the result `{r}`.
@@ -85,6 +86,41 @@ one_instruction! {
     fn asr(x: i32, n: u32) -> i32 = "asr {r}, {a}, {b}"
 }
 
+/// Defines a function that runs one parallel 16-bit add or subtract (`$op`): it sets
+/// the GE flags, which nothing reads, so the block does not promise to keep the flags.
+macro_rules! lanes16 {
+    ($(#[$doc:meta])* fn $name:ident = $op:literal) => {
+        $(#[$doc])*
+        #[inline(always)]
+        fn $name(a: u32, b: u32) -> u32 {
+            let result;
+            // SAFETY: one instruction that reads and writes registers only; the DSP
+            // extension is present (this module is compiled for `tinyres_arm_dsp`
+            // targets only, see build.rs).
+            unsafe {
+                asm!(
+                    concat!($op, " {r}, {a}, {b}"),
+                    r = lateout(reg) result,
+                    a = in(reg) a,
+                    b = in(reg) b,
+                    options(pure, nomem, nostack),
+                );
+            }
+            result
+        }
+    };
+}
+
+lanes16! {
+    /// The 16-bit lanes of `a` and `b` added, each wrapping.
+    fn sadd16 = "sadd16"
+}
+
+lanes16! {
+    /// The 16-bit lanes of `b` subtracted from those of `a`, each wrapping.
+    fn ssub16 = "ssub16"
+}
+
 /// Four int8 values as a little-endian word (one unaligned `LDR`).
 #[inline(always)]
 fn word(bytes: &[i8]) -> u32 {
@@ -103,8 +139,17 @@ fn lane_offset(input_zero_point: i32) -> Option<u32> {
 
 /// Taps per pixel the column buffer holds: a 3×3 window over 64 channels.
 pub const WINDOW_CAPACITY: usize = 576;
-/// Words of the column buffer: two pixels, two words per four taps.
-pub const COLUMN_WORDS: usize = WINDOW_CAPACITY;
+/// Input channels the Winograd path takes at most ([`conv2d_i8_winograd_with`]): its
+/// four terms of three kernel rows, for two pixel pairs, fill the column buffer.
+pub const WINOGRAD_CHANNELS: usize = 64;
+/// Words of the column buffer: two pixels' windows, two words per four taps, or the
+/// Winograd path's terms of two pixel pairs (two words per four channels, per term,
+/// kernel row and pair).
+pub const COLUMN_WORDS: usize = if 12 * WINOGRAD_CHANNELS > WINDOW_CAPACITY {
+    12 * WINOGRAD_CHANNELS
+} else {
+    WINDOW_CAPACITY
+};
 /// Taps per pixel of the byte staging used when the channels are not a multiple of
 /// four and the filters padded to whole groups per tap do not fit [`STAGING_BYTES`],
 /// rounded up to whole groups.
@@ -870,6 +915,290 @@ fn block_sums_by_pairs(
     }
 }
 
+/// [`winograd_group`]'s loop over the units of [`winograd_sums`]; `x_even` holds the
+/// pointer to its [`WinogradSweep`] between units (and on the stack).
+macro_rules! winograd_group {
+    () => {
+        concat!(
+            "ldr {u0_even}, [{filters}], #4\n",
+            "ldr {u0_odd}, [{filters}], #4\n",
+            "ldr {u1_even}, [{filters}], #4\n",
+            "ldr {u1_odd}, [{filters}], #4\n",
+            "ldr {x_even}, [{columns}], #4\n",
+            "ldr {x_odd}, [{columns}], #4\n",
+            "smlad {a00}, {x_even}, {u0_even}, {a00}\n",
+            "smlad {a00}, {x_odd}, {u0_odd}, {a00}\n",
+            "smlad {a01}, {x_even}, {u1_even}, {a01}\n",
+            "smlad {a01}, {x_odd}, {u1_odd}, {a01}\n",
+            "ldrd {x_even}, {x_odd}, [{columns}], #8\n",
+            "smlad {a10}, {x_even}, {u0_even}, {a10}\n",
+            "smlad {a10}, {x_odd}, {u0_odd}, {a10}\n",
+            "smlad {a11}, {x_even}, {u1_even}, {a11}\n",
+            "smlad {a11}, {x_odd}, {u1_odd}, {a11}\n",
+        )
+    };
+}
+
+/// What [`winograd_sums`]' loop over units keeps in memory.
+#[repr(C)]
+struct WinogradSweep {
+    /// The first term's columns.
+    first: *const u32,
+    /// The end of the last term's columns.
+    end: *const u32,
+    /// Bytes of one term's columns.
+    term_bytes: usize,
+    /// Where the next unit's four sums go.
+    sums: *mut i32,
+    /// Units left.
+    units: usize,
+}
+
+/// The Winograd sums of a pixel quad ([`winograd_inputs`]' `columns`, `in_c` input
+/// channels) for `pairs` filter pairs whose filters start `filters` (as
+/// [`crate::winograd`] stores them): for each pair and each term `k`, a unit of 16
+/// MACs per group of four channels (four groups per iteration, 15 instructions
+/// each), into `sums[16·pair + 4·k..][..4]` as (pair 0 with the first filter, pair 0
+/// with the second, pair 1 with the first, pair 1 with the second).
+fn winograd_sums(columns: &[Quad], filters: &[u8], in_c: usize, pairs: usize, sums: &mut [i32]) {
+    let term_groups = 3 * (in_c / 4);
+    if in_c % 16 != 0
+        || in_c == 0
+        || pairs == 0
+        || columns.len() < 4 * term_groups
+        || filters.len() < pairs * 48 * in_c
+        || sums.len() < 16 * pairs
+    {
+        return;
+    }
+    let first = columns.as_ptr().cast::<u32>();
+    let mut sweep = WinogradSweep {
+        first,
+        end: first.wrapping_add(16 * term_groups),
+        term_bytes: 16 * term_groups,
+        sums: sums.as_mut_ptr(),
+        units: 4 * pairs,
+    };
+    // SAFETY: unit `u < 4 · pairs` reads the `4 · term_groups` words of term `u % 4`
+    // of `columns` (in bounds: `columns` holds the four terms, checked above; 4-byte
+    // aligned as its `u32`s are, which `LDRD` needs) and the next `16 · term_groups`
+    // bytes of `filters` (unaligned word loads, which these cores allow; `pairs · 48
+    // · in_c` bytes in all, checked above), and writes four sums at `sums[4u..]`
+    // (`16 · pairs` in all, checked) and the `sweep` it was handed. It pushes the
+    // pointer to `sweep` and pops it before it ends. `term_groups` is a multiple of
+    // four (`in_c` of 16), so each unit's loop runs whole iterations.
+    unsafe {
+        asm!(
+            "push {{{x_even}}}",
+            ".p2align 2",
+            "3:",
+            "ldr {x_odd}, [{x_even}, #4]",
+            "cmp {columns}, {x_odd}",
+            "it eq",
+            "ldreq {columns}, [{x_even}]",
+            "ldr {x_odd}, [{x_even}, #8]",
+            "add {end}, {columns}, {x_odd}",
+            "movs {a00}, #0",
+            "movs {a01}, #0",
+            "movs {a10}, #0",
+            "movs {a11}, #0",
+            ".p2align 2",
+            "2:",
+            winograd_group!(),
+            winograd_group!(),
+            winograd_group!(),
+            winograd_group!(),
+            "cmp {columns}, {end}",
+            "bne 2b",
+            "ldr {x_even}, [sp]",
+            "ldr {x_odd}, [{x_even}, #12]",
+            "str {a00}, [{x_odd}], #4",
+            "str {a01}, [{x_odd}], #4",
+            "str {a10}, [{x_odd}], #4",
+            "str {a11}, [{x_odd}], #4",
+            "str {x_odd}, [{x_even}, #12]",
+            "ldr {x_odd}, [{x_even}, #16]",
+            "subs {x_odd}, {x_odd}, #1",
+            "str {x_odd}, [{x_even}, #16]",
+            "bne 3b",
+            "add sp, sp, #4",
+            columns = inout(reg) first => _,
+            filters = inout(reg) filters.as_ptr() => _,
+            end = out(reg) _,
+            a00 = out(reg) _,
+            a01 = out(reg) _,
+            a10 = out(reg) _,
+            a11 = out(reg) _,
+            x_even = inout(reg) &raw mut sweep => _,
+            x_odd = out(reg) _,
+            u0_even = out(reg) _,
+            u0_odd = out(reg) _,
+            u1_even = out(reg) _,
+            u1_odd = out(reg) _,
+        );
+    }
+}
+
+/// The Winograd terms of output pixels `x0..x0 + 4` of row `oy` (two pairs) into
+/// `columns`: term `k`, kernel row `r`, group `g` of four channels at quad `(k · 3 +
+/// r) · groups + g`, as `[pair 0 even channels, pair 0 odd, pair 1 even, pair 1
+/// odd]`, the inputs widened to `x − zero_point` (padding as zero: `padding` is a
+/// pixel of zero points). The caller has checked the shapes ([`conv2d_i8_winograd_with`]).
+#[inline(never)]
+fn winograd_inputs(
+    shape: &ConvShape,
+    input: &[i8],
+    offset: u32,
+    padding: &[i8],
+    (oy, x0): (usize, usize),
+    columns: &mut [Quad; COLUMN_WORDS / 4],
+) {
+    let in_c = shape.in_c;
+    let groups = in_c / 4;
+    let term = 3 * groups;
+    let pixel = |iy: Option<usize>, x: usize| -> &[i8] {
+        let ix = x.checked_sub(shape.pad_left).filter(|&ix| ix < shape.in_w);
+        match (iy, ix) {
+            (Some(iy), Some(ix)) => input
+                .get((iy * shape.in_w + ix) * in_c..)
+                .and_then(|p| p.get(..in_c))
+                .unwrap_or(padding),
+            _ => padding,
+        }
+    };
+    let (v0, rest) = columns.split_at_mut(term);
+    let (v1, rest) = rest.split_at_mut(term);
+    let (v2, v3) = rest.split_at_mut(term);
+    for row in 0..3 {
+        let iy = (oy + row)
+            .checked_sub(shape.pad_top)
+            .filter(|&iy| iy < shape.in_h);
+        let at = row * groups..(row + 1) * groups;
+        let (Some(v0), Some(v1), Some(v2), Some(v3)) = (
+            v0.get_mut(at.clone()),
+            v1.get_mut(at.clone()),
+            v2.get_mut(at.clone()),
+            v3.get_mut(at),
+        ) else {
+            return;
+        };
+        let pixels: [&[i8]; 6] = core::array::from_fn(|j| pixel(iy, x0 + j));
+        let [p0, p1, p2, p3, p4, p5] = pixels.map(|p| p.chunks_exact(4));
+        let inputs = p0.zip(p1).zip(p2).zip(p3).zip(p4).zip(p5);
+        let terms = v0
+            .iter_mut()
+            .zip(v1.iter_mut())
+            .zip(v2.iter_mut())
+            .zip(v3.iter_mut());
+        for ((((((w0, w1), w2), w3), w4), w5), (((t0, t1), t2), t3)) in inputs.zip(terms) {
+            let words = [w0, w1, w2, w3, w4, w5].map(word);
+            let even = words.map(|w| sxtab16_even(offset, w));
+            let odd = words.map(|w| sxtab16_odd(offset, w));
+            for (lane, d) in [even, odd].iter().enumerate() {
+                for (pair, d) in [&d[0..4], &d[2..6]].iter().enumerate() {
+                    let at = 2 * pair + lane;
+                    t0[at] = ssub16(d[0], d[2]);
+                    t1[at] = sadd16(d[1], d[2]);
+                    t2[at] = ssub16(d[2], d[1]);
+                    t3[at] = ssub16(d[1], d[3]);
+                }
+            }
+        }
+    }
+}
+
+/// [`conv2d_i8_with`] for a layer with Winograd filters (`filters`, as
+/// [`crate::winograd`] stores them): output pixels four at a time (two pairs), each
+/// pair from four terms of three kernel rows instead of two pixels' nine taps, 1.5×
+/// fewer `SMLAD`s that read 16-bit filter terms instead of widening int8 weights;
+/// bit-identical results. A layer this path does not take (a row width not a multiple
+/// of four, more than [`WINOGRAD_CHANNELS`] input channels, filters of the wrong size
+/// for the shape, a zero point outside int8) goes to [`conv2d_i8_with`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_i8_winograd_with(
+    scratch: &mut ConvScratch,
+    shape: &ConvShape,
+    input: &[i8],
+    input_zero_point: i32,
+    weights: &[i8],
+    filters: &[u8],
+    bias: &[i32],
+    requant: &Requantize<'_>,
+    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
+    output: &mut [i8],
+) -> Result<(), Error> {
+    let (in_c, out_c) = (shape.in_c, shape.out_c);
+    let takes = winograd::applies(shape.kernel_h, shape.kernel_w, shape.stride, in_c, out_c)
+        && in_c <= WINOGRAD_CHANNELS
+        && shape.out_w % 4 == 0
+        && filters.len() == winograd::filters_bytes(in_c, out_c);
+    let (true, Some(zero_point), Some(offset)) = (
+        takes,
+        i8::try_from(input_zero_point).ok(),
+        lane_offset(input_zero_point),
+    ) else {
+        return conv2d_i8_with(
+            scratch,
+            shape,
+            input,
+            input_zero_point,
+            weights,
+            bias,
+            requant,
+            residual,
+            output,
+        );
+    };
+    kernels::check_conv_i8(shape, input, weights, bias, requant, residual, output)?;
+    let padding = [zero_point; WINOGRAD_CHANNELS];
+    let padding = &padding[..in_c];
+    let finish = Finish::new(requant, residual);
+    let ConvScratch {
+        columns,
+        acc: sums,
+        quad,
+        ..
+    } = scratch;
+    // Filter pairs per call of `winograd_sums`: its sums fill `acc`.
+    let pairs_per_call = 2 * CHANNEL_BLOCK / 16;
+    let pair_bytes = 48 * in_c;
+    for oy in 0..shape.out_h {
+        for x0 in (0..shape.out_w).step_by(4) {
+            winograd_inputs(shape, input, offset, padding, (oy, x0), columns);
+            for block in (0..out_c).step_by(CHANNEL_BLOCK) {
+                let channels = block..(block + CHANNEL_BLOCK).min(out_c);
+                for first in (channels.start..channels.end).step_by(2 * pairs_per_call) {
+                    let pairs = pairs_per_call.min((channels.end - first) / 2);
+                    let sums = sums.as_flattened_mut();
+                    winograd_sums(
+                        columns,
+                        &filters[first / 2 * pair_bytes..],
+                        in_c,
+                        pairs,
+                        sums,
+                    );
+                    // Each pair's four terms of each (pixel pair, filter) into the
+                    // pixels' two outputs: halving exact (module winograd).
+                    for (pair, terms) in sums.chunks_exact(16).take(pairs).enumerate() {
+                        for j in 0..4 {
+                            let m = [terms[j], terms[4 + j], terms[8 + j], terms[12 + j]];
+                            let (pixel, c) = (2 * (j / 2), first - block + 2 * pair + j % 2);
+                            quad[pixel][c] = m[0].wrapping_add(m[1]).wrapping_add(m[2]) >> 1;
+                            quad[pixel + 1][c] = m[1].wrapping_sub(m[2]).wrapping_sub(m[3]) >> 1;
+                        }
+                    }
+                }
+                for half in 0..2 {
+                    let x = x0 + 2 * half;
+                    let acc = &quad[2 * half..2 * half + 2];
+                    finish.pixels(acc, [x, x + 1], oy, shape, bias, channels.clone(), output);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The memory the convolution works in besides its input and output (3.1 KiB): the
 /// widened columns, the staged odd taps and the accumulators. The caller owns it
 /// and passes it to every call (see [`crate::arch::ConvScratch`]); what it holds
@@ -879,6 +1208,8 @@ pub struct ConvScratch {
     columns: [Quad; COLUMN_WORDS / 4],
     staging: [i8; STAGING_BYTES],
     acc: [[i32; CHANNEL_BLOCK]; 2],
+    /// The Winograd path's sums of four pixels.
+    quad: [[i32; CHANNEL_BLOCK]; 4],
 }
 
 impl ConvScratch {
@@ -888,6 +1219,7 @@ impl ConvScratch {
             columns: [[0; 4]; COLUMN_WORDS / 4],
             staging: [0; STAGING_BYTES],
             acc: [[0; CHANNEL_BLOCK]; 2],
+            quad: [[0; CHANNEL_BLOCK]; 4],
         }
     }
 }
@@ -1277,6 +1609,91 @@ fn finish_pixels_dsp(
     }
 }
 
+/// A row finish of [`finish_row_scalar`]'s signature.
+type FinishRow = fn(
+    &[i32],
+    &[i32],
+    Range<usize>,
+    &Requantize<'_>,
+    Option<&AddTables>,
+    ShortcutRow<'_>,
+    &mut [i8],
+);
+
+/// How a layer's sums become its outputs (requantized, a residual added), decided
+/// once per call: [`finish_pixels_dsp`] where it applies, else the layer's row finish.
+struct Finish<'r, 'a> {
+    requant: &'r Requantize<'a>,
+    residual: Option<(Shortcut<'r, i8>, &'r AddTables)>,
+    dsp: bool,
+    row: FinishRow,
+}
+
+impl<'r, 'a> Finish<'r, 'a> {
+    fn new(
+        requant: &'r Requantize<'a>,
+        residual: Option<(Shortcut<'r, i8>, &'r AddTables)>,
+    ) -> Self {
+        let add = residual.map(|(_, add)| add);
+        let row: FinishRow = if layer_is_checked(requant) {
+            finish_row_checked_layer
+        } else {
+            finish_row_scalar
+        };
+        Finish {
+            requant,
+            residual,
+            dsp: finish_row_dsp_applies(requant, add),
+            row,
+        }
+    }
+
+    /// Finishes `acc[p]`, the sums of output channels `channels`, into output pixel
+    /// `(oy, pixels[p])` of `output`; once when both are the same pixel (an odd last
+    /// column).
+    #[allow(clippy::too_many_arguments)]
+    fn pixels(
+        &self,
+        acc: &[[i32; CHANNEL_BLOCK]],
+        pixels: [usize; 2],
+        oy: usize,
+        shape: &ConvShape,
+        bias: &[i32],
+        channels: Range<usize>,
+        output: &mut [i8],
+    ) {
+        let out_c = shape.out_c;
+        let distinct = if pixels[0] == pixels[1] { 1 } else { 2 };
+        let add = self.residual.map(|(_, add)| add);
+        if self.dsp {
+            let start = (oy * shape.out_w + pixels[0]) * out_c;
+            finish_pixels_dsp(
+                &acc[..distinct],
+                &bias[channels.clone()],
+                channels,
+                self.requant,
+                add,
+                pixels.map(|x| ShortcutRow::at(self.residual, oy, x)),
+                &mut output[start..start + distinct * out_c],
+                out_c,
+            );
+            return;
+        }
+        for (p, &x) in pixels.iter().enumerate().take(distinct) {
+            let start = (oy * shape.out_w + x) * out_c;
+            (self.row)(
+                &acc[p][..channels.len()],
+                &bias[channels.clone()],
+                channels.clone(),
+                self.requant,
+                add,
+                ShortcutRow::at(self.residual, oy, x),
+                &mut output[start..start + out_c],
+            );
+        }
+    }
+}
+
 /// The convolution over kernel rows `first..first + rows` of `shape` alone, for the
 /// same output pixels: its shape and the input it reads. Row `ky` of the chunk is
 /// row `first + ky` of the kernel; the input is seen from the first row that the
@@ -1379,7 +1796,6 @@ fn conv2d_i8_dsp<const CHUNKED: bool>(
     };
     kernels::check_conv_i8(shape, input, weights, bias, requant, residual, output)?;
     let out_c = shape.out_c;
-    let add = residual.map(|(_, add)| add);
     let mut tail = Tail {
         filters: [[0; STAGING_CAPACITY]; 2],
         holds: None,
@@ -1390,6 +1806,7 @@ fn conv2d_i8_dsp<const CHUNKED: bool>(
         columns,
         staging,
         acc,
+        ..
     } = scratch;
     // The staging buffer holds the padded filters, or serves `widen_pair`.
     let (weights, window, mut staging) = if pad_channels {
@@ -1399,16 +1816,10 @@ fn conv2d_i8_dsp<const CHUNKED: bool>(
     } else {
         (weights, window, Some(staging))
     };
-    let finish_dsp = finish_row_dsp_applies(requant, add);
-    let finish_row = if layer_is_checked(requant) {
-        finish_row_checked_layer
-    } else {
-        finish_row_scalar
-    };
+    let finish = Finish::new(requant, residual);
     for oy in 0..shape.out_h {
         for ox in (0..shape.out_w).step_by(2) {
             let pixels = [ox, (ox + 1).min(shape.out_w - 1)];
-            let distinct_pixels = if pixels[0] == pixels[1] { 1 } else { 2 };
             match staging.as_deref_mut() {
                 _ if CHUNKED => {}
                 None => widen_pair_padded(shape, input, offset, oy, pixels, columns),
@@ -1466,33 +1877,7 @@ fn conv2d_i8_dsp<const CHUNKED: bool>(
                     let taps = (window, window);
                     block_sums(columns, weights, taps, channels.clone(), &mut tail, acc);
                 }
-                if finish_dsp {
-                    let start = (oy * shape.out_w + ox) * out_c;
-                    finish_pixels_dsp(
-                        &acc[..distinct_pixels],
-                        &bias[channels.clone()],
-                        channels,
-                        requant,
-                        add,
-                        pixels.map(|x| ShortcutRow::at(residual, oy, x)),
-                        &mut output[start..start + distinct_pixels * out_c],
-                        out_c,
-                    );
-                    continue;
-                }
-                for (p, &x) in pixels.iter().enumerate().take(distinct_pixels) {
-                    let shortcut = ShortcutRow::at(residual, oy, x);
-                    let out_start = (oy * shape.out_w + x) * out_c;
-                    finish_row(
-                        &acc[p][..channels.len()],
-                        &bias[channels.clone()],
-                        channels.clone(),
-                        requant,
-                        add,
-                        shortcut,
-                        &mut output[out_start..out_start + out_c],
-                    );
-                }
+                finish.pixels(&acc[..], pixels, oy, shape, bias, channels, output);
             }
         }
     }

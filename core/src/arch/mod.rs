@@ -105,6 +105,51 @@ pub fn conv2d_i8(
     )
 }
 
+/// [`conv2d_i8_with`] for a layer that may carry Winograd filters
+/// ([`crate::winograd`]): the kernel that uses them (Cortex-M DSP) takes them; the
+/// others compute from the weights alone. The same results either way.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_i8_layer_with(
+    scratch: &mut ConvScratch,
+    shape: &ConvShape,
+    input: &[i8],
+    input_zero_point: i32,
+    (weights, winograd): (&[i8], Option<&[u8]>),
+    bias: &[i32],
+    requant: &Requantize<'_>,
+    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
+    output: &mut [i8],
+) -> Result<(), Error> {
+    #[cfg(all(target_arch = "arm", tinyres_arm_dsp, not(tinyres_arm_mve)))]
+    if let Some(filters) = winograd {
+        return cortex_m_dsp::conv2d_i8_winograd_with(
+            scratch,
+            shape,
+            input,
+            input_zero_point,
+            weights,
+            filters,
+            bias,
+            requant,
+            residual,
+            output,
+        );
+    }
+    // Only the Cortex-M DSP kernel reads the filters.
+    let _ = winograd;
+    conv2d_i8_with(
+        scratch,
+        shape,
+        input,
+        input_zero_point,
+        weights,
+        bias,
+        requant,
+        residual,
+        output,
+    )
+}
+
 #[cfg(not(any(
     all(target_arch = "arm", any(tinyres_arm_dsp, tinyres_arm_m_base)),
     target_arch = "aarch64",

@@ -16,7 +16,9 @@
 //!    `tinyres_core::kernels`, bit for bit, on named edge cases (the ResNet-8 layers,
 //!    windows at the column buffer's capacity and past it, extreme zero points, wrapping
 //!    accumulators, every residual form) and on pseudo-random shapes and data, on this
-//!    core's own instruction set. A mismatch logs the case and fails.
+//!    core's own instruction set. A case that Winograd filters apply to runs again
+//!    with them (`arch::conv2d_i8_layer_with`), as a blob that carries them does. A
+//!    mismatch logs the case and fails.
 //!
 //! Ends with `selftest kernel=NAME cases=N` and `done`.
 #![no_std]
@@ -25,6 +27,7 @@
 use tinyres_core::arch;
 use tinyres_core::kernels::{self, ConvShape, Requantize, Shortcut};
 use tinyres_core::quant::{AddParams, AddTables};
+use tinyres_core::winograd;
 use tinyres_firmware::{counter_elapsed, counter_read, counter_start, exit, COUNTER};
 
 /// Iterations of the calibration loop (three instructions each).
@@ -41,6 +44,8 @@ const MAX_INPUT: usize = 32 * 32 * 16;
 const MAX_OUTPUT: usize = 32 * 32 * 16;
 const MAX_WEIGHTS: usize = 68 * 3 * 3 * 68;
 const MAX_CHANNELS: usize = 68;
+/// Winograd filters of up to 16 × 66 channels (two channel blocks).
+const MAX_WINOGRAD_BYTES: usize = winograd::filters_bytes(16, 66);
 
 #[cfg(target_arch = "arm")]
 #[cortex_m_rt::entry]
@@ -72,6 +77,7 @@ fn selftest() -> bool {
     let mut buffers = Buffers {
         input: [0; MAX_INPUT + 16],
         weights: [0; MAX_WEIGHTS + 16],
+        winograd: [0; MAX_WINOGRAD_BYTES + 16],
         bias: [0; MAX_CHANNELS],
         multipliers: [0; MAX_CHANNELS],
         shifts: [0; MAX_CHANNELS],
@@ -523,7 +529,7 @@ const fn named(in_hw: usize, in_c: usize, out_c: usize, kernel: usize, stride: u
     }
 }
 
-const NAMED_CASES: [Case; 21] = [
+const NAMED_CASES: [Case; 24] = [
     // ResNet-8 (MLPerf Tiny): the 3-channel first layer, the 16-channel block with its
     // in-place residual, the strided 3×3 and its 1×1 projection, the 64-channel 3×3 at
     // the column buffer's capacity (576 taps).
@@ -592,6 +598,20 @@ const NAMED_CASES: [Case; 21] = [
         },
         ..named(7, 5, 5, 3, 1)
     },
+    // Winograd filters (the Cortex-M DSP kernel): ResNet-8's 32-channel block with its
+    // identity shortcut; a sub-block and a half of filter pairs; two channel blocks.
+    Case {
+        residual: Residual::Mapped {
+            stride: 1,
+            channel_offset: 0,
+        },
+        ..named(16, 32, 16, 3, 1)
+    },
+    named(8, 16, 18, 3, 1),
+    Case {
+        relu: false,
+        ..named(4, 16, 66, 3, 1)
+    },
     // A kernel as large as the input, no padding.
     Case {
         padding: [0, 0, 0, 0],
@@ -601,6 +621,9 @@ const NAMED_CASES: [Case; 21] = [
 
 impl Case {
     fn random(rng: &mut Rng) -> Case {
+        if rng.size(0, 3) == 0 {
+            return Case::random_winograd(rng);
+        }
         let kernel = rng.size(1, 3);
         let residual = match rng.size(0, 2) {
             0 => Residual::None,
@@ -630,12 +653,38 @@ impl Case {
     }
 }
 
+impl Case {
+    /// A shape that Winograd filters apply to (3×3, stride 1, 16 or 32 input
+    /// channels, an even number of filters), its rows of any width.
+    fn random_winograd(rng: &mut Rng) -> Case {
+        Case {
+            in_h: rng.size(1, 6),
+            in_w: rng.size(1, 13),
+            in_c: 16 * rng.size(1, 2),
+            out_c: 2 * rng.size(1, 8),
+            padding: [0; 4].map(|_| rng.size(0, 2)),
+            residual: match rng.size(0, 2) {
+                0 => Residual::None,
+                1 => Residual::InPlace,
+                _ => Residual::Mapped {
+                    stride: 1,
+                    channel_offset: 0,
+                },
+            },
+            bias_range: 1 << 16,
+            relu: rng.size(0, 1) == 1,
+            ..named(1, 16, 2, 3, 1)
+        }
+    }
+}
+
 /// 16-byte aligned, as the engine's arena and blob are; a case with `skew` 1 uses
 /// the input and weights one byte further, to check the misaligned paths too.
 #[repr(C, align(16))]
 struct Buffers {
     input: [i8; MAX_INPUT + 16],
     weights: [i8; MAX_WEIGHTS + 16],
+    winograd: [u8; MAX_WINOGRAD_BYTES + 16],
     bias: [i32; MAX_CHANNELS],
     multipliers: [i32; MAX_CHANNELS],
     shifts: [i32; MAX_CHANNELS],
@@ -749,10 +798,12 @@ fn check_conv_i8(case: &Case, b: &mut Buffers, rng: &mut Rng, index: usize, skew
         return false;
     }
     fill_i8(&mut b.shortcut[..shortcut_len], rng);
-    // An in-place residual reads the output's previous contents: the same in both.
-    fill_i8(&mut b.reference[..output_len], rng);
+    // An in-place residual reads the output's previous contents: the same in every
+    // run, drawn again from one seed.
+    let seed = rng.next() | 1;
+    fill_i8(&mut b.reference[..output_len], &mut Rng(seed));
+    fill_i8(&mut b.optimised[..output_len], &mut Rng(seed));
     let (reference, optimised) = (&mut b.reference, &mut b.optimised);
-    optimised[..output_len].copy_from_slice(&reference[..output_len]);
     let shortcut = match residual {
         Residual::None => None,
         Residual::InPlace => Some((Shortcut::InPlace, &add)),
@@ -784,7 +835,8 @@ fn check_conv_i8(case: &Case, b: &mut Buffers, rng: &mut Rng, index: usize, skew
         shortcut,
         &mut reference[..output_len],
     );
-    let got = arch::conv2d_i8_with(
+    let mut kernel = "conv2d_i8";
+    let mut got = arch::conv2d_i8_with(
         &mut b.scratch,
         &shape,
         input,
@@ -795,14 +847,44 @@ fn check_conv_i8(case: &Case, b: &mut Buffers, rng: &mut Rng, index: usize, skew
         shortcut,
         &mut optimised[..output_len],
     );
-    let first_difference = reference[..output_len]
-        .iter()
-        .zip(&optimised[..output_len])
-        .position(|(a, b)| a != b);
+    let differs = |reference: &[i8], optimised: &[i8]| {
+        reference[..output_len]
+            .iter()
+            .zip(&optimised[..output_len])
+            .position(|(a, b)| a != b)
+    };
+    let mut first_difference = differs(&reference[..], &optimised[..]);
+    let filters_len = winograd::filters_bytes(shape.in_c, shape.out_c);
+    let with_filters = case.kernel == 3
+        && winograd::applies(3, 3, case.stride, shape.in_c, shape.out_c)
+        && filters_len <= MAX_WINOGRAD_BYTES;
+    if with_filters && got == expected && first_difference.is_none() {
+        let filters = &mut b.winograd[skew..skew + filters_len];
+        let mut written = 0;
+        winograd::for_each_filter_value(weights, shape.in_c, shape.out_c, |v| {
+            filters[written..written + 2].copy_from_slice(&v.to_le_bytes());
+            written += 2;
+        });
+        fill_i8(&mut optimised[..output_len], &mut Rng(seed));
+        kernel = "conv2d_i8 with Winograd filters";
+        got = arch::conv2d_i8_layer_with(
+            &mut b.scratch,
+            &shape,
+            input,
+            zero_point,
+            (weights, Some(&*filters)),
+            bias,
+            &requant,
+            shortcut,
+            &mut optimised[..output_len],
+        );
+        first_difference = differs(&reference[..], &optimised[..]);
+    }
     if expected != got || first_difference.is_some() {
         defmt::error!(
-            "selftest case {=usize}: conv2d_i8 differs from the portable kernel at element {} (input {=usize}x{=usize}x{=usize}, {=usize} out channels, kernel {=usize}, stride {=usize}, padding {}, zero point {=i32}; results {} vs {})",
+            "selftest case {=usize}: {=str} differs from the portable kernel at element {} (input {=usize}x{=usize}x{=usize}, {=usize} out channels, kernel {=usize}, stride {=usize}, padding {}, zero point {=i32}; results {} vs {})",
             index,
+            kernel,
             first_difference,
             shape.in_h,
             shape.in_w,

@@ -194,7 +194,7 @@ pub struct Int8Options<'d> {
 pub fn to_blob(
     network: &Network,
     dtype: Dtype,
-    memory: Memory,
+    (memory, winograd): (Memory, bool),
     int8: Option<Int8Options<'_>>,
 ) -> Result<Vec<u8>> {
     let written = match dtype {
@@ -207,9 +207,11 @@ pub fn to_blob(
             if options.bias_correction {
                 network
                     .with_weight_rounding_compensated(&calibrated.mean_tensors)
-                    .and_then(|corrected| corrected.to_blob_with(encoding, memory))
+                    .and_then(|corrected| {
+                        corrected.to_blob_with_winograd(encoding, memory, winograd)
+                    })
             } else {
-                network.to_blob_with(encoding, memory)
+                network.to_blob_with_winograd(encoding, memory, winograd)
             }
         }
     };

@@ -33,6 +33,9 @@ pub struct Args {
     /// Memory plan of the compiled model (see `tinyres compile --memory`).
     #[arg(long, value_enum, default_value_t = Memory::Min)]
     memory: Memory,
+    /// Winograd filters in the compiled model (see `tinyres compile --winograd`).
+    #[arg(long)]
+    winograd: bool,
     /// Calibration images for the int8 compile. Default: `../shared/data/cifar10`.
     #[arg(long, value_name = "DATA")]
     calib: Option<PathBuf>,
@@ -61,7 +64,7 @@ pub fn command(args: &Args) -> Result<()> {
         .unwrap_or_else(|| shared_data("cifar10/lossless_reference/test_batch_first1000.bin.gz"));
     let bytes = match &args.model {
         Some(path) if super::compile::holds_tflite(path)? => {
-            super::compile::tflite_blob(path, args.memory)?
+            super::compile::tflite_blob(path, (args.memory, args.winograd))?
         }
         Some(path) => load_blob(path)?.as_bytes().to_vec(),
         None => {
@@ -87,7 +90,7 @@ pub fn command(args: &Args) -> Result<()> {
             to_blob(
                 &imported.network,
                 Dtype::Int8,
-                args.memory,
+                (args.memory, args.winograd),
                 Some(Int8Options {
                     images: &images,
                     method: Calibration::Mse,

@@ -451,7 +451,7 @@ fn run_in(
     let bytes = to_blob(
         &imported.network,
         Dtype::Int8,
-        Memory::Min,
+        (Memory::Min, false),
         Some(Int8Options {
             images: &calibration,
             method: Calibration::Mse,

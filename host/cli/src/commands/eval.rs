@@ -132,7 +132,7 @@ pub fn command(args: &Args) -> Result<()> {
         (evaluate_onnx(&file, &data)?, data)
     } else {
         let blob = if holds_tflite(model)? {
-            AlignedBlob::new(&tflite_blob(model, Memory::Min)?)
+            AlignedBlob::new(&tflite_blob(model, (Memory::Min, false))?)
         } else {
             load_blob(model)?
         };

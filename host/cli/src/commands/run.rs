@@ -167,7 +167,10 @@ fn finetune_on_device(
 pub fn command(args: &Args) -> Result<()> {
     let board = Board::by_name(&args.board)?;
     let blob = if holds_tflite(&args.model)? {
-        AlignedBlob::new(&tflite_blob(&args.model, tinyres_compile::Memory::Min)?)
+        AlignedBlob::new(&tflite_blob(
+            &args.model,
+            (tinyres_compile::Memory::Min, false),
+        )?)
     } else {
         load_blob(&args.model)?
     };
