@@ -86,41 +86,6 @@ one_instruction! {
     fn asr(x: i32, n: u32) -> i32 = "asr {r}, {a}, {b}"
 }
 
-/// Defines a function that runs one parallel 16-bit add or subtract (`$op`): it sets
-/// the GE flags, which nothing reads, so the block does not promise to keep the flags.
-macro_rules! lanes16 {
-    ($(#[$doc:meta])* fn $name:ident = $op:literal) => {
-        $(#[$doc])*
-        #[inline(always)]
-        fn $name(a: u32, b: u32) -> u32 {
-            let result;
-            // SAFETY: one instruction that reads and writes registers only; the DSP
-            // extension is present (this module is compiled for `tinyres_arm_dsp`
-            // targets only, see build.rs).
-            unsafe {
-                asm!(
-                    concat!($op, " {r}, {a}, {b}"),
-                    r = lateout(reg) result,
-                    a = in(reg) a,
-                    b = in(reg) b,
-                    options(pure, nomem, nostack),
-                );
-            }
-            result
-        }
-    };
-}
-
-lanes16! {
-    /// The 16-bit lanes of `a` and `b` added, each wrapping.
-    fn sadd16 = "sadd16"
-}
-
-lanes16! {
-    /// The 16-bit lanes of `b` subtracted from those of `a`, each wrapping.
-    fn ssub16 = "ssub16"
-}
-
 /// Four int8 values as a little-endian word (one unaligned `LDR`).
 #[inline(always)]
 fn word(bytes: &[i8]) -> u32 {
@@ -930,7 +895,7 @@ macro_rules! winograd_group {
             "smlad {a00}, {x_odd}, {u0_odd}, {a00}\n",
             "smlad {a01}, {x_even}, {u1_even}, {a01}\n",
             "smlad {a01}, {x_odd}, {u1_odd}, {a01}\n",
-            "ldrd {x_even}, {x_odd}, [{columns}], #8\n",
+            "ldrd {x_even}, {x_odd}, [{columns}], #56\n",
             "smlad {a10}, {x_even}, {u0_even}, {a10}\n",
             "smlad {a10}, {x_odd}, {u0_odd}, {a10}\n",
             "smlad {a11}, {x_even}, {u1_even}, {a11}\n",
@@ -942,12 +907,14 @@ macro_rules! winograd_group {
 /// What [`winograd_sums`]' loop over units keeps in memory.
 #[repr(C)]
 struct WinogradSweep {
-    /// The first term's columns.
+    /// The first group of the next unit's term.
+    next: *const u32,
+    /// The first group of term 4, which is term 0's (16 bytes past term 3's).
+    wrap: *const u32,
+    /// The first group of term 0.
     first: *const u32,
-    /// The end of the last term's columns.
-    end: *const u32,
-    /// Bytes of one term's columns.
-    term_bytes: usize,
+    /// Bytes from a term's first group to its end (64 a group).
+    span: usize,
     /// Where the next unit's four sums go.
     sums: *mut i32,
     /// Units left.
@@ -973,15 +940,17 @@ fn winograd_sums(columns: &[Quad], filters: &[u8], in_c: usize, pairs: usize, su
     }
     let first = columns.as_ptr().cast::<u32>();
     let mut sweep = WinogradSweep {
+        next: first,
+        wrap: first.wrapping_add(16),
         first,
-        end: first.wrapping_add(16 * term_groups),
-        term_bytes: 16 * term_groups,
+        span: 64 * term_groups,
         sums: sums.as_mut_ptr(),
         units: 4 * pairs,
     };
-    // SAFETY: unit `u < 4 · pairs` reads the `4 · term_groups` words of term `u % 4`
-    // of `columns` (in bounds: `columns` holds the four terms, checked above; 4-byte
-    // aligned as its `u32`s are, which `LDRD` needs) and the next `16 · term_groups`
+    // SAFETY: unit `u < 4 · pairs` reads the four words of term `k = u % 4` in each of
+    // the `term_groups` groups of `columns` (at `16 · (4g + k)`: in bounds, `columns`
+    // holds `4 · term_groups` quads, checked above; 4-byte aligned as its `u32`s are,
+    // which `LDRD` needs) and the next `16 · term_groups`
     // bytes of `filters` (unaligned word loads, which these cores allow; `pairs · 48
     // · in_c` bytes in all, checked above), and writes four sums at `sums[4u..]`
     // (`16 · pairs` in all, checked) and the `sweep` it was handed. It pushes the
@@ -992,11 +961,15 @@ fn winograd_sums(columns: &[Quad], filters: &[u8], in_c: usize, pairs: usize, su
             "push {{{x_even}}}",
             ".p2align 2",
             "3:",
-            "ldr {x_odd}, [{x_even}, #4]",
-            "cmp {columns}, {x_odd}",
+            // This unit's term, and the next unit's: the next term, or term 0.
+            "ldr {columns}, [{x_even}]",
+            "ldr {end}, [{x_even}, #4]",
+            "adds {x_odd}, {columns}, #16",
+            "cmp {x_odd}, {end}",
             "it eq",
-            "ldreq {columns}, [{x_even}]",
-            "ldr {x_odd}, [{x_even}, #8]",
+            "ldreq {x_odd}, [{x_even}, #8]",
+            "str {x_odd}, [{x_even}]",
+            "ldr {x_odd}, [{x_even}, #12]",
             "add {end}, {columns}, {x_odd}",
             "movs {a00}, #0",
             "movs {a01}, #0",
@@ -1011,18 +984,18 @@ fn winograd_sums(columns: &[Quad], filters: &[u8], in_c: usize, pairs: usize, su
             "cmp {columns}, {end}",
             "bne 2b",
             "ldr {x_even}, [sp]",
-            "ldr {x_odd}, [{x_even}, #12]",
+            "ldr {x_odd}, [{x_even}, #16]",
             "str {a00}, [{x_odd}], #4",
             "str {a01}, [{x_odd}], #4",
             "str {a10}, [{x_odd}], #4",
             "str {a11}, [{x_odd}], #4",
-            "str {x_odd}, [{x_even}, #12]",
-            "ldr {x_odd}, [{x_even}, #16]",
-            "subs {x_odd}, {x_odd}, #1",
             "str {x_odd}, [{x_even}, #16]",
+            "ldr {x_odd}, [{x_even}, #20]",
+            "subs {x_odd}, {x_odd}, #1",
+            "str {x_odd}, [{x_even}, #20]",
             "bne 3b",
             "add sp, sp, #4",
-            columns = inout(reg) first => _,
+            columns = out(reg) _,
             filters = inout(reg) filters.as_ptr() => _,
             end = out(reg) _,
             a00 = out(reg) _,
@@ -1039,11 +1012,86 @@ fn winograd_sums(columns: &[Quad], filters: &[u8], in_c: usize, pairs: usize, su
     }
 }
 
+/// One lane (`$lane`: `""` even channels, `", ror #8"` odd) of [`winograd_inputs`]'
+/// group: the six pixels' words loaded through their pointers, widened, and the
+/// eight terms (four of each pixel pair) stored at `$at` bytes into their quads.
+macro_rules! winograd_lane {
+    ($lane:literal, $at:literal) => {
+        concat!(
+            "ldr {w0}, [{pixels}]\n",
+            "ldr {w1}, [{pixels}, #4]\n",
+            "ldr {w2}, [{pixels}, #8]\n",
+            "ldr {w3}, [{pixels}, #12]\n",
+            "ldr {w4}, [{pixels}, #16]\n",
+            "ldr {w5}, [{pixels}, #20]\n",
+            "ldr {w0}, [{w0}, {group}]\n",
+            "ldr {w1}, [{w1}, {group}]\n",
+            "ldr {w2}, [{w2}, {group}]\n",
+            "ldr {w3}, [{w3}, {group}]\n",
+            "ldr {w4}, [{w4}, {group}]\n",
+            "ldr {w5}, [{w5}, {group}]\n",
+            "sxtab16 {w0}, {offset}, {w0}",
+            $lane,
+            "\n",
+            "sxtab16 {w1}, {offset}, {w1}",
+            $lane,
+            "\n",
+            "sxtab16 {w2}, {offset}, {w2}",
+            $lane,
+            "\n",
+            "sxtab16 {w3}, {offset}, {w3}",
+            $lane,
+            "\n",
+            "sxtab16 {w4}, {offset}, {w4}",
+            $lane,
+            "\n",
+            "sxtab16 {w5}, {offset}, {w5}",
+            $lane,
+            "\n",
+            "ssub16 {t}, {w0}, {w2}\n",
+            "str {t}, [{out}, #",
+            $at,
+            "]\n",
+            "sadd16 {t}, {w1}, {w2}\n",
+            "str {t}, [{out}, #16 + ",
+            $at,
+            "]\n",
+            "ssub16 {t}, {w2}, {w1}\n",
+            "str {t}, [{out}, #32 + ",
+            $at,
+            "]\n",
+            "ssub16 {t}, {w1}, {w3}\n",
+            "str {t}, [{out}, #48 + ",
+            $at,
+            "]\n",
+            "ssub16 {t}, {w2}, {w4}\n",
+            "str {t}, [{out}, #8 + ",
+            $at,
+            "]\n",
+            "sadd16 {t}, {w3}, {w4}\n",
+            "str {t}, [{out}, #24 + ",
+            $at,
+            "]\n",
+            "ssub16 {t}, {w4}, {w3}\n",
+            "str {t}, [{out}, #40 + ",
+            $at,
+            "]\n",
+            "ssub16 {t}, {w3}, {w5}\n",
+            "str {t}, [{out}, #56 + ",
+            $at,
+            "]\n",
+        )
+    };
+}
+
 /// The Winograd terms of output pixels `x0..x0 + 4` of row `oy` (two pairs) into
-/// `columns`: term `k`, kernel row `r`, group `g` of four channels at quad `(k · 3 +
-/// r) · groups + g`, as `[pair 0 even channels, pair 0 odd, pair 1 even, pair 1
-/// odd]`, the inputs widened to `x − zero_point` (padding as zero: `padding` is a
-/// pixel of zero points). The caller has checked the shapes ([`conv2d_i8_winograd_with`]).
+/// `columns`: for kernel row `r` and group `g` of four channels, the four quads at
+/// `4 · (r · groups + g)`, one a term `k`, each `[pair 0 even channels, pair 0 odd,
+/// pair 1 even, pair 1 odd]` of `V_k` ([`crate::winograd`]), the inputs widened to
+/// `x − zero_point`. Each kernel row runs in one assembly block over six pixel
+/// pointers, the input's pixels or `padding` (a pixel of zero points, which widen to
+/// zero) where the window leaves the input. The caller has checked the shapes
+/// ([`conv2d_i8_winograd_with`]).
 #[inline(never)]
 fn winograd_inputs(
     shape: &ConvShape,
@@ -1055,54 +1103,60 @@ fn winograd_inputs(
 ) {
     let in_c = shape.in_c;
     let groups = in_c / 4;
-    let term = 3 * groups;
-    let pixel = |iy: Option<usize>, x: usize| -> &[i8] {
-        let ix = x.checked_sub(shape.pad_left).filter(|&ix| ix < shape.in_w);
-        match (iy, ix) {
-            (Some(iy), Some(ix)) => input
-                .get((iy * shape.in_w + ix) * in_c..)
-                .and_then(|p| p.get(..in_c))
-                .unwrap_or(padding),
-            _ => padding,
-        }
-    };
-    let (v0, rest) = columns.split_at_mut(term);
-    let (v1, rest) = rest.split_at_mut(term);
-    let (v2, v3) = rest.split_at_mut(term);
+    if padding.len() != in_c || in_c % 4 != 0 || 12 * groups > columns.len() {
+        return;
+    }
+    if input.len() < shape.in_h * shape.in_w * in_c {
+        return;
+    }
     for row in 0..3 {
-        let iy = (oy + row)
-            .checked_sub(shape.pad_top)
-            .filter(|&iy| iy < shape.in_h);
-        let at = row * groups..(row + 1) * groups;
-        let (Some(v0), Some(v1), Some(v2), Some(v3)) = (
-            v0.get_mut(at.clone()),
-            v1.get_mut(at.clone()),
-            v2.get_mut(at.clone()),
-            v3.get_mut(at),
-        ) else {
-            return;
-        };
-        let pixels: [&[i8]; 6] = core::array::from_fn(|j| pixel(iy, x0 + j));
-        let [p0, p1, p2, p3, p4, p5] = pixels.map(|p| p.chunks_exact(4));
-        let inputs = p0.zip(p1).zip(p2).zip(p3).zip(p4).zip(p5);
-        let terms = v0
-            .iter_mut()
-            .zip(v1.iter_mut())
-            .zip(v2.iter_mut())
-            .zip(v3.iter_mut());
-        for ((((((w0, w1), w2), w3), w4), w5), (((t0, t1), t2), t3)) in inputs.zip(terms) {
-            let words = [w0, w1, w2, w3, w4, w5].map(word);
-            let even = words.map(|w| sxtab16_even(offset, w));
-            let odd = words.map(|w| sxtab16_odd(offset, w));
-            for (lane, d) in [even, odd].iter().enumerate() {
-                for (pair, d) in [&d[0..4], &d[2..6]].iter().enumerate() {
-                    let at = 2 * pair + lane;
-                    t0[at] = ssub16(d[0], d[2]);
-                    t1[at] = sadd16(d[1], d[2]);
-                    t2[at] = ssub16(d[2], d[1]);
-                    t3[at] = ssub16(d[1], d[3]);
-                }
+        // Row and column indices that wrap below zero fail the `<` tests as those
+        // past the end do.
+        let iy = (oy + row).wrapping_sub(shape.pad_top);
+        let first = (x0 as isize - shape.pad_left as isize) * in_c as isize;
+        let row_start = input
+            .as_ptr()
+            .wrapping_add(iy.wrapping_mul(shape.in_w * in_c));
+        let pixels: [*const i8; 6] = core::array::from_fn(|j| {
+            let ix = (x0 + j).wrapping_sub(shape.pad_left);
+            if iy < shape.in_h && ix < shape.in_w {
+                row_start.wrapping_offset(first + (j * in_c) as isize)
+            } else {
+                padding.as_ptr()
             }
+        });
+        let out = columns[4 * row * groups..].as_mut_ptr().cast::<u32>();
+        // SAFETY: each of the six pointers is valid for `in_c` bytes: a pixel `(iy,
+        // ix)` of `input` with `iy < in_h` and `ix < in_w`, whose `in_h · in_w · in_c`
+        // bytes `input` holds (checked), or `padding`, whose length is `in_c`
+        // (checked); the block reads the
+        // word at each `group < in_c` (unaligned word loads, which these cores
+        // allow) and writes 16 words a group from `out`: quads `4 · row · groups ..
+        // 4 · (row + 1) · groups` of `columns`, within its `12 · groups` (checked).
+        unsafe {
+            asm!(
+                ".p2align 2",
+                "2:",
+                winograd_lane!("", "0"),
+                winograd_lane!(", ror #8", "4"),
+                "adds {group}, {group}, #4",
+                "adds {out}, {out}, #64",
+                "cmp {group}, {end}",
+                "bne 2b",
+                pixels = in(reg) pixels.as_ptr(),
+                group = inout(reg) 0usize => _,
+                end = in(reg) in_c,
+                out = inout(reg) out => _,
+                offset = in(reg) offset,
+                t = out(reg) _,
+                w0 = out(reg) _,
+                w1 = out(reg) _,
+                w2 = out(reg) _,
+                w3 = out(reg) _,
+                w4 = out(reg) _,
+                w5 = out(reg) _,
+                options(nostack),
+            );
         }
     }
 }
