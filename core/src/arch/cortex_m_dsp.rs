@@ -1706,6 +1706,7 @@ impl<'r, 'a> Finish<'r, 'a> {
     /// `(oy, pixels[p])` of `output`; once when both are the same pixel (an odd last
     /// column).
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn pixels(
         &self,
         acc: &[[i32; CHANNEL_BLOCK]],

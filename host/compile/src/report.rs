@@ -23,7 +23,7 @@ pub struct LayerReport {
     pub macs: u64,
     /// Weights and biases.
     pub params: u64,
-    /// Bytes of weights, biases and requantization data in the blob.
+    /// Bytes of weights, biases, requantization data and Winograd filters in the blob.
     pub weight_bytes: u64,
     /// Bytes of the output activation buffer.
     pub activation_bytes: u64,
@@ -93,6 +93,9 @@ pub fn describe(model: &Model<'_>) -> Result<ModelReport> {
                 if c.stride != 1 {
                     write!(op, "/{}", c.stride)?;
                 }
+                if c.winograd.is_some() {
+                    op.push_str(" winograd");
+                }
                 if c.relu {
                     op.push_str(" relu");
                 }
@@ -109,7 +112,8 @@ pub fn describe(model: &Model<'_>) -> Result<ModelReport> {
                 }
                 let macs = out_len * (c.kernel_h * c.kernel_w * in_shape[2]) as u64;
                 let n = (c.weights.len() + c.bias.len()) as u64;
-                let bytes = parameter_bytes(c.weights, c.bias.len(), c.requant.is_some());
+                let bytes = parameter_bytes(c.weights, c.bias.len(), c.requant.is_some())
+                    + c.winograd.map_or(0, <[u8]>::len) as u64;
                 (op, macs, n, bytes)
             }
             Layer::MaxPool(p) => (
