@@ -104,6 +104,8 @@ fn lane_offset(input_zero_point: i32) -> Option<u32> {
 
 /// Taps per pixel the column buffer holds: a 3×3 window over 64 channels.
 pub const WINDOW_CAPACITY: usize = 576;
+/// Filter pairs per call of [`winograd_sums`] on the Winograd path.
+const WINOGRAD_PAIRS: usize = 4;
 /// Input channels the Winograd path takes at most ([`conv2d_i8_winograd_with`]): its
 /// four terms of three kernel rows, for two pixel pairs, fill the column buffer.
 pub const WINOGRAD_CHANNELS: usize = 64;
@@ -1209,43 +1211,53 @@ pub fn conv2d_i8_winograd_with(
     let finish = Finish::new(requant, residual);
     let ConvScratch {
         columns,
-        acc: sums,
-        quad,
+        acc,
+        second_pair,
         ..
     } = scratch;
-    // Filter pairs per call of `winograd_sums`: its sums fill `acc`.
-    let pairs_per_call = 2 * CHANNEL_BLOCK / 16;
+    // The pixel pairs' sums (each as `acc` is for the pixel pair of the other path).
+    let mut pixel_pairs = [acc, second_pair];
+    // The four terms' sums of each (pixel pair, filter) of `WINOGRAD_PAIRS` filter
+    // pairs, from one call of `winograd_sums`.
+    let mut sums = [0i32; 16 * WINOGRAD_PAIRS];
     let pair_bytes = 48 * in_c;
     for oy in 0..shape.out_h {
         for x0 in (0..shape.out_w).step_by(4) {
             winograd_inputs(shape, input, offset, padding, (oy, x0), columns);
             for block in (0..out_c).step_by(CHANNEL_BLOCK) {
                 let channels = block..(block + CHANNEL_BLOCK).min(out_c);
-                for first in (channels.start..channels.end).step_by(2 * pairs_per_call) {
-                    let pairs = pairs_per_call.min((channels.end - first) / 2);
-                    let sums = sums.as_flattened_mut();
+                for first in (channels.start..channels.end).step_by(2 * WINOGRAD_PAIRS) {
+                    let pairs = WINOGRAD_PAIRS.min((channels.end - first) / 2);
                     winograd_sums(
                         columns,
                         &filters[first / 2 * pair_bytes..],
                         in_c,
                         pairs,
-                        sums,
+                        &mut sums,
                     );
                     // Each pair's four terms of each (pixel pair, filter) into the
-                    // pixels' two outputs: halving exact (module winograd).
+                    // pair's two outputs: halving exact (module winograd).
                     for (pair, terms) in sums.chunks_exact(16).take(pairs).enumerate() {
                         for j in 0..4 {
                             let m = [terms[j], terms[4 + j], terms[8 + j], terms[12 + j]];
-                            let (pixel, c) = (2 * (j / 2), first - block + 2 * pair + j % 2);
-                            quad[pixel][c] = m[0].wrapping_add(m[1]).wrapping_add(m[2]) >> 1;
-                            quad[pixel + 1][c] = m[1].wrapping_sub(m[2]).wrapping_sub(m[3]) >> 1;
+                            let (sums, c) =
+                                (&mut pixel_pairs[j / 2], first - block + 2 * pair + j % 2);
+                            sums[0][c] = m[0].wrapping_add(m[1]).wrapping_add(m[2]) >> 1;
+                            sums[1][c] = m[1].wrapping_sub(m[2]).wrapping_sub(m[3]) >> 1;
                         }
                     }
                 }
-                for half in 0..2 {
+                for (half, sums) in pixel_pairs.iter().enumerate() {
                     let x = x0 + 2 * half;
-                    let acc = &quad[2 * half..2 * half + 2];
-                    finish.pixels(acc, [x, x + 1], oy, shape, bias, channels.clone(), output);
+                    finish.pixels(
+                        &sums[..],
+                        [x, x + 1],
+                        oy,
+                        shape,
+                        bias,
+                        channels.clone(),
+                        output,
+                    );
                 }
             }
         }
@@ -1253,8 +1265,9 @@ pub fn conv2d_i8_winograd_with(
     Ok(())
 }
 
-/// The memory the convolution works in besides its input and output (3.1 KiB): the
-/// widened columns, the staged odd taps and the accumulators. The caller owns it
+/// The memory the convolution works in besides its input and output (4.6 KiB): the
+/// widened columns (or the Winograd path's terms), the staged odd taps and the
+/// accumulators. The caller owns it
 /// and passes it to every call (see [`crate::arch::ConvScratch`]); what it holds
 /// between calls does not matter.
 #[derive(Clone, Debug)]
@@ -1262,8 +1275,8 @@ pub struct ConvScratch {
     columns: [Quad; COLUMN_WORDS / 4],
     staging: [i8; STAGING_BYTES],
     acc: [[i32; CHANNEL_BLOCK]; 2],
-    /// The Winograd path's sums of four pixels.
-    quad: [[i32; CHANNEL_BLOCK]; 4],
+    /// The Winograd path's sums of its second pixel pair (`acc` holds the first's).
+    second_pair: [[i32; CHANNEL_BLOCK]; 2],
 }
 
 impl ConvScratch {
@@ -1273,7 +1286,7 @@ impl ConvScratch {
             columns: [[0; 4]; COLUMN_WORDS / 4],
             staging: [0; STAGING_BYTES],
             acc: [[0; CHANNEL_BLOCK]; 2],
-            quad: [[0; CHANNEL_BLOCK]; 4],
+            second_pair: [[0; CHANNEL_BLOCK]; 2],
         }
     }
 }

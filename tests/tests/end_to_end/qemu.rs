@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tinyres_compile::arch::Architecture;
 use tinyres_compile::fit::Chip;
-use tinyres_compile::writer::{AlignedBlob, Encoding, LayerSpec, Network};
+use tinyres_compile::writer::{AlignedBlob, Encoding, LayerSpec, Memory, Network};
 use tinyres_core::{Interpreter, Model};
 use tinyres_data::Dataset;
 use tinyres_device::qemu::{self, Board, Transport};
@@ -207,6 +207,43 @@ fn int8_resnet8_on_every_cortex_m_board_matches_the_host_engine() {
         println!(
             "{}: {} instructions per inference",
             board.name, predictions[0].instructions
+        );
+    }
+}
+
+/// ResNet-8 with Winograd filters in its blob: the DSP Cortex-M kernels compute its
+/// 3×3 stride-1 layers from them, with the host's classes, in fewer instructions
+/// than from the weights alone (which shows that the filters' path ran).
+#[test]
+fn int8_resnet8_with_winograd_filters_matches_the_host_engine() {
+    let net = resnet8();
+    let calibration = images(10, PROTOTYPES);
+    let ranges = net
+        .calibrate((0..10).map(|i| calibration.image(i)))
+        .unwrap();
+    let blob = |winograd| {
+        let bytes = net
+            .to_blob_with_winograd(Encoding::Int8(&ranges), Memory::Min, winograd)
+            .unwrap();
+        AlignedBlob::new(&bytes)
+    };
+    let (plain, filters) = (blob(false), blob(true));
+    let mut data = images(10, PROTOTYPES);
+    data.truncate(4);
+    let host = host_classes(&filters, &data);
+    assert_eq!(host, host_classes(&plain, &data));
+    for board in ["mps2-an386", "mps2-an505"] {
+        let board = Board::by_name(board).unwrap();
+        let with = device(&board, &filters, &data);
+        let classes: Vec<usize> = with.iter().map(|p| p.class).collect();
+        assert_eq!(classes, host, "{}", board.name);
+        let without = device(&board, &plain, &data);
+        assert!(
+            with[0].instructions < without[0].instructions * 9 / 10,
+            "{}: {} instructions with the filters, {} without",
+            board.name,
+            with[0].instructions,
+            without[0].instructions
         );
     }
 }

@@ -2,7 +2,7 @@
 //! a model that runs without panicking; never a panic, never an out-of-bounds access.
 
 use proptest::prelude::*;
-use tinyres_compile::writer::{AlignedBlob, Encoding};
+use tinyres_compile::writer::{AlignedBlob, Encoding, Memory};
 use tinyres_core::{crc32, Error, Interpreter, Model};
 
 /// A small net with every layer kind, an option-A shortcut and class names.
@@ -186,6 +186,71 @@ fn named_corruptions_give_named_errors() {
             what: "weights",
             index: 0
         }
+    ));
+}
+
+/// The small int8 net with Winograd filters: exactly the layers that they apply to
+/// carry them (its 16-channel 3×3 stride-1 layers), each term the transform of the
+/// weights; a wrong term, or the flag on a layer they do not apply to, is a named
+/// error.
+#[test]
+fn winograd_filters_are_written_where_they_apply_and_checked() {
+    use tinyres_core::{format, winograd, Layer, Weights};
+    let net = super::common::cifar_resnet_option_a(21, 1, 8, [4, 8, 16], 3);
+    let network = net.to_network();
+    let mut rng = super::common::Rng::new(3);
+    let ranges = net.calibrate(&[rng.image(8 * 8 * 3), rng.image(8 * 8 * 3)]);
+    let bytes = network
+        .to_blob_with_winograd(Encoding::Int8(&ranges), Memory::Min, true)
+        .unwrap();
+    let blob = AlignedBlob::new(&bytes);
+    let model = Model::parse(blob.as_bytes()).unwrap();
+    let mut carrying = Vec::new();
+    let mut first_conv = None;
+    for i in 0..model.num_layers() {
+        let Ok(Layer::Conv(conv)) = model.layer(i) else {
+            continue;
+        };
+        first_conv.get_or_insert(i);
+        let in_c = model.tensor(conv.input).unwrap().channels;
+        let out_c = model.tensor(conv.output).unwrap().channels;
+        let applies = winograd::applies(conv.kernel_h, conv.kernel_w, conv.stride, in_c, out_c);
+        assert_eq!(conv.winograd.is_some(), applies, "layer {i}");
+        if let (Some(filters), Weights::I8(weights)) = (conv.winograd, conv.weights) {
+            let mut expected = Vec::new();
+            winograd::for_each_filter_value(weights, in_c, out_c, |v| {
+                expected.extend_from_slice(&v.to_le_bytes())
+            });
+            assert_eq!(filters, &expected[..], "layer {i}");
+            carrying.push((i, weights.len()));
+        }
+    }
+    assert!(!carrying.is_empty());
+    parse_and_run(&bytes).unwrap();
+    let layer_table = u32::from_le_bytes(bytes[28..32].try_into().unwrap()) as usize;
+    let record = |i: u16| layer_table + usize::from(i) * format::LAYER_RECORD_SIZE;
+    let with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = bytes.clone();
+        f(&mut b);
+        reseal(&mut b);
+        parse_and_run(&b).unwrap_err()
+    };
+    let (layer, n_weights) = carrying[0];
+    let weights_at = record(layer) + format::layer::WEIGHTS;
+    let weights = u32::from_le_bytes(bytes[weights_at..weights_at + 4].try_into().unwrap());
+    let filters = (weights as usize + n_weights).next_multiple_of(format::SECTION_ALIGN);
+    assert_eq!(
+        with(&|b| b[filters + 6] ^= 1),
+        Error::InvalidValue {
+            what: "Winograd filter term",
+            index: layer,
+            value: 3
+        }
+    );
+    let first = first_conv.unwrap();
+    assert!(matches!(
+        with(&|b| b[record(first) + format::layer::FLAGS] |= format::flags::WINOGRAD),
+        Error::ShapeMismatch { layer, .. } if layer == first
     ));
 }
 
