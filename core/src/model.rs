@@ -1325,7 +1325,7 @@ impl<'a> Model<'a> {
         if !winograd::applies(kernel_h, kernel_w, stride, in_c, out_c) {
             return Err(Error::ShapeMismatch {
                 layer: rec.index,
-                what: "Winograd filters need a 3x3 stride-1 convolution, input channels a multiple of 16 and even output channels",
+                what: "Winograd filters need a 3x3 stride-1 convolution, input channels a multiple of 16 up to 64 and even output channels",
             });
         }
         let weights = rec.u32(lf::WEIGHTS)? as usize;

@@ -21,9 +21,15 @@
 //! [`for_each_filter_value`] gives them: the order in which a kernel with dual 16-bit
 //! multiply-accumulates reads them. The parser checks them against the weights.
 
+/// Most input channels a layer with Winograd filters may have: the terms of two pixel
+/// pairs over its three kernel rows fill the Cortex-M DSP kernel's column buffer
+/// (12 words a channel).
+pub const MAX_IN_CHANNELS: usize = 64;
+
 /// Whether an int8 convolution may carry Winograd filters: a 3×3 kernel at stride 1,
 /// input channels a multiple of 16 (whole groups of four for every kernel row, four
-/// at a time) and an even number of output channels (filters go in pairs).
+/// at a time) up to [`MAX_IN_CHANNELS`], and an even number of output channels
+/// (filters go in pairs).
 pub const fn applies(
     kernel_h: usize,
     kernel_w: usize,
@@ -36,6 +42,7 @@ pub const fn applies(
         && stride == 1
         && in_c > 0
         && in_c % 16 == 0
+        && in_c <= MAX_IN_CHANNELS
         && out_c > 0
         && out_c % 2 == 0
 }
@@ -130,11 +137,14 @@ mod tests {
             i16::from(weights[((f * 3 + row) * 3 + column) * in_c + c])
         };
         // k = 1, row 2, group 3, second filter, lane 1 (channel 4·3 + 2).
-        let at = ((1 * 3 + 2) * 4 + 3) * 8 + 4 + 1;
+        let index = |k: usize, row: usize, group: usize, f: usize, lane: usize| {
+            ((k * 3 + row) * 4 + group) * 8 + f * 4 + lane
+        };
+        let at = index(1, 2, 3, 1, 1);
         let c = 14;
         assert_eq!(values[at], w(1, 2, 0, c) + w(1, 2, 1, c) + w(1, 2, 2, c));
         // k = 3, row 0, group 0, first filter, lane 2 (channel 1).
-        let at = (3 * 3 * 4) * 8 + 2;
+        let at = index(3, 0, 0, 0, 2);
         assert_eq!(values[at], 2 * w(0, 0, 2, 1));
     }
 }

@@ -108,7 +108,7 @@ pub const WINDOW_CAPACITY: usize = 576;
 const WINOGRAD_PAIRS: usize = 4;
 /// Input channels the Winograd path takes at most ([`conv2d_i8_winograd_with`]): its
 /// four terms of three kernel rows, for two pixel pairs, fill the column buffer.
-pub const WINOGRAD_CHANNELS: usize = 64;
+pub const WINOGRAD_CHANNELS: usize = winograd::MAX_IN_CHANNELS;
 /// Words of the column buffer: two pixels' windows, two words per four taps, or the
 /// Winograd path's terms of two pixel pairs (two words per four channels, per term,
 /// kernel row and pair).
@@ -1168,8 +1168,8 @@ fn winograd_inputs(
 /// pair from four terms of three kernel rows instead of two pixels' nine taps, 1.5×
 /// fewer `SMLAD`s that read 16-bit filter terms instead of widening int8 weights;
 /// bit-identical results. A layer this path does not take (a row width not a multiple
-/// of four, more than [`WINOGRAD_CHANNELS`] input channels, filters of the wrong size
-/// for the shape, a zero point outside int8) goes to [`conv2d_i8_with`].
+/// of four, filters of the wrong size for the shape, a zero point outside int8) goes
+/// to [`conv2d_i8_with`].
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_i8_winograd_with(
     scratch: &mut ConvScratch,
@@ -1185,7 +1185,6 @@ pub fn conv2d_i8_winograd_with(
 ) -> Result<(), Error> {
     let (in_c, out_c) = (shape.in_c, shape.out_c);
     let takes = winograd::applies(shape.kernel_h, shape.kernel_w, shape.stride, in_c, out_c)
-        && in_c <= WINOGRAD_CHANNELS
         && shape.out_w % 4 == 0
         && filters.len() == winograd::filters_bytes(in_c, out_c);
     let (true, Some(zero_point), Some(offset)) = (

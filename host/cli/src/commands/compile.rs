@@ -30,7 +30,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Memory::Min)]
     memory: Memory,
     /// Store Winograd filters for the int8 3×3 stride-1 convolutions whose input
-    /// channels are a multiple of 16: the Cortex-M4/M7/M33 kernel then computes them
+    /// channels are a multiple of 16 up to 64: the Cortex-M4/M7/M33 kernel then computes them
     /// with 1.5× fewer multiplies, for 2.7× those layers' weight bytes more in flash
     /// (other cores ignore them; the results are the same).
     #[arg(long)]
