@@ -485,6 +485,7 @@ impl<'a> Model<'a> {
             ..model
         };
         model.validate()?;
+        model.check_winograd()?;
         Ok(model)
     }
 
@@ -518,7 +519,6 @@ impl<'a> Model<'a> {
         for i in 0..self.num_layers {
             if let Layer::Conv(conv) = self.layer(i)? {
                 self.check_folded_bias(i, &conv)?;
-                self.check_winograd(i, &conv)?;
             }
         }
         self.validate_plan()?;
@@ -1336,8 +1336,21 @@ impl<'a> Model<'a> {
         self.array(offset, bytes, 1, "Winograd filters", rec.index)
     }
 
+    /// Every int8 convolution's Winograd filters are those of its weights. Called
+    /// after [`Self::validate`], not from it: on top of its frame (3.6 KiB on the
+    /// Cortex-M) this loop would deepen the engine's deepest stack.
+    #[inline(never)]
+    fn check_winograd(&self) -> Result<(), Error> {
+        for i in 0..self.num_layers {
+            if let Layer::Conv(conv) = self.layer(i)? {
+                self.check_winograd_layer(i, &conv)?;
+            }
+        }
+        Ok(())
+    }
+
     /// An int8 convolution's Winograd filters are those of its weights.
-    fn check_winograd(&self, i: u16, conv: &Conv<'_>) -> Result<(), Error> {
+    fn check_winograd_layer(&self, i: u16, conv: &Conv<'_>) -> Result<(), Error> {
         let (Some(filters), Weights::I8(weights)) = (conv.winograd, conv.weights) else {
             return Ok(());
         };
