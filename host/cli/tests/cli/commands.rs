@@ -58,11 +58,28 @@ fn plan_resnet8_int8_reports_the_mlperf_budget() {
         "{}",
         stdout(&fast)
     );
+
+    // Winograd filters on the four 3×3 stride-1 layers of 16 to 64 channels: the same
+    // arena, 24 · in_c · out_c bytes more in flash for each.
+    let out = tinyres(&["plan", "--winograd", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let winograd: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let layers = winograd["model"]["layers"].as_array().unwrap();
+    let with_filters: Vec<u64> = layers
+        .iter()
+        .filter(|l| l["op"].as_str().unwrap().contains("winograd"))
+        .map(|l| l["output"][2].as_u64().unwrap())
+        .collect();
+    assert_eq!(with_filters, [16, 16, 32, 64]);
+    assert_eq!(winograd["model"]["arena_bytes"], 18 * 1024);
+    let extra =
+        winograd["model"]["flash_bytes"].as_u64().unwrap() - model["flash_bytes"].as_u64().unwrap();
+    assert_eq!(extra, 24 * (16 * 16 * 2 + 32 * 32 + 64 * 64));
 }
 
 #[test]
 fn board_fit_checks_report_the_figures_and_refuse_what_does_not_fit() {
-    // ResNet-8 int8 on an STM32F411: 18 KiB of arena and the M4's 11 KiB of stack in
+    // ResNet-8 int8 on an STM32F411: 18 KiB of arena and the M4's 13.5 KiB of stack in
     // 128 KiB of RAM; blob and engine in 512 KiB of flash.
     let out = tinyres(&["plan", "--board", "stm32f411", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
