@@ -1205,6 +1205,30 @@ pub fn conv2d_i8_winograd_with(
         );
     };
     kernels::check_conv_i8(shape, input, weights, bias, requant, residual, output)?;
+    let zero_point = (zero_point, offset);
+    conv2d_i8_winograd(
+        scratch, shape, input, zero_point, filters, bias, requant, residual, output,
+    );
+    Ok(())
+}
+
+/// [`conv2d_i8_winograd_with`] once it has checked the arguments and found that the
+/// path takes the layer. Not inlined: its frame (the padding pixel, the sums) then
+/// exists only while it runs, not under every convolution of the engine.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn conv2d_i8_winograd(
+    scratch: &mut ConvScratch,
+    shape: &ConvShape,
+    input: &[i8],
+    (zero_point, offset): (i8, u32),
+    filters: &[u8],
+    bias: &[i32],
+    requant: &Requantize<'_>,
+    residual: Option<(Shortcut<'_, i8>, &AddTables)>,
+    output: &mut [i8],
+) {
+    let (in_c, out_c) = (shape.in_c, shape.out_c);
     let padding = [zero_point; WINOGRAD_CHANNELS];
     let padding = &padding[..in_c];
     let finish = Finish::new(requant, residual);
@@ -1261,7 +1285,6 @@ pub fn conv2d_i8_winograd_with(
             }
         }
     }
-    Ok(())
 }
 
 /// The memory the convolution works in besides its input and output (4.6 KiB): the
