@@ -68,23 +68,27 @@ pub fn for_each_filter_value(
     if weights.len() != 9 * in_c * out_c || in_c % 4 != 0 || out_c % 2 != 0 {
         return;
     }
-    let tap = |f: usize, row: usize, column: usize, c: usize| -> i16 {
-        i16::from(weights[((f * 3 + row) * 3 + column) * in_c + c])
+    // Term `k` of channel `c` of a kernel row (its three taps of `in_c` channels).
+    let term = |k: usize, taps: &[i8], c: usize| -> i16 {
+        let g = [taps[c], taps[in_c + c], taps[2 * in_c + c]].map(i16::from);
+        match k {
+            0 => 2 * g[0],
+            1 => g[0] + g[1] + g[2],
+            2 => g[0] - g[1] + g[2],
+            _ => 2 * g[2],
+        }
     };
-    for pair in 0..out_c / 2 {
+    for pair in weights.chunks_exact(18 * in_c) {
+        let (first, second) = pair.split_at(9 * in_c);
         for k in 0..4 {
-            for row in 0..3 {
+            for (first, second) in first
+                .chunks_exact(3 * in_c)
+                .zip(second.chunks_exact(3 * in_c))
+            {
                 for group in 0..in_c / 4 {
-                    for f in [2 * pair, 2 * pair + 1] {
+                    for taps in [first, second] {
                         for lane in [0, 2, 1, 3] {
-                            let c = 4 * group + lane;
-                            let g = [tap(f, row, 0, c), tap(f, row, 1, c), tap(f, row, 2, c)];
-                            value(match k {
-                                0 => 2 * g[0],
-                                1 => g[0] + g[1] + g[2],
-                                2 => g[0] - g[1] + g[2],
-                                _ => 2 * g[2],
-                            });
+                            value(term(k, taps, 4 * group + lane));
                         }
                     }
                 }
