@@ -7,6 +7,7 @@ use half::f16;
 use crate::crc::crc32;
 use crate::error::Error;
 use crate::format::{self, flags, header, kind, layer as lf, tensor as tf, DType, InputRange};
+use crate::kernels::ConvShape;
 use crate::quant::{AddParams, Rounding, SoftmaxParams, SOFTMAX_OUTPUT_QUANTIZATION};
 use crate::stream::{Group, Step};
 use crate::winograd;
@@ -993,8 +994,14 @@ impl<'a> Model<'a> {
                 let weights = self.weights(&rec, n_weights)?;
                 let bias = self.bias(&rec, out_t.channels)?;
                 let winograd = if flag_bits & flags::WINOGRAD != 0 {
-                    let shape = (kernel_h, kernel_w, stride, in_t.channels, out_t.channels);
-                    Some(self.winograd_filters(&rec, n_weights, shape)?)
+                    let shape = ConvShape::of_window(
+                        (in_t.height, in_t.width, in_t.channels),
+                        (out_t.height, out_t.width, out_t.channels),
+                        (kernel_h, kernel_w),
+                        stride,
+                        (padding[0], padding[1]),
+                    );
+                    Some(self.winograd_filters(&rec, flag_bits, n_weights, &shape)?)
                 } else {
                     None
                 };
@@ -1315,24 +1322,24 @@ impl<'a> Model<'a> {
     fn winograd_filters(
         &self,
         rec: &Record<'a>,
+        flag_bits: u8,
         count: usize,
-        (kernel_h, kernel_w, stride, in_c, out_c): (usize, usize, usize, usize, usize),
+        shape: &ConvShape,
     ) -> Result<&'a [u8], Error> {
-        let flags = u32::from(flags::WINOGRAD);
         if self.version < 5 || self.layer_dtype(rec.index) != DType::Int8 {
-            return Err(invalid("layer flags", rec.index, flags));
+            return Err(invalid("layer flags", rec.index, flag_bits.into()));
         }
-        if !winograd::applies(kernel_h, kernel_w, stride, in_c, out_c) {
+        if !winograd::applies(shape) {
             return Err(Error::ShapeMismatch {
                 layer: rec.index,
-                what: "Winograd filters need a 3x3 stride-1 convolution, input channels a multiple of 16 up to 64 and even output channels",
+                what: "Winograd filters need a 3x3 stride-1 convolution, input channels a multiple of 16 up to 64, even output channels and output rows a multiple of 4 wide",
             });
         }
         let weights = rec.u32(lf::WEIGHTS)? as usize;
         let offset = weights
             .saturating_add(count)
             .next_multiple_of(format::SECTION_ALIGN);
-        let bytes = winograd::filters_bytes(in_c, out_c);
+        let bytes = winograd::filters_bytes(shape.in_c, shape.out_c);
         self.array(offset, bytes, 1, "Winograd filters", rec.index)
     }
 
@@ -1470,7 +1477,7 @@ fn window(
     if padding[0].max(padding[2]) >= kernel_h || padding[1].max(padding[3]) >= kernel_w {
         return Err(mismatch("padding must be smaller than the kernel"));
     }
-    let output = crate::kernels::ConvShape::output_size(
+    let output = ConvShape::output_size(
         in_t.height,
         in_t.width,
         (kernel_h, kernel_w),

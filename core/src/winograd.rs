@@ -21,30 +21,30 @@
 //! [`for_each_filter_value`] gives them: the order in which a kernel with dual 16-bit
 //! multiply-accumulates reads them. The parser checks them against the weights.
 
-/// Most input channels a layer with Winograd filters may have: the terms of two pixel
-/// pairs over its three kernel rows fill the Cortex-M DSP kernel's column buffer
-/// (12 words a channel).
+use crate::kernels::ConvShape;
+
+/// Most input channels a layer with Winograd filters may have. The Cortex-M DSP
+/// kernel keeps the terms of two pixel pairs over the three kernel rows, 12 words a
+/// channel, in its column buffer, which every model's stack carries: 64 channels
+/// (3 KiB) keep it 768 B above what the direct kernel needs, and cover ResNet-8.
 pub const MAX_IN_CHANNELS: usize = 64;
 
 /// Whether an int8 convolution may carry Winograd filters: a 3×3 kernel at stride 1,
 /// input channels a multiple of 16 (whole groups of four for every kernel row, four
-/// at a time) up to [`MAX_IN_CHANNELS`], and an even number of output channels
-/// (filters go in pairs).
-pub const fn applies(
-    kernel_h: usize,
-    kernel_w: usize,
-    stride: usize,
-    in_c: usize,
-    out_c: usize,
-) -> bool {
-    kernel_h == 3
-        && kernel_w == 3
-        && stride == 1
-        && in_c > 0
-        && in_c % 16 == 0
-        && in_c <= MAX_IN_CHANNELS
-        && out_c > 0
-        && out_c % 2 == 0
+/// at a time) up to [`MAX_IN_CHANNELS`], an even number of output channels (filters
+/// go in pairs) and output rows a multiple of four pixels wide (the kernel computes
+/// four at a time): the layers the kernel computes from the filters.
+pub const fn applies(shape: &ConvShape) -> bool {
+    shape.kernel_h == 3
+        && shape.kernel_w == 3
+        && shape.stride == 1
+        && shape.in_c > 0
+        && shape.in_c % 16 == 0
+        && shape.in_c <= MAX_IN_CHANNELS
+        && shape.out_c > 0
+        && shape.out_c % 2 == 0
+        && shape.out_w > 0
+        && shape.out_w % 4 == 0
 }
 
 /// Bytes of a layer's Winograd filters: four 16-bit terms per filter, kernel row and

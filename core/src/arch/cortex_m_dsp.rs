@@ -882,8 +882,9 @@ fn block_sums_by_pairs(
     }
 }
 
-/// [`winograd_group`]'s loop over the units of [`winograd_sums`]; `x_even` holds the
-/// pointer to its [`WinogradSweep`] between units (and on the stack).
+/// One group of four channels of a unit of [`winograd_sums`]: the two filters' term
+/// words, then each pixel pair's term words (`columns` moves on 64 bytes, to the
+/// group's next kernel row or channels), eight `SMLAD` into `a00..a11`.
 macro_rules! winograd_group {
     () => {
         concat!(
@@ -923,12 +924,13 @@ struct WinogradSweep {
     units: usize,
 }
 
-/// The Winograd sums of a pixel quad ([`winograd_inputs`]' `columns`, `in_c` input
+/// The Winograd sums of four pixels ([`winograd_inputs`]' `columns`, `in_c` input
 /// channels) for `pairs` filter pairs whose filters start `filters` (as
-/// [`crate::winograd`] stores them): for each pair and each term `k`, a unit of 16
-/// MACs per group of four channels (four groups per iteration, 15 instructions
-/// each), into `sums[16·pair + 4·k..][..4]` as (pair 0 with the first filter, pair 0
-/// with the second, pair 1 with the first, pair 1 with the second).
+/// [`crate::winograd`] stores them): for each filter pair `p` and each term `k`, a
+/// unit of eight `SMLAD` per group of four channels (four groups per iteration, 15
+/// instructions each), into `sums[16·p + 4·k..][..4]` as (pixel pair 0 with the first
+/// filter, pixel pair 0 with the second, pixel pair 1 with the first, pixel pair 1
+/// with the second).
 fn winograd_sums(columns: &[Quad], filters: &[u8], in_c: usize, pairs: usize, sums: &mut [i32]) {
     let term_groups = 3 * (in_c / 4);
     if in_c % 16 != 0
@@ -1105,7 +1107,7 @@ fn winograd_inputs(
 ) {
     let in_c = shape.in_c;
     let groups = in_c / 4;
-    if padding.len() != in_c || in_c % 4 != 0 || 12 * groups > columns.len() {
+    if in_c == 0 || padding.len() != in_c || in_c % 4 != 0 || 12 * groups > columns.len() {
         return;
     }
     if input.len() < shape.in_h * shape.in_w * in_c {
@@ -1184,9 +1186,7 @@ pub fn conv2d_i8_winograd_with(
     output: &mut [i8],
 ) -> Result<(), Error> {
     let (in_c, out_c) = (shape.in_c, shape.out_c);
-    let takes = winograd::applies(shape.kernel_h, shape.kernel_w, shape.stride, in_c, out_c)
-        && shape.out_w % 4 == 0
-        && filters.len() == winograd::filters_bytes(in_c, out_c);
+    let takes = winograd::applies(shape) && filters.len() == winograd::filters_bytes(in_c, out_c);
     let (true, Some(zero_point), Some(offset)) = (
         takes,
         i8::try_from(input_zero_point).ok(),
@@ -1260,20 +1260,22 @@ fn conv2d_i8_winograd(
                     );
                     // Each pair's four terms of each (pixel pair, filter) into the
                     // pair's two outputs: halving exact (module winograd).
-                    for (pair, terms) in sums.chunks_exact(16).take(pairs).enumerate() {
+                    for (filter_pair, terms) in sums.chunks_exact(16).take(pairs).enumerate() {
                         for j in 0..4 {
                             let m = [terms[j], terms[4 + j], terms[8 + j], terms[12 + j]];
-                            let (sums, c) =
-                                (&mut pixel_pairs[j / 2], first - block + 2 * pair + j % 2);
-                            sums[0][c] = m[0].wrapping_add(m[1]).wrapping_add(m[2]) >> 1;
-                            sums[1][c] = m[1].wrapping_sub(m[2]).wrapping_sub(m[3]) >> 1;
+                            let (pixel_pair, c) = (
+                                &mut pixel_pairs[j / 2],
+                                first - block + 2 * filter_pair + j % 2,
+                            );
+                            pixel_pair[0][c] = m[0].wrapping_add(m[1]).wrapping_add(m[2]) >> 1;
+                            pixel_pair[1][c] = m[1].wrapping_sub(m[2]).wrapping_sub(m[3]) >> 1;
                         }
                     }
                 }
-                for (half, sums) in pixel_pairs.iter().enumerate() {
+                for (half, pixel_pair) in pixel_pairs.iter().enumerate() {
                     let x = x0 + 2 * half;
                     finish.pixels(
-                        &sums[..],
+                        &pixel_pair[..],
                         [x, x + 1],
                         oy,
                         shape,

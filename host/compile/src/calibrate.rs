@@ -6,7 +6,7 @@ use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 use tinyres_data::Dataset;
 
-use crate::writer::{ActivationRanges, Encoding, Memory, Network};
+use crate::writer::{ActivationRanges, BlobOptions, Encoding, Network};
 
 /// How int8 activation ranges are chosen from the calibration images.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -194,24 +194,22 @@ pub struct Int8Options<'d> {
 pub fn to_blob(
     network: &Network,
     dtype: Dtype,
-    (memory, winograd): (Memory, bool),
+    options: BlobOptions,
     int8: Option<Int8Options<'_>>,
 ) -> Result<Vec<u8>> {
     let written = match dtype {
-        Dtype::F32 => network.to_blob_with(Encoding::F32, memory),
-        Dtype::F16 => network.to_blob_with(Encoding::F16, memory),
+        Dtype::F32 => network.to_blob_with(Encoding::F32, options.memory),
+        Dtype::F16 => network.to_blob_with(Encoding::F16, options.memory),
         Dtype::Int8 => {
-            let options = int8.context("int8 needs calibration images (--calib DATA)")?;
-            let calibrated = calibrate(network, options.images, options.method)?;
+            let int8 = int8.context("int8 needs calibration images (--calib DATA)")?;
+            let calibrated = calibrate(network, int8.images, int8.method)?;
             let encoding = Encoding::Int8(&calibrated.ranges);
-            if options.bias_correction {
+            if int8.bias_correction {
                 network
                     .with_weight_rounding_compensated(&calibrated.mean_tensors)
-                    .and_then(|corrected| {
-                        corrected.to_blob_with_winograd(encoding, memory, winograd)
-                    })
+                    .and_then(|corrected| corrected.to_blob_with_options(encoding, options))
             } else {
-                network.to_blob_with_winograd(encoding, memory, winograd)
+                network.to_blob_with_options(encoding, options)
             }
         }
     };

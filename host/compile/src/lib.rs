@@ -25,4 +25,4 @@ pub mod writer;
 
 pub use calibrate::{to_blob, Calibration, Dtype, Int8Options};
 pub use onnx::{import_onnx, PreprocessingFlags};
-pub use writer::Memory;
+pub use writer::{BlobOptions, Memory};

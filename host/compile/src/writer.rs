@@ -243,6 +243,17 @@ pub enum Memory {
     Fast,
 }
 
+/// How a network is laid out in its blob, besides its numbers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlobOptions {
+    /// The memory plan.
+    pub memory: Memory,
+    /// Every int8 convolution that [`tinyres_core::winograd::applies`] to carries its
+    /// Winograd filters (2.7× its weights' bytes more), from which the Cortex-M DSP
+    /// kernel computes it with 1.5× fewer multiplies.
+    pub winograd: bool,
+}
+
 /// A memory plan: where each tensor lives in the arena.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ArenaPlan {
@@ -951,18 +962,19 @@ impl Network {
         encoding: Encoding<'_>,
         memory: Memory,
     ) -> Result<Vec<u8>, WriteError> {
-        self.to_blob_with_winograd(encoding, memory, false)
+        let options = BlobOptions {
+            memory,
+            winograd: false,
+        };
+        self.to_blob_with_options(encoding, options)
     }
 
-    /// [`Self::to_blob_with`], and with `winograd` every int8 convolution that
-    /// [`tinyres_core::winograd::applies`] to carries its Winograd filters (2.7× its
-    /// weights' bytes more), which the Cortex-M DSP kernel computes from with 1.5×
-    /// fewer multiplies.
-    pub fn to_blob_with_winograd(
+    /// [`Self::to_blob_with`] with the memory plan and the Winograd filters of
+    /// `options`.
+    pub fn to_blob_with_options(
         &self,
         encoding: Encoding<'_>,
-        memory: Memory,
-        winograd: bool,
+        BlobOptions { memory, winograd }: BlobOptions,
     ) -> Result<Vec<u8>, WriteError> {
         let dtype = encoding.dtype();
         let head = self.first_f32_layer(encoding);
@@ -1204,15 +1216,10 @@ impl Network {
                         }
                     }
                     let in_c = shapes[input].2;
-                    let (kernel_h, kernel_w) = conv.kernel;
                     let filters = winograd
                         && layer_dtype == DType::Int8
                         && tinyres_core::winograd::applies(
-                            kernel_h,
-                            kernel_w,
-                            conv.stride,
-                            in_c,
-                            conv.out_channels,
+                            &conv.shape(shapes[input], shapes[k + 1]),
                         );
                     if filters {
                         bits |= flags::WINOGRAD;

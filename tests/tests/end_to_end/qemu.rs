@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tinyres_compile::arch::Architecture;
 use tinyres_compile::fit::Chip;
-use tinyres_compile::writer::{AlignedBlob, Encoding, LayerSpec, Memory, Network};
+use tinyres_compile::writer::{AlignedBlob, BlobOptions, Encoding, LayerSpec, Memory, Network};
 use tinyres_core::{Interpreter, Model};
 use tinyres_data::Dataset;
 use tinyres_device::qemu::{self, Board, Transport};
@@ -223,7 +223,13 @@ fn int8_resnet8_with_winograd_filters_matches_the_host_engine() {
         .unwrap();
     let blob = |winograd| {
         let bytes = net
-            .to_blob_with_winograd(Encoding::Int8(&ranges), Memory::Min, winograd)
+            .to_blob_with_options(
+                Encoding::Int8(&ranges),
+                BlobOptions {
+                    memory: Memory::Min,
+                    winograd,
+                },
+            )
             .unwrap();
         AlignedBlob::new(&bytes)
     };

@@ -12,7 +12,7 @@ use tinyres_core::{Interpreter, Model};
 use tinyres_compile::report;
 use tinyres_compile::writer::AlignedBlob;
 use tinyres_compile::{
-    import_onnx, to_blob, Calibration, Dtype, Int8Options, Memory, PreprocessingFlags,
+    import_onnx, to_blob, BlobOptions, Calibration, Dtype, Int8Options, Memory, PreprocessingFlags,
 };
 use tinyres_data::{Dataset, Split};
 use tinyres_device::qemu::{self, Board};
@@ -33,7 +33,8 @@ pub struct Args {
     /// Memory plan of the compiled model (see `tinyres compile --memory`).
     #[arg(long, value_enum, default_value_t = Memory::Min)]
     memory: Memory,
-    /// Winograd filters in the compiled model (see `tinyres compile --winograd`).
+    /// Winograd filters in the model bench compiles (see `tinyres compile --winograd`;
+    /// a blob given with `--model` carries the filters it was compiled with).
     #[arg(long)]
     winograd: bool,
     /// Calibration images for the int8 compile. Default: `../shared/data/cifar10`.
@@ -62,10 +63,18 @@ pub fn command(args: &Args) -> Result<()> {
         .data
         .clone()
         .unwrap_or_else(|| shared_data("cifar10/lossless_reference/test_batch_first1000.bin.gz"));
+    let options = BlobOptions {
+        memory: args.memory,
+        winograd: args.winograd,
+    };
     let bytes = match &args.model {
         Some(path) if super::compile::holds_tflite(path)? => {
-            super::compile::tflite_blob(path, (args.memory, args.winograd))?
+            super::compile::tflite_blob(path, options)?
         }
+        Some(path) if args.winograd => bail!(
+            "{}: --winograd applies when bench compiles the model (an ONNX or .tflite file); a blob carries the filters it was compiled with (tinyres compile --winograd)",
+            path.display()
+        ),
         Some(path) => load_blob(path)?.as_bytes().to_vec(),
         None => {
             let onnx = args
@@ -90,7 +99,7 @@ pub fn command(args: &Args) -> Result<()> {
             to_blob(
                 &imported.network,
                 Dtype::Int8,
-                (args.memory, args.winograd),
+                options,
                 Some(Int8Options {
                     images: &images,
                     method: Calibration::Mse,

@@ -9,7 +9,7 @@ use tinyres_compile::report::describe;
 use tinyres_compile::tflite::{import_tflite, is_tflite, ImportedTflite};
 use tinyres_compile::writer::AlignedBlob;
 use tinyres_compile::writer::Encoding;
-use tinyres_compile::{import_onnx, to_blob, Calibration, Dtype, Int8Options, Memory};
+use tinyres_compile::{import_onnx, to_blob, BlobOptions, Calibration, Dtype, Int8Options, Memory};
 use tinyres_core::Model;
 use tinyres_data::{write_atomically, Dataset};
 
@@ -68,17 +68,24 @@ pub struct Args {
 
 /// The blob an int8 `.tflite` compiles to with its own quantization (a float one:
 /// f32), for the commands that take a `.tflite` where they take a blob.
-pub fn tflite_blob(path: &std::path::Path, (memory, winograd): (Memory, bool)) -> Result<Vec<u8>> {
+pub fn tflite_blob(path: &std::path::Path, options: BlobOptions) -> Result<Vec<u8>> {
     let imported = import_tflite(path, &Default::default())?;
     let written = match &imported.quantization {
-        Some(given) => {
-            imported
-                .network
-                .to_blob_with_winograd(Encoding::Quantized(given), memory, winograd)
-        }
-        None => imported.network.to_blob_with(Encoding::F32, memory),
+        Some(given) => imported
+            .network
+            .to_blob_with_options(Encoding::Quantized(given), options),
+        None => imported.network.to_blob_with(Encoding::F32, options.memory),
     };
     written.map_err(|e| anyhow::anyhow!("{}: writing the blob: {e}", path.display()))
+}
+
+impl Args {
+    fn blob_options(&self) -> BlobOptions {
+        BlobOptions {
+            memory: self.memory,
+            winograd: self.winograd,
+        }
+    }
 }
 
 /// Whether `path` holds a TensorFlow Lite flatbuffer (by its identifier, whatever
@@ -136,7 +143,7 @@ pub fn command(args: &Args) -> Result<()> {
     let bytes = to_blob(
         &imported.network,
         args.dtype,
-        (args.memory, args.winograd),
+        args.blob_options(),
         calibration_data.as_ref().map(|(images, _)| Int8Options {
             images,
             method: args.calibration,
@@ -229,12 +236,12 @@ fn compile_tflite(args: &Args) -> Result<()> {
     let calibrating = Instant::now();
     let bytes = match given {
         Some(given) => network
-            .to_blob_with_winograd(Encoding::Quantized(given), args.memory, args.winograd)
+            .to_blob_with_options(Encoding::Quantized(given), args.blob_options())
             .map_err(|e| anyhow::anyhow!("writing the blob: {e}"))?,
         None => to_blob(
             network,
             args.dtype,
-            (args.memory, args.winograd),
+            args.blob_options(),
             calibration_data.as_ref().map(|(images, _)| Int8Options {
                 images,
                 method: args.calibration,

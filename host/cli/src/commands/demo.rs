@@ -19,7 +19,7 @@ use tinyres_compile::eval;
 use tinyres_compile::report::{describe, thousands, ModelReport};
 use tinyres_compile::writer::AlignedBlob;
 use tinyres_compile::{
-    import_onnx, to_blob, Calibration, Dtype, Int8Options, Memory, PreprocessingFlags,
+    import_onnx, to_blob, BlobOptions, Calibration, Dtype, Int8Options, PreprocessingFlags,
 };
 use tinyres_core::Model;
 use tinyres_data::{write_atomically, Dataset, Split};
@@ -451,7 +451,7 @@ fn run_in(
     let bytes = to_blob(
         &imported.network,
         Dtype::Int8,
-        (Memory::Min, false),
+        BlobOptions::default(),
         Some(Int8Options {
             images: &calibration,
             method: Calibration::Mse,

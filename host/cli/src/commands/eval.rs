@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use tinyres_compile::eval::{evaluate, evaluate_onnx};
 use tinyres_compile::onnx::read_onnx;
 use tinyres_compile::writer::AlignedBlob;
-use tinyres_compile::Memory;
+use tinyres_compile::BlobOptions;
 use tinyres_core::Model;
 use tinyres_data::{folder_images, write_atomically, Dataset, Split};
 
@@ -132,7 +132,7 @@ pub fn command(args: &Args) -> Result<()> {
         (evaluate_onnx(&file, &data)?, data)
     } else {
         let blob = if holds_tflite(model)? {
-            AlignedBlob::new(&tflite_blob(model, (Memory::Min, false))?)
+            AlignedBlob::new(&tflite_blob(model, BlobOptions::default())?)
         } else {
             load_blob(model)?
         };

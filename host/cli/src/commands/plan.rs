@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use tinyres_compile::report::describe;
 use tinyres_compile::writer::{AlignedBlob, Encoding};
-use tinyres_compile::{Dtype, Memory};
+use tinyres_compile::{BlobOptions, Dtype, Memory};
 use tinyres_core::Model;
 use tinyres_data::write_atomically;
 
@@ -51,7 +51,13 @@ pub fn command(args: &Args) -> Result<()> {
         Dtype::F16 => Encoding::F16,
         Dtype::Int8 => Encoding::Int8(&unit_ranges),
     };
-    let bytes = network.to_blob_with_winograd(encoding, args.memory, args.winograd)?;
+    let bytes = network.to_blob_with_options(
+        encoding,
+        BlobOptions {
+            memory: args.memory,
+            winograd: args.winograd,
+        },
+    )?;
     let blob = AlignedBlob::new(&bytes);
     let model = Model::parse(blob.as_bytes())?;
     let report = describe(&model)?;

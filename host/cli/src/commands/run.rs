@@ -169,7 +169,7 @@ pub fn command(args: &Args) -> Result<()> {
     let blob = if holds_tflite(&args.model)? {
         AlignedBlob::new(&tflite_blob(
             &args.model,
-            (tinyres_compile::Memory::Min, false),
+            tinyres_compile::BlobOptions::default(),
         )?)
     } else {
         load_blob(&args.model)?

@@ -2,7 +2,7 @@
 //! a model that runs without panicking; never a panic, never an out-of-bounds access.
 
 use proptest::prelude::*;
-use tinyres_compile::writer::{AlignedBlob, Encoding, Memory};
+use tinyres_compile::writer::{AlignedBlob, BlobOptions, Encoding, Memory};
 use tinyres_core::{crc32, Error, Interpreter, Model};
 
 /// A small net with every layer kind, an option-A shortcut and class names.
@@ -195,13 +195,20 @@ fn named_corruptions_give_named_errors() {
 /// error.
 #[test]
 fn winograd_filters_are_written_where_they_apply_and_checked() {
+    use tinyres_core::kernels::ConvShape;
     use tinyres_core::{format, winograd, Layer, Weights};
     let net = super::common::cifar_resnet_option_a(21, 1, 8, [4, 8, 16], 3);
     let network = net.to_network();
     let mut rng = super::common::Rng::new(3);
     let ranges = net.calibrate(&[rng.image(8 * 8 * 3), rng.image(8 * 8 * 3)]);
     let bytes = network
-        .to_blob_with_winograd(Encoding::Int8(&ranges), Memory::Min, true)
+        .to_blob_with_options(
+            Encoding::Int8(&ranges),
+            BlobOptions {
+                memory: Memory::Min,
+                winograd: true,
+            },
+        )
         .unwrap();
     let blob = AlignedBlob::new(&bytes);
     let model = Model::parse(blob.as_bytes()).unwrap();
@@ -212,9 +219,19 @@ fn winograd_filters_are_written_where_they_apply_and_checked() {
             continue;
         };
         first_conv.get_or_insert(i);
-        let in_c = model.tensor(conv.input).unwrap().channels;
-        let out_c = model.tensor(conv.output).unwrap().channels;
-        let applies = winograd::applies(conv.kernel_h, conv.kernel_w, conv.stride, in_c, out_c);
+        let [input, output] = [conv.input, conv.output].map(|t| {
+            let t = model.tensor(t).unwrap();
+            (t.height, t.width, t.channels)
+        });
+        let (in_c, out_c) = (input.2, output.2);
+        let shape = ConvShape::of_window(
+            input,
+            output,
+            (conv.kernel_h, conv.kernel_w),
+            conv.stride,
+            (conv.padding[0], conv.padding[1]),
+        );
+        let applies = winograd::applies(&shape);
         assert_eq!(conv.winograd.is_some(), applies, "layer {i}");
         if let (Some(filters), Weights::I8(weights)) = (conv.winograd, conv.weights) {
             let mut expected = Vec::new();
