@@ -23,7 +23,7 @@ struct Board {
     /// Arena bytes when `TINYRES_ARENA_BYTES` is not set.
     default_arena: u32,
     /// Bytes of stack (Cortex-M), at the bottom of RAM: `classify` on an int8 ResNet-8
-    /// uses 11 KiB (`cargo tinyres run --json`, `ram.stack_bytes`).
+    /// uses 11 to 13 KiB by core (`cargo tinyres run --json`, `ram.stack_bytes`).
     stack: u32,
 }
 

@@ -23,10 +23,11 @@ pub struct Args {
     /// whole tensors.
     #[arg(long, value_enum, default_value_t = Memory::Min)]
     memory: Memory,
-    /// Store Winograd filters for the int8 3×3 stride-1 convolutions whose input
-    /// channels are a multiple of 16 up to 64: the Cortex-M4/M7/M33 kernel then computes them
-    /// with 1.5× fewer multiplies, for 2.7× those layers' weight bytes more in flash
-    /// (other cores ignore them; the results are the same).
+    /// Store Winograd filters for the int8 3×3 stride-1 convolutions with 16 to 64 input
+    /// channels (a multiple of 16) and output rows a multiple of 4 wide: the
+    /// Cortex-M4/M7/M33 kernel then computes them with 1.5× fewer multiplies, for 2.7×
+    /// those layers' weight bytes more in flash (other cores ignore them; the results
+    /// are the same).
     #[arg(long)]
     winograd: bool,
     /// Also write the blob, with untrained (He-initialised) weights: for sizing,

@@ -79,7 +79,7 @@ fn plan_resnet8_int8_reports_the_mlperf_budget() {
 
 #[test]
 fn board_fit_checks_report_the_figures_and_refuse_what_does_not_fit() {
-    // ResNet-8 int8 on an STM32F411: 18 KiB of arena and the M4's 13.5 KiB of stack in
+    // ResNet-8 int8 on an STM32F411: 18 KiB of arena and the M4's 12.75 KiB of stack in
     // 128 KiB of RAM; blob and engine in 512 KiB of flash.
     let out = tinyres(&["plan", "--board", "stm32f411", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
